@@ -1,0 +1,183 @@
+"""The job spec: the training contract between a client and the core.
+
+Names (datasets, archs, optimizers, losses, schedulers) are checked against the registries, so adding
+one is one registry entry and the API's 422 lists it at once. The spec is plain pydantic: the HTTP
+layer validates it, the worker re-reads it from the database, the core trains from it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.data.registry import BUILTIN_DATASETS
+from core.losses import LOSSES
+from core.models import ARCHS
+from core.optim import OPTIMIZERS, SCHEDULERS
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a spec must not silently train the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _one_of(kind: str, value: str, allowed: dict[str, Any]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
+class DatasetSpec(StrictModel):
+    name: str | None = Field(None, description="A built-in dataset.", examples=["digits"])
+    id: str | None = Field(None, description="An uploaded dataset's id.")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Uploads only: held out for evaluate.")
+    split_seed: int = 42
+    stratify: bool = True
+    normalize: bool | None = Field(
+        None, description="Standardise inputs with training-split statistics; null: the dataset's default."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, v: str | None) -> str | None:
+        return None if v is None else _one_of("dataset", v, BUILTIN_DATASETS)
+
+    @model_validator(mode="after")
+    def _name_or_id(self) -> DatasetSpec:
+        if (self.name is None) == (self.id is None):
+            raise ValueError("give exactly one of dataset.name (a built-in) or dataset.id (an upload)")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class ModelSpec(StrictModel):
+    arch: str = Field("mlp", description="Architecture.", examples=["mlp"])
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [512, 512], max_length=32, description="mlp: hidden layer widths."
+    )
+    activation: Literal["relu", "tanh", "gelu", "sigmoid"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [32, 64], max_length=8, description="cnn: conv channels per block."
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        return _one_of("arch", v, ARCHS)
+
+
+class EarlyStoppingSpec(StrictModel):
+    monitor: str = "val_loss"
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainingSpec(StrictModel):
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    optimizer: str = "sgd"
+    lr: float = Field(0.001, gt=0.0, le=10.0)
+    momentum: float | None = Field(
+        None, ge=0.0, lt=1.0, description="null: 0 for sgd, 0.9 for momentum."
+    )
+    weight_decay: float = Field(0.0, ge=0.0)
+    loss: str | None = Field(None, description="null: cross_entropy for classes, mse for regression.")
+    scheduler: str | None = None
+    step_size: int = Field(10, ge=1, description="step scheduler: epochs between decays.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step scheduler: decay factor.")
+    seed: int = 0
+    early_stopping: EarlyStoppingSpec | None = None
+    max_minutes: float = Field(60.0, gt=0.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    grad_clip: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
+    log_every_steps: int = Field(50, ge=1, description="A step metric row every N steps.")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        return _one_of("optimizer", v, OPTIMIZERS)
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str | None) -> str | None:
+        return None if v is None else _one_of("loss", v, LOSSES)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str | None) -> str | None:
+        return None if v is None else _one_of("scheduler", v, SCHEDULERS)
+
+
+class CheckpointSpec(StrictModel):
+    every_epochs: int = Field(1, ge=1)
+    keep_last: int = Field(2, ge=1, le=100)
+    monitor: str | None = Field(
+        None, description="null: val_accuracy for classes, val_loss for regression (train_loss without a validation split)."
+    )
+
+
+class ResourcesSpec(StrictModel):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class JobSpec(StrictModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["digits-mlp"])
+    dataset: DatasetSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+
+def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]:
+    """What stops this spec from training on a dataset with this `DatasetInfo`, each with the field
+    to blame. Checked before a job is queued (the API answers 422) and again by the worker."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    loss_name = resolved_loss(spec, info)
+    loss = LOSSES[loss_name]
+    fitting = ", ".join(
+        n
+        for n, entry in LOSSES.items()
+        if info.task in entry.tasks and (entry.max_classes or 1 << 30) >= (info.num_classes or 0)
+    )
+    if info.task not in loss.tasks:
+        target = f"{info.num_classes} classes" if info.num_classes else "continuous values"
+        problems.append((
+            ("training", "loss"),
+            f"loss {loss_name!r} does not fit dataset {info.name!r}, a {info.task} target"
+            f" ({target}); allowed for {info.task}: {fitting}",
+        ))
+    elif loss.max_classes is not None and (info.num_classes or 0) > loss.max_classes:
+        problems.append((
+            ("training", "loss"),
+            f"loss {loss_name!r} needs at most {loss.max_classes} classes; dataset {info.name!r} has"
+            f" {info.num_classes}; allowed: {fitting}",
+        ))
+    arch = ARCHS[spec.model.arch]
+    if arch.needs == "image" and len(info.input_shape) != 3:
+        problems.append((
+            ("model", "arch"),
+            f"arch {spec.model.arch!r} needs image samples (C×H×W); dataset {info.name!r} has samples"
+            f" of shape {list(info.input_shape)}; use mlp or linear",
+        ))
+    return problems
+
+
+def resolved_loss(spec: JobSpec, info: Any) -> str:
+    if spec.training.loss is not None:
+        return spec.training.loss
+    return "cross_entropy" if info.task == "classification" else "mse"
+
+
+def resolved_monitor(spec: JobSpec, info: Any, has_val: bool) -> tuple[str, Literal["min", "max"]]:
+    """The checkpoint's monitored metric and its direction."""
+    name = spec.checkpoint.monitor
+    if name is None:
+        name = "val_accuracy" if info.task == "classification" else "val_loss"
+    if not has_val and name.startswith("val_"):
+        name = "train_loss"
+    return name, ("max" if name.endswith(("accuracy", "r2")) else "min")

@@ -1,0 +1,74 @@
+"""The one settings object. Read from the environment (prefix ``TAS_``) at the entry points only
+(CLI, app factory, Celery app) and passed down from there."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAS_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="Root for the embedded database, broker and artifacts.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; default: kombu's filesystem transport in data_dir."
+    )
+    artifact_dir: Path | None = Field(None, description="Checkpoints and models; default: data_dir/artifacts.")
+    datasets_dir: Path | None = Field(None, description="torchvision datasets; default: data_dir/datasets.")
+    allow_download: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_upload_mb: int = Field(512, ge=1)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Reliability knobs (see README, "What survives what").
+    lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeat.")
+    heartbeat_seconds: float = Field(1.0, gt=0, description="Heartbeat and cancel-check interval.")
+    max_attempts: int = Field(3, ge=1)
+    visibility_timeout_s: int = Field(
+        43200, ge=1, description="Redis redelivery timeout; keep above the longest job."
+    )
+    reaper_interval_s: float = Field(10.0, gt=0)
+    requeue_after_s: float = Field(
+        60.0, gt=0, description="A job queued this long without being claimed is published again."
+    )
+
+    # Serving.
+    predict_cache_size: int = Field(8, ge=1)
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tas.db').resolve()}"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_datasets_dir(self) -> Path:
+        return (self.datasets_dir or self.data_dir / "datasets").resolve()
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.resolved_artifact_dir, self.resolved_datasets_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if self.resolved_broker_url.startswith("filesystem://"):
+            for sub in ("queue", "processed"):
+                (self.broker_dir / sub).mkdir(parents=True, exist_ok=True)
