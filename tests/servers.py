@@ -15,11 +15,13 @@ import glob
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,3 +302,68 @@ def start_postgres(tmpdir: Path | str) -> PostgresServer:
         server.stop()
         raise
     return server
+
+
+# --- HTTP apps in a subprocess
+
+
+@contextlib.contextmanager
+def http_process(
+    cmd: list[str],
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
+    ready_path: str = "/healthz",
+    timeout: float = 90.0,
+) -> Iterator[str]:
+    """Run ``cmd`` (an HTTP server on 127.0.0.1:``port``), wait until ``ready_path`` answers 200,
+    yield its base URL, then stop the whole process group (TERM, then KILL)."""
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    log_path = Path(tempfile.mkstemp(prefix="tas-http-", suffix=".log")[1])
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise ServerError(
+                    f"{shlex.join(cmd)} exited with {proc.returncode} before {ready_path} "
+                    f"answered:\n{_tail(log_path, 60)}"
+                )
+            try:
+                if httpx.get(base + ready_path, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"{shlex.join(cmd)}: {ready_path} did not answer 200 in {timeout}s:\n"
+                    f"{_tail(log_path, 60)}"
+                )
+            time.sleep(0.2)
+        yield base
+    finally:
+        _stop_group(proc)
+        log_path.unlink(missing_ok=True)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError):  # children left behind in the group
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
