@@ -14,13 +14,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TAS_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("./var"), description="Root for the embedded database, broker and artifacts.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    data_dir: Path = Field(
+        Path("./var"), description="Root for the embedded database, broker and artifacts."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite in data_dir."
+    )
     broker_url: str | None = Field(
         None, description="Celery broker URL; default: kombu's filesystem transport in data_dir."
     )
-    artifact_dir: Path | None = Field(None, description="Checkpoints and models; default: data_dir/artifacts.")
-    datasets_dir: Path | None = Field(None, description="torchvision datasets; default: data_dir/datasets.")
+    artifact_dir: Path | None = Field(
+        None, description="Checkpoints and models; default: data_dir/artifacts."
+    )
+    datasets_dir: Path | None = Field(
+        None, description="torchvision datasets; default: data_dir/datasets."
+    )
     allow_download: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_upload_mb: int = Field(512, ge=1)
@@ -30,7 +38,9 @@ class Settings(BaseSettings):
     port: int = 8000
 
     # Reliability knobs (see README, "What survives what").
-    lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeat.")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A running job's lease; renewed by heartbeat."
+    )
     heartbeat_seconds: float = Field(1.0, gt=0, description="Heartbeat and cancel-check interval.")
     max_attempts: int = Field(3, ge=1)
     visibility_timeout_s: int = Field(

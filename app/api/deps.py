@@ -1,0 +1,59 @@
+"""Request-scoped dependencies. Everything the routes need comes from `app.state`, set once by
+`create_app`: the settings, the session factory, the publisher and the predictor cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from sqlalchemy.orm import Session
+
+from app.services.predictors import PredictorCache
+from tas import jobstore
+from tas.db.models import Job
+from tas.queue import Publisher
+from tas.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session per request. Routes commit explicitly at their end (the boundary); anything
+    uncommitted when the request ends is rolled back."""
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def get_publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
+
+
+def get_predictors(request: Request) -> PredictorCache:
+    cache: PredictorCache = request.app.state.predictors
+    return cache
+
+
+def get_tenant() -> str:
+    """Until API keys land, every caller is the default tenant (the server binds to loopback)."""
+    return "default"
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+PredictorsDep = Annotated[PredictorCache, Depends(get_predictors)]
+TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def load_job(
+    session: SessionDep, tenant: TenantDep, job_id: Annotated[str, Path(max_length=64)]
+) -> Job:
+    return jobstore.get_job(session, job_id, tenant=tenant)
+
+
+JobDep = Annotated[Job, Depends(load_job)]

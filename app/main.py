@@ -1,0 +1,100 @@
+"""The API application factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.api import errors
+from app.api.routes import health, jobs, models, predict
+from app.services.predictors import PredictorCache
+from tas.db.engine import make_engine, make_sessionmaker
+from tas.db.models import Job
+from tas.queue import Publisher, make_celery
+from tas.reaper import Reaper
+from tas.settings import Settings
+
+
+class JobsByStatus(Collector):
+    """Read at scrape time, so the figure is the database's, not this process's memory."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("tas_jobs", "Jobs by status", labels=["status"])
+        with self.sessions() as s:
+            for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)):
+                g.add_metric([status], n)
+        yield g
+
+
+def create_app(settings: Settings | None = None, *, reaper: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    settings.ensure_dirs()
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    publisher = Publisher(make_celery(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        r = None
+        if reaper:
+            r = Reaper(
+                sessions,
+                publisher,
+                interval=settings.reaper_interval_s,
+                requeue_after_s=settings.requeue_after_s,
+            )
+            r.start()
+        yield
+        if r is not None:
+            r.stop()
+        engine.dispose()
+
+    app = FastAPIOffline(
+        title="tas — training as a service",
+        version="0.1.0",
+        description="Submit a PyTorch training job, watch it train, predict with it at once.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.publisher = publisher
+    app.state.predictors = PredictorCache(settings.predict_cache_size)
+
+    registry = CollectorRegistry()
+    registry.register(JobsByStatus(sessions))
+    app.state.registry = registry
+    requests = Counter(
+        "tas_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "tas_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry
+    )
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        latency.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    errors.install(app)
+    for router in (jobs.router, predict.router, models.router, health.router):
+        app.include_router(router)
+    return app

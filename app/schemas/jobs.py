@@ -1,0 +1,89 @@
+"""Response schemas for jobs (apart from the ORM models, so the API's shape is a choice, not a leak)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProgressOut(BaseModel):
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+    fraction: float
+    samples_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+class ErrorOut(BaseModel):
+    type: str
+    message: str
+    hint: str | None = None
+    stage: str | None = None
+
+
+class StageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    attempt: int
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    outputs: dict[str, Any] | None
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    stage: str | None = Field(description="collect | preprocess | train | evaluate | register")
+    queue: str
+    progress: ProgressOut | None
+    latest_metrics: dict[str, Any] | None
+    best_metrics: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: ErrorOut | None
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    spec: dict[str, Any]
+    stages: list[StageOut]
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last."
+    )
+
+
+class MetricRowOut(BaseModel):
+    """One epoch (`step` null) or one logged step; the metric columns depend on the task."""
+
+    model_config = ConfigDict(extra="allow")
+
+    epoch: int
+    step: int | None = None
+
+
+class CheckpointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    step: int
+    attempt: int
+    metric_name: str | None
+    metric_value: float | None
+    is_best: bool
+    sha256: str | None
+    created_at: datetime

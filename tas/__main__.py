@@ -1,0 +1,3 @@
+from tas.cli import main
+
+main()

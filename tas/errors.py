@@ -1,0 +1,61 @@
+"""Domain errors. Services raise these; the API maps them to HTTP in one handler (`status_code`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class DomainError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(DomainError):
+    status_code = 404
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+
+
+class ModelNotFound(NotFound):
+    def __init__(self, ref: str) -> None:
+        super().__init__(
+            f"model {ref!r} not found; give a job id, a name, name:version or name@alias"
+        )
+
+
+class Conflict(DomainError):
+    status_code = 409
+
+
+class JobFinished(Conflict):
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id!r} is already {status}; only queued or running jobs can change"
+        )
+
+
+class ModelNotReady(Conflict):
+    def __init__(self, ref: str, status: str) -> None:
+        super().__init__(
+            f"job {ref!r} is {status}; only a succeeded job has a model to predict with"
+        )
+
+
+class InvalidInput(DomainError):
+    """A 422 in FastAPI's own shape: each problem names the field (`loc`) and what is allowed."""
+
+    status_code = 422
+
+    def __init__(self, problems: Sequence[tuple[Sequence[str | int], str]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+        self.problems = [(tuple(loc), msg) for loc, msg in problems]
+
+
+class PayloadTooLarge(DomainError):
+    status_code = 413

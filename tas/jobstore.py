@@ -1,0 +1,342 @@
+"""Job state transitions, shared by the API and the worker.
+
+The database is the source of truth: the broker may deliver a job twice or lose it. Every write a
+worker makes is fenced by (lease_owner, attempts), so a worker whose lease expired and was taken
+over can no longer change the job. Nothing here commits: the caller's boundary (a request, a task's
+flush) does."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from tas.db.models import (
+    FINISHED,
+    Checkpoint,
+    Job,
+    JobStage,
+    JobStatus,
+    MetricRow,
+    ModelVersion,
+    utcnow,
+)
+from tas.errors import InvalidInput, JobFinished, JobNotFound
+
+
+def queue_for(device: str) -> str:
+    """Jobs that ask for a GPU go to workers that have one; `auto` runs anywhere."""
+    return {"cuda": "gpu", "cpu": "cpu"}.get(device, "default")
+
+
+def create_job(session: Session, spec: dict[str, Any], *, tenant: str, max_attempts: int) -> Job:
+    job = Job(
+        tenant=tenant,
+        name=spec["name"],
+        spec=spec,
+        queue=queue_for(spec.get("resources", {}).get("device", "auto")),
+        max_attempts=max_attempts,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str, *, tenant: str | None = None) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise JobNotFound(job_id)
+    return job
+
+
+@dataclass
+class Page:
+    items: list[Job]
+    next_cursor: str | None
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(
+            [(("query", "cursor"), "not a cursor this server issued; pass next_cursor back as is")]
+        ) from exc
+
+
+def list_jobs(
+    session: Session, *, tenant: str, status: str | None, limit: int, cursor: str | None
+) -> Page:
+    """Newest first; the cursor is (created_at, id) of the last item, so pages never skip or repeat."""
+    q = select(Job).where(Job.tenant == tenant)
+    if status is not None:
+        q = q.where(Job.status == status)
+    if cursor is not None:
+        created, job_id = _decode_cursor(cursor)
+        q = q.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    items = rows[:limit]
+    return Page(items, _encode_cursor(items[-1]) if more and items else None)
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
+    now = utcnow()
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.queued.value)
+        .values(
+            status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, updated_at=now
+        )
+    ).rowcount
+    if not done:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.running.value)
+            .values(cancel_requested=True, updated_at=now)
+        ).rowcount
+    session.refresh(job)
+    if not done:
+        raise JobFinished(job.id, job.status)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side: claim, heartbeat, report, finish. All fenced by (owner, attempt).
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    owner: str
+    attempt: int
+
+
+def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Lease | None:
+    """Take the job if it is queued, or running under an expired lease (its worker died).
+
+    One conditional UPDATE: two deliveries racing for the same job cannot both win."""
+    now = utcnow()
+    claimable = or_(
+        Job.status == JobStatus.queued.value,
+        and_(Job.status == JobStatus.running.value, Job.lease_until < now),
+    )
+    res = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            claimable,
+            Job.cancel_requested.is_(False),
+            Job.attempts < Job.max_attempts,
+        )
+        .values(
+            status=JobStatus.running.value,
+            lease_owner=owner,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+    )
+    if res.rowcount != 1:
+        return None
+    attempt = session.scalar(select(Job.attempts).where(Job.id == job_id))
+    assert attempt is not None
+    return Lease(job_id, owner, attempt)
+
+
+def _fenced(lease: Lease) -> Any:
+    return and_(
+        Job.id == lease.job_id,
+        Job.lease_owner == lease.owner,
+        Job.attempts == lease.attempt,
+        Job.status == JobStatus.running.value,
+    )
+
+
+@dataclass(frozen=True)
+class Beat:
+    cancel_requested: bool
+
+
+def renew(
+    session: Session, lease: Lease, lease_seconds: float, changes: dict[str, Any] | None = None
+) -> Beat | None:
+    """Extend the lease (and write the latest progress). None: the lease is lost, stop at once."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "lease_until": now + timedelta(seconds=lease_seconds),
+        "heartbeat_at": now,
+        "updated_at": now,
+        **(changes or {}),
+    }
+    row = session.execute(
+        update(Job).where(_fenced(lease)).values(**values).returning(Job.cancel_requested)
+    ).first()
+    return None if row is None else Beat(bool(row[0]))
+
+
+def start_stage(session: Session, lease: Lease, name: str) -> None:
+    session.execute(
+        delete(JobStage).where(
+            JobStage.job_id == lease.job_id,
+            JobStage.attempt == lease.attempt,
+            JobStage.name == name,
+        )
+    )
+    session.add(JobStage(job_id=lease.job_id, attempt=lease.attempt, name=name))
+
+
+def finish_stage(
+    session: Session, lease: Lease, name: str, outputs: dict[str, Any], status: str = "succeeded"
+) -> None:
+    session.execute(
+        update(JobStage)
+        .where(
+            JobStage.job_id == lease.job_id,
+            JobStage.attempt == lease.attempt,
+            JobStage.name == name,
+        )
+        .values(status=status, finished_at=utcnow(), outputs=outputs)
+    )
+
+
+def upsert_metrics(session: Session, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Replace rows with the same (epoch, step): a resumed attempt replays, never duplicates."""
+    if not rows:
+        return
+    keys = list({(int(r["epoch"]), int(r.get("step", -1))) for r in rows})
+    session.execute(
+        delete(MetricRow).where(
+            MetricRow.job_id == job_id, tuple_(MetricRow.epoch, MetricRow.step).in_(keys)
+        )
+    )
+    session.add_all(
+        MetricRow(
+            job_id=job_id,
+            epoch=int(r["epoch"]),
+            step=int(r.get("step", -1)),
+            values={k: v for k, v in r.items() if k not in ("epoch", "step")},
+        )
+        for r in rows
+    )
+
+
+def record_checkpoint(
+    session: Session, lease: Lease, record: dict[str, Any], kept_paths: Sequence[str]
+) -> None:
+    if record.get("is_best"):
+        session.execute(
+            update(Checkpoint).where(Checkpoint.job_id == lease.job_id).values(is_best=False)
+        )
+    session.execute(
+        delete(Checkpoint).where(
+            Checkpoint.job_id == lease.job_id, Checkpoint.path == record["path"]
+        )
+    )
+    session.add(Checkpoint(job_id=lease.job_id, attempt=lease.attempt, **record))
+    session.flush()
+    session.execute(
+        update(Checkpoint)
+        .where(Checkpoint.job_id == lease.job_id, Checkpoint.path.not_in(list(kept_paths)))
+        .values(deleted=True)
+    )
+
+
+def finish(session: Session, lease: Lease, status: JobStatus, **values: Any) -> bool:
+    now = utcnow()
+    return bool(
+        session.execute(
+            update(Job)
+            .where(_fenced(lease))
+            .values(
+                status=status.value, finished_at=now, updated_at=now, lease_until=None, **values
+            )
+        ).rowcount
+    )
+
+
+def release(session: Session, lease: Lease, **values: Any) -> bool:
+    """Hand a running job back to the queue (graceful stop): it resumes from its checkpoint."""
+    now = utcnow()
+    return bool(
+        session.execute(
+            update(Job)
+            .where(_fenced(lease))
+            .values(
+                status=JobStatus.queued.value,
+                lease_owner=None,
+                lease_until=None,
+                queued_at=now,
+                updated_at=now,
+                **values,
+            )
+        ).rowcount
+    )
+
+
+def fail_unclaimable(session: Session, job_id: str) -> Job | None:
+    """A delivery that could not claim: settle jobs that can never run again (attempts used up,
+    cancelled while its worker was gone). Returns the job when it changed it."""
+    job = session.get(Job, job_id)
+    if job is None or job.status in FINISHED:
+        return None
+    now = utcnow()
+    expired = job.status == JobStatus.queued.value or (
+        job.lease_until is not None and job.lease_until < now
+    )
+    if not expired:
+        return None
+    if job.cancel_requested:
+        job.status, job.finished_at = JobStatus.cancelled.value, now
+        return job
+    if job.attempts >= job.max_attempts:
+        job.status, job.finished_at = JobStatus.failed.value, now
+        job.error = {
+            "type": "MaxAttemptsExceeded",
+            "message": f"the job's worker was lost {job.attempts} times (max_attempts"
+            f" {job.max_attempts}); last stage {job.stage!r}",
+            "hint": "look at the worker's log for the crash (out of memory?); lower batch_size",
+            "stage": job.stage,
+        }
+        return job
+    return None
+
+
+def register_model(
+    session: Session, job: Job, model_dir: str, card: dict[str, Any], metrics: dict[str, Any] | None
+) -> ModelVersion:
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
+    if existing is not None:
+        return existing
+    last = session.scalar(
+        select(func.max(ModelVersion.version)).where(
+            ModelVersion.tenant == job.tenant, ModelVersion.name == job.name
+        )
+    )
+    mv = ModelVersion(
+        tenant=job.tenant,
+        name=job.name,
+        version=(last or 0) + 1,
+        job_id=job.id,
+        model_dir=model_dir,
+        card=card,
+        metrics=metrics,
+    )
+    session.add(mv)
+    session.flush()
+    return mv

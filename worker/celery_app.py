@@ -1,0 +1,9 @@
+"""The Celery app the worker runs (`tas worker`, or `celery -A worker.celery_app worker`)."""
+
+from __future__ import annotations
+
+from tas.queue import make_celery
+from tas.settings import Settings
+
+settings = Settings()
+app = make_celery(settings, include_tasks=True)

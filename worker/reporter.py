@@ -1,0 +1,152 @@
+"""The worker's side of the core's hooks: it writes a running job's progress to the database.
+
+The training loop only sets attributes and appends to a list; a heartbeat thread writes them in one
+transaction every `heartbeat_seconds`, renewing the lease in the same UPDATE and reading back the
+cancel flag. So the loop never waits on the database, writes are bounded by time (not by steps),
+and a lost lease or a cancel reaches the loop within one interval."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from typing import Any
+
+from core.hooks import NullHooks, Progress
+from sqlalchemy.orm import Session, sessionmaker
+
+from tas import jobstore
+from tas.jobstore import Lease
+
+log = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN and inf are not JSON; the API shows them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class DbReporter(NullHooks):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        lease: Lease,
+        *,
+        lease_seconds: float,
+        interval: float,
+        monitor: tuple[str, str] | None = None,
+        preempted: threading.Event | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.lease = lease
+        self.lease_seconds = lease_seconds
+        self.interval = interval
+        self.monitor = monitor
+        self._preempted = preempted or threading.Event()
+        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._checkpoints: list[tuple[dict[str, Any], list[str]]] = []
+        self._changes: dict[str, Any] = {}
+        self._best: dict[str, Any] | None = None
+        self._stop_reason: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat_loop, name="tas-heartbeat", daemon=True)
+        self.stage: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=self.interval * 5 + 5)
+
+    def _beat_loop(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.flush()
+            except Exception:  # a DB hiccup must not kill the job; the next beat retries
+                log.exception("heartbeat for job %s failed", self.lease.job_id)
+
+    def flush(self) -> bool:
+        """Write everything pending and renew the lease. False when the lease is lost."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+            checkpoints, self._checkpoints = self._checkpoints, []
+            changes, self._changes = self._changes, {}
+        with self.sessions() as s:
+            beat = jobstore.renew(s, self.lease, self.lease_seconds, _jsonable(changes))
+            if beat is None:
+                s.rollback()
+                self._stop_reason = "lease_lost"
+                return False
+            jobstore.upsert_metrics(s, self.lease.job_id, _jsonable(rows))
+            for record, kept in checkpoints:
+                jobstore.record_checkpoint(s, self.lease, _jsonable(record), kept)
+            s.commit()
+        if beat.cancel_requested and self._stop_reason is None:
+            self._stop_reason = "cancelled"
+        return True
+
+    # -- hooks called by the core --------------------------------------------------------------
+    def should_stop(self) -> str | None:
+        if self._stop_reason is None and self._preempted.is_set():
+            self._stop_reason = "preempted"
+        return self._stop_reason
+
+    def stage_started(self, stage: str) -> None:
+        self.stage = stage
+        with self._lock:
+            self._changes["stage"] = stage
+        self.flush()
+        with self.sessions() as s:
+            jobstore.start_stage(s, self.lease, stage)
+            s.commit()
+
+    def stage_finished(self, stage: str, outputs: dict[str, Any]) -> None:
+        self.flush()
+        with self.sessions() as s:
+            jobstore.finish_stage(s, self.lease, stage, _jsonable(outputs))
+            s.commit()
+
+    def progress(self, progress: Progress) -> None:
+        with self._lock:
+            self._changes["progress"] = dataclasses.asdict(progress)
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._rows.append(dict(row, step=-1))
+            self._changes["latest_metrics"] = row
+            if self._is_better(row):
+                self._best = row
+                self._changes["best_metrics"] = row
+
+    def step_logged(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._rows.append(row)
+
+    def checkpoint_saved(self, record: Any) -> None:
+        rec = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
+        kept = [str(p) for p in rec.pop("kept_paths", [])] or [str(rec["path"])]
+        rec["path"] = str(rec["path"])
+        with self._lock:
+            self._checkpoints.append((rec, kept))
+
+    def _is_better(self, row: dict[str, Any]) -> bool:
+        if self.monitor is None:
+            return True
+        name, mode = self.monitor
+        value = row.get(name)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return self._best is None
+        if self._best is None or not isinstance(self._best.get(name), int | float):
+            return True
+        best = self._best[name]
+        return value > best if mode == "max" else value < best

@@ -1,0 +1,206 @@
+"""Run one job: claim it, run the core pipeline with the database reporter, settle it.
+
+Idempotent: a second delivery of a job that is running under a live lease, or already finished,
+claims nothing and returns. Every outcome (success, failure, cancel, preemption) ends in a fenced
+write, so a job is never left `running` by a worker that is still alive."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import Stopped, TrainingError
+from core.pipeline import PipelineResult, RunContext, run_pipeline
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.data.registry import BUILTIN_DATASETS, DatasetInfo
+from core.spec import JobSpec, resolved_monitor, spec_problems
+from tas import jobstore
+from tas.db.models import Job, JobStatus
+from tas.settings import Settings
+from worker.reporter import DbReporter
+
+log = logging.getLogger(__name__)
+
+#: Set by the worker's shutdown signal: running jobs checkpoint and go back to the queue.
+PREEMPT = threading.Event()
+
+
+@dataclass
+class Outcome:
+    job_id: str
+    status: str  # "skipped" | a JobStatus | "requeued"
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.resolved_artifact_dir / "jobs" / job_id
+
+
+def dataset_info(spec: JobSpec) -> tuple[DatasetInfo, Any]:
+    if spec.dataset.name is None:
+        raise TrainingError(
+            "DatasetNotFound",
+            "uploaded datasets are not available on this server",
+            "use a built-in dataset",
+            stage="collect",
+        )
+    source = BUILTIN_DATASETS[spec.dataset.name]
+    return source.info, source.load
+
+
+def run_job(
+    job_id: str, *, settings: Settings, sessions: sessionmaker[Session], owner: str
+) -> Outcome:
+    with sessions() as s:
+        lease = jobstore.claim(s, job_id, owner, settings.lease_seconds)
+        if lease is None:
+            settled = jobstore.fail_unclaimable(s, job_id)
+            s.commit()
+            log.info(
+                "job %s not claimed (%s)", job_id, settled.status if settled else "busy or done"
+            )
+            return Outcome(job_id, "skipped")
+        s.commit()
+        job = s.get(Job, job_id)
+        assert job is not None
+        raw_spec = job.spec
+
+    spec = JobSpec.model_validate(raw_spec)
+    reporter: DbReporter | None = None
+    try:
+        info, load = dataset_info(spec)
+        problems = spec_problems(spec, info)
+        if problems:
+            raise TrainingError(
+                "InvalidSpec",
+                "; ".join(m for _, m in problems),
+                "fix the spec and submit it again",
+                stage="collect",
+            )
+        reporter = DbReporter(
+            sessions,
+            lease,
+            lease_seconds=settings.lease_seconds,
+            interval=settings.heartbeat_seconds,
+            monitor=resolved_monitor(spec, info, has_val=spec.dataset.val_fraction > 0),
+            preempted=PREEMPT,
+        )
+        reporter.start()
+        ctx = RunContext(
+            job_dir=job_dir(settings, job_id),
+            datasets_dir=settings.resolved_datasets_dir,
+            allow_download=settings.allow_download,
+            device=settings.device if spec.resources.device == "auto" else spec.resources.device,
+        )
+        result = run_pipeline(spec, info, ctx, reporter, load=load)
+    except Stopped as stop:
+        return _stopped(sessions, lease, reporter, stop.reason)
+    except TrainingError as exc:
+        return _failed(sessions, lease, reporter, exc.to_error_dict())
+    except Exception as exc:
+        stage = reporter.stage if reporter else None
+        log.exception("job %s failed in stage %s", job_id, stage)
+        return _failed(
+            sessions,
+            lease,
+            reporter,
+            {
+                "type": type(exc).__name__,
+                "message": f"{stage or 'setup'} stage failed: {exc}",
+                "hint": "this looks like a bug in tas or the environment; the traceback is in the worker log",
+                "stage": stage,
+                "traceback": traceback.format_exc(limit=8)[-4000:],
+            },
+        )
+    finally:
+        if reporter is not None:
+            reporter.close()
+    if result.status != "succeeded":
+        return _stopped(sessions, lease, reporter, result.status)
+    return _succeeded(sessions, lease, reporter, result)
+
+
+def _final_flush(reporter: DbReporter | None) -> None:
+    if reporter is not None:
+        try:
+            reporter.flush()
+        except Exception:
+            log.exception("final flush failed")
+
+
+def _succeeded(
+    sessions: sessionmaker[Session],
+    lease: jobstore.Lease,
+    reporter: DbReporter | None,
+    result: PipelineResult,
+) -> Outcome:
+    _final_flush(reporter)
+    from core.artifact import load_card
+
+    with sessions() as s:
+        job = s.get(Job, lease.job_id)
+        assert job is not None
+        card = load_card(result.model_dir)
+        mv = jobstore.register_model(s, job, str(result.model_dir), card, result.final_metrics)
+        ok = jobstore.finish(
+            s,
+            lease,
+            JobStatus.succeeded,
+            stage=None,
+            result=_result_dict(result, model={"name": mv.name, "version": mv.version}),
+            best_metrics=result.best_metrics or None,
+            latest_metrics=result.final_metrics or None,
+        )
+        if not ok:  # lost the lease while finishing: another attempt owns the job now
+            s.rollback()
+            return Outcome(lease.job_id, "skipped")
+        s.commit()
+    return Outcome(lease.job_id, JobStatus.succeeded.value)
+
+
+def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
+    from worker.reporter import _jsonable
+
+    return _jsonable(
+        {
+            "evaluation": result.evaluation,
+            "parameters": {"trainable": result.trainable_params, "total": result.total_params},
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            **extra,
+        }
+    )
+
+
+def _failed(
+    sessions: sessionmaker[Session],
+    lease: jobstore.Lease,
+    reporter: DbReporter | None,
+    error: dict[str, Any],
+) -> Outcome:
+    _final_flush(reporter)
+    with sessions() as s:
+        ok = jobstore.finish(s, lease, JobStatus.failed, error=error)
+        s.commit()
+    return Outcome(lease.job_id, JobStatus.failed.value if ok else "skipped")
+
+
+def _stopped(
+    sessions: sessionmaker[Session], lease: jobstore.Lease, reporter: DbReporter | None, reason: str
+) -> Outcome:
+    _final_flush(reporter)
+    with sessions() as s:
+        if reason == "cancelled":
+            ok = jobstore.finish(s, lease, JobStatus.cancelled, stage=None)
+            status = JobStatus.cancelled.value
+        elif reason == "preempted":
+            ok = jobstore.release(s, lease)
+            status = "requeued"
+        else:  # lease lost: someone else owns the job; write nothing
+            ok, status = False, "skipped"
+        s.commit()
+    return Outcome(lease.job_id, status if ok else "skipped")
