@@ -1,0 +1,257 @@
+"""The deployment files agree with each other and with the CLI. There is no Docker engine in CI, so
+they are read, not run; the packaging check installs the project the way the image does."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def load_compose(text: str | None = None) -> dict[str, Any]:
+    doc = yaml.safe_load(COMPOSE.read_text() if text is None else text)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    cmd = service["command"]
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in cmd]
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path → volume name, for named volumes (short syntax)."""
+    out = {}
+    for v in service.get("volumes", []):
+        source, target = v.split(":")[:2]
+        out[target] = source
+    return out
+
+
+def volume_for(service: dict[str, Any], path: str) -> str | None:
+    """The named volume that holds ``path`` inside ``service`` (the deepest mount containing it)."""
+    best = None
+    for target, source in mounts(service).items():
+        if (path == target or path.startswith(target.rstrip("/") + "/")) and (
+            best is None or len(target) > len(best[0])
+        ):
+            best = (target, source)
+    return best[1] if best else None
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def test_compose_services(services: dict[str, Any]) -> None:
+    assert set(services) == {"api", "worker", "redis", "postgres"}
+    assert services["redis"]["image"].split(":")[0] == "redis"
+    assert services["redis"]["image"].endswith(":7")
+    assert services["postgres"]["image"] == "postgres:16"
+    # api and worker run the same image, built from this repo.
+    assert services["api"]["image"] == services["worker"]["image"]
+    assert services["api"]["build"] == services["worker"]["build"] == "."
+
+
+def test_compose_commands_match_the_cli(services: dict[str, Any]) -> None:
+    api = command(services["api"])
+    assert api[:2] == ["tas", "serve"]
+    assert "--no-worker" in api  # the workers are their own service
+    assert api[api.index("--host") + 1] == "0.0.0.0"
+    assert command(services["worker"])[:2] == ["tas", "worker"]
+    assert "8000:8000" in services["api"]["ports"]
+
+
+def test_compose_api_and_worker_share_config_and_artifacts(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    api, worker = services["api"], services["worker"]
+    assert api["environment"] == worker["environment"]
+    env = api["environment"]
+
+    artifacts = env["TAS_ARTIFACT_DIR"]
+    assert artifacts == "/data/artifacts"
+    shared = volume_for(api, artifacts)
+    assert shared is not None, "the artifact dir is not on a volume in the api"
+    assert volume_for(worker, artifacts) == shared, "api and worker must share the artifact volume"
+    assert shared in compose["volumes"]
+    assert volume_for(api, env["TAS_DATA_DIR"]) == shared
+
+    db = urlsplit(env["TAS_DATABASE_URL"])
+    pg_env = services["postgres"]["environment"]
+    assert db.scheme == "postgresql+psycopg"
+    assert db.hostname == "postgres"  # the service name
+    assert db.port == 5432
+    assert (db.username, db.password) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"])
+    assert db.path.lstrip("/") == pg_env["POSTGRES_DB"]
+
+    broker = urlsplit(env["TAS_BROKER_URL"])
+    assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    assert "TAS_API_KEYS" in COMPOSE.read_text()  # at least documented where it is to be set
+
+
+def test_compose_redis_never_evicts_and_persists(services: dict[str, Any]) -> None:
+    cmd = command(services["redis"])
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert volume_for(services["redis"], "/data") is not None
+
+
+def test_compose_healthchecks_and_startup_order(services: dict[str, Any]) -> None:
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert "ping" in " ".join(services["redis"]["healthcheck"]["test"])
+    assert {"postgres", "redis"} <= set(services["api"]["depends_on"])
+    for name, svc in services.items():
+        for dep, cond in svc.get("depends_on", {}).items():
+            assert cond["condition"] == "service_healthy", f"{name} → {dep}"
+            hc = services[dep].get("healthcheck")
+            assert hc is not None, f"{name} waits for {dep} to be healthy, which has no healthcheck"
+            if "test" not in hc:  # inherits the image's HEALTHCHECK
+                assert services[dep].get("build") == ".", f"{dep} has no healthcheck test"
+                assert "/healthz" in dockerfile_instructions()["HEALTHCHECK"][0]
+
+
+def test_commented_gpu_worker_is_valid_once_uncommented() -> None:
+    lines = COMPOSE.read_text().splitlines()
+    start = lines.index("  # worker-gpu:")
+    end = start
+    while end < len(lines) and lines[end].startswith("  #"):
+        end += 1
+    block = [re.sub(r"^  # ?", "  ", line) for line in lines[start:end]]
+    doc = load_compose("\n".join([*lines[:start], *block, *lines[end:]]))
+    gpu = doc["services"]["worker-gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia"
+    assert devices[0]["capabilities"] == ["gpu"]
+    cmd = command(gpu)
+    assert cmd[:2] == ["tas", "worker"]
+    assert cmd[cmd.index("--queues") + 1] == "gpu"
+    assert gpu["environment"]["TAS_DEVICE"] == "cuda"
+    api = doc["services"]["api"]
+    for key, value in api["environment"].items():
+        assert gpu["environment"][key] == value
+    assert volume_for(gpu, "/data/artifacts") == volume_for(api, "/data/artifacts")
+
+
+def dockerfile_instructions() -> dict[str, list[str]]:
+    """Instruction → its arguments, in order, with continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instr, _, rest = line.partition(" ")
+        out.setdefault(instr.upper(), []).append(rest.strip())
+    return out
+
+
+def test_dockerfile_key_instructions() -> None:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    d = dockerfile_instructions()
+    body = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert body[0].startswith("ARG BASE_IMAGE=python:3.11-slim")  # before FROM: usable in FROM
+    assert d["FROM"] == ["${BASE_IMAGE}"]
+    assert any(a.startswith("TORCH_INDEX=") for a in d["ARG"])
+    assert any('--index-url "${TORCH_INDEX}"' in r and "torch" in r for r in d["RUN"])
+    assert "nvidia/cuda:" in DOCKERFILE.read_text()  # the documented CUDA alternative
+    assert any(re.search(r"pip install (\.|/src)( |$)", r) for r in d["RUN"])
+
+    assert json.loads(d["CMD"][-1]) == ["tas", "serve", "--host", "0.0.0.0"]
+    assert d["EXPOSE"] == ["8000"]
+    assert "TAS_DATA_DIR=/data" in " ".join(d["ENV"])
+    assert d["VOLUME"] == ["/data"]
+    assert "/healthz" in d["HEALTHCHECK"][0]
+
+    user = d["USER"][-1]
+    assert user not in ("root", "0", "0:0")
+    # The user is dropped after the last RUN, so the server never runs as root.
+    last_user = max(i for i, ln in enumerate(body) if ln.startswith("USER "))
+    last_run = max(i for i, ln in enumerate(body) if ln.startswith("RUN "))
+    assert last_user > last_run
+    assert re.search(rf"useradd .*\b{user}\b", " ".join(d["RUN"]))
+    assert re.search(rf"chown {user}(:{user})? /data", " ".join(d["RUN"]))
+
+
+def test_dockerignore_keeps_what_pip_install_needs() -> None:
+    patterns = [
+        p.strip()
+        for p in (ROOT / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
+    for p in (".venv", ".git", "var", ".env"):
+        assert p in patterns
+
+    def ignored(path: str) -> bool:
+        return any(
+            fnmatch.fnmatch(path, pat.lstrip("/").removeprefix("**/"))
+            or fnmatch.fnmatch(path.split("/")[0], pat)
+            for pat in patterns
+        )
+
+    needed = ["pyproject.toml", "README.md", "migrations/env.py"]
+    needed += [f"{pkg}/__init__.py" for pkg in ("tas", "app", "worker", "core")]
+    assert [p for p in needed if ignored(p)] == []
+    assert ignored(".venv/bin/python") and ignored("tas/__pycache__/x.pyc")
+
+
+@pytest.mark.slow
+def test_installed_package_can_migrate(tmp_path: Path) -> None:
+    """The image runs a non-editable install (`pip install .`): it must carry the Alembic migrations
+    so that `tas migrate` (and `tas serve`, which migrates on start) work outside the source tree."""
+    wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("tas-*.whl")
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAS_")}
+    env.update(PYTHONPATH=str(target), TAS_DATA_DIR=str(work / "data"))
+    script = (
+        "import sys, tas; assert tas.__file__.startswith(sys.argv[1]), tas.__file__; "
+        "from tas.cli import main; sys.argv = ['tas', 'migrate']; main()"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script, str(target)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, (
+        f"`tas migrate` from the installed package failed:\n{p.stderr[-3000:]}"
+    )
+    with sqlite3.connect(work / "data" / "tas.db") as conn:
+        (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert version
