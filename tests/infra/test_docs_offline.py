@@ -37,6 +37,7 @@ def render_dom(url: str, profile: Path, rules: str = OFFLINE_RULES) -> str:
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
         "--disable-quic",
         "--no-first-run",
         "--disable-background-networking",
