@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import Stopped, TrainingError
 from core.pipeline import PipelineResult, RunContext, run_pipeline
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.data.registry import BUILTIN_DATASETS, DatasetInfo
+from core.errors import Stopped, TrainingError
 from core.spec import JobSpec, resolved_monitor, spec_problems
 from tas import jobstore
 from tas.db.models import Job, JobStatus
@@ -34,6 +34,7 @@ PREEMPT = threading.Event()
 class Outcome:
     job_id: str
     status: str  # "skipped" | a JobStatus | "requeued"
+    queue: str | None = None
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -43,9 +44,9 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 def dataset_info(spec: JobSpec) -> tuple[DatasetInfo, Any]:
     if spec.dataset.name is None:
         raise TrainingError(
-            "DatasetNotFound",
             "uploaded datasets are not available on this server",
-            "use a built-in dataset",
+            hint="use a built-in dataset",
+            type="DatasetNotFound",
             stage="collect",
         )
     source = BUILTIN_DATASETS[spec.dataset.name]
@@ -76,9 +77,9 @@ def run_job(
         problems = spec_problems(spec, info)
         if problems:
             raise TrainingError(
-                "InvalidSpec",
                 "; ".join(m for _, m in problems),
-                "fix the spec and submit it again",
+                hint="fix the spec and submit it again",
+                type="InvalidSpec",
                 stage="collect",
             )
         reporter = DbReporter(
@@ -193,6 +194,7 @@ def _stopped(
     sessions: sessionmaker[Session], lease: jobstore.Lease, reporter: DbReporter | None, reason: str
 ) -> Outcome:
     _final_flush(reporter)
+    queue = None
     with sessions() as s:
         if reason == "cancelled":
             ok = jobstore.finish(s, lease, JobStatus.cancelled, stage=None)
@@ -200,7 +202,9 @@ def _stopped(
         elif reason == "preempted":
             ok = jobstore.release(s, lease)
             status = "requeued"
+            job = s.get(Job, lease.job_id)
+            queue = job.queue if job else None
         else:  # lease lost: someone else owns the job; write nothing
             ok, status = False, "skipped"
         s.commit()
-    return Outcome(lease.job_id, status if ok else "skipped")
+    return Outcome(lease.job_id, status if ok else "skipped", queue)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import uuid
 from functools import cache
+from typing import Any
 
 from celery import Task
-from celery.signals import worker_shutting_down
+from celery.signals import worker_process_init, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
 from tas.db.engine import make_engine, make_sessionmaker
@@ -31,10 +34,34 @@ def run_job_task(self: Task, job_id: str) -> str:
     owner = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
     outcome = run_job(job_id, settings=settings, sessions=_sessions(os.getpid()), owner=owner)
     log.info("job %s: %s", job_id, outcome.status)
+    if outcome.status == "requeued":
+        # Handed back on shutdown: publish it again so another worker resumes it now rather than
+        # when the reaper notices. A duplicate is harmless (claims are exclusive).
+        app.send_task(RUN_JOB, args=[job_id], queue=outcome.queue or "default")
     return outcome.status
+
+
+def _preempt(signum: int, frame: Any) -> None:
+    PREEMPT.set()
+
+
+@worker_process_init.connect
+def _child_init(**_: object) -> None:
+    """In each pool child, SIGTERM means: checkpoint the running job and hand it back."""
+    signal.signal(signal.SIGTERM, _preempt)
 
 
 @worker_shutting_down.connect
 def _preempt_running_jobs(**_: object) -> None:
-    """Warm shutdown (SIGTERM): the running job checkpoints and goes back to the queue."""
+    """Warm shutdown (SIGTERM to the worker): tell whoever runs a job to checkpoint and stop.
+
+    The solo pool runs jobs in this process; a prefork child is not told by Celery (it would
+    train to the end while the worker waits), so signal the busy children ourselves."""
+    from celery.worker import state
+
     PREEMPT.set()
+    for request in list(state.active_requests):
+        pid = getattr(request, "worker_pid", None)
+        if pid and pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
