@@ -31,22 +31,29 @@ class Reaped:
 def reap_once(session: Session, publisher: Publisher, *, requeue_after_s: float) -> Reaped:
     now = utcnow()
     stale = now - timedelta(seconds=requeue_after_s)
-    rows = session.execute(
-        select(Job.id, Job.queue).where(
-            or_(
-                and_(Job.status == JobStatus.running.value, Job.lease_until < now),
-                and_(Job.status == JobStatus.queued.value, Job.queued_at < stale),
-            )
-        )
-    ).all()
+    lost = or_(
+        and_(Job.status == JobStatus.running.value, Job.lease_until < now),
+        and_(Job.status == JobStatus.queued.value, Job.queued_at < stale),
+    )
+    rows = session.execute(select(Job.id, Job.queue).where(lost)).all()
     republished, failed = [], []
     for job_id, _queue in rows:
         settled = jobstore.fail_unclaimable(session, job_id)
         if settled is not None:
             failed.append(job_id)
             continue
-        session.execute(update(Job).where(Job.id == job_id).values(queued_at=now))
-        republished.append(job_id)
+        # Back to queued: the dead owner is fenced out (its writes need status running), and the
+        # stale-queued clock, reset here, decides when to publish again if nobody claims it.
+        # Conditional, like a claim: a worker that took the job since the SELECT keeps it.
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, lost)
+            .values(
+                status=JobStatus.queued.value, lease_owner=None, lease_until=None, queued_at=now
+            )
+        ).rowcount
+        if changed:
+            republished.append(job_id)
     session.commit()
     for job_id, queue in rows:
         if job_id in republished:
