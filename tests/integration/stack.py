@@ -65,6 +65,7 @@ class Stack:
     base_url: str
     env: dict[str, str]
     data_dir: Path
+    logdir: Path
     procs: list[Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -103,6 +104,11 @@ class Stack:
         raise AssertionError(
             f"job {job_id} still {job.get('status')} after {timeout}s: {job}\n{self.logs()}"
         )
+
+    def start_worker(self, name: str = "worker", *args: str) -> Proc:
+        proc = spawn(name, ["worker", "--queues", "default,cpu", *args], self.env, self.logdir)
+        self.procs.append(proc)
+        return proc
 
     def close(self) -> None:
         self.http.close()
@@ -143,7 +149,7 @@ def embedded_stack(tmp: Path) -> Iterator[Stack]:
     """`tas serve`: the API and its embedded worker, SQLite and the filesystem broker."""
     port = free_port()
     env = base_env(tmp / "var")
-    stack = Stack("embedded", f"http://127.0.0.1:{port}", env, tmp / "var")
+    stack = Stack("embedded", f"http://127.0.0.1:{port}", env, tmp / "var", tmp)
     try:
         serve = spawn("serve", ["serve", "--port", str(port)], env, tmp)
         stack.procs.append(serve)
@@ -154,11 +160,15 @@ def embedded_stack(tmp: Path) -> Iterator[Stack]:
 
 
 @contextlib.contextmanager
-def distributed_stack(tmp: Path, *, database_url: str, broker_url: str) -> Iterator[Stack]:
-    """Production layout: `tas migrate`, `tas serve --no-worker`, and a separate `tas worker`."""
+def distributed_stack(
+    tmp: Path, *, database_url: str, broker_url: str, workers: int = 1, **env_overrides: str
+) -> Iterator[Stack]:
+    """Production layout: `tas migrate`, `tas serve --no-worker`, and separate `tas worker`s."""
     port = free_port()
-    env = base_env(tmp / "var", TAS_DATABASE_URL=database_url, TAS_BROKER_URL=broker_url)
-    stack = Stack("redis_pg", f"http://127.0.0.1:{port}", env, tmp / "var")
+    env = base_env(
+        tmp / "var", TAS_DATABASE_URL=database_url, TAS_BROKER_URL=broker_url, **env_overrides
+    )
+    stack = Stack("redis_pg", f"http://127.0.0.1:{port}", env, tmp / "var", tmp)
     try:
         subprocess.run(
             [sys.executable, "-m", "tas", "migrate"],
@@ -169,7 +179,8 @@ def distributed_stack(tmp: Path, *, database_url: str, broker_url: str) -> Itera
         )
         api = spawn("api", ["serve", "--no-worker", "--port", str(port)], env, tmp)
         stack.procs.append(api)
-        stack.procs.append(spawn("worker", ["worker", "--queues", "default,cpu"], env, tmp))
+        for i in range(workers):
+            stack.start_worker(f"worker{i}")
         wait_http(stack, api)
         yield stack
     finally:
