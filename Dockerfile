@@ -23,7 +23,7 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH
 
 # python:*-slim has Python 3.11; CUDA bases (Ubuntu) get the distribution's python3 (>= 3.11 on 24.04).
-RUN if ! python3 -c 'import sys, venv; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
+RUN if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
         apt-get update \
         && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
         && rm -rf /var/lib/apt/lists/*; \
