@@ -46,6 +46,8 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server
 
 
 @pytest.fixture(scope="module")
-def postgres_url(postgres_server: servers.PostgresServer) -> str:
-    """A fresh, empty database for this test module; its SQLAlchemy URL."""
-    return postgres_server.create_database()
+def postgres_url(postgres_server: servers.PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for this test module (dropped after it); its SQLAlchemy URL."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url.rsplit("/", 1)[1])

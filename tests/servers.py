@@ -249,24 +249,25 @@ class PostgresServer:
         if self.owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def create_database(self, name: str | None = None) -> str:
-        """Create an empty database (cheap: a copy of template0) and return its SQLAlchemy URL."""
+    def _admin(self, statement: str, dbname: str) -> None:
+        """Run ``statement`` (``{}`` = the quoted database name) outside a transaction."""
         import psycopg
+        from psycopg import sql
 
-        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        query = sql.SQL(statement).format(sql.Identifier(dbname))
         with psycopg.connect(
             host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            conn.execute(query)
+
+    def create_database(self, name: str | None = None) -> str:
+        """Create an empty database (cheap: a copy of template0) and return its SQLAlchemy URL."""
+        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        self._admin("CREATE DATABASE {} TEMPLATE template0", name)
         return self.url_for(name)
 
     def drop_database(self, name: str) -> None:
-        import psycopg
-
-        with psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._admin("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
 
 def start_postgres(tmpdir: Path | str) -> PostgresServer:

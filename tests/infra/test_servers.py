@@ -94,3 +94,20 @@ def test_missing_service_fails_when_required(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(servers.REQUIRE_ENV, "")
     with pytest.raises(pytest.skip.Exception):
         servers.missing("redis-server", "apt-get install redis-server")
+
+
+def test_postgres_create_and_drop_database(postgres_server: servers.PostgresServer) -> None:
+    url = postgres_server.create_database()
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
+    postgres_server.drop_database(url.rsplit("/", 1)[1])
+    engine = sa.create_engine(url)
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="does not exist"):
+            engine.connect()
+    finally:
+        engine.dispose()
