@@ -18,8 +18,9 @@ install: $(BIN)/tas
 serve: install
 	$(BIN)/tas serve
 
+# pytest exits 5 when it collects no test: not a failure of the suite.
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q || [ $$? -eq 5 ]
 
 lint: install
 	$(BIN)/ruff check .

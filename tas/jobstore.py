@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import CursorResult, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from tas.db.models import (
@@ -27,6 +27,12 @@ from tas.db.models import (
     utcnow,
 )
 from tas.errors import InvalidInput, JobFinished, JobNotFound
+
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE/DELETE matched (`Session.execute` is typed as returning a plain Result)."""
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
 
 
 def queue_for(device: str) -> str:
@@ -95,19 +101,26 @@ def list_jobs(
 def request_cancel(session: Session, job: Job) -> Job:
     """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
     now = utcnow()
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == JobStatus.queued.value)
-        .values(
-            status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, updated_at=now
-        )
-    ).rowcount
-    if not done:
-        done = session.execute(
+    done = rowcount(
+        session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.running.value)
-            .values(cancel_requested=True, updated_at=now)
-        ).rowcount
+            .where(Job.id == job.id, Job.status == JobStatus.queued.value)
+            .values(
+                status=JobStatus.cancelled.value,
+                cancel_requested=True,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+    )
+    if not done:
+        done = rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.running.value)
+                .values(cancel_requested=True, updated_at=now)
+            )
+        )
     session.refresh(job)
     if not done:
         raise JobFinished(job.id, job.status)
@@ -152,7 +165,7 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Le
             updated_at=now,
         )
     )
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         return None
     attempt = session.scalar(select(Job.attempts).where(Job.id == job_id))
     assert attempt is not None
@@ -260,13 +273,15 @@ def record_checkpoint(
 def finish(session: Session, lease: Lease, status: JobStatus, **values: Any) -> bool:
     now = utcnow()
     return bool(
-        session.execute(
-            update(Job)
-            .where(_fenced(lease))
-            .values(
-                status=status.value, finished_at=now, updated_at=now, lease_until=None, **values
+        rowcount(
+            session.execute(
+                update(Job)
+                .where(_fenced(lease))
+                .values(
+                    status=status.value, finished_at=now, updated_at=now, lease_until=None, **values
+                )
             )
-        ).rowcount
+        )
     )
 
 
@@ -274,18 +289,20 @@ def release(session: Session, lease: Lease, **values: Any) -> bool:
     """Hand a running job back to the queue (graceful stop): it resumes from its checkpoint."""
     now = utcnow()
     return bool(
-        session.execute(
-            update(Job)
-            .where(_fenced(lease))
-            .values(
-                status=JobStatus.queued.value,
-                lease_owner=None,
-                lease_until=None,
-                queued_at=now,
-                updated_at=now,
-                **values,
+        rowcount(
+            session.execute(
+                update(Job)
+                .where(_fenced(lease))
+                .values(
+                    status=JobStatus.queued.value,
+                    lease_owner=None,
+                    lease_until=None,
+                    queued_at=now,
+                    updated_at=now,
+                    **values,
+                )
             )
-        ).rowcount
+        )
     )
 
 

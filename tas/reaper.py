@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tas import jobstore
 from tas.db.models import Job, JobStatus, utcnow
+from tas.jobstore import rowcount
 from tas.queue import Publisher
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,15 @@ def reap_once(session: Session, publisher: Publisher, *, requeue_after_s: float)
         # Back to queued: the dead owner is fenced out (its writes need status running), and the
         # stale-queued clock, reset here, decides when to publish again if nobody claims it.
         # Conditional, like a claim: a worker that took the job since the SELECT keeps it.
-        changed = session.execute(
-            update(Job)
-            .where(Job.id == job_id, lost)
-            .values(
-                status=JobStatus.queued.value, lease_owner=None, lease_until=None, queued_at=now
+        changed = rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, lost)
+                .values(
+                    status=JobStatus.queued.value, lease_owner=None, lease_until=None, queued_at=now
+                )
             )
-        ).rowcount
+        )
         if changed:
             republished.append(job_id)
     session.commit()
