@@ -172,3 +172,34 @@ class ModelVersion(Base):
     card: Mapped[dict[str, Any]]
     metrics: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAlias(Base):
+    """`name@alias` → a version. Moving an alias is the deploy step."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("tenant", "name", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    name: Mapped[str] = mapped_column(String(64))
+    alias: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Dataset(Base):
+    """An uploaded dataset: stored once per content hash, with the schema inferred at upload."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("tenant", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    name: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(32))  # csv | npz | image_folder | image_annotations
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024))
+    schema: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
