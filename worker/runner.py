@@ -56,6 +56,14 @@ def dataset_info(spec: JobSpec) -> tuple[DatasetInfo, Any]:
 def run_job(
     job_id: str, *, settings: Settings, sessions: sessionmaker[Session], owner: str
 ) -> Outcome:
+    outcome = _run_job(job_id, settings=settings, sessions=sessions, owner=owner)
+    log.info("settled job %s as %s (owner %s)", job_id, outcome.status, owner)
+    return outcome
+
+
+def _run_job(
+    job_id: str, *, settings: Settings, sessions: sessionmaker[Session], owner: str
+) -> Outcome:
     with sessions() as s:
         lease = jobstore.claim(s, job_id, owner, settings.lease_seconds)
         if lease is None:
@@ -69,6 +77,7 @@ def run_job(
         job = s.get(Job, job_id)
         assert job is not None
         raw_spec = job.spec
+    log.info("claimed job %s attempt %d as %s", job_id, lease.attempt, owner)
 
     spec = JobSpec.model_validate(raw_spec)
     reporter: DbReporter | None = None
