@@ -156,12 +156,14 @@ def _succeeded(
         assert job is not None
         card = load_card(result.model_dir)
         mv = jobstore.register_model(s, job, str(result.model_dir), card, result.final_metrics)
+        progress = _completed(job.progress)
         ok = jobstore.finish(
             s,
             lease,
             JobStatus.succeeded,
             stage=None,
             result=_result_dict(result, model={"name": mv.name, "version": mv.version}),
+            progress=progress,
             best_metrics=result.best_metrics or None,
             latest_metrics=result.final_metrics or None,
         )
@@ -170,6 +172,18 @@ def _succeeded(
             return Outcome(lease.job_id, "skipped")
         s.commit()
     return Outcome(lease.job_id, JobStatus.succeeded.value)
+
+
+def _completed(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Progress is written at most every heartbeat; a finished job shows all of it done."""
+    if not progress:
+        return progress
+    return {
+        **progress,
+        "step": progress.get("steps_per_epoch", progress.get("step")),
+        "fraction": 1.0,
+        "eta_seconds": 0.0,
+    }
 
 
 def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
