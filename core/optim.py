@@ -52,10 +52,13 @@ class Scheduler:
 
 SCHEDULERS: dict[str, Scheduler] = {
     "cosine": Scheduler(
-        lambda opt, t, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs), "epoch"
+        lambda opt, t, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs),
+        "epoch",
     ),
     "step": Scheduler(
-        lambda opt, t, steps: torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_size, gamma=t.gamma),
+        lambda opt, t, steps: torch.optim.lr_scheduler.StepLR(
+            opt, step_size=t.step_size, gamma=t.gamma
+        ),
         "epoch",
     ),
     "onecycle": Scheduler(

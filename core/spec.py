@@ -32,11 +32,14 @@ class DatasetSpec(StrictModel):
     name: str | None = Field(None, description="A built-in dataset.", examples=["digits"])
     id: str | None = Field(None, description="An uploaded dataset's id.")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Uploads only: held out for evaluate.")
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Uploads only: held out for evaluate."
+    )
     split_seed: int = 42
     stratify: bool = True
     normalize: bool | None = Field(
-        None, description="Standardise inputs with training-split statistics; null: the dataset's default."
+        None,
+        description="Standardise inputs with training-split statistics; null: the dataset's default.",
     )
 
     @field_validator("name")
@@ -47,7 +50,9 @@ class DatasetSpec(StrictModel):
     @model_validator(mode="after")
     def _name_or_id(self) -> DatasetSpec:
         if (self.name is None) == (self.id is None):
-            raise ValueError("give exactly one of dataset.name (a built-in) or dataset.id (an upload)")
+            raise ValueError(
+                "give exactly one of dataset.name (a built-in) or dataset.id (an upload)"
+            )
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be below 1")
         return self
@@ -85,7 +90,9 @@ class TrainingSpec(StrictModel):
         None, ge=0.0, lt=1.0, description="null: 0 for sgd, 0.9 for momentum."
     )
     weight_decay: float = Field(0.0, ge=0.0)
-    loss: str | None = Field(None, description="null: cross_entropy for classes, mse for regression.")
+    loss: str | None = Field(
+        None, description="null: cross_entropy for classes, mse for regression."
+    )
     scheduler: str | None = None
     step_size: int = Field(10, ge=1, description="step scheduler: epochs between decays.")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step scheduler: decay factor.")
@@ -93,7 +100,9 @@ class TrainingSpec(StrictModel):
     early_stopping: EarlyStoppingSpec | None = None
     max_minutes: float = Field(60.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    grad_clip: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
+    grad_clip: float | None = Field(
+        None, gt=0.0, description="Clip the gradient norm to this value."
+    )
     log_every_steps: int = Field(50, ge=1, description="A step metric row every N steps.")
 
     @field_validator("optimizer")
@@ -116,7 +125,8 @@ class CheckpointSpec(StrictModel):
     every_epochs: int = Field(1, ge=1)
     keep_last: int = Field(2, ge=1, le=100)
     monitor: str | None = Field(
-        None, description="null: val_accuracy for classes, val_loss for regression (train_loss without a validation split)."
+        None,
+        description="null: val_accuracy for classes, val_loss for regression (train_loss without a validation split).",
     )
 
 
@@ -146,25 +156,58 @@ def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]
     )
     if info.task not in loss.tasks:
         target = f"{info.num_classes} classes" if info.num_classes else "continuous values"
-        problems.append((
-            ("training", "loss"),
-            f"loss {loss_name!r} does not fit dataset {info.name!r}, a {info.task} target"
-            f" ({target}); allowed for {info.task}: {fitting}",
-        ))
+        problems.append(
+            (
+                ("training", "loss"),
+                f"loss {loss_name!r} does not fit dataset {info.name!r}, a {info.task} target"
+                f" ({target}); allowed for {info.task}: {fitting}",
+            )
+        )
     elif loss.max_classes is not None and (info.num_classes or 0) > loss.max_classes:
-        problems.append((
-            ("training", "loss"),
-            f"loss {loss_name!r} needs at most {loss.max_classes} classes; dataset {info.name!r} has"
-            f" {info.num_classes}; allowed: {fitting}",
-        ))
+        problems.append(
+            (
+                ("training", "loss"),
+                f"loss {loss_name!r} needs at most {loss.max_classes} classes; dataset {info.name!r} has"
+                f" {info.num_classes}; allowed: {fitting}",
+            )
+        )
     arch = ARCHS[spec.model.arch]
     if arch.needs == "image" and len(info.input_shape) != 3:
-        problems.append((
-            ("model", "arch"),
-            f"arch {spec.model.arch!r} needs image samples (C×H×W); dataset {info.name!r} has samples"
-            f" of shape {list(info.input_shape)}; use mlp or linear",
-        ))
+        problems.append(
+            (
+                ("model", "arch"),
+                f"arch {spec.model.arch!r} needs image samples (C×H×W); dataset {info.name!r} has samples"
+                f" of shape {list(info.input_shape)}; use mlp or linear",
+            )
+        )
+    known = metric_names(info.task)
+    monitors: list[tuple[tuple[str, ...], str | None]] = [
+        (("checkpoint", "monitor"), spec.checkpoint.monitor)
+    ]
+    if spec.training.early_stopping is not None:
+        monitors.append(
+            (("training", "early_stopping", "monitor"), spec.training.early_stopping.monitor)
+        )
+    for where, name in monitors:
+        if name is not None and name not in known:
+            problems.append(
+                (
+                    where,
+                    f"unknown metric {name!r} for a {info.task} dataset; allowed: {', '.join(known)}",
+                )
+            )
     return problems
+
+
+def metric_names(task: str) -> list[str]:
+    """The metrics an epoch row carries for this task (val_* only when there is a validation split)."""
+    if task == "classification":
+        return ["train_loss", "val_loss", "val_accuracy"]
+    return ["train_loss", "val_loss", "val_mae", "val_rmse", "val_r2"]
+
+
+def metric_mode(name: str) -> Literal["min", "max"]:
+    return "max" if name.endswith(("accuracy", "r2")) else "min"
 
 
 def resolved_loss(spec: JobSpec, info: Any) -> str:
@@ -180,4 +223,4 @@ def resolved_monitor(spec: JobSpec, info: Any, has_val: bool) -> tuple[str, Lite
         name = "val_accuracy" if info.task == "classification" else "val_loss"
     if not has_val and name.startswith("val_"):
         name = "train_loss"
-    return name, ("max" if name.endswith(("accuracy", "r2")) else "min")
+    return name, metric_mode(name)

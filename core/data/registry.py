@@ -75,24 +75,64 @@ def _lazy(name: str) -> Callable[[LoadContext], Loaded]:
 
 
 _DIGITS = [str(i) for i in range(10)]
-_FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-            "Ankle boot"]
+_FASHION = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 _CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 _INFOS = [
     DatasetInfo("digits", "classification", (1, 8, 8), 10, _DIGITS, kind="image", samples=1797),
-    DatasetInfo("iris", "classification", (4,), 3, ["setosa", "versicolor", "virginica"], samples=150),
+    DatasetInfo(
+        "iris", "classification", (4,), 3, ["setosa", "versicolor", "virginica"], samples=150
+    ),
     DatasetInfo("wine", "classification", (13,), 3, ["class_0", "class_1", "class_2"], samples=178),
     DatasetInfo("breast_cancer", "classification", (30,), 2, ["malignant", "benign"], samples=569),
     DatasetInfo("diabetes", "regression", (10,), samples=442),
-    DatasetInfo("xor", "classification", (2,), 2, ["0", "1"], default_normalize=False, samples=2500),
+    DatasetInfo(
+        "xor", "classification", (2,), 2, ["0", "1"], default_normalize=False, samples=2500
+    ),
     DatasetInfo("linear", "regression", (3,), default_normalize=False, samples=5),
-    DatasetInfo("mnist", "classification", (1, 28, 28), 10, _DIGITS, kind="image", has_test_split=True,
-                samples=60000),
-    DatasetInfo("fashion_mnist", "classification", (1, 28, 28), 10, _FASHION, kind="image",
-                has_test_split=True, samples=60000),
-    DatasetInfo("cifar10", "classification", (3, 32, 32), 10, _CIFAR, kind="image", has_test_split=True,
-                samples=50000),
+    DatasetInfo(
+        "mnist",
+        "classification",
+        (1, 28, 28),
+        10,
+        _DIGITS,
+        kind="image",
+        has_test_split=True,
+        samples=60000,
+    ),
+    DatasetInfo(
+        "fashion_mnist",
+        "classification",
+        (1, 28, 28),
+        10,
+        _FASHION,
+        kind="image",
+        has_test_split=True,
+        samples=60000,
+    ),
+    DatasetInfo(
+        "cifar10",
+        "classification",
+        (3, 32, 32),
+        10,
+        _CIFAR,
+        kind="image",
+        has_test_split=True,
+        samples=50000,
+    ),
 ]
 
-BUILTIN_DATASETS: dict[str, DatasetSource] = {i.name: DatasetSource(i, _lazy(i.name)) for i in _INFOS}
+BUILTIN_DATASETS: dict[str, DatasetSource] = {
+    i.name: DatasetSource(i, _lazy(i.name)) for i in _INFOS
+}

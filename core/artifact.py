@@ -1,0 +1,112 @@
+"""The trained model as a self-describing directory: `model.safetensors` + `card.json`.
+
+The card holds everything needed to rebuild and use the model without the job spec or the dataset:
+the architecture (a ModelSpec dump), the sample shape, how to read the outputs (softmax / sigmoid /
+identity), the class names and the input normalisation. Weights are safetensors (loading runs no
+code) and the card records their sha256, checked on every load. Saved atomically like checkpoints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors.torch
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from core import fsio
+from core.models import build_model
+from core.spec import ModelSpec
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+CARD_FORMAT = 1
+
+
+class ArtifactError(RuntimeError):
+    """The model directory is missing, incomplete or does not match its card."""
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = CARD_FORMAT
+    arch: dict[str, Any] = Field(description="The ModelSpec the weights were built from.")
+    input_shape: list[int]
+    task: Literal["classification", "regression"]
+    output: Literal["softmax", "sigmoid", "identity"]
+    out_dim: int
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    target_dim: int = 1
+    normalization: dict[str, Any] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    dataset: str | None = None
+    loss: str | None = None
+    parameters: dict[str, int] = Field(default_factory=dict)
+    torch_version: str = Field(default_factory=lambda: torch.__version__)
+    created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+    weights_sha256: str | None = None
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    params = list(model.parameters())
+    return {
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "total": sum(p.numel() for p in params),
+    }
+
+
+def save_model(directory: Path | str, model: nn.Module, card: ModelCard) -> ModelCard:
+    """Write weights and card into a temp directory, fsync, then move it to `directory` in one
+    rename. Returns the card as written (with the weights' sha256)."""
+    directory = Path(directory)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    data = safetensors.torch.save(weights, metadata={"format": "pt"})
+    tmp = fsio.new_tmp_dir(directory.parent)
+    try:
+        sha = fsio.write_durable(tmp / WEIGHTS, data)
+        card = card.model_copy(update={"weights_sha256": sha})
+        fsio.write_durable(tmp / CARD, card.model_dump_json(indent=1).encode())
+        fsio.publish_dir(tmp, directory)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return card
+
+
+def read_card(directory: Path | str) -> ModelCard:
+    path = Path(directory) / CARD
+    try:
+        return ModelCard.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"no model card at {path}") from exc
+    except ValueError as exc:
+        raise ArtifactError(f"unreadable model card at {path}: {exc}") from exc
+
+
+def load_card(directory: Path | str) -> dict[str, Any]:
+    """The card as a JSON-able dict (what the model registry stores)."""
+    return read_card(directory).model_dump(mode="json")
+
+
+def load_model(
+    directory: Path | str, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model from its card alone (no job spec) and load its verified weights."""
+    directory = Path(directory)
+    card = read_card(directory)
+    try:
+        data = (directory / WEIGHTS).read_bytes()
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"no weights at {directory / WEIGHTS}") from exc
+    if card.weights_sha256 is not None and fsio.sha256_bytes(data) != card.weights_sha256:
+        raise ArtifactError(f"{directory / WEIGHTS} does not match the sha256 in its card")
+    model = build_model(ModelSpec.model_validate(card.arch), tuple(card.input_shape), card.out_dim)
+    model.load_state_dict(safetensors.torch.load(data), strict=True)
+    return model.to(map_location).eval(), card

@@ -1,0 +1,454 @@
+"""One training job, as the seeds' pipeline batch training pattern: collect → preprocess → train →
+evaluate → register, each stage reported through the hooks with its JSON-able outputs.
+
+A job directory holds its checkpoints (`checkpoints/`) and, at the end, its model (`model/`). If a
+valid checkpoint is there, the run resumes from it: the split is re-derived (it is seeded), the
+model, optimizer, scheduler, RNG and loop state are restored, and training continues at the exact
+step where it stopped, so a resumed CPU run ends with the same weights as an uninterrupted one."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from core.artifact import ModelCard, count_parameters, save_model
+from core.checkpoint import CheckpointManager, CheckpointRecord
+from core.data.prepare import Prepared, prepare
+from core.data.registry import DatasetInfo, LoadContext, Loaded
+from core.device import resolve_device, resolve_precision
+from core.errors import (
+    CheckpointMismatch,
+    DeviceUnavailable,
+    Stopped,
+    TrainingError,
+    as_training_error,
+)
+from core.hooks import Hooks
+from core.loop import EarlyStopping, LoopConfig, LoopState, TrainData, Trainer, evaluate
+from core.losses import LOSSES, Loss
+from core.models import build_model
+from core.optim import OPTIMIZERS, SCHEDULERS
+from core.spec import JobSpec, metric_mode, resolved_loss, resolved_monitor, spec_problems
+from core.state import capture_rng, restore_rng, seed_everything
+
+STAGES = ("collect", "preprocess", "train", "evaluate", "register")
+
+
+@dataclass
+class RunContext:
+    """Where and how this attempt runs (the worker fills it; a test builds one by hand)."""
+
+    job_dir: Path
+    datasets_dir: Path
+    allow_download: bool = False
+    device: str = "auto"
+    #: `time.monotonic()` when this attempt started: max_minutes counts from here (plus the
+    #: training time of earlier attempts, carried in the checkpoint).
+    started_monotonic: float = field(default_factory=time.monotonic)
+    #: An outer limit (e.g. the worker's soft time limit), a `time.monotonic()` instant.
+    deadline: float | None = None
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.job_dir) / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.job_dir) / "model"
+
+
+@dataclass
+class PipelineResult:
+    status: Literal["succeeded", "cancelled", "preempted"]
+    epochs_run: int
+    stop_reason: str | None = None  # "completed" | "early_stopped" | the Stopped reason
+    stopped_early: bool = False
+    best: dict[str, Any] | None = None  # {"metric", "value", "epoch"} by the checkpoint monitor
+    best_metrics: dict[str, Any] = field(default_factory=dict)  # that epoch's row
+    final_metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's row
+    evaluation: dict[str, Any] | None = None  # {"split", "samples", "metrics"}
+    model_dir: str | None = None
+    model_sha256: str | None = None
+    trainable_params: int = 0
+    total_params: int = 0
+    resumed_from: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: CheckpointRecord | None = None  # cancelled/preempted: the mid-epoch checkpoint
+
+    @property
+    def parameters(self) -> dict[str, int]:
+        return {"trainable": self.trainable_params, "total": self.total_params}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checkpoint"] = self.checkpoint.to_dict() if self.checkpoint else None
+        return d
+
+
+def spec_fingerprint(spec: JobSpec) -> str:
+    """What a checkpoint must match to be resumed: the spec minus fields that don't change results."""
+    d = spec.model_dump(mode="json")
+    d.pop("name", None)
+    d["training"].pop("max_minutes", None)
+    d["training"].pop("log_every_steps", None)
+    blob = repr(sorted(_flatten(d)))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(d, dict):
+        return [kv for k, v in d.items() for kv in _flatten(v, f"{prefix}.{k}")]
+    return [(prefix, repr(d))]
+
+
+def _pick_device(spec: JobSpec, ctx: RunContext) -> torch.device:
+    wanted = spec.resources.device
+    if wanted == "auto":
+        return resolve_device(ctx.device)
+    if ctx.device not in ("auto", wanted):
+        raise DeviceUnavailable(
+            f"resources.device is {wanted!r} but this worker runs on {ctx.device!r}"
+        )
+    return resolve_device(wanted)
+
+
+def _targets(y: torch.Tensor, loss: Loss) -> torch.Tensor:
+    """Labels in the form the loss takes: int64 indices, a float 0/1 column (bce), float values."""
+    if loss.target == "index":
+        return y.long()
+    if loss.target == "binary":
+        return y.to(torch.float32).reshape(-1, 1)
+    return y.to(torch.float32).reshape(y.shape[0], -1)
+
+
+class _Stages:
+    """Reports each stage's start and end; an exception inside a stage leaves with the stage's name."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+        self.current: str | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[dict[str, Any]]:
+        self.current = name
+        self.hooks.stage_started(name)
+        outputs: dict[str, Any] = {}
+        started = time.monotonic()
+        yield outputs
+        outputs.setdefault("seconds", round(time.monotonic() - started, 3))
+        self.hooks.stage_finished(name, outputs)
+
+
+def run_pipeline(
+    spec: JobSpec,
+    info: DatasetInfo,
+    ctx: RunContext,
+    hooks: Hooks,
+    load: Callable[[LoadContext], Loaded],
+) -> PipelineResult:
+    """Run (or resume) one job. Returns on success, cancel and preemption; raises `TrainingError`
+    (with `.stage` set) on failure, and `Stopped("lease_lost")` when another worker owns the job."""
+    stage = _Stages(hooks)
+    try:
+        return _run(spec, info, ctx, hooks, load, stage)
+    except Stopped as stop:
+        if stop.reason == "lease_lost":
+            raise
+        return PipelineResult(
+            status="cancelled" if stop.reason == "cancelled" else "preempted",
+            epochs_run=stop.checkpoint.epoch if stop.checkpoint else 0,
+            stop_reason=stop.reason,
+            checkpoint=stop.checkpoint,
+        )
+    except TrainingError as exc:
+        exc.stage = exc.stage or stage.current
+        raise
+    except Exception as exc:
+        raise as_training_error(exc, stage.current) from exc
+
+
+def _run(
+    spec: JobSpec,
+    info: DatasetInfo,
+    ctx: RunContext,
+    hooks: Hooks,
+    load: Callable[[LoadContext], Loaded],
+    stage: _Stages,
+) -> PipelineResult:
+    problems = spec_problems(spec, info)
+    if problems:
+        raise TrainingError(
+            "; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems),
+            hint="fix the job spec",
+            stage="collect",
+            type="InvalidSpec",
+        )
+    loss_name = resolved_loss(spec, info)
+    loss_entry = LOSSES[loss_name]
+    t = spec.training
+
+    with stage("collect") as out:
+        loaded = load(LoadContext(Path(ctx.datasets_dir), ctx.allow_download))
+        out.update(
+            {
+                "dataset": info.name,
+                "train_samples": len(loaded.train),
+                "test_samples": len(loaded.test) if loaded.test is not None else 0,
+                "input_shape": list(loaded.train.X.shape[1:]),
+                "notes": {
+                    k: v for k, v in loaded.notes.items() if isinstance(v, str | int | float | bool)
+                },
+            }
+        )
+
+    with stage("preprocess") as out:
+        d = spec.dataset
+        prepared = prepare(
+            loaded, info, d.val_fraction, d.test_fraction, d.split_seed, d.stratify, d.normalize
+        )
+        del loaded
+        out.update(prepared.outputs())
+
+    with stage("train") as out:
+        device = _pick_device(spec, ctx)
+        trained = _train(spec, info, ctx, hooks, prepared, loss_entry, device)
+        model, state = trained.model, trained.state
+        params = count_parameters(model)
+        best = _best(state, trained.monitor)
+        out.update(
+            {
+                "device": str(device),
+                "precision": trained.precision,
+                "epochs_run": state.epoch,
+                "stop_reason": state.stop_reason,
+                "resumed_from": trained.resumed_from,
+                "best": best,
+                "final": _final_row(state),
+                "parameters": params,
+            }
+        )
+
+    with stage("evaluate") as out:
+        split, part = _eval_split(prepared)
+        metrics = evaluate(
+            model,
+            part.X.to(device),
+            _targets(part.y, loss_entry).to(device),
+            loss_entry.build(),
+            loss_entry.target,
+            max(t.batch_size, 1024),
+        )
+        evaluation = {"split": split, "samples": len(part), "metrics": metrics}
+        out.update(evaluation)
+
+    with stage("register") as out:
+        card = ModelCard(
+            arch=spec.model.model_dump(mode="json"),
+            input_shape=list(info.input_shape),
+            task=info.task,
+            output=loss_entry.output,
+            out_dim=loss_entry.out_dim(info.num_classes, info.target_dim),
+            num_classes=info.num_classes,
+            class_names=info.class_names,
+            target_dim=info.target_dim,
+            normalization=prepared.normalizer.to_dict() if prepared.normalizer else None,
+            metrics={f"{split}_{k}": v for k, v in metrics.items()}
+            | {"best": best, "final": _final_row(state)},
+            dataset=info.name,
+            loss=loss_name,
+            parameters=params,
+        )
+        written = save_model(ctx.model_dir, model, card)
+        out.update(
+            {
+                "path": str(ctx.model_dir),
+                "sha256": written.weights_sha256,
+                "files": ["model.safetensors", "card.json"],
+            }
+        )
+
+    return PipelineResult(
+        status="succeeded",
+        epochs_run=state.epoch,
+        stop_reason=state.stop_reason,
+        stopped_early=state.stop_reason == "early_stopped",
+        best=best,
+        best_metrics=_best_row(state, best),
+        final_metrics=_final_row(state),
+        evaluation=evaluation,
+        model_dir=str(ctx.model_dir),
+        model_sha256=written.weights_sha256,
+        trainable_params=params["trainable"],
+        total_params=params["total"],
+        resumed_from=trained.resumed_from,
+        history=state.history,
+    )
+
+
+def _final_row(state: LoopState) -> dict[str, Any]:
+    return dict(state.history[-1]) if state.history else {}
+
+
+def _best_row(state: LoopState, best: dict[str, Any] | None) -> dict[str, Any]:
+    if best is None:
+        return {}
+    return dict(next(r for r in state.history if r["epoch"] == best["epoch"]))
+
+
+def _eval_split(p: Prepared) -> tuple[str, Any]:
+    if p.test is not None:
+        return "test", p.test
+    if p.val is not None:
+        return "val", p.val
+    return "train", p.train
+
+
+def _best(state: LoopState, monitor: tuple[str, str]) -> dict[str, Any] | None:
+    name, mode = monitor
+    rows = [r for r in state.history if isinstance(r.get(name), float | int)]
+    if not rows:
+        return None
+    pick = max if mode == "max" else min
+    row = pick(rows, key=lambda r: r[name])
+    return {"metric": name, "value": row[name], "epoch": row["epoch"]}
+
+
+@dataclass
+class _Trained:
+    model: nn.Module
+    state: LoopState
+    monitor: tuple[str, str]
+    precision: str
+    resumed_from: dict[str, Any] | None
+
+
+def _train(
+    spec: JobSpec,
+    info: DatasetInfo,
+    ctx: RunContext,
+    hooks: Hooks,
+    prepared: Prepared,
+    loss_entry: Loss,
+    device: torch.device,
+) -> _Trained:
+    t = spec.training
+    seed_everything(t.seed)
+    model = build_model(
+        spec.model, info.input_shape, loss_entry.out_dim(info.num_classes, info.target_dim)
+    )
+    model.to(device)
+    loss_fn = loss_entry.build()
+    optimizer = OPTIMIZERS[t.optimizer](model.parameters(), t)
+    n = len(prepared.train)
+    steps = -(-n // t.batch_size)
+    sched_entry = SCHEDULERS[t.scheduler] if t.scheduler else None
+    scheduler = sched_entry.build(optimizer, t, steps) if sched_entry else None
+    precision = resolve_precision(t.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
+
+    has_val = prepared.val is not None
+    monitor = resolved_monitor(spec, info, has_val)
+    manager = CheckpointManager(ctx.checkpoints_dir, spec.checkpoint.keep_last, *monitor)
+    fingerprint = spec_fingerprint(spec)
+
+    state = LoopState()
+    resumed_from = None
+    ckpt = manager.load_latest_valid(map_location=device)
+    if ckpt is not None:
+        if ckpt.manifest.get("extra", {}).get("spec_sha256") != fingerprint:
+            raise CheckpointMismatch(
+                f"the checkpoint at {ckpt.record.path} was written for another spec"
+            )
+        model.load_state_dict(ckpt.weights)
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        if scheduler is not None and ckpt.state.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt.state["scheduler"])
+        if scaler is not None and ckpt.state.get("scaler") is not None:
+            scaler.load_state_dict(ckpt.state["scaler"])
+        state = LoopState.from_dict(ckpt.state["loop"], device)
+        restore_rng(ckpt.state["rng"])
+        resumed_from = {
+            "epoch": ckpt.record.epoch,
+            "step": ckpt.record.step,
+            "path": ckpt.record.path,
+        }
+
+    es = None
+    if t.early_stopping is not None:
+        es_name = t.early_stopping.monitor
+        if not has_val and es_name.startswith("val_"):
+            es_name = "train_loss"
+        es = EarlyStopping(
+            es_name, metric_mode(es_name), t.early_stopping.patience, t.early_stopping.min_delta
+        )
+    deadline = ctx.started_monotonic + t.max_minutes * 60.0 - state.elapsed_seconds
+    if ctx.deadline is not None:
+        deadline = min(deadline, ctx.deadline)
+    cfg = LoopConfig(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        target=loss_entry.target,
+        log_every_steps=t.log_every_steps,
+        grad_clip=t.grad_clip,
+        scheduler_interval=sched_entry.interval if sched_entry else None,
+        checkpoint_every=spec.checkpoint.every_epochs,
+        early_stopping=es,
+        deadline=deadline,
+        max_minutes=t.max_minutes,
+    )
+
+    def save_checkpoint(s: LoopState, metrics: dict[str, float] | None) -> CheckpointRecord:
+        train_state = {
+            "format": 1,
+            "loop": s.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": capture_rng(),
+            "data_order": {
+                "seed": t.seed,
+                "epoch": s.epoch,
+                "step": s.step,
+                "batch_size": t.batch_size,
+            },
+        }
+        record = manager.save(
+            model.state_dict(),
+            train_state,
+            epoch=s.epoch,
+            step=s.step,
+            metrics=metrics,
+            extra={"spec_sha256": fingerprint, "job": spec.name},
+        )
+        hooks.checkpoint_saved(record)
+        return record
+
+    data = TrainData(
+        prepared.train.X.to(device),
+        _targets(prepared.train.y, loss_entry).to(device),
+        prepared.val.X.to(device) if prepared.val is not None else None,
+        _targets(prepared.val.y, loss_entry).to(device) if prepared.val is not None else None,
+    )
+    trainer = Trainer(
+        model,
+        optimizer,
+        loss_fn,
+        cfg,
+        hooks,
+        scheduler=scheduler,
+        scaler=scaler,
+        autocast=precision.autocast(device),
+        on_checkpoint=save_checkpoint,
+    )
+    state = trainer.fit(data, state)
+    model.eval()
+    return _Trained(model, state, monitor, precision.name, resumed_from)

@@ -1,0 +1,80 @@
+"""Helpers for the core's tests: a job runner over a temp job directory and hooks that record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.checkpoint import CheckpointRecord
+from core.data.registry import BUILTIN_DATASETS, LoadContext, Loaded
+from core.hooks import NullHooks, Progress
+from core.pipeline import PipelineResult, RunContext, run_pipeline
+from core.spec import JobSpec
+
+
+class RecordingHooks(NullHooks):
+    """Records every call; `stop_at=(n, reason)` makes the n-th `should_stop` call (1-based) and all
+    later ones answer `reason`, as the worker's flag would."""
+
+    def __init__(self, stop_at: tuple[int, str] | None = None) -> None:
+        self.stages: list[tuple[str, str, dict[str, Any] | None]] = []
+        self.epochs: list[dict[str, Any]] = []
+        self.steps: list[dict[str, Any]] = []
+        self.checkpoints: list[CheckpointRecord] = []
+        self.progress_calls: list[Progress] = []
+        self.stop_at = stop_at
+        self.stop_checks = 0
+
+    def stage_started(self, name: str) -> None:
+        self.stages.append(("started", name, None))
+
+    def stage_finished(self, name: str, outputs: dict[str, Any]) -> None:
+        self.stages.append(("finished", name, outputs))
+
+    def progress(self, progress: Progress) -> None:
+        self.progress_calls.append(progress)
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        self.epochs.append(row)
+
+    def step_logged(self, row: dict[str, Any]) -> None:
+        self.steps.append(row)
+
+    def checkpoint_saved(self, record: CheckpointRecord) -> None:
+        self.checkpoints.append(record)
+
+    def should_stop(self) -> str | None:
+        self.stop_checks += 1
+        if self.stop_at is not None and self.stop_checks >= self.stop_at[0]:
+            return self.stop_at[1]
+        return None
+
+    def outputs(self, stage: str) -> dict[str, Any]:
+        return next(o for kind, name, o in self.stages if kind == "finished" and name == stage) or {}
+
+
+RunJob = Callable[..., PipelineResult]
+
+
+@pytest.fixture
+def run_job(tmp_path: Path) -> RunJob:
+    """run_job(spec_dict, job="a", hooks=None, load=None, **ctx) → PipelineResult, on the CPU."""
+
+    def run(
+        spec: dict[str, Any],
+        job: str = "job",
+        hooks: Any = None,
+        load: Callable[[LoadContext], Loaded] | None = None,
+        **ctx: Any,
+    ) -> PipelineResult:
+        js = JobSpec.model_validate({"name": "t", **spec})
+        source = BUILTIN_DATASETS[js.dataset.name or ""]
+        context = RunContext(
+            job_dir=tmp_path / job, datasets_dir=tmp_path / "datasets", device="cpu", **ctx
+        )
+        return run_pipeline(js, source.info, context, hooks or NullHooks(), load or source.load)
+
+    return run
