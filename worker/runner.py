@@ -156,7 +156,7 @@ def _succeeded(
         assert job is not None
         card = load_card(result.model_dir)
         mv = jobstore.register_model(s, job, str(result.model_dir), card, result.final_metrics)
-        progress = _completed(job.progress)
+        progress = _completed(job.progress, result.epochs_run)
         ok = jobstore.finish(
             s,
             lease,
@@ -174,12 +174,13 @@ def _succeeded(
     return Outcome(lease.job_id, JobStatus.succeeded.value)
 
 
-def _completed(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+def _completed(progress: dict[str, Any] | None, epochs_run: int) -> dict[str, Any] | None:
     """Progress is written at most every heartbeat; a finished job shows all of it done."""
     if not progress:
         return progress
     return {
         **progress,
+        "epoch": epochs_run,
         "step": progress.get("steps_per_epoch", progress.get("step")),
         "fraction": 1.0,
         "eta_seconds": 0.0,
