@@ -8,6 +8,7 @@ with `torch.cuda.device_count()`, which asks NVML and leaves the driver uninitia
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -19,9 +20,17 @@ from core.errors import DeviceUnavailable
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
+def _nvidia_driver_absent() -> bool:
+    """On Linux the NVIDIA driver shows itself in /proc and /dev. Without it there is no GPU, and
+    asking CUDA anyway would register a fork handler that marks every forked child as poisoned."""
+    if os.name != "posix" or torch.version.hip:
+        return False
+    return not any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl"))
+
+
 def cuda_present() -> bool:
     """Whether a CUDA device can be used, asked without initialising CUDA (NVML when it answers)."""
-    if not torch.backends.cuda.is_built():
+    if not torch.backends.cuda.is_built() or _nvidia_driver_absent():
         return False
     try:
         return torch.cuda.device_count() > 0

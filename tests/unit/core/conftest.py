@@ -53,7 +53,9 @@ class RecordingHooks(NullHooks):
         return None
 
     def outputs(self, stage: str) -> dict[str, Any]:
-        return next(o for kind, name, o in self.stages if kind == "finished" and name == stage) or {}
+        return (
+            next(o for kind, name, o in self.stages if kind == "finished" and name == stage) or {}
+        )
 
 
 RunJob = Callable[..., PipelineResult]

@@ -35,7 +35,9 @@ def merged(**parts: dict[str, Any]) -> dict[str, Any]:
         ({"training": {"scheduler": "warmup"}}, ("training", "scheduler"), "unknown scheduler"),
     ],
 )
-def test_field_errors_name_the_field(parts: dict[str, Any], loc: tuple[str, ...], words: str) -> None:
+def test_field_errors_name_the_field(
+    parts: dict[str, Any], loc: tuple[str, ...], words: str
+) -> None:
     with pytest.raises(ValidationError) as info:
         JobSpec.model_validate(merged(**parts))
     errors = info.value.errors()
@@ -59,7 +61,12 @@ def test_unknown_registry_names_list_what_is_allowed() -> None:
         ("digits", {"training": {"loss": "mse"}}, ("training", "loss"), "does not fit"),
         ("diabetes", {"training": {"loss": "cross_entropy"}}, ("training", "loss"), "regression"),
         ("iris", {"model": {"arch": "cnn"}}, ("model", "arch"), "needs image samples"),
-        ("diabetes", {"checkpoint": {"monitor": "val_accuracy"}}, ("checkpoint", "monitor"), "val_mae"),
+        (
+            "diabetes",
+            {"checkpoint": {"monitor": "val_accuracy"}},
+            ("checkpoint", "monitor"),
+            "val_mae",
+        ),
         (
             "digits",
             {"training": {"early_stopping": {"monitor": "val_f1"}}},

@@ -1,0 +1,181 @@
+"""Built-in datasets: shapes and dtypes, and torchvision's real loaders over files in its layout."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.data import builtin
+from core.data.registry import BUILTIN_DATASETS, DatasetUnavailable, LoadContext
+from tests.unit.core.conftest import RunJob
+
+MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX format torchvision's MNIST reads: magic (0, 0, type 0x08 = ubyte, ndim), big-endian
+    dimensions, then the raw bytes."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist(
+    root: Path, folder: str, n_train: int, n_test: int, gz: bool = False
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    for name, arr in arrays.items():
+        if gz:
+            (raw / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(arr)))
+        else:
+            (raw / name).write_bytes(idx_bytes(arr))
+    return arrays
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
+def test_mnist_like_through_torchvision(tmp_path: Path, name: str, folder: str) -> None:
+    arrays = write_mnist(tmp_path, folder, n_train=40, n_test=12)
+    loaded = BUILTIN_DATASETS[name].load(LoadContext(tmp_path, allow_download=False))
+    assert loaded.test is not None
+    assert loaded.train.X.shape == (40, 1, 28, 28) and loaded.train.X.dtype == torch.float32
+    assert loaded.test.X.shape == (12, 1, 28, 28)
+    expected = torch.from_numpy(arrays["train-images-idx3-ubyte"].astype(np.float32) / 255.0)
+    assert torch.allclose(loaded.train.X[:, 0], expected)
+    assert loaded.train.y.dtype == torch.int64
+    assert loaded.train.y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    assert loaded.test.y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert float(loaded.train.X.min()) >= 0.0 and float(loaded.train.X.max()) <= 1.0
+
+
+def test_gzipped_mnist_files_are_unpacked(tmp_path: Path) -> None:
+    write_mnist(tmp_path, "MNIST", n_train=10, n_test=5, gz=True)
+    loaded = builtin.load_mnist(LoadContext(tmp_path))
+    assert len(loaded.train) == 10 and loaded.test is not None and len(loaded.test) == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
+def test_missing_mnist_offline_names_directory_and_files(
+    tmp_path: Path, name: str, folder: str
+) -> None:
+    (tmp_path / folder / "raw").mkdir(parents=True)
+    (tmp_path / folder / "raw" / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(DatasetUnavailable) as info:
+        BUILTIN_DATASETS[name].load(LoadContext(tmp_path, allow_download=False))
+    msg = str(info.value)
+    assert str(tmp_path / folder / "raw") in msg
+    for f in MNIST_FILES:
+        assert f in msg
+    assert "missing: train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte" in msg
+    assert "TAS_ALLOW_DOWNLOAD" in msg
+
+
+def test_failed_download_is_dataset_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets as tvd
+
+    def no_network(self: object) -> None:
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: network unreachable")
+
+    monkeypatch.setattr(tvd.MNIST, "download", no_network)
+    with pytest.raises(DatasetUnavailable, match="network unreachable") as info:
+        builtin.load_mnist(LoadContext(tmp_path, allow_download=True))
+    assert str(tmp_path / "MNIST" / "raw") in str(info.value)
+
+
+def test_cifar10_missing_or_unofficial_files(tmp_path: Path) -> None:
+    """torchvision checks each CIFAR-10 pickle against the official md5 before unpickling it, so a
+    test cannot fabricate a loadable copy: the missing and corrupted paths are tested."""
+    with pytest.raises(DatasetUnavailable) as info:
+        builtin.load_cifar10(LoadContext(tmp_path, allow_download=False))
+    msg = str(info.value)
+    assert str(tmp_path / "cifar-10-batches-py") in msg
+    for f in ["data_batch_1", "data_batch_5", "test_batch", "batches.meta"]:
+        assert f in msg
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"not the real pickle")
+    with pytest.raises(
+        DatasetUnavailable, match="checksum does not match the official file: data_batch_1"
+    ):
+        builtin.load_cifar10(LoadContext(tmp_path, allow_download=False))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "n", "y_dtype"),
+    [
+        ("digits", (1, 8, 8), 1797, torch.int64),
+        ("iris", (4,), 150, torch.int64),
+        ("wine", (13,), 178, torch.int64),
+        ("breast_cancer", (30,), 569, torch.int64),
+        ("diabetes", (10,), 442, torch.float32),
+        ("xor", (2,), 2500, torch.int64),
+        ("linear", (3,), 5, torch.float32),
+    ],
+)
+def test_bundled_datasets_match_their_info(
+    name: str, shape: tuple[int, ...], n: int, y_dtype: torch.dtype
+) -> None:
+    source = BUILTIN_DATASETS[name]
+    loaded = source.load(LoadContext(Path("/nonexistent")))
+    X, y = loaded.train.X, loaded.train.y
+    assert tuple(X.shape) == (n, *shape) == (source.info.samples, *source.info.input_shape)
+    assert X.dtype == torch.float32 and y.dtype == y_dtype
+    if source.info.task == "regression":
+        assert y.shape == (n, 1)
+    else:
+        assert y.shape == (n,) and int(y.max()) == (source.info.num_classes or 0) - 1
+    assert loaded.test is None
+
+
+def test_digits_are_scaled_images() -> None:
+    X = builtin.load_digits(LoadContext(Path("."))).train.X
+    assert float(X.min()) == 0.0 and float(X.max()) == 1.0
+
+
+def test_xor_is_the_same_every_time_and_is_xor() -> None:
+    a = builtin.load_xor(LoadContext(Path("."))).train
+    b = builtin.load_xor(LoadContext(Path("."))).train
+    assert torch.equal(a.X, b.X) and torch.equal(a.y, b.y)
+    bits = a.X.round().clamp(0, 1)
+    assert torch.equal(a.y, (bits[:, 0] != bits[:, 1]).long())
+    noise = a.X - bits
+    assert 0.08 < float(noise.std()) < 0.12
+
+
+def test_mnist_through_the_pipeline_evaluates_on_the_official_test_split(
+    tmp_path: Path, run_job: RunJob
+) -> None:
+    write_mnist(tmp_path / "datasets", "MNIST", n_train=60, n_test=20)
+    result = run_job(
+        {
+            "dataset": {"name": "mnist", "val_fraction": 0.2},
+            "model": {"arch": "cnn", "channels": [4]},
+            "training": {"epochs": 1, "batch_size": 16},
+        }
+    )
+    assert result.evaluation is not None
+    assert result.evaluation["split"] == "test" and result.evaluation["samples"] == 20

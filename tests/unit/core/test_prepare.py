@@ -1,0 +1,97 @@
+"""Preprocess: seeded, stratified splits by index, and normalisation fitted on the training split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.data.prepare import Normalizer, prepare, split_indices
+from core.data.registry import Arrays, DatasetInfo, Loaded
+
+IMG = DatasetInfo("img", "classification", (3, 4, 4), 3, kind="image")
+TAB = DatasetInfo("tab", "classification", (5,), 3)
+
+
+def labels(counts: list[int]) -> torch.Tensor:
+    return torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])[
+        torch.randperm(sum(counts))
+    ]
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    y = labels([50, 30, 20])
+    a = split_indices(y, 0.2, 0.1, seed=5)
+    b = split_indices(y, 0.2, 0.1, seed=5)
+    assert a.val is not None and a.test is not None and b.val is not None
+    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
+    every = torch.cat([a.train, a.val, a.test]).sort().values
+    assert torch.equal(every, torch.arange(100))
+    c = split_indices(y, 0.2, 0.1, seed=6)
+    assert c.val is not None and not torch.equal(a.val, c.val)
+
+
+def test_stratified_split_keeps_class_proportions() -> None:
+    y = labels([80, 15, 5])
+    s = split_indices(y, 0.2, seed=1, stratify=True)
+    assert s.stratified and s.val is not None
+    assert torch.bincount(y[s.val]).tolist() == [16, 3, 1]
+    assert torch.bincount(y[s.train]).tolist() == [64, 12, 4]
+
+
+def test_stratify_falls_back_when_a_class_has_one_sample() -> None:
+    y = labels([10, 10, 1])
+    s = split_indices(y, 0.3, seed=1, stratify=True)
+    assert not s.stratified and s.val is not None and s.val.numel() == 6
+
+
+def test_regression_targets_split_at_random() -> None:
+    s = split_indices(torch.randn(40, 1), 0.25, seed=0, stratify=True)
+    assert not s.stratified and s.val is not None and s.val.numel() == 10
+
+
+def test_no_validation_split() -> None:
+    s = split_indices(labels([5, 5]), 0.0)
+    assert s.val is None and s.train.numel() == 10
+
+
+def test_normalizer_uses_training_statistics_only() -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 3, 4, 4, generator=g) * torch.tensor([1.0, 5.0, 0.0]).view(3, 1, 1) + 10
+    y = torch.arange(200) % 3
+    test = Arrays(torch.full((10, 3, 4, 4), 100.0), torch.zeros(10, dtype=torch.long))
+    p = prepare(Loaded(Arrays(X.clone(), y), test=test), IMG, val_fraction=0.25, split_seed=3)
+    assert p.normalizer is not None and p.normalizer.kind == "per_channel"
+    assert p.normalizer.mean.shape == (3, 1, 1)
+    s = split_indices(y, 0.25, seed=3)
+    train_raw = X[s.train]
+    assert torch.allclose(p.normalizer.mean.flatten(), train_raw.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert p.normalizer.std.flatten()[2] == 1.0  # a constant channel: divided by 1, not by 0
+    assert torch.allclose(p.train.X.mean(dim=(0, 2, 3))[:2], torch.zeros(2), atol=1e-4)
+    assert p.test is not None and p.test_source == "official"
+    assert torch.equal(test.X, torch.full((10, 3, 4, 4), 100.0))  # the loader's tensor is untouched
+    assert torch.allclose(p.test.X, p.normalizer(test.X))
+
+
+def test_tabular_normalizer_is_per_feature_and_roundtrips() -> None:
+    X = torch.randn(60, 5) * torch.arange(1, 6) + torch.arange(5)
+    p = prepare(Loaded(Arrays(X, torch.arange(60) % 3)), TAB, val_fraction=0.0, test_fraction=0.2)
+    assert p.normalizer is not None and p.normalizer.mean.shape == (5,)
+    assert p.test is not None and p.test_source == "held_out" and len(p.test) == 12
+    d = p.normalizer.to_dict()
+    assert d["kind"] == "per_feature" and len(d["mean"]) == 5
+    again = Normalizer.from_dict(d)
+    sample = torch.randn(7, 5)
+    assert torch.equal(again(sample), p.normalizer(sample))
+
+
+def test_normalize_off_and_bad_data() -> None:
+    X = torch.randn(30, 5)
+    p = prepare(Loaded(Arrays(X.clone(), torch.arange(30) % 3)), TAB, 0.2, normalize=False)
+    assert p.normalizer is None and p.outputs()["normalization"] is None
+    X[3, 1] = float("nan")
+    from core.errors import DataError
+
+    with pytest.raises(DataError, match="NaN"):
+        prepare(Loaded(Arrays(X, torch.arange(30) % 3)), TAB, 0.2)
+    with pytest.raises(DataError, match="shape"):
+        prepare(Loaded(Arrays(torch.randn(30, 4), torch.arange(30) % 3)), TAB, 0.2)
