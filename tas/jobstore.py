@@ -169,6 +169,12 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Le
         return None
     attempt = session.scalar(select(Job.attempts).where(Job.id == job_id))
     assert attempt is not None
+    # What the previous attempt left open was cut short by its worker's death.
+    session.execute(
+        update(JobStage)
+        .where(JobStage.job_id == job_id, JobStage.attempt < attempt, JobStage.status == "running")
+        .values(status="interrupted", finished_at=now)
+    )
     return Lease(job_id, owner, attempt)
 
 

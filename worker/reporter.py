@@ -13,9 +13,9 @@ import math
 import threading
 from typing import Any
 
-from core.hooks import NullHooks, Progress
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.hooks import NullHooks, Progress
 from tas import jobstore
 from tas.jobstore import Lease
 

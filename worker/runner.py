@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.pipeline import PipelineResult, RunContext, run_pipeline
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.data.registry import BUILTIN_DATASETS, DatasetInfo
 from core.errors import Stopped, TrainingError
+from core.pipeline import PipelineResult, RunContext, run_pipeline
 from core.spec import JobSpec, resolved_monitor, spec_problems
 from tas import jobstore
 from tas.db.models import Job, JobStatus

@@ -29,10 +29,23 @@ def _sessions(pid: int) -> sessionmaker[Session]:
     return make_sessionmaker(make_engine(settings.resolved_database_url))
 
 
+#: True in a prefork pool child (worker_process_init fires only there).
+_POOL_CHILD = False
+
+
 @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_job_task(self: Task, job_id: str) -> str:
     owner = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-    outcome = run_job(job_id, settings=settings, sessions=_sessions(os.getpid()), owner=owner)
+    previous = None
+    if _POOL_CHILD:
+        # Installed here, not at process init: billiard resets signal handlers after its
+        # initializer runs. SIGTERM now means: checkpoint this job and hand it back.
+        previous = signal.signal(signal.SIGTERM, _preempt)
+    try:
+        outcome = run_job(job_id, settings=settings, sessions=_sessions(os.getpid()), owner=owner)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     log.info("job %s: %s", job_id, outcome.status)
     if outcome.status == "requeued":
         # Handed back on shutdown: publish it again so another worker resumes it now rather than
@@ -47,8 +60,8 @@ def _preempt(signum: int, frame: Any) -> None:
 
 @worker_process_init.connect
 def _child_init(**_: object) -> None:
-    """In each pool child, SIGTERM means: checkpoint the running job and hand it back."""
-    signal.signal(signal.SIGTERM, _preempt)
+    global _POOL_CHILD
+    _POOL_CHILD = True
 
 
 @worker_shutting_down.connect

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from core.predictor import InputShapeError, InputValueError, Predictor
 
+from core.predictor import InputShapeError, InputValueError, Predictor
 from tas.errors import InvalidInput
 
 

@@ -7,10 +7,10 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from core.predictor import Predictor
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.predictor import Predictor
 from tas.db.models import Job, JobStatus, ModelVersion
 from tas.errors import ModelNotFound, ModelNotReady
 

@@ -64,11 +64,14 @@ def spec(name: str, **training: Any) -> dict[str, Any]:
     }
 
 
+def job_dir(stack: Stack, job: dict[str, Any]) -> Path:
+    return stack.data_dir / "artifacts" / "jobs" / job["id"]
+
+
 def model_file(stack: Stack, job: dict[str, Any]) -> Path:
-    found = list((stack.data_dir / "artifacts" / "jobs" / job["id"]).rglob("model.safetensors"))
-    found = [p for p in found if "checkpoint" not in str(p)]
-    assert len(found) == 1, found
-    return found[0]
+    path = job_dir(stack, job) / "model" / "model.safetensors"
+    assert path.is_file(), list(job_dir(stack, job).rglob("*"))
+    return path
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -97,7 +100,12 @@ def test_kill_9_mid_training_resumes_to_identical_weights(make_stack: Callable[.
     done = stack.wait(job["id"], timeout=300)
     assert done["status"] == "succeeded", (done, stack.logs())
     assert done["attempts"] == 2
-    assert {s["attempt"] for s in done["stages"]} == {2}
+    second = [(s["name"], s["status"]) for s in done["stages"] if s["attempt"] == 2]
+    assert second == [
+        (name, "succeeded") for name in ("collect", "preprocess", "train", "evaluate", "register")
+    ]
+    first = {s["name"]: s["status"] for s in done["stages"] if s["attempt"] == 1}
+    assert first["train"] == "interrupted"
     assert same_weights(model_file(stack, ref), model_file(stack, done))
     assert final_row(stack, ref["id"]) == final_row(stack, done["id"])
 
@@ -111,11 +119,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
     stack.wait(job["id"], predicate=at_epoch(5), timeout=120)
     stack.procs[-1].stop(signal.SIGKILL)
     ckpts = sorted(
-        (
-            p
-            for p in (stack.data_dir / "artifacts" / "jobs" / job["id"]).rglob("*.safetensors")
-            if "checkpoint" in str(p)
-        ),
+        (job_dir(stack, job) / "checkpoints").rglob("*.safetensors"),
         key=lambda p: p.stat().st_mtime,
     )
     assert len(ckpts) >= 2, ckpts
