@@ -130,7 +130,10 @@ def _targets(y: torch.Tensor, loss: Loss) -> torch.Tensor:
 
 
 class _Stages:
-    """Reports each stage's start and end; an exception inside a stage leaves with the stage's name."""
+    """Reports each stage's start and end; an exception inside a stage leaves with the stage's name.
+    A stop request is also honoured between stages (a cancel during a long dataset load need not
+    wait for the first training step); nothing is checkpointed there: before training there is
+    nothing to save, after it the final checkpoint exists."""
 
     def __init__(self, hooks: Hooks) -> None:
         self.hooks = hooks
@@ -138,6 +141,9 @@ class _Stages:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[dict[str, Any]]:
+        reason = self.hooks.should_stop()
+        if reason is not None:
+            raise Stopped(reason)
         self.current = name
         self.hooks.stage_started(name)
         outputs: dict[str, Any] = {}

@@ -16,8 +16,9 @@ from core.spec import JobSpec
 
 
 class RecordingHooks(NullHooks):
-    """Records every call; `stop_at=(n, reason)` makes the n-th `should_stop` call (1-based) and all
-    later ones answer `reason`, as the worker's flag would."""
+    """Records every call. `stop_at=(n, reason)`: the n-th `should_stop` call inside the train stage
+    (1-based: the n-th step boundary) and every later call answer `reason`, as the worker's flag
+    would. `stop_checks` counts the calls inside the train stage."""
 
     def __init__(self, stop_at: tuple[int, str] | None = None) -> None:
         self.stages: list[tuple[str, str, dict[str, Any] | None]] = []
@@ -27,12 +28,16 @@ class RecordingHooks(NullHooks):
         self.progress_calls: list[Progress] = []
         self.stop_at = stop_at
         self.stop_checks = 0
+        self.stopping = False
+        self.training = False
 
     def stage_started(self, name: str) -> None:
         self.stages.append(("started", name, None))
+        self.training = name == "train"
 
     def stage_finished(self, name: str, outputs: dict[str, Any]) -> None:
         self.stages.append(("finished", name, outputs))
+        self.training = False
 
     def progress(self, progress: Progress) -> None:
         self.progress_calls.append(progress)
@@ -47,10 +52,11 @@ class RecordingHooks(NullHooks):
         self.checkpoints.append(record)
 
     def should_stop(self) -> str | None:
-        self.stop_checks += 1
-        if self.stop_at is not None and self.stop_checks >= self.stop_at[0]:
-            return self.stop_at[1]
-        return None
+        if self.training:
+            self.stop_checks += 1
+            if self.stop_at is not None and self.stop_checks >= self.stop_at[0]:
+                self.stopping = True
+        return self.stop_at[1] if self.stopping and self.stop_at else None
 
     def outputs(self, stage: str) -> dict[str, Any]:
         return (

@@ -116,3 +116,16 @@ def test_a_finished_job_resumes_straight_to_register(run_job: RunJob) -> None:
     assert again.resumed_from is not None and again.resumed_from["epoch"] == 4
     assert hooks.epochs == [] and hooks.stop_checks == 0
     assert again.model_sha256 == first.model_sha256
+
+
+def test_a_cancel_before_training_stops_between_stages(run_job: RunJob, tmp_path: Path) -> None:
+    class CancelWhileLoading(RecordingHooks):
+        def stage_finished(self, name: str, outputs: dict[str, Any]) -> None:
+            super().stage_finished(name, outputs)
+            self.stop_at, self.stopping = (0, "cancelled"), name == "collect"
+
+    hooks = CancelWhileLoading()
+    result = run_job(spec("step"), job="early", hooks=hooks)
+    assert result.status == "cancelled" and result.checkpoint is None
+    assert [n for kind, n, _ in hooks.stages if kind == "started"] == ["collect"]
+    assert not (tmp_path / "early" / "checkpoints").exists()
