@@ -133,7 +133,7 @@ class DbReporter(NullHooks):
             self._rows.append(row)
 
     def checkpoint_saved(self, record: Any) -> None:
-        rec = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
+        rec = record.to_dict() if hasattr(record, "to_dict") else dict(record)
         kept = [str(p) for p in rec.pop("kept_paths", [])] or [str(rec["path"])]
         rec["path"] = str(rec["path"])
         with self._lock:

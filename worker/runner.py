@@ -154,6 +154,7 @@ def _succeeded(
     with sessions() as s:
         job = s.get(Job, lease.job_id)
         assert job is not None
+        assert result.model_dir is not None, "a succeeded pipeline always registers a model"
         card = load_card(result.model_dir)
         mv = jobstore.register_model(s, job, str(result.model_dir), card, result.final_metrics)
         progress = _completed(job.progress, result.epochs_run)
