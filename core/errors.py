@@ -69,16 +69,18 @@ class TimeLimitExceeded(TrainingError):
 
 
 class OutOfMemory(TrainingError):
-    """Wraps `torch.OutOfMemoryError` with the batch size that caused it."""
+    """Wraps `torch.OutOfMemoryError` with the batch size that caused it (None when not training)."""
 
     def __init__(
-        self, batch_size: int, device: str, detail: str = "", stage: str | None = "train"
+        self, batch_size: int | None, device: str, detail: str = "", stage: str | None = "train"
     ) -> None:
-        smaller = max(1, batch_size // 2)
+        where = f"out of memory on {device}" + (
+            f" with batch size {batch_size}" if batch_size else ""
+        )
+        smaller = f" (e.g. {max(1, batch_size // 2)})" if batch_size else ""
         super().__init__(
-            f"out of memory on {device} with batch size {batch_size}"
-            + (f": {detail}" if detail else ""),
-            hint=f"lower training.batch_size (e.g. {smaller}) or use a smaller model (model.hidden)",
+            where + (f": {detail}" if detail else ""),
+            hint=f"lower training.batch_size{smaller} or use a smaller model (model.hidden)",
             stage=stage,
         )
         self.batch_size = batch_size
@@ -142,9 +144,8 @@ def as_training_error(exc: BaseException, stage: str | None = None) -> TrainingE
         import torch
 
         if isinstance(exc, torch.OutOfMemoryError):
-            return OutOfMemory(
-                batch_size=0, device="device", detail=str(exc).splitlines()[0], stage=stage
-            )
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            return OutOfMemory(None, "the training device", detail, stage=stage)
     except ImportError:  # pragma: no cover - torch is a hard dependency of core
         pass
     return TrainingError(
