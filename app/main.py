@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api import errors
 from app.api.routes import health, jobs, models, predict
-from app.services.predictors import PredictorCache
+from app.services.serving import Serving
 from tas.db.engine import make_engine, make_sessionmaker
 from tas.db.models import Job
 from tas.queue import Publisher, make_celery
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)
     publisher = Publisher(make_celery(settings))
+    serving = Serving(settings, sessions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
         yield
         if r is not None:
             r.stop()
+        serving.close()
         engine.dispose()
 
     app = FastAPIOffline(
@@ -70,7 +72,8 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.publisher = publisher
-    app.state.predictors = PredictorCache(settings.predict_cache_size)
+    app.state.serving = serving
+    app.state.predictors = serving.cache
 
     registry = CollectorRegistry()
     registry.register(JobsByStatus(sessions))

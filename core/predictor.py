@@ -85,6 +85,66 @@ class Predictor:
             )
         return t
 
+    def check_array(self, arr: np.ndarray) -> np.ndarray:
+        """The serving fast path's check, in numpy alone (no torch dispatch per request): float32
+        (N, *input_shape) — (N, H, W) accepted for one-channel images — with finite values, or
+        InputShapeError / InputValueError saying what was expected."""
+        if arr.dtype != np.float32:
+            if (
+                arr.dtype == object
+                or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool)
+                or np.issubdtype(arr.dtype, np.complexfloating)
+            ):
+                raise InputValueError(
+                    f"inputs must be real numbers in a regular array of shape {self._expected()};"
+                    f" got an array of {arr.dtype} (ragged nesting or non-numeric values)"
+                )
+            arr = arr.astype(np.float32)
+        shape = self.input_shape
+        if arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
+            pass
+        elif len(shape) == 3 and shape[0] == 1 and arr.ndim == 3 and arr.shape[1:] == shape[1:]:
+            arr = arr[:, None]
+        else:
+            raise InputShapeError(
+                f"expected a batch of shape {self._expected()}, received {tuple(arr.shape)}"
+            )
+        finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise InputValueError(
+                f"inputs contain NaN or infinite values (sample {bad} of {arr.shape[0]})"
+            )
+        return arr
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the weights and buffers (what the serving cache bounds)."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def forward(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw outputs for a checked float32 batch (see `check_array`): normalised, one forward
+        per `batch_size` chunk, under `inference_mode`. The serving batcher calls this once per
+        gathered batch."""
+        t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+        t = t.to(self.device, torch.float32)
+        with torch.inference_mode():
+            if self.normalizer is not None:
+                t = self.normalizer(t)
+            if t.shape[0] <= self.batch_size:
+                return self.model(t).float()
+            return torch.cat(
+                [
+                    self.model(t[i : i + self.batch_size]).float()
+                    for i in range(0, t.shape[0], self.batch_size)
+                ]
+            )
+
+    def read(self, out: torch.Tensor) -> list[dict[str, Any]]:
+        """One dict per row of raw outputs, the way the loss defined them (see `predict`)."""
+        return self._read(out)
+
     def check_batch(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """The batch as float32 (N, *input_shape), or InputShapeError / InputValueError saying what
         was expected. `predict` checks again; this lets a caller reject a request before queueing it."""
@@ -96,37 +156,29 @@ class Predictor:
         t = self._as_batch(x)
         if t.shape[0] == 0:
             return []
-        if self.normalizer is not None:
-            t = self.normalizer(t)
-        with torch.inference_mode():
-            out = torch.cat(
-                [
-                    self.model(t[i : i + self.batch_size]).float()
-                    for i in range(0, t.shape[0], self.batch_size)
-                ]
-            )
-        return self._read(out)
+        return self._read(self.forward(t))
 
     def _read(self, out: torch.Tensor) -> list[dict[str, Any]]:
         card = self._card
         names = card.class_names
-        if card.output == "identity":
-            values = out.cpu().tolist()
-            return [{"value": v[0] if len(v) == 1 else v} for v in values]
-        if card.output == "sigmoid":
-            p = torch.sigmoid(out[:, 0])
-            probs = torch.stack([1 - p, p], dim=1)
-            labels = (out[:, 0] > 0).long()
-        else:
-            probs = torch.softmax(out, dim=1)
-            labels = probs.argmax(dim=1)
-        results = []
-        for label, row in zip(labels.tolist(), probs.cpu().tolist(), strict=True):
-            results.append(
-                {
-                    "label": label,
-                    "class_name": names[label] if names and label < len(names) else None,
-                    "probabilities": row,
-                }
-            )
-        return results
+        with torch.inference_mode():
+            if card.output == "identity":
+                values = out.cpu().tolist()
+                return [{"value": v[0] if len(v) == 1 else v} for v in values]
+            if card.output == "sigmoid":
+                p = torch.sigmoid(out[:, 0])
+                probs = torch.stack([1 - p, p], dim=1)
+                labels = (out[:, 0] > 0).long()
+            else:
+                probs = torch.softmax(out, dim=1)
+                labels = probs.argmax(dim=1)
+            label_list, prob_rows = labels.tolist(), probs.cpu().tolist()
+        n_names = len(names) if names else 0
+        return [
+            {
+                "label": label,
+                "class_name": names[label] if names and label < n_names else None,
+                "probabilities": row,
+            }
+            for label, row in zip(label_list, prob_rows, strict=True)
+        ]

@@ -29,6 +29,16 @@ class ModelNotFound(NotFound):
         )
 
 
+class ModelVersionNotFound(NotFound):
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(f"model {name!r} has no version {version}; GET /models/{name} lists them")
+
+
+class AliasNotFound(NotFound):
+    def __init__(self, name: str, alias: str) -> None:
+        super().__init__(f"model {name!r} has no alias {alias!r}; GET /models/{name} lists them")
+
+
 class Conflict(DomainError):
     status_code = 409
 

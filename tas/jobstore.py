@@ -23,10 +23,18 @@ from tas.db.models import (
     JobStage,
     JobStatus,
     MetricRow,
+    ModelAlias,
     ModelVersion,
     utcnow,
 )
-from tas.errors import InvalidInput, JobFinished, JobNotFound
+from tas.errors import (
+    AliasNotFound,
+    InvalidInput,
+    JobFinished,
+    JobNotFound,
+    ModelNotFound,
+    ModelVersionNotFound,
+)
 
 
 def rowcount(result: Any) -> int:
@@ -361,5 +369,88 @@ def register_model(
         metrics=metrics,
     )
     session.add(mv)
+    session.flush()
+    return mv
+
+
+# The model registry: versions and aliases (`name@alias` → a version). Moving an alias is the
+# deploy step; callers commit, then tell the serving cache (it re-resolves and warms the model).
+
+
+def model_versions(session: Session, name: str, *, tenant: str) -> list[ModelVersion]:
+    """A model's versions, newest first; ModelNotFound when it has none."""
+    versions = list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.tenant == tenant, ModelVersion.name == name)
+            .order_by(ModelVersion.version.desc())
+        )
+    )
+    if not versions:
+        raise ModelNotFound(name)
+    return versions
+
+
+def model_aliases(session: Session, *, tenant: str, name: str | None = None) -> list[ModelAlias]:
+    q = select(ModelAlias).where(ModelAlias.tenant == tenant)
+    if name is not None:
+        q = q.where(ModelAlias.name == name)
+    return list(session.scalars(q.order_by(ModelAlias.name, ModelAlias.alias)))
+
+
+def get_version(session: Session, name: str, version: int, *, tenant: str) -> ModelVersion:
+    mv = session.scalar(
+        select(ModelVersion).where(
+            ModelVersion.tenant == tenant,
+            ModelVersion.name == name,
+            ModelVersion.version == version,
+        )
+    )
+    if mv is None:
+        model_versions(session, name, tenant=tenant)  # an unknown model says so, not its version
+        raise ModelVersionNotFound(name, version)
+    return mv
+
+
+def set_alias(
+    session: Session, name: str, alias: str, version: int, *, tenant: str
+) -> tuple[ModelAlias, ModelVersion]:
+    """Point `name@alias` at `version` (created or moved); the version must exist."""
+    mv = get_version(session, name, version, tenant=tenant)
+    row = session.scalar(
+        select(ModelAlias).where(
+            ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
+        )
+    )
+    if row is None:
+        row = ModelAlias(tenant=tenant, name=name, alias=alias, version=version)
+        session.add(row)
+    else:
+        row.version = version
+        row.updated_at = utcnow()
+    session.flush()
+    return row, mv
+
+
+def delete_alias(session: Session, name: str, alias: str, *, tenant: str) -> None:
+    result = session.execute(
+        delete(ModelAlias).where(
+            ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
+        )
+    )
+    if rowcount(result) == 0:
+        raise AliasNotFound(name, alias)
+
+
+def delete_version(session: Session, name: str, version: int, *, tenant: str) -> ModelVersion:
+    """Drop a version and the aliases that point at it. The artifact stays with its job (the
+    job's record still names it); the caller evicts it from the serving cache."""
+    mv = get_version(session, name, version, tenant=tenant)
+    session.execute(
+        delete(ModelAlias).where(
+            ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.version == version
+        )
+    )
+    session.delete(mv)
     session.flush()
     return mv

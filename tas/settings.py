@@ -51,8 +51,29 @@ class Settings(BaseSettings):
         60.0, gt=0, description="A job queued this long without being claimed is published again."
     )
 
-    # Serving.
-    predict_cache_size: int = Field(8, ge=1)
+    # Serving (see README, "Serving").
+    predict_cache_size: int = Field(8, ge=1, description="Loaded models kept in memory.")
+    predict_cache_mb: float = Field(
+        2048.0, gt=0, description="Memory bound on the loaded models' weights (MiB)."
+    )
+    predict_max_batch: int = Field(
+        64, ge=1, description="Samples gathered from concurrent requests into one forward pass."
+    )
+    predict_max_wait_ms: float = Field(
+        1.0, ge=0, description="How long a forward pass waits for more requests to fill its batch."
+    )
+    predict_max_samples: int = Field(
+        4096, ge=1, description="Samples one /predict request may send; more is a 413."
+    )
+    predict_resolve_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long a resolved model reference (name, name@alias) is reused; moves made"
+        " through this process take effect at once, other processes' within this time.",
+    )
+    predict_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads in the API process; null: torch's default."
+    )
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -10,6 +10,7 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from app.services.predictors import PredictorCache
+from app.services.serving import Serving
 from tas import jobstore
 from tas.db.models import Job
 from tas.queue import Publisher
@@ -38,8 +39,15 @@ def get_predictors(request: Request) -> PredictorCache:
     return cache
 
 
-def get_tenant() -> str:
-    """Until API keys land, every caller is the default tenant (the server binds to loopback)."""
+async def get_serving(request: Request) -> Serving:
+    """async: FastAPI runs a plain `def` dependency on a worker thread, a hop /predict can't afford."""
+    serving: Serving = request.app.state.serving
+    return serving
+
+
+async def get_tenant() -> str:
+    """Until API keys land, every caller is the default tenant (the server binds to loopback).
+    async for the same reason as `get_serving`."""
     return "default"
 
 
@@ -48,6 +56,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 PredictorsDep = Annotated[PredictorCache, Depends(get_predictors)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 def load_job(

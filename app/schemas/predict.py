@@ -1,18 +1,49 @@
+"""Shapes of /predict and the model registry.
+
+`PredictRequest` documents the JSON body in the OpenAPI schema; the route itself parses the raw
+body with orjson and numpy (see app/services/inputs.py), which is several times faster for
+arrays of floats and makes the same checks."""
+
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="A job id, a model name, name:version or name@alias.")
-    inputs: list[Any] = Field(
+    inputs: list[Any] | None = Field(
+        None,
         min_length=1,
         description="A batch of samples, each shaped like the dataset's sample "
-        "(a feature list, or a nested H×W / C×H×W array).",
+        "(a feature list, or a nested H×W / C×H×W array), raw: the model's own normalisation "
+        "is applied. Give this or images.",
+    )
+    images: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Base64 PNG/JPEG images (a data: URL is fine), converted to the model's "
+        "channels, resized to its H×W and scaled to [0, 1].",
+    )
+    top_k: int | None = Field(
+        None, ge=1, le=1000, description="Also return the k likeliest classes per sample."
+    )
+
+
+class PredictForm(BaseModel):
+    """multipart/form-data: the same, with the images as files."""
+
+    model: str = Field(description="A job id, a model name, name:version or name@alias.")
+    top_k: int | None = Field(None, ge=1, le=1000)
+    file: list[bytes] = Field(
+        description="One or more PNG/JPEG files (any field name is accepted).",
+        json_schema_extra={"items": {"type": "string", "format": "binary"}},
     )
 
 
@@ -22,9 +53,23 @@ class ModelRef(BaseModel):
     job_id: str
 
 
+class TopK(BaseModel):
+    label: int
+    class_name: str | None
+    probability: float
+
+
+class Prediction(BaseModel):
+    label: int | None = None
+    class_name: str | None = None
+    probabilities: list[float] | None = None
+    top_k: list[TopK] | None = None
+    value: float | list[float] | None = Field(None, description="Regression models only.")
+
+
 class PredictResponse(BaseModel):
     model: ModelRef
-    predictions: list[dict[str, Any]]
+    predictions: list[Prediction]
 
 
 class ModelVersionOut(BaseModel):
@@ -32,12 +77,28 @@ class ModelVersionOut(BaseModel):
 
     name: str
     version: int
-    job_id: str
+    job_id: str = Field(description="The job that trained it.")
     metrics: dict[str, Any] | None
+    created_at: datetime
+    aliases: list[str] = Field(default_factory=list)
     card: dict[str, Any]
 
 
 class ModelOut(BaseModel):
     name: str
     latest_version: int
+    aliases: dict[str, int] = Field(default_factory=dict, description="alias → version")
     versions: list[ModelVersionOut]
+
+
+class AliasIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="The version the alias should point at.")
+
+
+class AliasOut(BaseModel):
+    name: str
+    alias: str
+    version: int
+    updated_at: datetime

@@ -1,21 +1,51 @@
+"""The model registry: versions, aliases (the deploy step), deletion and downloads.
+
+Names and aliases in the path are checked against the pattern job names follow, so `../`, encoded
+slashes and backslashes never reach a query, and files are read only from the directory the
+registry row names, after a containment check (RELIABILITY.md row 12)."""
+
 from __future__ import annotations
 
 from itertools import groupby
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, TenantDep
-from app.schemas.predict import ModelOut, ModelVersionOut
-from tas.db.models import ModelVersion
-from tas.errors import ModelNotFound
+from app.api.deps import ServingDep, SessionDep, SettingsDep, TenantDep
+from app.schemas.predict import NAME_PATTERN, AliasIn, AliasOut, ModelOut, ModelVersionOut
+from app.services.serving import contained_artifact
+from core import export
+from core.artifact import read_card
+from tas import jobstore
+from tas.db.models import ModelAlias, ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
 
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The model's name (its jobs' name).")]
+Alias = Annotated[
+    str, Path(pattern=NAME_PATTERN, description="An alias, e.g. production.", examples=["prod"])
+]
+Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
-def _model(name: str, versions: list[ModelVersion]) -> ModelOut:
-    out = [ModelVersionOut.model_validate(v) for v in sorted(versions, key=lambda v: -v.version)]
-    return ModelOut(name=name, latest_version=out[0].version, versions=out)
+
+def _model(name: str, versions: list[ModelVersion], aliases: list[ModelAlias]) -> ModelOut:
+    by_version: dict[int, list[str]] = {}
+    for a in aliases:
+        by_version.setdefault(a.version, []).append(a.alias)
+    out = [
+        ModelVersionOut.model_validate(v).model_copy(
+            update={"aliases": by_version.get(v.version, [])}
+        )
+        for v in sorted(versions, key=lambda v: -v.version)
+    ]
+    return ModelOut(
+        name=name,
+        latest_version=out[0].version,
+        aliases={a.alias: a.version for a in aliases},
+        versions=out,
+    )
 
 
 @router.get("", response_model=list[ModelOut])
@@ -23,16 +53,107 @@ def list_models(session: SessionDep, tenant: TenantDep) -> list[ModelOut]:
     rows = session.scalars(
         select(ModelVersion).where(ModelVersion.tenant == tenant).order_by(ModelVersion.name)
     )
-    return [_model(name, list(vs)) for name, vs in groupby(rows, key=lambda v: v.name)]
+    aliases: dict[str, list[ModelAlias]] = {}
+    for a in jobstore.model_aliases(session, tenant=tenant):
+        aliases.setdefault(a.name, []).append(a)
+    return [
+        _model(name, list(vs), aliases.get(name, []))
+        for name, vs in groupby(rows, key=lambda v: v.name)
+    ]
 
 
 @router.get("/{name}", response_model=ModelOut)
-def get_model(name: str, session: SessionDep, tenant: TenantDep) -> ModelOut:
-    versions = list(
-        session.scalars(
-            select(ModelVersion).where(ModelVersion.tenant == tenant, ModelVersion.name == name)
-        )
+def get_model(name: Name, session: SessionDep, tenant: TenantDep) -> ModelOut:
+    versions = jobstore.model_versions(session, name, tenant=tenant)
+    return _model(name, versions, jobstore.model_aliases(session, tenant=tenant, name=name))
+
+
+@router.put("/{name}/aliases/{alias}", response_model=AliasOut)
+def set_alias(
+    name: Name,
+    alias: Alias,
+    body: AliasIn,
+    session: SessionDep,
+    tenant: TenantDep,
+    serving: ServingDep,
+) -> AliasOut:
+    """Point `name@alias` at a version — the deploy step. The version is loaded before this
+    returns, and the next `/predict` for `name@alias` uses it; no restart."""
+    row, mv = jobstore.set_alias(session, name, alias, body.version, tenant=tenant)
+    out = AliasOut(name=name, alias=alias, version=row.version, updated_at=row.updated_at)
+    model_dir = mv.model_dir
+    session.commit()
+    serving.registry_changed(warm=model_dir)
+    return out
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_alias(
+    name: Name, alias: Alias, session: SessionDep, tenant: TenantDep, serving: ServingDep
+) -> Response:
+    jobstore.delete_alias(session, name, alias, tenant=tenant)
+    session.commit()
+    serving.registry_changed()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_version(
+    name: Name, version: Version, session: SessionDep, tenant: TenantDep, serving: ServingDep
+) -> Response:
+    """Drop a version and its aliases, and evict it from the serving cache. The job (and its
+    artifact) remain; `/predict` with its job id answers 404 from now on."""
+    mv = jobstore.delete_version(session, name, version, tenant=tenant)
+    model_dir = mv.model_dir
+    session.commit()
+    serving.registry_changed(evict=model_dir)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{name}/versions/{version}/card")
+def get_card(
+    name: Name, version: Version, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> dict[str, object]:
+    """The model card for use outside tas: architecture, input shape, classes, preprocessing
+    (normalisation statistics, image handling), how to read the outputs, metrics."""
+    mv = jobstore.get_version(session, name, version, tenant=tenant)
+    card = export.export_card(read_card(contained_artifact(settings, mv.model_dir)))
+    return {"name": name, "version": version, "job_id": mv.job_id, **card}
+
+
+@router.get(
+    "/{name}/versions/{version}/download",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "safetensors (the card in `__metadata__['tas.card']`) or ONNX (the "
+            "card in `metadata_props['tas.card']`)",
+        }
+    },
+)
+async def download(
+    name: Name,
+    version: Version,
+    tenant: TenantDep,
+    serving: ServingDep,
+    format: Annotated[Literal["safetensors", "onnx"], Query()] = "safetensors",
+) -> Response:
+    """The weights with their model card embedded, or an ONNX export (built on request; its
+    outputs match PyTorch's)."""
+
+    def build() -> bytes:
+        with serving.sessions() as session:
+            mv = jobstore.get_version(session, name, version, tenant=tenant)
+            model_dir = contained_artifact(serving.settings, mv.model_dir)
+        if format == "onnx":
+            return export.onnx_bytes(model_dir)
+        return export.safetensors_with_card(model_dir)
+
+    data = await run_in_threadpool(build)
+    filename = f"{name}-v{version}.{'onnx' if format == 'onnx' else 'safetensors'}"
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
     )
-    if not versions:
-        raise ModelNotFound(name)
-    return _model(name, versions)
