@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import errors
 from app.api.routes import health, jobs, models, predict
@@ -38,6 +40,37 @@ class JobsByStatus(Collector):
         yield g
 
 
+class Observe:
+    """Request count and latency by route template. A plain ASGI middleware: Starlette's
+    `@app.middleware("http")` wraps every response in streams and a task group, which cost
+    /predict about a fifth of its request rate."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(scope["method"], path, str(status)).inc()
+            self.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
+
+
 def create_app(settings: Settings | None = None, *, reaper: bool = True) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
@@ -57,6 +90,11 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
                 requeue_after_s=settings.requeue_after_s,
             )
             r.start()
+        # Everything built so far (torch's modules, the app) lives as long as the process: move
+        # it out of the cyclic collector's sight, or each full collection walks torch's object
+        # graph while /predict waits (measured: 1.6x the requests/s, a third of the p99).
+        gc.collect()
+        gc.freeze()
         yield
         if r is not None:
             r.stop()
@@ -85,17 +123,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
         "tas_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry
     )
 
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        latency.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(Observe, requests=requests, latency=latency)
 
     errors.install(app)
     for router in (jobs.router, predict.router, models.router, health.router):

@@ -76,7 +76,13 @@ def serve(
         )
         console.print(f"embedded worker started (pid {child.pid})")
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=settings.access_log,
+        )
     finally:
         if child is not None:
             _stop_child(child)
