@@ -136,6 +136,11 @@ class ResourcesSpec(StrictModel):
 
 class JobSpec(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["digits-mlp"])
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Register the trained model under this name; null: the job's name.",
+    )
     dataset: DatasetSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

@@ -76,6 +76,7 @@ def serve(
         )
         console.print(f"embedded worker started (pid {child.pid})")
     try:
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         uvicorn.run(
             create_app(settings),
             host=host,

@@ -354,14 +354,15 @@ def register_model(
     existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
     if existing is not None:
         return existing
+    name = job.spec.get("model_name") or job.name
     last = session.scalar(
         select(func.max(ModelVersion.version)).where(
-            ModelVersion.tenant == job.tenant, ModelVersion.name == job.name
+            ModelVersion.tenant == job.tenant, ModelVersion.name == name
         )
     )
     mv = ModelVersion(
         tenant=job.tenant,
-        name=job.name,
+        name=name,
         version=(last or 0) + 1,
         job_id=job.id,
         model_dir=model_dir,

@@ -30,15 +30,25 @@ class Reaped:
 
 
 def reap_once(session: Session, publisher: Publisher, *, requeue_after_s: float) -> Reaped:
+    """One pass. A queued job that nobody claims is published again after `requeue_after_s`, then
+    after twice that, four times... : the reaper cannot tell a lost message from a job waiting
+    behind busy workers, and the backoff keeps the duplicates it sends for the latter logarithmic
+    in the wait instead of linear (each one costs a worker a refused claim)."""
     now = utcnow()
     stale = now - timedelta(seconds=requeue_after_s)
     lost = or_(
         and_(Job.status == JobStatus.running.value, Job.lease_until < now),
         and_(Job.status == JobStatus.queued.value, Job.queued_at < stale),
     )
-    rows = session.execute(select(Job.id, Job.queue).where(lost)).all()
-    republished, failed = [], []
-    for job_id, _queue in rows:
+    rows = session.execute(
+        select(Job.id, Job.queue, Job.status, Job.queued_at, Job.republishes).where(lost)
+    ).all()
+    republished, failed, queues = [], [], {}
+    for job_id, queue, status, queued_at, republishes in rows:
+        if status == JobStatus.queued.value:
+            wait = timedelta(seconds=requeue_after_s * 2 ** min(republishes, 16))
+            if queued_at >= now - wait:
+                continue
         settled = jobstore.fail_unclaimable(session, job_id)
         if settled is not None:
             failed.append(job_id)
@@ -51,16 +61,20 @@ def reap_once(session: Session, publisher: Publisher, *, requeue_after_s: float)
                 update(Job)
                 .where(Job.id == job_id, lost)
                 .values(
-                    status=JobStatus.queued.value, lease_owner=None, lease_until=None, queued_at=now
+                    status=JobStatus.queued.value,
+                    lease_owner=None,
+                    lease_until=None,
+                    queued_at=now,
+                    republishes=republishes + 1 if status == JobStatus.queued.value else 0,
                 )
             )
         )
         if changed:
             republished.append(job_id)
+            queues[job_id] = queue
     session.commit()
-    for job_id, queue in rows:
-        if job_id in republished:
-            publisher.publish(job_id, queue)
+    for job_id in republished:
+        publisher.publish(job_id, queues[job_id])
     if republished or failed:
         log.info("reaper: republished %s, settled %s", republished, failed)
     return Reaped(republished, failed)

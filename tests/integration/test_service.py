@@ -35,6 +35,7 @@ def digits_spec(**training: Any) -> dict[str, Any]:
 
 XOR_SPEC = {
     "name": "xor",
+    "model_name": "xor-classifier",
     "dataset": {"name": "xor", "val_fraction": 0.2},
     "model": {"arch": "mlp", "hidden": [4], "activation": "tanh"},
     "training": {"epochs": 100, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "loss": "bce"},
@@ -159,6 +160,9 @@ def test_xor_seed(stack: Stack) -> None:
         "/predict", json={"model": job["id"], "inputs": [[0, 0], [0, 1], [1, 0], [1, 1]]}
     )
     assert [p["label"] for p in r.json()["predictions"]] == [0, 1, 1, 0]
+    # registered under the spec's model_name, not the job's name
+    assert r.json()["model"]["name"] == "xor-classifier"
+    assert stack.http.get("/models/xor-classifier").status_code == 200
 
 
 def test_linear_regression_seed(stack: Stack) -> None:

@@ -151,3 +151,28 @@ def test_reaper_republishes_lost_jobs_only(sessions: sessionmaker[Session]) -> N
     assert fresh not in reaped.republished and running_alive not in reaped.republished
     with sessions() as s:  # republishing resets the clock: no flood of duplicates
         assert reap_once(s, pub, requeue_after_s=60).republished == []  # type: ignore[arg-type]
+
+
+def test_reaper_backs_off_for_a_job_that_keeps_waiting(sessions: sessionmaker[Session]) -> None:
+    """A job waiting behind busy workers is republished after R, 2R, 4R... not every R."""
+    job_id = new_job(sessions)
+    pub = Recorder()
+
+    def waited(seconds: float) -> None:
+        with sessions() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(queued_at=utcnow() - timedelta(seconds=seconds))
+            )
+            s.commit()
+
+    for n in range(4):
+        limit = 60 * 2**n
+        waited(limit - 5)
+        with sessions() as s:
+            assert reap_once(s, pub, requeue_after_s=60).republished == []  # type: ignore[arg-type]
+        waited(limit + 5)
+        with sessions() as s:
+            assert reap_once(s, pub, requeue_after_s=60).republished == [job_id]  # type: ignore[arg-type]
+    assert pub.published == [job_id] * 4
