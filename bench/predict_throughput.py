@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
 from core.artifact import ModelCard, save_model  # noqa: E402
 from core.data.prepare import Normalizer  # noqa: E402
 from core.models import build_model  # noqa: E402
@@ -331,15 +332,7 @@ def main() -> None:
     )
     print(section)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-        text = (
-            pattern.sub(lambda _: section + "\n", text)
-            if pattern.search(text)
-            else text.rstrip() + "\n\n" + section
-        )
-        path.write_text(text)
+        write_section(SECTION, section.split("\n", 1)[1])
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -43,6 +43,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from bench.report import write_section  # noqa: E402
 from tests.integration.stack import FINISHED, Proc, Stack, distributed_stack  # noqa: E402
 from tests.servers import start_postgres, start_redis  # noqa: E402
 
@@ -394,23 +395,6 @@ def code_version() -> str:
     return f"{sha}{' + uncommitted edits' if dirty else ''}" if sha else "unknown"
 
 
-def write_section(body: str, path: Path = BENCHMARKS) -> None:
-    """Create or replace only the `## Soak (issue 3)` section; other sections are left as they are."""
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    path.write_text(new)
-
-
 def main(
     jobs: Annotated[int, typer.Option(help="Jobs submitted in the kill phase.")] = 12,
     kills: Annotated[int, typer.Option(help="Worker process groups SIGKILLed.")] = 5,
@@ -609,7 +593,7 @@ Machine: {machine()}. Code: {code}. Run {datetime.now().strftime("%Y-%m-%d %H:%M
 | --- | --- | --- |
 {rows}
 """
-            write_section(body)
+            write_section(SECTION, body)
             console.print(f"wrote the {SECTION!r} section of {BENCHMARKS}")
     finally:
         redis.kill()

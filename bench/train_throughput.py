@@ -46,6 +46,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from bench.report import write_section  # noqa: E402
 from core.data.registry import Arrays, DatasetInfo, LoadContext, Loaded  # noqa: E402
 from core.hooks import NullHooks  # noqa: E402
 from core.pipeline import RunContext, run_pipeline  # noqa: E402
@@ -243,23 +244,6 @@ def machine() -> dict[str, str]:
     }
 
 
-def write_section(body: str, path: Path = BENCHMARKS) -> None:
-    """Create or replace only this script's section; other sections are left as they are."""
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    path.write_text(new)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -400,7 +384,7 @@ Machine: {m["cpu"]}, {m["cores"]} cores, torch {m["torch"]} ({m["threads"]} thre
     .venv/bin/python bench/train_throughput.py --rounds {args.rounds}
 """
     if not args.no_write:
-        write_section(body)
+        write_section(SECTION, body)
         print(f"wrote the {SECTION!r} section of {BENCHMARKS}")
     return 0
 

@@ -1,0 +1,24 @@
+"""BENCHMARKS.md is shared by every bench script: each rewrites only its own `## ` section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def write_section(heading: str, body: str, path: Path = BENCHMARKS) -> None:
+    """Create or replace the section titled `heading`; other sections are left as they are."""
+    section = f"{heading}\n\n{body.strip()}\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == heading), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        tail = "".join(lines[end:])
+        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    path.write_text(new)
