@@ -111,7 +111,6 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.sessions = sessions
     app.state.publisher = publisher
     app.state.serving = serving
-    app.state.predictors = serving.cache
 
     registry = CollectorRegistry()
     registry.register(JobsByStatus(sessions))

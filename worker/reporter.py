@@ -22,14 +22,14 @@ from tas.jobstore import Lease
 log = logging.getLogger(__name__)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """NaN and inf are not JSON; the API shows them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -82,14 +82,14 @@ class DbReporter(NullHooks):
             checkpoints, self._checkpoints = self._checkpoints, []
             changes, self._changes = self._changes, {}
         with self.sessions() as s:
-            beat = jobstore.renew(s, self.lease, self.lease_seconds, _jsonable(changes))
+            beat = jobstore.renew(s, self.lease, self.lease_seconds, jsonable(changes))
             if beat is None:
                 s.rollback()
                 self._stop_reason = "lease_lost"
                 return False
-            jobstore.upsert_metrics(s, self.lease.job_id, _jsonable(rows))
+            jobstore.upsert_metrics(s, self.lease.job_id, jsonable(rows))
             for record, kept in checkpoints:
-                jobstore.record_checkpoint(s, self.lease, _jsonable(record), kept)
+                jobstore.record_checkpoint(s, self.lease, jsonable(record), kept)
             s.commit()
         if beat.cancel_requested and self._stop_reason is None:
             self._stop_reason = "cancelled"
@@ -113,7 +113,7 @@ class DbReporter(NullHooks):
     def stage_finished(self, stage: str, outputs: dict[str, Any]) -> None:
         self.flush()
         with self.sessions() as s:
-            jobstore.finish_stage(s, self.lease, stage, _jsonable(outputs))
+            jobstore.finish_stage(s, self.lease, stage, jsonable(outputs))
             s.commit()
 
     def progress(self, progress: Progress) -> None:

@@ -22,7 +22,7 @@ from core.spec import JobSpec, resolved_monitor, spec_problems
 from tas import jobstore
 from tas.db.models import Job, JobStatus
 from tas.settings import Settings
-from worker.reporter import DbReporter
+from worker.reporter import DbReporter, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,7 @@ def _completed(progress: dict[str, Any] | None, epochs_run: int) -> dict[str, An
 
 
 def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
-    from worker.reporter import _jsonable
-
-    return _jsonable(
+    return jsonable(
         {
             "evaluation": result.evaluation,
             "parameters": {"trainable": result.trainable_params, "total": result.total_params},

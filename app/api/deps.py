@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
-from app.services.predictors import PredictorCache
 from app.services.serving import Serving
 from tas import jobstore
 from tas.db.models import Job
@@ -34,11 +33,6 @@ def get_publisher(request: Request) -> Publisher:
     return publisher
 
 
-def get_predictors(request: Request) -> PredictorCache:
-    cache: PredictorCache = request.app.state.predictors
-    return cache
-
-
 async def get_serving(request: Request) -> Serving:
     """async: FastAPI runs a plain `def` dependency on a worker thread, a hop /predict can't afford."""
     serving: Serving = request.app.state.serving
@@ -54,7 +48,6 @@ async def get_tenant() -> str:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
-PredictorsDep = Annotated[PredictorCache, Depends(get_predictors)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 

@@ -190,12 +190,3 @@ def check(arr: np.ndarray, predictor: Predictor, field: str = "inputs") -> np.nd
         return predictor.check_array(arr)
     except (InputShapeError, InputValueError) as exc:
         raise _bad((field,), str(exc)) from exc
-
-
-def to_batch(inputs: list[Any], predictor: Predictor) -> np.ndarray:
-    """A JSON-decoded batch → the checked float32 array (kept for callers outside the route)."""
-    try:
-        arr = np.asarray(inputs, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
-        raise _bad(("inputs",), f"inputs must be a batch of numeric samples ({exc})") from exc
-    return check(arr, predictor)
