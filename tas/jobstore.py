@@ -284,39 +284,30 @@ def record_checkpoint(
     )
 
 
+def _fenced_update(session: Session, lease: Lease, **values: Any) -> bool:
+    """Write to the job only while this lease still owns it. False: another attempt does."""
+    result = session.execute(
+        update(Job).where(_fenced(lease)).values(updated_at=utcnow(), **values)
+    )
+    return bool(rowcount(result))
+
+
 def finish(session: Session, lease: Lease, status: JobStatus, **values: Any) -> bool:
-    now = utcnow()
-    return bool(
-        rowcount(
-            session.execute(
-                update(Job)
-                .where(_fenced(lease))
-                .values(
-                    status=status.value, finished_at=now, updated_at=now, lease_until=None, **values
-                )
-            )
-        )
+    return _fenced_update(
+        session, lease, status=status.value, finished_at=utcnow(), lease_until=None, **values
     )
 
 
 def release(session: Session, lease: Lease, **values: Any) -> bool:
     """Hand a running job back to the queue (graceful stop): it resumes from its checkpoint."""
-    now = utcnow()
-    return bool(
-        rowcount(
-            session.execute(
-                update(Job)
-                .where(_fenced(lease))
-                .values(
-                    status=JobStatus.queued.value,
-                    lease_owner=None,
-                    lease_until=None,
-                    queued_at=now,
-                    updated_at=now,
-                    **values,
-                )
-            )
-        )
+    return _fenced_update(
+        session,
+        lease,
+        status=JobStatus.queued.value,
+        lease_owner=None,
+        lease_until=None,
+        queued_at=utcnow(),
+        **values,
     )
 
 
