@@ -55,6 +55,8 @@ class Arch:
     build: Callable[[Any, tuple[int, ...], int], nn.Module]
     #: "image" archs need a C×H×W sample; "any" take whatever shape and flatten it.
     needs: str = "any"
+    #: Whether torchvision publishes ImageNet weights for it (`model.pretrained`).
+    pretrained: bool = False
 
 
 ARCHS: dict[str, Arch] = {

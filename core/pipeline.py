@@ -55,6 +55,14 @@ class RunContext:
     started_monotonic: float = field(default_factory=time.monotonic)
     #: An outer limit (e.g. the worker's soft time limit), a `time.monotonic()` instant.
     deadline: float | None = None
+    #: Where preprocessed tensors are cached (None: no cache), and the dataset's content identity
+    #: (an upload's sha256, a built-in's name and version) that, with the preprocessing spec, keys it.
+    cache_dir: Path | None = None
+    data_fingerprint: str | None = None
+    #: torchvision's pretrained weight files (`model.pretrained`), under torchvision's file names.
+    weights_dir: Path | None = None
+    #: `model.init_from`, resolved by the caller to a safetensors file of weights.
+    init_weights: Path | None = None
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -28,6 +28,18 @@ def _one_of(kind: str, value: str, allowed: dict[str, Any]) -> str:
     return value
 
 
+class AugmentSpec(StrictModel):
+    """Image augmentation, drawn per batch on the training device (never on validation or test)."""
+
+    crop_padding: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Random crop of the original size after zero-padding by this many pixels; 0: off.",
+    )
+    hflip: bool = Field(False, description="Flip each image left-right with probability 1/2.")
+
+
 class DatasetSpec(StrictModel):
     name: str | None = Field(None, description="A built-in dataset.", examples=["digits"])
     id: str | None = Field(None, description="An uploaded dataset's id.")
@@ -41,6 +53,7 @@ class DatasetSpec(StrictModel):
         None,
         description="Standardise inputs with training-split statistics; null: the dataset's default.",
     )
+    augment: AugmentSpec | None = Field(None, description="Image datasets only.")
 
     @field_validator("name")
     @classmethod
@@ -67,6 +80,32 @@ class ModelSpec(StrictModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=lambda: [32, 64], max_length=8, description="cnn: conv channels per block."
+    )
+    pretrained: bool = Field(
+        False,
+        description="resnet18/mobilenet_v2: start from torchvision's ImageNet weights, read from"
+        " TAS_WEIGHTS_DIR under torchvision's file name (never downloaded); missing file: the job fails.",
+    )
+    init_from: str | None = Field(
+        None,
+        description="Start from earlier weights: a job id, a model 'name' or 'name:version', or"
+        " 'weights:<id>' (an upload to POST /weights). The head is replaced when the classes differ.",
+        examples=["digits-0-4:1"],
+        max_length=200,
+    )
+    freeze: Literal["none", "backbone"] | list[Annotated[str, Field(min_length=1)]] = Field(
+        "none",
+        description="'backbone' (everything but the head), 'none', or a list of layer names"
+        " (module prefixes, e.g. ['0', '2'] or ['layer1', 'conv1']).",
+    )
+    unfreeze_after: int | None = Field(
+        None, ge=1, description="Unfreeze everything after this many epochs."
+    )
+    backbone_lr: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="Learning rate of the non-head parameters (while trainable); null: training.lr.",
     )
 
     @field_validator("arch")
@@ -183,6 +222,29 @@ def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]
                 ("model", "arch"),
                 f"arch {spec.model.arch!r} needs image samples (C×H×W); dataset {info.name!r} has samples"
                 f" of shape {list(info.input_shape)}; use mlp or linear",
+            )
+        )
+    if spec.dataset.augment is not None and info.kind != "image":
+        problems.append(
+            (
+                ("dataset", "augment"),
+                f"augmentation needs image samples (C×H×W); dataset {info.name!r} is {info.kind}",
+            )
+        )
+    m = spec.model
+    if m.unfreeze_after is not None and m.freeze == "none":
+        problems.append(
+            (
+                ("model", "unfreeze_after"),
+                "unfreeze_after needs something frozen: set model.freeze to 'backbone' or layer names",
+            )
+        )
+    if m.pretrained and not arch.pretrained:
+        with_weights = ", ".join(sorted(n for n, a in ARCHS.items() if a.pretrained))
+        problems.append(
+            (
+                ("model", "pretrained"),
+                f"arch {m.arch!r} has no pretrained weights; archs with them: {with_weights}",
             )
         )
     known = metric_names(info.task)
