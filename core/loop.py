@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.augment import step_generator
 from core.checkpoint import CheckpointRecord
 from core.errors import NonFiniteLoss, OutOfMemory, Stopped, TimeLimitExceeded
 from core.hooks import Hooks, NullHooks, Progress
@@ -35,6 +36,8 @@ Target = Literal["index", "binary", "value"]
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 #: Saves a checkpoint of the loop state; gets the epoch's metrics (None mid-epoch).
 CheckpointFn = Callable[["LoopState", "dict[str, float] | None"], "CheckpointRecord | None"]
+#: Batch augmentation: (a training batch, a generator seeded by (seed, epoch, step)) → the batch.
+AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,8 @@ class Trainer:
         scaler: torch.amp.GradScaler | None = None,
         autocast: AutocastFactory = contextlib.nullcontext,
         on_checkpoint: CheckpointFn | None = None,
+        augment: AugmentFn | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -204,7 +209,12 @@ class Trainer:
         self.scaler = scaler
         self.autocast = autocast
         self.on_checkpoint = on_checkpoint
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.augment = augment
+        #: Called with the completed-epoch count before each epoch (transfer's unfreeze_after).
+        self.on_epoch_start = on_epoch_start
+        # All of them, frozen ones too: clipping skips a parameter without a gradient, and one
+        # unfrozen later (unfreeze_after) must be clipped from then on.
+        self.params = list(model.parameters())
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -224,6 +234,8 @@ class Trainer:
             for epoch in range(state.epoch, cfg.epochs):
                 if state.finished:
                     break
+                if self.on_epoch_start is not None:
+                    self.on_epoch_start(epoch)
                 model.train()
                 order = epoch_order(cfg.seed, epoch, n, X.device)
                 if state.step_losses is None:
@@ -235,6 +247,8 @@ class Trainer:
                     self._step_boundary(state, epoch, step)
                     idx = order[step * bs : (step + 1) * bs]
                     xb, yb = X.index_select(0, idx), y.index_select(0, idx)
+                    if self.augment is not None:  # training batches only; seeded per step
+                        xb = self.augment(xb, step_generator(cfg.seed, epoch, step))
 
                     with self.autocast():
                         pred = model(xb)  # forward

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from core.artifact import ModelCard, count_parameters, save_model
+from core.augment import build_augment
 from core.checkpoint import CheckpointManager, CheckpointRecord
+from core.data.cache import PreprocessCache, PrepSpec, cache_key
 from core.data.prepare import Prepared, prepare
 from core.data.registry import DatasetInfo, LoadContext, Loaded
 from core.device import resolve_device, resolve_precision
@@ -32,12 +34,14 @@ from core.errors import (
     as_training_error,
 )
 from core.hooks import Hooks
-from core.loop import EarlyStopping, LoopConfig, LoopState, TrainData, Trainer, evaluate
+from core.loop import EarlyStopping, LoopConfig, LoopState, TrainData, Trainer
 from core.losses import LOSSES, Loss
+from core.metrics import evaluate_model
 from core.models import build_model
-from core.optim import OPTIMIZERS, SCHEDULERS
+from core.optim import OPTIMIZERS, SCHEDULERS, param_groups
 from core.spec import JobSpec, metric_mode, resolved_loss, resolved_monitor, spec_problems
 from core.state import capture_rng, restore_rng, seed_everything
+from core.transfer import Transfer, prepare_transfer
 
 STAGES = ("collect", "preprocess", "train", "evaluate", "register")
 
@@ -209,27 +213,44 @@ def _run(
     loss_entry = LOSSES[loss_name]
     t = spec.training
 
+    # A cached entry of the preprocessed tensors skips the load (decode) and the preprocessing.
+    d = spec.dataset
+    load_ctx = LoadContext(Path(ctx.datasets_dir), ctx.allow_download)
+    cache = PreprocessCache(ctx.cache_dir) if ctx.cache_dir and ctx.data_fingerprint else None
+    prep = PrepSpec.of(d, info)
+    key = _cache_key(ctx, info, prep) if cache is not None else None
     with stage("collect") as out:
-        loaded = load(LoadContext(Path(ctx.datasets_dir), ctx.allow_download))
-        out.update(
-            {
-                "dataset": info.name,
-                "train_samples": len(loaded.train),
-                "test_samples": len(loaded.test) if loaded.test is not None else 0,
-                "input_shape": list(loaded.train.X.shape[1:]),
-                "notes": {
-                    k: v for k, v in loaded.notes.items() if isinstance(v, str | int | float | bool)
-                },
-            }
-        )
+        cached = cache.lookup(key) if cache is not None and key is not None else None
+        loaded: Loaded | None = None
+        if cached is not None:  # the source is known from the entry: nothing is read
+            out.update({**cached.get("collect", {}), "cached": True})
+        else:
+            loaded = load(load_ctx)
+            out.update({**_collect_outputs(info, loaded), "cached": False})
 
     with stage("preprocess") as out:
-        d = spec.dataset
-        prepared = prepare(
-            loaded, info, d.val_fraction, d.test_fraction, d.split_seed, d.stratify, d.normalize
-        )
-        del loaded
+        hit = cache.load(key) if cache is not None and key is not None and cached else None
+        if hit is not None:
+            prepared = hit.prepared
+            cache_out: dict[str, Any] | None = {
+                "hit": True,
+                "key": key,
+                "seconds": round(hit.seconds, 3),
+            }
+        else:
+            if loaded is None:  # the entry went bad after collect looked at it: decode after all
+                loaded = load(load_ctx)
+            collected = _collect_outputs(info, loaded)
+            prepared = prepare(
+                loaded, info, d.val_fraction, d.test_fraction, d.split_seed, d.stratify, d.normalize
+            )
+            del loaded
+            cache_out = None
+            if cache is not None:
+                cache_out = _cache_store(cache, ctx, info, prep, prepared, collected)
         out.update(prepared.outputs())
+        if cache_out is not None:
+            out["cache"] = cache_out
 
     with stage("train") as out:
         device = _pick_device(spec, ctx)
@@ -247,18 +268,22 @@ def _run(
                 "best": best,
                 "final": _final_row(state),
                 "parameters": params,
+                "transfer": trained.transfer.outputs(),
+                "augment": aug.describe() if (aug := build_augment(d.augment)) else None,
             }
         )
 
     with stage("evaluate") as out:
         split, part = _eval_split(prepared)
-        metrics = evaluate(
+        metrics = evaluate_model(
             model,
             part.X.to(device),
             _targets(part.y, loss_entry).to(device),
             loss_entry.build(),
             loss_entry.target,
-            max(t.batch_size, 1024),
+            batch_size=max(t.batch_size, 1024),
+            num_classes=info.num_classes,
+            class_names=info.class_names,
         )
         evaluation = {"split": split, "samples": len(part), "metrics": metrics}
         out.update(evaluation)
@@ -307,6 +332,50 @@ def _run(
     )
 
 
+def _collect_outputs(info: DatasetInfo, loaded: Loaded) -> dict[str, Any]:
+    return {
+        "dataset": info.name,
+        "train_samples": len(loaded.train),
+        "test_samples": len(loaded.test) if loaded.test is not None else 0,
+        "input_shape": list(loaded.train.X.shape[1:]),
+        "notes": {k: v for k, v in loaded.notes.items() if isinstance(v, str | int | float | bool)},
+    }
+
+
+def _cache_key(ctx: RunContext, info: DatasetInfo, prep: PrepSpec) -> str:
+    assert ctx.data_fingerprint is not None
+    return cache_key(ctx.data_fingerprint, info, prep, Path(ctx.datasets_dir))
+
+
+def _cache_store(
+    cache: PreprocessCache,
+    ctx: RunContext,
+    info: DatasetInfo,
+    prep: PrepSpec,
+    prepared: Prepared,
+    collected: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the entry; a failure to write (a full disk) costs the next job a miss, not this job.
+    The key is taken again after the load: a built-in's files may have just been downloaded."""
+    key = _cache_key(ctx, info, prep)
+    started = time.monotonic()
+    try:
+        written = cache.store(
+            key,
+            prepared,
+            {"collect": collected, "fingerprint": ctx.data_fingerprint, "prep": asdict(prep)},
+        )
+    except Exception as exc:
+        return {"hit": False, "key": key, "stored": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "hit": False,
+        "key": key,
+        "stored": written["stored"],
+        "bytes": written["bytes"],
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
 def _final_row(state: LoopState) -> dict[str, Any]:
     return dict(state.history[-1]) if state.history else {}
 
@@ -342,6 +411,7 @@ class _Trained:
     monitor: tuple[str, str]
     precision: str
     resumed_from: dict[str, Any] | None
+    transfer: Transfer
 
 
 def _train(
@@ -358,9 +428,26 @@ def _train(
     model = build_model(
         spec.model, info.input_shape, loss_entry.out_dim(info.num_classes, info.target_dim)
     )
+    has_val = prepared.val is not None
+    monitor = resolved_monitor(spec, info, has_val)
+    manager = CheckpointManager(ctx.checkpoints_dir, spec.checkpoint.keep_last, *monitor)
+    fingerprint = spec_fingerprint(spec)
+    ckpt = manager.load_latest_valid(map_location=device)
+    # Pretrained / init_from weights (not when resuming: the checkpoint holds the run's own), then
+    # the freeze; the optimizer gets the head and the backbone as groups (model.backbone_lr).
+    transfer = prepare_transfer(
+        spec.model,
+        model,
+        ctx.weights_dir,
+        ctx.init_weights,
+        resuming=ckpt is not None,
+        class_names=info.class_names,
+    )
     model.to(device)
     loss_fn = loss_entry.build()
-    optimizer = OPTIMIZERS[t.optimizer](model.parameters(), t)
+    optimizer = OPTIMIZERS[t.optimizer](
+        param_groups(model, transfer.head, t.lr, spec.model.backbone_lr), t
+    )
     n = len(prepared.train)
     steps = -(-n // t.batch_size)
     sched_entry = SCHEDULERS[t.scheduler] if t.scheduler else None
@@ -368,14 +455,8 @@ def _train(
     precision = resolve_precision(t.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
 
-    has_val = prepared.val is not None
-    monitor = resolved_monitor(spec, info, has_val)
-    manager = CheckpointManager(ctx.checkpoints_dir, spec.checkpoint.keep_last, *monitor)
-    fingerprint = spec_fingerprint(spec)
-
     state = LoopState()
     resumed_from = None
-    ckpt = manager.load_latest_valid(map_location=device)
     if ckpt is not None:
         if ckpt.manifest.get("extra", {}).get("spec_sha256") != fingerprint:
             raise CheckpointMismatch(
@@ -394,6 +475,7 @@ def _train(
             "step": ckpt.record.step,
             "path": ckpt.record.path,
         }
+    transfer.at_epoch(state.epoch)  # resumed after unfreeze_after epochs: everything trains
 
     es = None
     if t.early_stopping is not None:
@@ -462,7 +544,9 @@ def _train(
         scaler=scaler,
         autocast=precision.autocast(device),
         on_checkpoint=save_checkpoint,
+        augment=build_augment(spec.dataset.augment),
+        on_epoch_start=transfer.at_epoch,
     )
     state = trainer.fit(data, state)
     model.eval()
-    return _Trained(model, state, monitor, precision.name, resumed_from)
+    return _Trained(model, state, monitor, precision.name, resumed_from, transfer)
