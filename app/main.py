@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import errors
-from app.api.routes import health, jobs, models, predict
+from app.api.routes import datasets, health, jobs, models, predict, weights
 from app.services.serving import Serving
 from tas.db.engine import make_engine, make_sessionmaker
 from tas.db.models import Job
@@ -125,6 +125,13 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.add_middleware(Observe, requests=requests, latency=latency)
 
     errors.install(app)
-    for router in (jobs.router, predict.router, models.router, health.router):
+    for router in (
+        jobs.router,
+        datasets.router,
+        weights.router,
+        predict.router,
+        models.router,
+        health.router,
+    ):
         app.include_router(router)
     return app

@@ -69,3 +69,36 @@ class InvalidInput(DomainError):
 
 class PayloadTooLarge(DomainError):
     status_code = 413
+
+
+class InvalidUpload(InvalidInput):
+    """An upload refused, in FastAPI's 422 shape (`loc` names the form field), with the status the
+    problem calls for: 413 too large, 415 an unsupported type, 422 unusable content."""
+
+    def __init__(
+        self, problems: Sequence[tuple[Sequence[str | int], str]], status_code: int = 422
+    ) -> None:
+        super().__init__(problems)
+        self.status_code = status_code
+
+
+class DatasetNotFound(NotFound):
+    def __init__(self, dataset_id: str) -> None:
+        super().__init__(
+            f"dataset {dataset_id!r} not found; GET /datasets lists the built-ins and your uploads"
+        )
+
+
+class WeightsNotFound(NotFound):
+    def __init__(self, weights_id: str) -> None:
+        super().__init__(
+            f"weights {weights_id!r} not found; POST /weights uploads a safetensors file"
+        )
+
+
+class DatasetInUse(Conflict):
+    def __init__(self, dataset_id: str, job_ids: Sequence[str]) -> None:
+        super().__init__(
+            f"dataset {dataset_id!r} is used by {len(job_ids)} queued or running job(s)"
+            f" ({', '.join(job_ids[:5])}); cancel them or wait for them to finish"
+        )

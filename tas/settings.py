@@ -30,8 +30,32 @@ class Settings(BaseSettings):
         None, description="torchvision datasets; default: data_dir/datasets."
     )
     allow_download: bool = True
+    weights_dir: Path | None = Field(
+        None,
+        description="torchvision's pretrained weight files (model.pretrained), under torchvision's"
+        " file names; default: data_dir/weights. Never downloaded.",
+    )
+    uploads_dir: Path | None = Field(
+        None,
+        description="Uploaded datasets and weights (content-addressed); default: artifact_dir/uploads"
+        " (workers read them, so they live in the shared artifact store).",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_upload_mb: int = Field(512, ge=1)
+    # Limits on what an upload may unpack to (archives, images, rows): see README, "Datasets".
+    upload_max_uncompressed_mb: int = Field(
+        2048, ge=1, description="Total bytes a ZIP upload may inflate to (MiB)."
+    )
+    upload_max_ratio: float = Field(
+        200.0, gt=1.0, description="Largest compression ratio of a ZIP upload or of its entries."
+    )
+    upload_max_entries: int = Field(100_000, ge=1, description="Files in a ZIP upload.")
+    upload_max_pixels: int = Field(
+        40_000_000, ge=1, description="Pixels (width × height) of one uploaded image."
+    )
+    upload_max_samples: int = Field(
+        10_000_000, ge=1, description="Samples (rows, images) in one uploaded dataset."
+    )
     api_keys: list[SecretStr] = Field(default_factory=list)
 
     host: str = "127.0.0.1"
@@ -100,8 +124,26 @@ class Settings(BaseSettings):
     def resolved_datasets_dir(self) -> Path:
         return (self.datasets_dir or self.data_dir / "datasets").resolve()
 
+    @property
+    def resolved_weights_dir(self) -> Path:
+        return (self.weights_dir or self.data_dir / "weights").resolve()
+
+    @property
+    def resolved_uploads_dir(self) -> Path:
+        return (self.uploads_dir or self.resolved_artifact_dir / "uploads").resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Preprocessed tensors, keyed by the data's identity and the preprocessing spec."""
+        return self.resolved_artifact_dir / "cache"
+
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.resolved_artifact_dir, self.resolved_datasets_dir):
+        for d in (
+            self.data_dir,
+            self.resolved_artifact_dir,
+            self.resolved_datasets_dir,
+            self.resolved_uploads_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         if self.resolved_broker_url.startswith("filesystem://"):
             for sub in ("queue", "processed"):

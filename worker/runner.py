@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.data.registry import BUILTIN_DATASETS, DatasetInfo
+from core.data.registry import BUILTIN_DATASETS, DatasetInfo, LoadContext, Loaded
 from core.errors import Stopped, TrainingError
 from core.pipeline import PipelineResult, RunContext, run_pipeline
 from core.spec import JobSpec, resolved_monitor, spec_problems
-from tas import jobstore
+from tas import datasets, jobstore, sources
 from tas.db.models import Job, JobStatus
+from tas.errors import DatasetNotFound
 from tas.settings import Settings
 from worker.reporter import DbReporter, jsonable
 
@@ -41,16 +43,79 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.resolved_artifact_dir / "jobs" / job_id
 
 
-def dataset_info(spec: JobSpec) -> tuple[DatasetInfo, Any]:
-    if spec.dataset.name is None:
-        raise TrainingError(
-            "uploaded datasets are not available on this server",
-            hint="use a built-in dataset",
-            type="DatasetNotFound",
-            stage="collect",
-        )
-    source = BUILTIN_DATASETS[spec.dataset.name]
-    return source.info, source.load
+@dataclass
+class JobData:
+    """What a job trains on: the dataset's schema, its loader and its content identity (the
+    preprocess cache's key), and the `init_from` weights file."""
+
+    info: DatasetInfo
+    load: Callable[[LoadContext], Loaded]
+    fingerprint: str
+    init_weights: Path | None = None
+
+
+def dataset_info(
+    session: Session, spec: JobSpec, tenant: str, settings: Settings
+) -> tuple[DatasetInfo, Callable[[LoadContext], Loaded], str]:
+    """A built-in's schema and loader, or the tenant's upload's (read back from the uploads
+    store); the third item is the data's identity for the preprocess cache."""
+    if spec.dataset.name is not None:
+        source = BUILTIN_DATASETS[spec.dataset.name]
+        return source.info, source.load, f"builtin:{spec.dataset.name}"
+    from core.data.uploads import info_from_schema, load_upload
+
+    assert spec.dataset.id is not None
+    gone = TrainingError(
+        f"uploaded dataset {spec.dataset.id!r} no longer exists (deleted after the job was"
+        " submitted, or its file is missing from the uploads store)",
+        hint="upload the data again (POST /datasets) and submit the job with the new id",
+        type="DatasetNotFound",
+        stage="collect",
+    )
+    try:
+        row = datasets.get_dataset(session, spec.dataset.id, tenant=tenant)
+        path = datasets.dataset_path(settings, row)
+    except DatasetNotFound as exc:
+        raise gone from exc
+    if not path.is_file():
+        raise gone
+    schema = dict(row.schema)
+    limits = datasets.upload_limits(settings)
+
+    def load(ctx: LoadContext) -> Loaded:
+        return load_upload(path, path.name, schema, limits)
+
+    return info_from_schema(row.name, schema), load, f"upload:{row.fingerprint}"
+
+
+def job_data(
+    sessions: sessionmaker[Session],
+    spec: JobSpec,
+    tenant: str,
+    pinned: dict[str, Any] | None,
+    settings: Settings,
+) -> JobData:
+    """Everything the job reads, resolved from the database; TrainingError (stage collect) when
+    something it was submitted with is gone."""
+    with sessions() as s:
+        info, load, fingerprint = dataset_info(s, spec, tenant, settings)
+        init = None
+        if spec.model.init_from is not None:
+            try:
+                if pinned:
+                    init = sources.resolve_pinned(s, tenant, pinned, settings)
+                else:
+                    init = sources.resolve_init_source(
+                        s, tenant, spec.model.init_from, settings
+                    ).path
+            except sources.InitSourceError as exc:
+                raise TrainingError(
+                    exc.message,
+                    hint="submit the job again with a model.init_from that exists",
+                    type="InitSourceNotFound",
+                    stage="collect",
+                ) from exc
+    return JobData(info, load, fingerprint, init)
 
 
 def run_job(
@@ -76,13 +141,15 @@ def _run_job(
         s.commit()
         job = s.get(Job, job_id)
         assert job is not None
-        raw_spec = job.spec
+        raw_spec, tenant = job.spec, job.tenant
+        pinned = (job.result or {}).get("init_from")
     log.info("claimed job %s attempt %d as %s", job_id, lease.attempt, owner)
 
     spec = JobSpec.model_validate(raw_spec)
     reporter: DbReporter | None = None
     try:
-        info, load = dataset_info(spec)
+        data = job_data(sessions, spec, tenant, pinned, settings)
+        info = data.info
         problems = spec_problems(spec, info)
         if problems:
             raise TrainingError(
@@ -105,8 +172,12 @@ def _run_job(
             datasets_dir=settings.resolved_datasets_dir,
             allow_download=settings.allow_download,
             device=settings.device if spec.resources.device == "auto" else spec.resources.device,
+            cache_dir=settings.cache_dir,
+            data_fingerprint=data.fingerprint,
+            weights_dir=settings.resolved_weights_dir,
+            init_weights=data.init_weights,
         )
-        result = run_pipeline(spec, info, ctx, reporter, load=load)
+        result = run_pipeline(spec, info, ctx, reporter, load=data.load)
     except Stopped as stop:
         return _stopped(sessions, lease, reporter, stop.reason)
     except TrainingError as exc:
@@ -156,6 +227,8 @@ def _succeeded(
         assert job is not None
         assert result.model_dir is not None, "a succeeded pipeline always registers a model"
         card = load_card(result.model_dir)
+        # What init_from resolved to at submit (kept in the result from then on).
+        pins = {k: v for k, v in (job.result or {}).items() if k == "init_from"}
         mv = jobstore.register_model(s, job, str(result.model_dir), card, result.final_metrics)
         progress = _completed(job.progress, result.epochs_run)
         ok = jobstore.finish(
@@ -163,7 +236,7 @@ def _succeeded(
             lease,
             JobStatus.succeeded,
             stage=None,
-            result=_result_dict(result, model={"name": mv.name, "version": mv.version}),
+            result=_result_dict(result, model={"name": mv.name, "version": mv.version}, **pins),
             progress=progress,
             best_metrics=result.best_metrics or None,
             latest_metrics=result.final_metrics or None,

@@ -10,8 +10,10 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from app.services.serving import Serving
-from tas import jobstore
-from tas.db.models import Job
+from core.data.registry import BUILTIN_DATASETS
+from tas import datasets, jobstore
+from tas.db.models import Dataset, Job
+from tas.errors import Conflict
 from tas.queue import Publisher
 from tas.settings import Settings
 
@@ -59,3 +61,15 @@ def load_job(
 
 
 JobDep = Annotated[Job, Depends(load_job)]
+
+
+def load_dataset(
+    session: SessionDep, tenant: TenantDep, dataset_id: Annotated[str, Path(max_length=64)]
+) -> Dataset:
+    """One of the tenant's uploads (another tenant's id answers 404, as an unknown one)."""
+    if dataset_id in BUILTIN_DATASETS:
+        raise Conflict(f"{dataset_id!r} is a built-in dataset; only uploads can be changed")
+    return datasets.get_dataset(session, dataset_id, tenant=tenant)
+
+
+DatasetDep = Annotated[Dataset, Depends(load_dataset)]

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -191,17 +192,44 @@ class ModelAlias(Base):
 
 
 class Dataset(Base):
-    """An uploaded dataset: stored once per content hash, with the schema inferred at upload."""
+    """An uploaded dataset: the file stored once per content hash (`uploads/datasets/<sha256>/`),
+    with the schema inferred at upload. `fingerprint` is the hash of the bytes and the parsing
+    options together: the same bytes read with another target column are another dataset."""
 
     __tablename__ = "datasets"
-    __table_args__ = (UniqueConstraint("tenant", "sha256"),)
+    __table_args__ = (
+        UniqueConstraint("tenant", "fingerprint", name="uq_datasets_tenant_fingerprint"),
+        Index("ix_datasets_tenant_created", "tenant", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(64), default="default")
     name: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(32))  # csv | npz | image_folder | image_annotations
     sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: Relative to the uploads directory (`datasets/<sha256>/<file name>`).
     path: Mapped[str] = mapped_column(String(1024))
     schema: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WeightsFile(Base):
+    """A safetensors file uploaded for `model.init_from: "weights:<id>"`, stored once per content
+    hash (`uploads/weights/<sha256>.safetensors`); the row makes it the tenant's."""
+
+    __tablename__ = "weights_files"
+    __table_args__ = (UniqueConstraint("tenant", "sha256", name="uq_weights_files_tenant_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    sha256: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    tensors: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def public_id(self) -> str:
+        return self.sha256[:16]

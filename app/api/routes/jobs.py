@@ -32,7 +32,9 @@ def create_job(
 ) -> Job:
     """Validate a job spec and queue it. Published only after the row is committed: a crash in
     between leaves a queued job that the reaper publishes again, never a message with no job."""
-    job = job_service.submit(session, spec, tenant=tenant, max_attempts=settings.max_attempts)
+    job = job_service.submit(
+        session, spec, tenant=tenant, max_attempts=settings.max_attempts, settings=settings
+    )
     session.commit()
     publisher.publish(job.id, job.queue)
     response.headers["Location"] = f"/jobs/{job.id}"

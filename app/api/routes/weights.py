@@ -1,0 +1,59 @@
+"""Weights files for transfer learning: upload a safetensors file, start a job from it with
+`model.init_from: "weights:<id>"`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response, status
+
+from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.schemas.datasets import WeightsForm, WeightsOut
+from app.services import datasets as service
+from tas import datasets as store
+from tas.errors import WeightsNotFound
+
+router = APIRouter(prefix="/weights", tags=["weights"])
+
+_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": WeightsForm.model_json_schema()}},
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WeightsOut,
+    openapi_extra=_FORM,
+    responses={
+        200: {"model": WeightsOut, "description": "The same file was uploaded before"},
+        413: {"description": "Over TAS_MAX_UPLOAD_MB"},
+        415: {"description": "Not multipart/form-data"},
+        422: {"description": "Not a safetensors file"},
+    },
+)
+async def upload_weights(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    response: Response,
+) -> WeightsOut:
+    """Upload a safetensors file (its header is checked; nothing is ever unpickled)."""
+    row, created = await service.upload_weights(request, session, settings, tenant)
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    response.headers["Location"] = f"/weights/{row.public_id}"
+    return service.weights_out(row)
+
+
+@router.get("/{weights_id}", response_model=WeightsOut)
+def get_weights(
+    weights_id: Annotated[str, Path(max_length=64)], session: SessionDep, tenant: TenantDep
+) -> WeightsOut:
+    row = store.find_weights(session, weights_id, tenant=tenant)
+    if row is None:
+        raise WeightsNotFound(weights_id)
+    return service.weights_out(row)

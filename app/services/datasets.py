@@ -1,0 +1,262 @@
+"""Dataset and weights uploads: receive (streamed, limited, hashed), read (the core infers the
+schema, on a worker thread: it is CPU work), then store once per content (tas.datasets).
+
+The same bytes read with the same options by the same tenant are the same dataset: the first
+upload answers 201, a repeat 200 with the existing dataset (its first name kept)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from app.schemas.datasets import DatasetOut, DatasetSchemaOut, WeightsOut
+from app.services import uploads
+from core.data.registry import BUILTIN_DATASETS, DatasetInfo
+from core.data.uploads import FORMATS, TASKS
+from tas import datasets as store
+from tas.db.models import Dataset, WeightsFile
+from tas.errors import InvalidUpload
+from tas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DATASET_FIELDS = ("name", "format", "target", "task", "size")
+MAX_SIDE = 4096
+MAX_TENSORS = 10_000
+
+
+def _bad(field: str, msg: str, status: int = 422) -> InvalidUpload:
+    return InvalidUpload([(("body", field), msg)], status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output shapes.
+
+
+def builtin_out(info: DatasetInfo) -> DatasetOut:
+    return DatasetOut(
+        id=info.name,
+        name=info.name,
+        builtin=True,
+        format="builtin",
+        dataset_schema=DatasetSchemaOut(
+            format="builtin",
+            task=info.task,
+            kind=info.kind,
+            samples=info.samples,
+            input_shape=list(info.input_shape),
+            num_classes=info.num_classes,
+            class_names=info.class_names,
+            target_dim=info.target_dim,
+            has_test_split=info.has_test_split,
+        ),
+    )
+
+
+def upload_out(row: Dataset) -> DatasetOut:
+    return DatasetOut(
+        id=row.id,
+        name=row.name,
+        builtin=False,
+        format=row.format,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        created_at=row.created_at,
+        dataset_schema=DatasetSchemaOut.model_validate(row.schema),
+    )
+
+
+def weights_out(row: WeightsFile) -> WeightsOut:
+    return WeightsOut(
+        id=row.public_id,
+        sha256=row.sha256,
+        name=row.name,
+        size_bytes=row.size_bytes,
+        tensors=row.tensors,
+        created_at=row.created_at,
+    )
+
+
+def builtins() -> list[DatasetOut]:
+    return [builtin_out(src.info) for src in BUILTIN_DATASETS.values()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The form's fields.
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """'28' → (28, 28); '28x32', '28,32', '28×32' → (28, 32): (height, width)."""
+    parts = re.split(r"\s*[x×,X]\s*", value.strip())
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
+        raise _bad("size", f"{value!r} is not a size; give 'S' or 'HxW', e.g. '28' or '32x32'")
+    h, w = (int(parts[0]), int(parts[-1]))
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise _bad("size", f"{value!r}: each side must be from 1 to {MAX_SIDE} pixels")
+    return h, w
+
+
+def _choice(fields: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    value = fields.get(name, "").strip()
+    if not value:
+        return None
+    if value not in allowed:
+        raise _bad(name, f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def upload_options(fields: dict[str, str]) -> Any:
+    from core.data.uploads import UploadError, UploadOptions
+
+    target = fields.get("target", "").strip() or None
+    size = fields.get("size", "").strip()
+    try:
+        return UploadOptions(
+            format=_choice(fields, "format", FORMATS),  # type: ignore[arg-type]
+            target=target,
+            task=_choice(fields, "task", TASKS),  # type: ignore[arg-type]
+            size=parse_size(size) if size else None,
+        )
+    except UploadError as exc:
+        raise _bad(exc.field, exc.message, exc.status) from exc
+
+
+def dataset_name(value: str | None, file_name: str) -> str:
+    name = (value or "").strip()
+    if not name:
+        return Path(file_name).stem or file_name
+    if len(name) > 255 or not name.isprintable():
+        raise _bad("name", "a name is 1 to 255 printable characters")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads.
+
+
+def _read(path: Path, file_name: str, options: Any, limits: Any) -> dict[str, Any]:
+    """The core reads the upload and infers its schema; every refusal becomes a 4xx naming the
+    form field (nothing a client sends may give a 500)."""
+    from core.data.uploads import UploadError, read_upload
+    from core.errors import DataError
+
+    try:
+        parsed = read_upload(path, file_name, options, limits)
+        schema: dict[str, Any] = parsed.schema()
+        return schema
+    except UploadError as exc:
+        raise _bad(exc.field, exc.message, exc.status) from exc
+    except DataError as exc:
+        raise _bad("file", exc.message) from exc
+    except MemoryError as exc:
+        raise _bad("file", "the upload needs more memory than this server has", 413) from exc
+    except Exception as exc:
+        log.exception("reading upload %s failed", file_name)
+        raise _bad("file", f"could not read the upload ({type(exc).__name__}: {exc})") from exc
+
+
+def _store_dataset(
+    session: Session,
+    settings: Settings,
+    tenant: str,
+    name: str,
+    file_name: str,
+    spool: store.Spool,
+    schema: dict[str, Any],
+) -> tuple[Dataset, bool]:
+    row, created = store.add_dataset(
+        session,
+        settings,
+        tenant=tenant,
+        name=name,
+        file_name=file_name,
+        spool=spool,
+        schema=schema,
+    )
+    session.commit()
+    return row, created
+
+
+async def upload_dataset(
+    request: Request, session: Session, settings: Settings, tenant: str
+) -> tuple[Dataset, bool]:
+    """Receive, read and store one dataset upload; (the dataset, whether it is new)."""
+    with store.Spool(store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
+        got = await uploads.receive(request, spool, allowed=DATASET_FIELDS)
+        options = upload_options(got.fields)
+        file_name = store.safe_file_name(got.filename)
+        name = dataset_name(got.fields.get("name"), file_name)
+        schema = await run_in_threadpool(
+            _read, spool.path, file_name, options, store.upload_limits(settings)
+        )
+        return await run_in_threadpool(
+            _store_dataset, session, settings, tenant, name, file_name, spool, schema
+        )
+
+
+def delete_dataset(session: Session, settings: Settings, row: Dataset) -> None:
+    path = store.delete_dataset(session, settings, row)
+    session.commit()
+    if path is not None:
+        store.remove_file(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights.
+
+
+def safetensors_tensors(path: Path) -> dict[str, list[int]]:
+    """Each tensor's shape, from the safetensors header (checked against the file's size); 422
+    for anything that is not one. Nothing is unpickled, nothing but the header is read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            names = list(f.keys())
+            if len(names) > MAX_TENSORS:
+                raise _bad("file", f"{len(names)} tensors; at most {MAX_TENSORS}")
+            tensors = {n: [int(d) for d in f.get_slice(n).get_shape()] for n in names}
+    except InvalidUpload:
+        raise
+    except Exception as exc:
+        raise _bad(
+            "file",
+            f"not a safetensors file ({exc}); weights are read only from safetensors, never"
+            " unpickled: save them with safetensors.torch.save_file(model.state_dict(), path)",
+        ) from exc
+    if not tensors:
+        raise _bad("file", "the safetensors file holds no tensors")
+    return tensors
+
+
+def _store_weights(
+    session: Session,
+    settings: Settings,
+    tenant: str,
+    name: str,
+    spool: store.Spool,
+    tensors: dict[str, list[int]],
+) -> tuple[WeightsFile, bool]:
+    row, created = store.add_weights(
+        session, settings, tenant=tenant, name=name, spool=spool, tensors=tensors
+    )
+    session.commit()
+    return row, created
+
+
+async def upload_weights(
+    request: Request, session: Session, settings: Settings, tenant: str
+) -> tuple[WeightsFile, bool]:
+    with store.Spool(store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
+        got = await uploads.receive(request, spool, allowed=("name",))
+        tensors = await run_in_threadpool(safetensors_tensors, spool.path)
+        name = dataset_name(got.fields.get("name"), store.safe_file_name(got.filename, "weights"))
+        return await run_in_threadpool(
+            _store_weights, session, settings, tenant, name, spool, tensors
+        )

@@ -1,0 +1,165 @@
+"""The worker's side of uploads and init_from, in process (no broker): a job on an uploaded CSV runs
+to the end with its preprocessed tensors cached; what a job was submitted with and has since gone
+(the dataset, its file, the init_from version) fails the job in `collect`, saying so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import TrainingError
+from core.models import build_model
+from core.spec import JobSpec, ModelSpec
+from tas import datasets, jobstore
+from tas.db.engine import make_engine, make_sessionmaker
+from tas.db.migrate import upgrade
+from tas.db.models import Dataset, Job, JobStatus, ModelVersion
+from tas.settings import Settings
+from worker.runner import job_data, run_job
+
+CSV = b"a,b,label\n" + b"".join(
+    f"{i % 7},{(i * 3) % 5},{'yes' if i % 7 > 3 else 'no'}\n".encode() for i in range(80)
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path / "var", device="cpu", heartbeat_seconds=0.2)
+    s.ensure_dirs()
+    upgrade(s.resolved_database_url)
+    return s
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings.resolved_database_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def add_upload(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> Dataset:
+    """What POST /datasets does, without HTTP."""
+    from core.data.uploads import UploadOptions, read_upload
+
+    spool = datasets.Spool(datasets.tmp_dir(settings), 1 << 20)
+    spool.write(CSV)
+    spool.finish()
+    schema = read_upload(
+        spool.path, "tiny.csv", UploadOptions(target="label"), datasets.upload_limits(settings)
+    ).schema()
+    with sessions() as s:
+        row, created = datasets.add_dataset(
+            s,
+            settings,
+            tenant="default",
+            name="tiny",
+            file_name="tiny.csv",
+            spool=spool,
+            schema=schema,
+        )
+        s.commit()
+    assert created
+    return row
+
+
+def spec(dataset_id: str, **model: Any) -> dict[str, Any]:
+    return {
+        "name": "tiny",
+        "dataset": {"id": dataset_id, "test_fraction": 0.2},
+        "model": {"arch": "mlp", "hidden": [8], **model},
+        "training": {"epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 0.01},
+    }
+
+
+def submit(sessions: sessionmaker[Session], body: dict[str, Any], **result: Any) -> str:
+    with sessions() as s:
+        job = jobstore.create_job(s, body, tenant="default", max_attempts=1)
+        if result:
+            job.result = result
+        s.commit()
+        return job.id
+
+
+def test_job_on_an_upload_runs_and_caches_its_preprocessing(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    row = add_upload(settings, sessions, tmp_path)
+    first = submit(sessions, spec(row.id))
+    assert run_job(first, settings=settings, sessions=sessions, owner="t").status == "succeeded"
+    second = submit(sessions, spec(row.id))
+    assert run_job(second, settings=settings, sessions=sessions, owner="t").status == "succeeded"
+    with sessions() as s:
+        jobs = [s.get(Job, first), s.get(Job, second)]
+        assert all(j is not None for j in jobs)
+        pre = [next(st for st in j.stages if st.name == "preprocess") for j in jobs if j]
+        assert not (pre[0].outputs or {}).get("cache", {}).get("hit")
+        assert (pre[1].outputs or {})["cache"]["hit"] is True
+        done = jobs[1]
+        assert done is not None and done.result is not None
+        assert done.result["evaluation"]["split"] == "test"
+    assert any(settings.cache_dir.rglob("*"))
+
+
+def test_a_deleted_upload_fails_the_job_in_collect(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    row = add_upload(settings, sessions, tmp_path)
+    job_id = submit(sessions, spec(row.id))
+    (settings.resolved_uploads_dir / row.path).unlink()
+    assert run_job(job_id, settings=settings, sessions=sessions, owner="t").status == "failed"
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.error is not None
+        assert job.error["type"] == "DatasetNotFound" and job.error["stage"] == "collect"
+        assert row.id in job.error["message"] and "POST /datasets" in job.error["hint"]
+    # and a row that is gone altogether
+    js = JobSpec.model_validate(spec("0" * 32))
+    with pytest.raises(TrainingError) as err:
+        job_data(sessions, js, "default", None, settings)
+    assert err.value.type == "DatasetNotFound"
+
+
+def test_an_init_from_version_deleted_after_submit_fails_in_collect(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    with sessions() as s:
+        base = Job(name="base", spec={"name": "base"}, status=JobStatus.succeeded.value)
+        s.add(base)
+        s.flush()
+        model_dir = settings.resolved_artifact_dir / "jobs" / base.id / "model"
+        model_dir.mkdir(parents=True)
+        model = build_model(ModelSpec(arch="mlp", hidden=[8]), (4,), 3)
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            str(model_dir / "model.safetensors"),
+        )
+        s.add(
+            ModelVersion(name="base", version=1, job_id=base.id, model_dir=str(model_dir), card={})
+        )
+        s.commit()
+        base_id = base.id
+    pinned = {"ref": "base", "kind": "model", "name": "base", "version": 1, "job_id": base_id}
+    body = {
+        "name": "ft",
+        "dataset": {"name": "iris"},
+        "model": {"arch": "mlp", "hidden": [8], "init_from": "base"},
+    }
+    js = JobSpec.model_validate(body)
+    assert job_data(sessions, js, "default", pinned, settings).init_weights == (
+        model_dir / "model.safetensors"
+    )
+    with sessions() as s:
+        jobstore.delete_version(s, "base", 1, tenant="default")
+        s.commit()
+    job_id = submit(sessions, body, init_from=pinned)
+    assert run_job(job_id, settings=settings, sessions=sessions, owner="t").status == "failed"
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.error is not None
+        assert job.error["type"] == "InitSourceNotFound" and job.error["stage"] == "collect"
+        assert "base:1" in job.error["message"] and "deleted" in job.error["message"]
