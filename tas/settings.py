@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     upload_max_samples: int = Field(
         10_000_000, ge=1, description="Samples (rows, images) in one uploaded dataset."
     )
+    cache_max_mb: int = Field(
+        20_480,
+        ge=0,
+        description="Preprocessed-tensor cache bound (MiB); least recently used entries go first.",
+    )
     api_keys: list[SecretStr] = Field(default_factory=list)
 
     host: str = "127.0.0.1"

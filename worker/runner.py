@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.data.cache import PreprocessCache
 from core.data.registry import BUILTIN_DATASETS, DatasetInfo, LoadContext, Loaded
 from core.errors import Stopped, TrainingError
 from core.pipeline import PipelineResult, RunContext, run_pipeline
@@ -178,6 +179,7 @@ def _run_job(
             init_weights=data.init_weights,
         )
         result = run_pipeline(spec, info, ctx, reporter, load=data.load)
+        _trim_cache(settings)
     except Stopped as stop:
         return _stopped(sessions, lease, reporter, stop.reason)
     except TrainingError as exc:
@@ -203,6 +205,18 @@ def _run_job(
     if result.status != "succeeded":
         return _stopped(sessions, lease, reporter, result.status)
     return _succeeded(sessions, lease, reporter, result)
+
+
+def _trim_cache(settings: Settings) -> None:
+    """Keep the preprocess cache within its bound; a job that just stored an entry is the one
+    that can have pushed it over. Never fails the job."""
+    try:
+        removed = PreprocessCache(settings.cache_dir).evict(settings.cache_max_mb << 20)
+    except OSError:
+        log.exception("preprocess cache eviction failed")
+        return
+    if removed:
+        log.info("evicted %d preprocess cache entries", len(removed))
 
 
 def _final_flush(reporter: DbReporter | None) -> None:
