@@ -50,6 +50,62 @@ def _cnn(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def last_child(model: nn.Module) -> str:
+    """The head of an `nn.Sequential` (mlp, linear, cnn): its last child, e.g. "4"."""
+    names = [name for name, _ in model.named_children()]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no child modules to call its head")
+    return names[-1]
+
+
+# --- torchvision's image models ------------------------------------------------------------------
+# torchvision is imported only when one of these is built: the API imports this registry to check
+# specs, and importing torchvision there would cost every process a second for nothing.
+
+_TORCHVISION_WEIGHTS = "https://download.pytorch.org/models/"
+
+
+def _input_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
+    """`conv` taking `channels` input channels instead of 3 (same kernel, stride, padding)."""
+    if channels == conv.in_channels:
+        return conv
+    return nn.Conv2d(
+        channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        bias=conv.bias is not None,
+    )
+
+
+def _resnet18(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """torchvision's resnet18 for C×H×W samples: the first conv takes C channels, `fc` has `out_dim`
+    outputs (behind a dropout when `model.dropout` > 0). Adaptive pooling takes any H×W (8×8 too)."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=out_dim)
+    model.conv1 = _input_conv(model.conv1, input_shape[0])
+    if spec.dropout > 0:
+        model.fc = nn.Sequential(nn.Dropout(spec.dropout), model.fc)
+    return model
+
+
+def _resnet_head(model: nn.Module) -> str:
+    return "fc.1" if isinstance(model.fc, nn.Sequential) else "fc"
+
+
+def _mobilenet_v2(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """torchvision's mobilenet_v2: the first conv takes C channels, `classifier.1` has `out_dim`
+    outputs; `model.dropout` is the classifier's dropout (torchvision's default is 0.2)."""
+    from torchvision.models import mobilenet_v2
+
+    model = mobilenet_v2(num_classes=out_dim, dropout=spec.dropout)
+    stem = model.features[0]
+    stem[0] = _input_conv(stem[0], input_shape[0])
+    return model
+
+
 @dataclass(frozen=True)
 class Arch:
     build: Callable[[Any, tuple[int, ...], int], nn.Module]
@@ -57,14 +113,50 @@ class Arch:
     needs: str = "any"
     #: Whether torchvision publishes ImageNet weights for it (`model.pretrained`).
     pretrained: bool = False
+    #: The name of the head module in a built model (what transfer learning replaces and what
+    #: `freeze: "backbone"` leaves trainable): "fc", "classifier.1", a Sequential's last child.
+    head: Callable[[nn.Module], str] = last_child
+    #: torchvision's download addresses of the pretrained weights, the preferred first; the files
+    #: are looked for in TAS_WEIGHTS_DIR under the address's file name (`weight_files`).
+    weight_urls: tuple[str, ...] = ()
+
+    @property
+    def weight_files(self) -> tuple[str, ...]:
+        return tuple(url.rsplit("/", 1)[-1] for url in self.weight_urls)
 
 
 ARCHS: dict[str, Arch] = {
     "mlp": Arch(_mlp),
     "linear": Arch(_linear),
     "cnn": Arch(_cnn, needs="image"),
+    "resnet18": Arch(
+        _resnet18,
+        needs="image",
+        pretrained=True,
+        head=_resnet_head,
+        # ResNet18_Weights.IMAGENET1K_V1 (the only one torchvision has)
+        weight_urls=(_TORCHVISION_WEIGHTS + "resnet18-f37072fd.pth",),
+    ),
+    "mobilenet_v2": Arch(
+        _mobilenet_v2,
+        needs="image",
+        pretrained=True,
+        head=lambda model: "classifier.1",
+        # MobileNet_V2_Weights.IMAGENET1K_V1, then IMAGENET1K_V2 (torchvision's DEFAULT)
+        weight_urls=(
+            _TORCHVISION_WEIGHTS + "mobilenet_v2-b0353104.pth",
+            _TORCHVISION_WEIGHTS + "mobilenet_v2-7ebf99e0.pth",
+        ),
+    ),
 }
 
 
 def build_model(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """A freshly initialised model (never pretrained weights: `core.transfer.load_pretrained` does
+    that, so rebuilding a trained model from its card reads nothing but its own weights)."""
     return ARCHS[spec.arch].build(spec, tuple(input_shape), out_dim)
+
+
+def head_name(spec: Any, model: nn.Module) -> str:
+    """The name of `model`'s head module, as its arch declares it."""
+    return ARCHS[spec.arch].head(model)

@@ -1,4 +1,8 @@
-"""Optimizer and scheduler registries (the seeds' SGD, momentum, Adam, Adagrad, and friends)."""
+"""Optimizer and scheduler registries (the seeds' SGD, momentum, Adam, Adagrad, and friends).
+
+A builder takes what a torch optimizer takes: an iterable of parameters, or parameter groups (dicts
+with "params" and their own "lr"); `training.lr` is the default of a group that sets none.
+`param_groups` splits a model into its head and its backbone (transfer learning's `backbone_lr`)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any, Literal
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-Params = Iterable[Any]
+#: Parameters, or parameter groups: `[{"params": [...], "lr": 0.01, "name": "head"}, ...]`.
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 OptimizerBuilder = Callable[[Params, Any], torch.optim.Optimizer]
 
 
@@ -32,6 +37,29 @@ def _adamw(params: Params, t: Any) -> torch.optim.Optimizer:
 
 def _adagrad(params: Params, t: Any) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def param_groups(model: torch.nn.Module, head: str, lr: float, backbone_lr: float | None) -> Params:
+    """The model's parameters for an optimizer. With a `backbone_lr`: two groups, "head" (the
+    parameters under the module `head`) at `lr` and "backbone" (all the others) at `backbone_lr`,
+    empty groups left out. Without one: all parameters in one group, in `model.parameters()` order
+    (an optimizer state_dict of a plain job keeps the same layout as before groups existed).
+
+    Frozen parameters stay in their group: with `requires_grad` False they get no gradient and the
+    optimizer skips them, so unfreezing needs no new optimizer and the state_dict stays resumable."""
+    if backbone_lr is None:
+        return list(model.parameters())
+    prefix = head + "."
+    named = list(model.named_parameters())
+    groups = [
+        {"name": "head", "params": [p for n, p in named if n.startswith(prefix)], "lr": lr},
+        {
+            "name": "backbone",
+            "params": [p for n, p in named if not n.startswith(prefix)],
+            "lr": backbone_lr,
+        },
+    ]
+    return [g for g in groups if g["params"]]
 
 
 OPTIMIZERS: dict[str, OptimizerBuilder] = {
@@ -61,9 +89,10 @@ SCHEDULERS: dict[str, Scheduler] = {
         ),
         "epoch",
     ),
+    # Each group peaks at its own lr (a head and a slower backbone keep their ratio).
     "onecycle": Scheduler(
         lambda opt, t, steps: torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=t.lr, total_steps=max(1, t.epochs * steps)
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(1, t.epochs * steps)
         ),
         "step",
     ),
