@@ -126,6 +126,16 @@ def epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Te
     return torch.randperm(n, generator=g).to(device, non_blocking=True)
 
 
+def samples_per_epoch(model: nn.Module, n: int, batch_size: int) -> int:
+    """How many of the epoch's shuffled samples are trained on: all, except that a lone sample left
+    for the last batch is dropped when the model has BatchNorm, which cannot normalise a batch of
+    one in training mode (a different sample each epoch: the order is reshuffled)."""
+    if n > 1 and n % batch_size == 1:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return n - 1
+    return n
+
+
 def evaluate(
     model: nn.Module,
     X: torch.Tensor,
@@ -222,7 +232,9 @@ class Trainer:
         state = state if state is not None else LoopState()
         cfg, model, optimizer, loss_fn = self.cfg, self.model, self.optimizer, self.loss_fn
         X, y = data.X, data.y
-        n, bs = int(X.shape[0]), cfg.batch_size
+        bs = cfg.batch_size
+        n = samples_per_epoch(model, int(X.shape[0]), bs)
+        self._n = n
         steps = math.ceil(n / bs)
         # Batch sizes per step (the last batch may be short): weights of the epoch's mean loss.
         self._weights = torch.full((steps,), float(bs), device=X.device)
@@ -333,7 +345,7 @@ class Trainer:
         cfg = self.cfg
         assert state.step_losses is not None
         train_seconds = self._clock.pause(state)
-        n = int(data.X.shape[0])
+        n = self._n
         train_loss = float((state.step_losses * self._weights).sum() / n)
         self._check_finite(state.step_losses, 0, steps, train_loss, epoch)
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}

@@ -221,3 +221,20 @@ def test_evaluate_regression_and_binary_metrics() -> None:
         batch_size=2,
     )
     assert b["accuracy"] == pytest.approx(0.75) and math.isfinite(b["loss"])
+
+
+def test_batchnorm_model_drops_a_lone_last_sample_instead_of_crashing() -> None:
+    """97 samples at batch 8 leave one for the last batch: BatchNorm cannot train on a batch of
+    one, so that sample sits the epoch out (a different one each epoch); a model without BatchNorm
+    still trains on all 97."""
+    data = toy(n=97)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hooks = RecordingHooks()
+    cfg = LoopConfig(epochs=2, batch_size=8, seed=0)
+    state = Trainer(model, opt, nn.CrossEntropyLoss(), cfg, hooks).fit(data)
+    assert state.global_step == 2 * 12  # 96 samples: 12 full batches an epoch
+    assert all(math.isfinite(r["train_loss"]) for r in hooks.epochs)
+    plain = trainer(LoopConfig(epochs=1, batch_size=8, seed=0)).fit(data)
+    assert plain.global_step == 13
