@@ -130,9 +130,9 @@ def samples_per_epoch(model: nn.Module, n: int, batch_size: int) -> int:
     """How many of the epoch's shuffled samples are trained on: all, except that a lone sample left
     for the last batch is dropped when the model has BatchNorm, which cannot normalise a batch of
     one in training mode (a different sample each epoch: the order is reshuffled)."""
-    if n > 1 and n % batch_size == 1:
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            return n - 1
+    lone = n > 1 and n % batch_size == 1
+    if lone and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return n - 1
     return n
 
 
