@@ -14,7 +14,6 @@ in the database are relative to the uploads directory and every read checks cont
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -23,7 +22,6 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +29,9 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tas import jobstore
 from tas.db.models import Dataset, Job, JobStatus, WeightsFile
-from tas.errors import DatasetInUse, DatasetNotFound, InvalidInput, InvalidUpload
+from tas.errors import DatasetInUse, DatasetNotFound, InvalidUpload
 from tas.settings import Settings
 
 if TYPE_CHECKING:
@@ -241,27 +240,11 @@ class DatasetPage:
     next_cursor: str | None
 
 
-def _cursor(row: Dataset) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), row_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(
-            [(("query", "cursor"), "not a cursor this server issued; pass next_cursor back as is")]
-        ) from exc
-
-
 def list_datasets(session: Session, *, tenant: str, limit: int, cursor: str | None) -> DatasetPage:
     """The tenant's uploads, newest first, by (created_at, id) so pages never skip or repeat."""
     q = select(Dataset).where(Dataset.tenant == tenant)
     if cursor is not None:
-        created, row_id = _decode_cursor(cursor)
+        created, row_id = jobstore.decode_cursor(cursor)
         q = q.where(
             or_(
                 Dataset.created_at < created,
@@ -272,7 +255,12 @@ def list_datasets(session: Session, *, tenant: str, limit: int, cursor: str | No
         session.scalars(q.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1))
     )
     items = rows[:limit]
-    return DatasetPage(items, _cursor(items[-1]) if len(rows) > limit and items else None)
+    return DatasetPage(
+        items,
+        jobstore.encode_cursor(items[-1].created_at, items[-1].id)
+        if len(rows) > limit and items
+        else None,
+    )
 
 
 def jobs_using(session: Session, row: Dataset) -> list[str]:

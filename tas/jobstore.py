@@ -8,6 +8,7 @@ flush) does."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from tas.errors import (
     JobFinished,
     JobNotFound,
     ModelNotFound,
+    ModelNotReady,
     ModelVersionNotFound,
 )
 
@@ -74,16 +76,17 @@ class Page:
     next_cursor: str | None
 
 
-def _encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    """A page cursor for lists ordered by (created_at, id) descending (jobs, datasets)."""
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), job_id
+        created, row_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), row_id
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(
             [(("query", "cursor"), "not a cursor this server issued; pass next_cursor back as is")]
@@ -98,12 +101,14 @@ def list_jobs(
     if status is not None:
         q = q.where(Job.status == status)
     if cursor is not None:
-        created, job_id = _decode_cursor(cursor)
+        created, job_id = decode_cursor(cursor)
         q = q.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
     rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     items = rows[:limit]
-    return Page(items, _encode_cursor(items[-1]) if more and items else None)
+    return Page(
+        items, encode_cursor(items[-1].created_at, items[-1].id) if more and items else None
+    )
 
 
 def request_cancel(session: Session, job: Job) -> Job:
@@ -445,4 +450,43 @@ def delete_version(session: Session, name: str, version: int, *, tenant: str) ->
     )
     session.delete(mv)
     session.flush()
+    return mv
+
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def resolve_model(session: Session, ref: str, *, tenant: str) -> ModelVersion:
+    """A job id, `name` (latest version), `name:version` or `name@alias`: how /predict and
+    `model.init_from` name a model. ModelNotFound, or ModelNotReady for an unfinished job."""
+    if JOB_ID.match(ref):
+        job = session.get(Job, ref)
+        if job is None or job.tenant != tenant:
+            raise ModelNotFound(ref)
+        if job.status != JobStatus.succeeded.value:
+            raise ModelNotReady(ref, job.status)
+        mv = session.scalar(select(ModelVersion).where(ModelVersion.job_id == ref))
+        if mv is None:
+            raise ModelNotFound(ref)
+        return mv
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        version_no = session.scalar(
+            select(ModelAlias.version).where(
+                ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
+            )
+        )
+        if version_no is None:
+            raise ModelNotFound(ref)
+        version = str(version_no)
+    else:
+        name, _, version = ref.partition(":")
+    q = select(ModelVersion).where(ModelVersion.tenant == tenant, ModelVersion.name == name)
+    if version:
+        if not version.isdigit():
+            raise ModelNotFound(ref)
+        q = q.where(ModelVersion.version == int(version))
+    mv = session.scalar(q.order_by(ModelVersion.version.desc()).limit(1))
+    if mv is None:
+        raise ModelNotFound(ref)
     return mv

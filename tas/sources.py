@@ -9,7 +9,6 @@ the pin, and a version deleted in between fails the job in `collect`, saying so.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tas import datasets
-from tas.db.models import Job, JobStatus, ModelAlias, ModelVersion
-from tas.errors import DomainError
+from tas import datasets, jobstore
+from tas.db.models import Job, ModelVersion
+from tas.errors import DomainError, ModelNotFound, ModelNotReady
 from tas.settings import Settings
 
 WEIGHTS_FILE = "model.safetensors"
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FORMS = (
     "give a succeeded job's id, a model name, name:version, name@alias, or weights:<id>"
     " (an upload to POST /weights)"
@@ -47,22 +45,7 @@ def resolve_init_source(session: Session, tenant: str, ref: str, settings: Setti
     ref = ref.strip()
     if ref.startswith("weights:"):
         return _weights(session, tenant, ref, ref.partition(":")[2], settings)
-    if _JOB_ID.match(ref):
-        job = session.get(Job, ref)
-        if job is not None and job.tenant == tenant:
-            if job.status != JobStatus.succeeded.value:
-                raise InitSourceError(
-                    f"init_from {ref!r}: that job is {job.status}; only a succeeded job has"
-                    " weights to start from"
-                )
-            mv = session.scalar(select(ModelVersion).where(ModelVersion.job_id == ref))
-            if mv is None:
-                raise InitSourceError(
-                    f"init_from {ref!r}: that job's model is no longer registered (its version"
-                    " was deleted)"
-                )
-            return _model(mv, ref, settings)
-    return _model(_version(session, tenant, ref), ref, settings)
+    return _model(_registered(session, tenant, ref), ref, settings)
 
 
 def resolve_pinned(
@@ -104,40 +87,47 @@ def _weights(
     )
 
 
-def _version(session: Session, tenant: str, ref: str) -> ModelVersion:
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        number = session.scalar(
-            select(ModelAlias.version).where(
-                ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
-            )
-        )
-        if number is None:
-            raise InitSourceError(
-                f"init_from {ref!r}: model {name!r} has no alias {alias!r}; {FORMS}"
-            )
-        version: str = str(number)
-    else:
-        name, _, version = ref.partition(":")
-    versions = list(
-        session.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.tenant == tenant, ModelVersion.name == name)
-            .order_by(ModelVersion.version.desc())
-        )
-    )
-    if not versions:
-        tried = "no job or model" if _JOB_ID.match(ref) else "no model"
-        raise InitSourceError(f"init_from {ref!r}: {tried} named {name!r}; {FORMS}")
-    if not version:
-        return versions[0]
-    match = [v for v in versions if version.isdigit() and v.version == int(version)]
-    if not match:
-        have = ", ".join(str(v.version) for v in versions[:20])
+def _registered(session: Session, tenant: str, ref: str) -> ModelVersion:
+    """The model version `ref` names, resolved as /predict resolves it; what went wrong, in terms
+    of init_from, when it names none."""
+    try:
+        return jobstore.resolve_model(session, ref, tenant=tenant)
+    except ModelNotReady:
+        job = session.get(Job, ref)
+        status = job.status if job is not None else "unfinished"
         raise InitSourceError(
-            f"init_from {ref!r}: model {name!r} has no version {version!r}; its versions: {have}"
-        )
-    return match[0]
+            f"init_from {ref!r}: that job is {status}; only a succeeded job has weights to start"
+            " from"
+        ) from None
+    except ModelNotFound:
+        raise InitSourceError(_not_found(session, tenant, ref)) from None
+
+
+def _not_found(session: Session, tenant: str, ref: str) -> str:
+    if jobstore.JOB_ID.match(ref):
+        job = session.get(Job, ref)
+        if job is not None and job.tenant == tenant:
+            return (
+                f"init_from {ref!r}: that job's model is no longer registered (its version was"
+                " deleted)"
+            )
+    name = ref.partition("@")[0].partition(":")[0]
+    versions = session.scalars(
+        select(ModelVersion.version)
+        .where(ModelVersion.tenant == tenant, ModelVersion.name == name)
+        .order_by(ModelVersion.version.desc())
+        .limit(20)
+    ).all()
+    if not versions:
+        tried = "no job or model" if jobstore.JOB_ID.match(ref) else "no model"
+        return f"init_from {ref!r}: {tried} named {name!r}; {FORMS}"
+    if "@" in ref:
+        return f"init_from {ref!r}: model {name!r} has no alias {ref.partition('@')[2]!r}"
+    have = ", ".join(str(v) for v in versions)
+    return (
+        f"init_from {ref!r}: model {name!r} has no version {ref.partition(':')[2]!r}; its"
+        f" versions: {have}"
+    )
 
 
 def _model(mv: ModelVersion, ref: str, settings: Settings) -> InitSource:

@@ -10,7 +10,6 @@ count and by the bytes of their weights."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,50 +17,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.services.batching import Batcher
 from core.predictor import Predictor
-from tas.db.models import Job, JobStatus, ModelAlias, ModelVersion
-from tas.errors import ModelNotFound, ModelNotReady
-
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def resolve(session: Session, ref: str, *, tenant: str) -> ModelVersion:
-    """A job id, `name` (latest version), `name:version` or `name@alias`."""
-    if _JOB_ID.match(ref):
-        job = session.get(Job, ref)
-        if job is None or job.tenant != tenant:
-            raise ModelNotFound(ref)
-        if job.status != JobStatus.succeeded.value:
-            raise ModelNotReady(ref, job.status)
-        mv = session.scalar(select(ModelVersion).where(ModelVersion.job_id == ref))
-        if mv is None:
-            raise ModelNotFound(ref)
-        return mv
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        version_no = session.scalar(
-            select(ModelAlias.version).where(
-                ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
-            )
-        )
-        if version_no is None:
-            raise ModelNotFound(ref)
-        version = str(version_no)
-    else:
-        name, _, version = ref.partition(":")
-    q = select(ModelVersion).where(ModelVersion.tenant == tenant, ModelVersion.name == name)
-    if version:
-        if not version.isdigit():
-            raise ModelNotFound(ref)
-        q = q.where(ModelVersion.version == int(version))
-    mv = session.scalar(q.order_by(ModelVersion.version.desc()).limit(1))
-    if mv is None:
-        raise ModelNotFound(ref)
-    return mv
+from tas import jobstore
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +58,7 @@ class ModelResolver:
         with self._lock:
             generation = self._generation
         with self.sessions() as session:
-            mv = resolve(session, ref, tenant=tenant)
+            mv = jobstore.resolve_model(session, ref, tenant=tenant)
             model = ResolvedModel(mv.name, mv.version, mv.job_id, mv.model_dir)
         with self._lock:
             if generation == self._generation and self.ttl_s > 0:  # no forget() raced this read
