@@ -7,7 +7,6 @@ upload answers 201, a repeat 200 with the existing dataset (its first name kept)
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,9 @@ from starlette.requests import Request
 from app.schemas.datasets import DatasetOut, DatasetSchemaOut, WeightsOut
 from app.services import uploads
 from core.data.registry import BUILTIN_DATASETS, DatasetInfo
-from core.data.uploads import FORMATS, TASKS
+from core.data.uploads import UploadError, UploadLimits, UploadOptions, read_upload
+from core.errors import DataError
+from core.transfer import WeightsMismatch, safetensors_shapes
 from tas import datasets as store
 from tas.db.models import Dataset, WeightsFile
 from tas.errors import InvalidUpload
@@ -27,7 +28,6 @@ from tas.settings import Settings
 log = logging.getLogger(__name__)
 
 DATASET_FIELDS = ("name", "format", "target", "task", "size")
-MAX_SIDE = 4096
 MAX_TENSORS = 10_000
 
 
@@ -91,37 +91,18 @@ def builtins() -> list[DatasetOut]:
 # The form's fields.
 
 
-def parse_size(value: str) -> tuple[int, int]:
-    """'28' → (28, 28); '28x32', '28,32', '28×32' → (28, 32): (height, width)."""
-    parts = re.split(r"\s*[x×,X]\s*", value.strip())
-    if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
-        raise _bad("size", f"{value!r} is not a size; give 'S' or 'HxW', e.g. '28' or '32x32'")
-    h, w = (int(parts[0]), int(parts[-1]))
-    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        raise _bad("size", f"{value!r}: each side must be from 1 to {MAX_SIDE} pixels")
-    return h, w
+def upload_options(fields: dict[str, str]) -> UploadOptions:
+    """The form's read options, checked by the core (which names the field at fault)."""
 
+    def text(key: str) -> str | None:
+        return fields.get(key, "").strip() or None
 
-def _choice(fields: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
-    value = fields.get(name, "").strip()
-    if not value:
-        return None
-    if value not in allowed:
-        raise _bad(name, f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-    return value
-
-
-def upload_options(fields: dict[str, str]) -> Any:
-    from core.data.uploads import UploadError, UploadOptions
-
-    target = fields.get("target", "").strip() or None
-    size = fields.get("size", "").strip()
     try:
         return UploadOptions(
-            format=_choice(fields, "format", FORMATS),  # type: ignore[arg-type]
-            target=target,
-            task=_choice(fields, "task", TASKS),  # type: ignore[arg-type]
-            size=parse_size(size) if size else None,
+            format=text("format"),  # type: ignore[arg-type]
+            target=text("target"),
+            task=text("task"),  # type: ignore[arg-type]
+            size=text("size"),  # type: ignore[arg-type]
         )
     except UploadError as exc:
         raise _bad(exc.field, exc.message, exc.status) from exc
@@ -140,12 +121,11 @@ def dataset_name(value: str | None, file_name: str) -> str:
 # Uploads.
 
 
-def _read(path: Path, file_name: str, options: Any, limits: Any) -> dict[str, Any]:
+def _read(
+    path: Path, file_name: str, options: UploadOptions, limits: UploadLimits
+) -> dict[str, Any]:
     """The core reads the upload and infers its schema; every refusal becomes a 4xx naming the
     form field (nothing a client sends may give a 500)."""
-    from core.data.uploads import UploadError, read_upload
-    from core.errors import DataError
-
     try:
         parsed = read_upload(path, file_name, options, limits)
         schema: dict[str, Any] = parsed.schema()
@@ -212,27 +192,21 @@ def delete_dataset(session: Session, settings: Settings, row: Dataset) -> None:
 
 
 def safetensors_tensors(path: Path) -> dict[str, list[int]]:
-    """Each tensor's shape, from the safetensors header (checked against the file's size); 422
-    for anything that is not one. Nothing is unpickled, nothing but the header is read."""
-    from safetensors import safe_open
-
+    """Each tensor's shape, from the safetensors header (what init_from's shape check reads too);
+    422 for anything that is not one. Nothing is unpickled, nothing but the header is read."""
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            names = list(f.keys())
-            if len(names) > MAX_TENSORS:
-                raise _bad("file", f"{len(names)} tensors; at most {MAX_TENSORS}")
-            tensors = {n: [int(d) for d in f.get_slice(n).get_shape()] for n in names}
-    except InvalidUpload:
-        raise
-    except Exception as exc:
+        shapes = safetensors_shapes(path)
+    except WeightsMismatch as exc:
         raise _bad(
             "file",
-            f"not a safetensors file ({exc}); weights are read only from safetensors, never"
-            " unpickled: save them with safetensors.torch.save_file(model.state_dict(), path)",
+            f"not a safetensors file ({exc.__cause__}); weights are read only from safetensors,"
+            " never unpickled: save them with safetensors.torch.save_file(model.state_dict(), path)",
         ) from exc
-    if not tensors:
+    if len(shapes) > MAX_TENSORS:
+        raise _bad("file", f"{len(shapes)} tensors; at most {MAX_TENSORS}")
+    if not shapes:
         raise _bad("file", "the safetensors file holds no tensors")
-    return tensors
+    return {n: list(shape) for n, shape in shapes.items()}
 
 
 def _store_weights(

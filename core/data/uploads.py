@@ -67,6 +67,8 @@ Task = Literal["classification", "regression"]
 FORMATS: tuple[str, ...] = ("csv", "npz", "image_folder", "image_annotations")
 TASKS: tuple[str, ...] = ("classification", "regression")
 _OPTION_KEYS = ("format", "target", "task", "size")
+#: The largest side `size` may resize an image to (pixels).
+MAX_SIDE = 4096
 
 #: A numeric CSV target is class labels when it holds integers with at most this many distinct
 #: values (and fewer than half the rows); otherwise it is a quantity to regress.
@@ -123,6 +125,10 @@ def _parse_size(value: Any) -> tuple[int, int] | None:
         raise UploadError(
             f"size must be one positive integer S (S×S) or two, H×W (e.g. 28 or 32x32); got {value!r}",
             field="size",
+        )
+    if max(sides) > MAX_SIDE:
+        raise UploadError(
+            f"size {value!r}: each side must be from 1 to {MAX_SIDE} pixels", field="size"
         )
     return sides[0], sides[1]
 

@@ -451,6 +451,7 @@ def test_missing_file_field_is_422(client: TestClient) -> None:
     [
         ({"size": "big"}, "size"),
         ({"size": "0x4"}, "size"),
+        ({"size": "5000"}, "size"),
         ({"format": "parquet"}, "format"),
         ({"task": "clustering"}, "task"),
         ({"colour": "red"}, "colour"),

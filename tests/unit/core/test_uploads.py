@@ -234,6 +234,7 @@ def test_options_parse_and_validate() -> None:
         ({"size": "0x3"}, "size"),
         ({"size": "a"}, "size"),
         ({"size": [1, 2, 3]}, "size"),
+        ({"size": "28x5000"}, "size"),
         ({"format": "xls"}, "format"),
         ({"task": "ranking"}, "task"),
         ({"colour": 1}, "colour"),
