@@ -20,7 +20,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,9 @@ from tas.errors import DatasetInUse, DatasetNotFound, InvalidUpload
 from tas.settings import Settings
 
 if TYPE_CHECKING:
+    from core.data.registry import DatasetInfo, LoadContext, Loaded
     from core.data.uploads import UploadLimits
+    from core.spec import DatasetSpec
 
 #: How much of a file is held in memory before it is written out.
 WRITE_CHUNK = 1 << 20
@@ -174,6 +176,40 @@ def get_dataset(session: Session, dataset_id: str, *, tenant: str) -> Dataset:
     if row is None or row.tenant != tenant:
         raise DatasetNotFound(dataset_id)
     return row
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What a job's `dataset` names: its schema (what the spec is checked against), its loader,
+    its identity for the preprocess cache, and, for an upload, the stored file."""
+
+    info: DatasetInfo
+    load: Callable[[LoadContext], Loaded]
+    fingerprint: str
+    path: Path | None = None
+
+
+def data_source(
+    session: Session, dataset: DatasetSpec, *, tenant: str, settings: Settings
+) -> DataSource:
+    """A built-in's source, or the tenant's upload's, read back from its stored schema (no file is
+    read here); DatasetNotFound for an unknown upload. Shared by the API (submit) and the worker."""
+    from core.data.registry import BUILTIN_DATASETS
+    from core.data.uploads import info_from_schema, load_upload
+
+    if dataset.name is not None:
+        builtin = BUILTIN_DATASETS[dataset.name]
+        return DataSource(builtin.info, builtin.load, f"builtin:{dataset.name}")
+    assert dataset.id is not None
+    row = get_dataset(session, dataset.id, tenant=tenant)
+    path = dataset_path(settings, row)
+    schema = dict(row.schema)
+    limits = upload_limits(settings)
+
+    def load(ctx: LoadContext) -> Loaded:
+        return load_upload(path, path.name, schema, limits)
+
+    return DataSource(info_from_schema(row.name, schema), load, f"upload:{row.fingerprint}", path)
 
 
 def add_dataset(

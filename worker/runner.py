@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.data.cache import PreprocessCache
-from core.data.registry import BUILTIN_DATASETS, DatasetInfo, LoadContext, Loaded
 from core.errors import Stopped, TrainingError
 from core.pipeline import PipelineResult, RunContext, run_pipeline
 from core.spec import JobSpec, resolved_monitor, spec_problems
@@ -46,47 +44,10 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 @dataclass
 class JobData:
-    """What a job trains on: the dataset's schema, its loader and its content identity (the
-    preprocess cache's key), and the `init_from` weights file."""
+    """What a job trains on (its dataset's source) and starts from (the `init_from` file)."""
 
-    info: DatasetInfo
-    load: Callable[[LoadContext], Loaded]
-    fingerprint: str
+    source: datasets.DataSource
     init_weights: Path | None = None
-
-
-def dataset_info(
-    session: Session, spec: JobSpec, tenant: str, settings: Settings
-) -> tuple[DatasetInfo, Callable[[LoadContext], Loaded], str]:
-    """A built-in's schema and loader, or the tenant's upload's (read back from the uploads
-    store); the third item is the data's identity for the preprocess cache."""
-    if spec.dataset.name is not None:
-        source = BUILTIN_DATASETS[spec.dataset.name]
-        return source.info, source.load, f"builtin:{spec.dataset.name}"
-    from core.data.uploads import info_from_schema, load_upload
-
-    assert spec.dataset.id is not None
-    gone = TrainingError(
-        f"uploaded dataset {spec.dataset.id!r} no longer exists (deleted after the job was"
-        " submitted, or its file is missing from the uploads store)",
-        hint="upload the data again (POST /datasets) and submit the job with the new id",
-        type="DatasetNotFound",
-        stage="collect",
-    )
-    try:
-        row = datasets.get_dataset(session, spec.dataset.id, tenant=tenant)
-        path = datasets.dataset_path(settings, row)
-    except DatasetNotFound as exc:
-        raise gone from exc
-    if not path.is_file():
-        raise gone
-    schema = dict(row.schema)
-    limits = datasets.upload_limits(settings)
-
-    def load(ctx: LoadContext) -> Loaded:
-        return load_upload(path, path.name, schema, limits)
-
-    return info_from_schema(row.name, schema), load, f"upload:{row.fingerprint}"
 
 
 def job_data(
@@ -99,7 +60,7 @@ def job_data(
     """Everything the job reads, resolved from the database; TrainingError (stage collect) when
     something it was submitted with is gone."""
     with sessions() as s:
-        info, load, fingerprint = dataset_info(s, spec, tenant, settings)
+        source = _data_source(s, spec, tenant, settings)
         init = None
         if spec.model.init_from is not None:
             try:
@@ -116,7 +77,28 @@ def job_data(
                     type="InitSourceNotFound",
                     stage="collect",
                 ) from exc
-    return JobData(info, load, fingerprint, init)
+    return JobData(source, init)
+
+
+def _data_source(
+    session: Session, spec: JobSpec, tenant: str, settings: Settings
+) -> datasets.DataSource:
+    """The dataset's source; an upload deleted (or whose file vanished) since submit fails the
+    job in collect, saying what to do."""
+    gone = TrainingError(
+        f"uploaded dataset {spec.dataset.id!r} no longer exists (deleted after the job was"
+        " submitted, or its file is missing from the uploads store)",
+        hint="upload the data again (POST /datasets) and submit the job with the new id",
+        type="DatasetNotFound",
+        stage="collect",
+    )
+    try:
+        source = datasets.data_source(session, spec.dataset, tenant=tenant, settings=settings)
+    except DatasetNotFound as exc:
+        raise gone from exc
+    if source.path is not None and not source.path.is_file():
+        raise gone
+    return source
 
 
 def run_job(
@@ -150,7 +132,7 @@ def _run_job(
     reporter: DbReporter | None = None
     try:
         data = job_data(sessions, spec, tenant, pinned, settings)
-        info = data.info
+        info = data.source.info
         problems = spec_problems(spec, info)
         if problems:
             raise TrainingError(
@@ -174,11 +156,11 @@ def _run_job(
             allow_download=settings.allow_download,
             device=settings.device if spec.resources.device == "auto" else spec.resources.device,
             cache_dir=settings.cache_dir,
-            data_fingerprint=data.fingerprint,
+            data_fingerprint=data.source.fingerprint,
             weights_dir=settings.resolved_weights_dir,
             init_weights=data.init_weights,
         )
-        result = run_pipeline(spec, info, ctx, reporter, load=data.load)
+        result = run_pipeline(spec, info, ctx, reporter, load=data.source.load)
         _trim_cache(settings)
     except Stopped as stop:
         return _stopped(sessions, lease, reporter, stop.reason)

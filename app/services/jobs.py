@@ -11,7 +11,7 @@ from core.data.registry import BUILTIN_DATASETS, DatasetInfo
 from core.losses import LOSSES
 from core.spec import JobSpec, resolved_loss, spec_problems
 from tas import jobstore
-from tas.datasets import get_dataset
+from tas.datasets import data_source
 from tas.db.models import Job
 from tas.errors import DatasetNotFound, InvalidInput
 from tas.settings import Settings
@@ -20,16 +20,11 @@ from tas.sources import InitSourceError, resolve_init_source
 Problems = list[tuple[tuple[str | int, ...], str]]
 
 
-def dataset_info(session: Session, spec: JobSpec, tenant: str) -> DatasetInfo:
+def dataset_info(session: Session, spec: JobSpec, tenant: str, settings: Settings) -> DatasetInfo:
     """The schema the spec is checked against: a built-in's, or the tenant's upload's (422 at
     `dataset.id` for an unknown one)."""
-    if spec.dataset.id is None:
-        assert spec.dataset.name is not None
-        return BUILTIN_DATASETS[spec.dataset.name].info
-    from core.data.uploads import info_from_schema
-
     try:
-        row = get_dataset(session, spec.dataset.id, tenant=tenant)
+        return data_source(session, spec.dataset, tenant=tenant, settings=settings).info
     except DatasetNotFound as exc:
         raise InvalidInput(
             [
@@ -41,7 +36,6 @@ def dataset_info(session: Session, spec: JobSpec, tenant: str) -> DatasetInfo:
                 )
             ]
         ) from exc
-    return info_from_schema(row.name, row.schema)
 
 
 def transfer_problems(
@@ -87,7 +81,7 @@ def submit(
 
     What `model.init_from` resolved to is kept in the job's `result.init_from` (the worker trains
     from exactly that, and GET /jobs/{id} shows it)."""
-    info = dataset_info(session, spec, tenant)
+    info = dataset_info(session, spec, tenant, settings)
     problems: Problems = [(("body", *loc), msg) for loc, msg in spec_problems(spec, info)]
     if problems:
         raise InvalidInput(problems)
