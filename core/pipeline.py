@@ -222,11 +222,13 @@ def _run(
     with stage("collect") as out:
         cached = cache.lookup(key) if cache is not None and key is not None else None
         loaded: Loaded | None = None
+        collected: dict[str, Any] = {}
         if cached is not None:  # the source is known from the entry: nothing is read
             out.update({**cached.get("collect", {}), "cached": True})
         else:
             loaded = load(load_ctx)
-            out.update({**_collect_outputs(info, loaded), "cached": False})
+            collected = _collect_outputs(info, loaded)
+            out.update({**collected, "cached": False})
 
     with stage("preprocess") as out:
         hit = cache.load(key) if cache is not None and key is not None and cached else None
@@ -240,7 +242,7 @@ def _run(
         else:
             if loaded is None:  # the entry went bad after collect looked at it: decode after all
                 loaded = load(load_ctx)
-            collected = _collect_outputs(info, loaded)
+                collected = _collect_outputs(info, loaded)
             prepared = prepare(
                 loaded, info, d.val_fraction, d.test_fraction, d.split_seed, d.stratify, d.normalize
             )
