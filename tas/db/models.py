@@ -90,8 +90,19 @@ class Job(Base):
     best_metrics: Mapped[dict[str, Any] | None]
     result: Mapped[dict[str, Any] | None]
     error: Mapped[dict[str, Any] | None]
+    #: Runs that count against `max_attempts`: a preemption (a drained or stopped worker) does not.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    #: Every claim, preempted runs included: the fencing token of a lease and the key of a run's
+    #: stages, so a stale owner can never write and two runs' stages never mix.
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Runs that ended because their worker was stopped (SIGTERM/SIGINT, drained), not failed.
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: One entry per run: {"run", "owner", "started_at", "ended_at", "outcome", "detail"} where
+    #: outcome is preempted | killed | lease_expired | failed | succeeded | cancelled.
+    attempt_log: Mapped[list[Any] | None]
+    #: Free key-value labels, set at submit and by PATCH /jobs/{id}.
+    tags: Mapped[dict[str, Any] | None]
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_until: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
@@ -233,3 +244,24 @@ class WeightsFile(Base):
     @property
     def public_id(self) -> str:
         return self.sha256[:16]
+
+
+class Worker(Base):
+    """A live worker and what it can run, refreshed by its heartbeat. A job whose queue no worker
+    with a recent heartbeat serves is reported as waiting for one instead of failing later."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the Celery node name
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[Any]]
+    #: e.g. ["cpu"] or ["cpu", "cuda:0"]
+    devices: Mapped[list[Any]]
+    #: {"memory_mb": ..., "gpu_memory_mb": [...], "cpus": ...}
+    capacity: Mapped[dict[str, Any]]
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    #: online | draining | offline
+    status: Mapped[str] = mapped_column(String(16), default="online")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
