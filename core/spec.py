@@ -6,9 +6,20 @@ layer validates it, the worker re-reads it from the database, the core trains fr
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import difflib
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.data.registry import BUILTIN_DATASETS
 from core.losses import LOSSES
@@ -17,15 +28,119 @@ from core.optim import OPTIMIZERS, SCHEDULERS
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo in a spec must not silently train the default."""
+    """The spec is typed and closed, so a mistake is a 422 naming the field, never a silently
+    different job:
 
-    model_config = ConfigDict(extra="forbid")
+    - unknown keys are errors, with the nearest known field at that level suggested (a typo must not
+      silently train the default);
+    - strict types: `"lr": "0.01"`, `"epochs": "10"` or `"stratify": "true"` are refused rather than
+      guessed at (a JSON integer still fills a float field);
+    - the choices of a `Literal` field (precision, device, activation, freeze, …) are matched
+      case-insensitively and stored in their canonical spelling, so `"FP16"` trains as `"fp16"`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    #: field name → {lower-case spelling → canonical spelling}, for the fields with `Literal` choices.
+    _spellings: ClassVar[dict[str, dict[str, str]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._spellings = {
+            name: spellings
+            for name, field in cls.model_fields.items()
+            if (spellings := _literal_spellings(field.annotation))
+        }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_spellings(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls._spellings:
+            return data
+        fixed: dict[str, Any] | None = None
+        for name, spellings in cls._spellings.items():
+            value = data.get(name)
+            canonical = spellings.get(value.lower()) if isinstance(value, str) else None
+            if canonical is not None and canonical != value:
+                fixed = fixed if fixed is not None else dict(data)
+                fixed[name] = canonical
+        return data if fixed is None else fixed
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _explain_errors(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """An unknown key's error names the field it was probably meant to be, and a number or
+        boolean sent as a string says to send it unquoted. Errors of nested models arrive already
+        explained by their own class and pass through unchanged."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            messages = [_explained(e, cls) for e in errors]
+            if all(m is None for m in messages):
+                raise
+            details: list[InitErrorDetails] = [
+                # No context: the message is used as written, never re-formatted.
+                {
+                    "type": PydanticCustomError(e["type"], m if m is not None else e["msg"]),
+                    "loc": e["loc"],
+                    "input": e["input"],
+                }
+                for e, m in zip(errors, messages, strict=True)
+            ]
+            raise ValidationError.from_exception_data(exc.title, details) from None
 
 
-def _one_of(kind: str, value: str, allowed: dict[str, Any]) -> str:
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(sorted(allowed))}")
-    return value
+_SCALAR_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false"}
+
+
+def _explained(error: Any, model: type[BaseModel]) -> str | None:
+    """A clearer message for `error` raised while validating `model`, or None to keep pydantic's."""
+    kind, loc, value = error["type"], error["loc"], error.get("input")
+    if kind == "extra_forbidden" and len(loc) == 1:
+        return unknown_field_message(str(loc[0]), list(model.model_fields))
+    if kind in _SCALAR_TYPES and isinstance(value, str) and "unquoted" not in error["msg"]:
+        return (
+            f"expected {_SCALAR_TYPES[kind]}, got the string {value!r}: the spec is typed, send"
+            " the value unquoted"
+        )
+    return None
+
+
+def unknown_field_message(key: str, fields: list[str]) -> str:
+    """`unknown field 'epcohs' (did you mean 'epochs'?); fields here: …`"""
+    close = difflib.get_close_matches(key, fields, n=1) or difflib.get_close_matches(
+        key.lower(), fields, n=1
+    )
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field {key!r}{hint}; fields here: {', '.join(fields)}"
+
+
+def _literal_spellings(annotation: Any) -> dict[str, str]:
+    """{lower-case → canonical} for every string choice of a `Literal` inside `annotation` (through
+    `X | None`, unions and `Annotated`)."""
+    out: dict[str, str] = {}
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        if get_origin(a) is Literal:
+            out.update({v.lower(): v for v in get_args(a) if isinstance(v, str)})
+        else:
+            stack.extend(get_args(a))
+    return out
+
+
+def _one_of(kind: str, value: str, allowed: Mapping[str, Any]) -> str:
+    """`value` as the registry spells it (matched case-insensitively: `"Adam"` is `"adam"`), or a
+    ValueError listing what is allowed and suggesting the nearest name."""
+    if value in allowed:
+        return value
+    by_lower = {name.lower(): name for name in allowed}
+    if value.lower() in by_lower:
+        return by_lower[value.lower()]
+    close = difflib.get_close_matches(value.lower(), list(by_lower), n=1)
+    hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+    raise ValueError(f"unknown {kind} {value!r}{hint}; allowed: {', '.join(sorted(allowed))}")
 
 
 class AugmentSpec(StrictModel):

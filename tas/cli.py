@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
-import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +14,7 @@ from tas.settings import Settings
 
 cli = typer.Typer(help="tas — training as a service.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -46,57 +45,110 @@ def serve(
         bool, typer.Option("--worker/--no-worker", help="Also run an embedded worker.")
     ] = True,
     concurrency: Annotated[int, typer.Option(help="Embedded worker's concurrent jobs.")] = 1,
+    loglevel: Annotated[
+        str, typer.Option(help="tas's own log level; libraries log warnings and above.")
+    ] = "info",
 ) -> None:
-    """The API and (unless --no-worker) an embedded Celery worker: one command, no other server."""
+    """The API and (unless --no-worker) an embedded Celery worker: one command, no other server.
+
+    Ctrl-C or SIGTERM stops both: a running job checkpoints and goes back to the queue, and
+    `tas serve` returns only when its worker and the worker's children are gone."""
     import uvicorn
 
     from app.main import create_app
     from tas.db.migrate import upgrade
+    from tas.embedded import EmbeddedWorker
 
+    _quiet_logging(loglevel)
     settings = _settings()
     host = host or settings.host
     port = port or settings.port
     if host not in LOOPBACK and not settings.api_keys:
         console.print("[yellow]warning[/yellow]: binding beyond loopback with no TAS_API_KEYS set")
     upgrade(settings.resolved_database_url)
-    child = None
-    if worker:
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tas",
-                "worker",
-                "--concurrency",
-                str(concurrency),
-                "--queues",
-                "default,cpu,gpu",
-            ],
-            env=os.environ.copy(),
+
+    def ready(pid: int) -> None:
+        console.print(f"worker ready (pid {pid}, concurrency {concurrency})")
+
+    embedded = (
+        EmbeddedWorker(
+            queues="default,cpu,gpu",
+            concurrency=concurrency,
+            grace_s=settings.worker_stop_grace_s,
+            on_ready=ready,
         )
-        console.print(f"embedded worker started (pid {child.pid})")
-    try:
-        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        uvicorn.run(
+        if worker
+        else None
+    )
+
+    def started() -> None:
+        url = f"http://{host}:{port}"
+        console.print(f"tas serving on [bold]{url}[/bold]  (API docs: {url}/docs)")
+        console.print(f"data dir {settings.data_dir.resolve()}")
+        console.print(f"database {_redact(settings.resolved_database_url)}")
+        if embedded is None:
+            console.print("no embedded worker (--no-worker): start `tas worker` beside it")
+
+    server = _server(
+        uvicorn.Config(
             create_app(settings),
             host=host,
             port=port,
-            log_level="info",
+            log_level="warning",
             access_log=settings.access_log,
-        )
+            timeout_graceful_shutdown=5,
+        ),
+        on_started=started,
+        on_exit=embedded.request_stop if embedded is not None else None,
+    )
+    # uvicorn restores the handlers it found and raises the caught signal again once it has shut
+    # down: with the default SIGTERM handler the process would die there, before the `finally`
+    # that stops the worker. These handlers only note the signal; the worker is stopped below.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _note_signal)
+    try:
+        if embedded is not None:
+            embedded.start()
+        server.run()
     finally:
-        if child is not None:
-            _stop_child(child)
+        if embedded is not None:
+            console.print("stopping the worker (a running job checkpoints and is requeued)")
+            embedded.stop()
+    console.print("stopped")
 
 
-def _stop_child(child: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown: the running job checkpoints and goes back to the queue."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
+def _server(
+    config: Any, *, on_started: Callable[[], None], on_exit: Callable[[], None] | None
+) -> Any:
+    """uvicorn's Server, told when it starts serving and when a stop signal arrives (so the
+    worker's shutdown runs alongside the API's instead of after it)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                on_started()
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if on_exit is not None:
+                on_exit()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def _note_signal(signum: int, frame: Any) -> None:
+    log.debug("signal %d after the server stopped", signum)
+
+
+def _quiet_logging(loglevel: str) -> None:
+    """The user's first minute shows what they need; libraries' chatter goes below warning."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for name in ("tas", "app", "worker", "core"):
+        logging.getLogger(name).setLevel(loglevel.upper())
 
 
 @cli.command()
@@ -108,15 +160,36 @@ def worker(
     pool: Annotated[str, typer.Option(help="prefork (a fresh child per job) or solo.")] = "prefork",
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    embedded: Annotated[bool, typer.Option(hidden=True)] = False,
+    ready_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
+    stop_grace: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """A Celery worker. Its main process never touches CUDA; each job runs in a fresh child."""
-    logging.basicConfig(
-        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     from worker.celery_app import app, settings
 
+    if embedded:
+        # Started by `tas serve`, sharing its terminal: tas's own lines, not Celery's banner, its
+        # running-as-root warning (a laptop's choice, said once by the user's shell) or kombu's.
+        import warnings
+
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        _quiet_logging(loglevel)
+    else:
+        logging.basicConfig(
+            level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    from worker import lifeline
+
+    lifeline.install(
+        ready_fd=ready_fd,
+        grace_s=stop_grace if stop_grace is not None else settings.worker_stop_grace_s,
+    )
     settings.ensure_dirs()
+    queues = _servable(queues)
     argv = [
+        *(["--quiet"] if embedded else []),
         "worker",
         "-Q",
         queues,
@@ -125,13 +198,27 @@ def worker(
         "--pool",
         pool,
         "-l",
-        loglevel,
+        "warning" if embedded else loglevel,
         "--without-gossip",
         "--without-mingle",
     ]
     if hostname:
         argv += ["-n", hostname]
     app.worker_main(argv)
+
+
+def _servable(queues: str) -> str:
+    """The requested queues this machine can serve: `gpu` only with a CUDA device, or a CPU-only
+    worker would claim GPU jobs just to fail them."""
+    from tas.workers import detect_machine, servable_queues
+
+    servable = servable_queues(queues.split(","), detect_machine().devices)
+    for q, why in servable.dropped.items():
+        logging.getLogger("tas.worker").info("not consuming queue %r: %s", q, why)
+    if not servable.queues:
+        console.print(f"[red]error[/red]: no queue in {queues!r} that this machine can serve")
+        raise typer.Exit(2)
+    return ",".join(servable.queues)
 
 
 def _redact(url: str) -> str:

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     )
     heartbeat_seconds: float = Field(1.0, gt=0, description="Heartbeat and cancel-check interval.")
     max_attempts: int = Field(3, ge=1)
+    worker_stop_grace_s: float = Field(
+        8.0,
+        gt=0,
+        description="How long a stopping worker may take to checkpoint its running jobs and exit"
+        " before it (and, under `tas serve`, its whole process group) is killed.",
+    )
     visibility_timeout_s: int = Field(
         43200, ge=1, description="Redis redelivery timeout; keep above the longest job."
     )
@@ -119,7 +125,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "filesystem://localhost/"
 
     @property
     def resolved_artifact_dir(self) -> Path:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import email.message
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from tas.errors import DomainError, InvalidInput
 
@@ -22,5 +26,55 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
     return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
 
+def is_json(content_type: str | None) -> bool:
+    """What FastAPI parses as a JSON body: application/json or application/*+json."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def send_json_message(content_type: str | None, *, also: str = "") -> str:
+    """What a client that sent no JSON content type (curl -d without -H, a form post) should do."""
+    got = f"got {content_type!r}" if content_type else "no Content-Type header was sent"
+    alternative = f" (or {also})" if also else ""
+    return (
+        f"send the body as JSON with the header 'Content-Type: application/json'{alternative};"
+        f" {got} (curl: -H 'Content-Type: application/json' -d '{{...}}')"
+    )
+
+
+def _takes_json_body(route: object) -> bool:
+    body = route.body_field if isinstance(route, APIRoute) else None
+    return body is not None and not isinstance(body.field_info, params.Form)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, except when a JSON-body route got a body of another content type: FastAPI
+    then validates the raw bytes and answers "Input should be a valid dictionary", which hides
+    the actual mistake. That case is a 415 saying which header to send, for every JSON route."""
+    assert isinstance(exc, RequestValidationError)
+    content_type = request.headers.get("content-type")
+    if (
+        _takes_json_body(request.scope.get("route"))
+        and not is_json(content_type)
+        and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
+    ):
+        detail = [
+            {
+                "loc": ["header", "content-type"],
+                "msg": send_json_message(content_type),
+                "type": "unsupported_media_type",
+            }
+        ]
+        return JSONResponse({"detail": detail}, status_code=415)
+    return await request_validation_exception_handler(request, exc)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
