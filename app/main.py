@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import errors
-from app.api.routes import datasets, health, jobs, models, predict, weights
+from app.api.routes import datasets, health, job_events, jobs, models, predict, weights
+from app.services.job_stream import JobStreams, StreamCollector
 from app.services.serving import Serving
 from tas.db.engine import make_engine, make_sessionmaker
 from tas.db.models import Job
@@ -78,6 +79,12 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     sessions = make_sessionmaker(engine)
     publisher = Publisher(make_celery(settings))
     serving = Serving(settings, sessions)
+    job_streams = JobStreams(
+        sessions,
+        max_streams=settings.max_event_streams,
+        max_per_tenant=settings.max_event_streams_per_tenant,
+        interval_s=settings.event_poll_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,6 +103,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
         gc.collect()
         gc.freeze()
         yield
+        await job_streams.aclose()
         if r is not None:
             r.stop()
         serving.close()
@@ -111,9 +119,11 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.sessions = sessions
     app.state.publisher = publisher
     app.state.serving = serving
+    app.state.job_streams = job_streams
 
     registry = CollectorRegistry()
     registry.register(JobsByStatus(sessions))
+    registry.register(StreamCollector(job_streams, engine))
     app.state.registry = registry
     requests = Counter(
         "tas_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
@@ -127,6 +137,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     errors.install(app)
     for router in (
         jobs.router,
+        job_events.router,
         datasets.router,
         weights.router,
         predict.router,

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 class DomainError(Exception):
     status_code = 400
+    #: Extra response headers (e.g. Retry-After on a 429).
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -69,6 +71,16 @@ class InvalidInput(DomainError):
 
 class PayloadTooLarge(DomainError):
     status_code = 413
+
+
+class TooManyRequests(DomainError):
+    """A bounded resource is full for now; `Retry-After` says when to try again."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class InvalidUpload(InvalidInput):

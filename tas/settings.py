@@ -113,6 +113,22 @@ class Settings(BaseSettings):
         None, ge=1, description="torch intra-op threads in the API process; null: torch's default."
     )
 
+    # Live job updates (GET /jobs/{id}/events).
+    max_event_streams: int = Field(
+        256,
+        ge=1,
+        description="Event streams one API process keeps open at once; more is a 429 with"
+        " Retry-After. Each costs a socket and a little memory, never a database connection.",
+    )
+    max_event_streams_per_tenant: int | None = Field(
+        None, ge=1, description="The same bound per tenant; null: only the process-wide one."
+    )
+    event_poll_s: float = Field(
+        0.5,
+        gt=0,
+        description="How often one shared query reads every watched job for the event streams.",
+    )
+
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -23,7 +23,7 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
             {"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in exc.problems
         ]
         return JSONResponse({"detail": detail}, status_code=exc.status_code)
-    return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+    return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
 
 def is_json(content_type: str | None) -> bool:

@@ -1,20 +1,16 @@
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import select
-from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import JobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
 from app.schemas.jobs import CheckpointOut, JobOut, JobPage, MetricRowOut
 from app.services import jobs as job_service
 from core.spec import JobSpec
 from tas import jobstore
-from tas.db.models import FINISHED, Checkpoint, Job, MetricRow
+from tas.db.models import Checkpoint, Job, MetricRow
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -86,32 +82,3 @@ def cancel_job(job: JobDep, session: SessionDep) -> Job:
     session.commit()
     return job
 
-
-@router.get(
-    "/{job_id}/events",
-    response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
-async def job_events(job: JobDep, request: Request) -> EventSourceResponse:
-    """Server-Sent Events: the job (as `GET /jobs/{id}`) each time it changes, until it ends."""
-    sessions = request.app.state.sessions
-    job_id = job.id
-
-    def snapshot() -> tuple[str, str]:
-        with sessions() as s:
-            current = s.get(Job, job_id)
-            assert current is not None
-            return current.status, JobOut.model_validate(current).model_dump_json()
-
-    async def stream() -> AsyncIterator[dict[str, str]]:
-        last = None
-        while True:
-            status_, data = await run_in_threadpool(snapshot)
-            if data != last:
-                yield {"event": "job", "data": data}
-                last = data
-            if status_ in FINISHED or await request.is_disconnected():
-                return
-            await asyncio.sleep(0.5)
-
-    return EventSourceResponse(stream(), ping=15)

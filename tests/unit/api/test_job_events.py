@@ -1,0 +1,252 @@
+"""Event streams in process on a real SQLite database: the event format, the shared poller (one
+query per interval for every watcher), the bound on open streams, and that nothing is left held
+(slots, pool connections, the poller) once the streams end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.services.job_stream import JobStreams, Watch
+from tas import jobstore
+from tas.db.engine import make_engine, make_sessionmaker
+from tas.db.models import Job, JobStatus
+from tas.errors import JobNotFound, TooManyRequests
+from tas.settings import Settings
+
+SPEC: dict[str, Any] = {
+    "name": "t",
+    "dataset": {"name": "iris"},
+    "model": {"arch": "mlp", "hidden": [8]},
+    "training": {"epochs": 1, "batch_size": 16, "optimizer": "adam", "lr": 0.01},
+}
+
+
+def parse_events(text: str) -> list[dict[str, str]]:
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
+        )
+        if fields:
+            events.append(fields)
+    return events
+
+
+def test_finished_job_streams_one_event_as_get_job_shows_it(client: TestClient) -> None:
+    job = client.post("/jobs", json=SPEC).json()
+    assert client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    r = client.get(f"/jobs/{job['id']}/events")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = parse_events(r.text)
+    assert [e["event"] for e in events] == ["job"]
+    assert int(events[0]["id"]) > 0
+    assert json.loads(events[0]["data"]) == client.get(f"/jobs/{job['id']}").json()
+
+
+def test_unknown_job_gives_its_slot_back(client: TestClient) -> None:
+    streams: JobStreams = client.app.state.job_streams  # type: ignore[attr-defined]
+    assert client.get("/jobs/nope/events").status_code == 404
+    assert streams.open_streams == 0
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings.resolved_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+def new_job(sessions: sessionmaker[Session], tenant: str = "default") -> str:
+    with sessions() as s:
+        job = jobstore.create_job(s, SPEC, tenant=tenant, max_attempts=3)
+        s.commit()
+        return job.id
+
+
+def set_progress(sessions: sessionmaker[Session], job_id: str, epoch: int) -> None:
+    with sessions() as s:
+        progress = {"epoch": epoch, "epochs": 9, "step": 0, "steps_per_epoch": 1, "fraction": 0.1}
+        s.execute(update(Job).where(Job.id == job_id).values(progress=progress, status="running"))
+        s.commit()
+
+
+def finish(sessions: sessionmaker[Session], job_id: str) -> None:
+    with sessions() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.cancelled.value))
+        s.commit()
+
+
+async def collect(watch: Watch) -> list[dict[str, str]]:
+    return [e async for e in watch.events()]
+
+
+async def next_event(events: AsyncIterator[dict[str, str]]) -> dict[str, Any]:
+    e = await asyncio.wait_for(anext(events), timeout=5)
+    return {**e, "job": json.loads(e["data"])}
+
+
+def test_every_watcher_sees_each_change_then_the_end(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    job_id = new_job(sessions)
+
+    async def run() -> None:
+        hub = JobStreams(sessions, max_streams=10, interval_s=0.05)
+        watches = [await hub.watch(job_id, "default") for _ in range(3)]
+        streams = [w.events() for w in watches]
+        firsts = [await next_event(s) for s in streams]
+        assert {f["job"]["status"] for f in firsts} == {"queued"}
+        assert hub.open_streams == 3 and hub.watched_jobs == 1
+
+        await asyncio.to_thread(set_progress, sessions, job_id, 4)
+        seconds = [await next_event(s) for s in streams]
+        for first, second in zip(firsts, seconds, strict=True):
+            assert second["event"] == "job"
+            assert second["job"]["progress"]["epoch"] == 4
+            assert int(second["id"]) > int(first["id"])
+
+        await asyncio.to_thread(finish, sessions, job_id)
+        for s in streams:
+            last = await next_event(s)
+            assert last["job"]["status"] == "cancelled"
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(anext(s), timeout=5)
+
+        assert hub.open_streams == 0 and hub.watched_jobs == 0
+        for _ in range(100):  # the poller notices within one interval that nobody watches
+            if not hub.polling:
+                break
+            await asyncio.sleep(0.02)
+        assert not hub.polling
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # and a new stream starts a new poller
+        job2 = await asyncio.to_thread(new_job, sessions)
+        w = await hub.watch(job2, "default")
+        assert hub.polling
+        w.close()
+        await hub.aclose()
+
+    asyncio.run(run())
+
+
+def test_one_query_per_interval_whatever_the_number_of_streams(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    job_ids = [new_job(sessions) for _ in range(3)]
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+
+    async def run() -> None:
+        hub = JobStreams(sessions, max_streams=100, interval_s=0.05)
+        watches = [await hub.watch(job_ids[i % 3], "default") for i in range(30)]
+        opened = len(statements)  # each stream's own first read
+        polls_before = hub.polls
+        await asyncio.sleep(0.6)
+        polls = hub.polls - polls_before
+        assert polls >= 3
+        # one statement per poll for all 30 streams on 3 jobs (± the poll in flight)
+        assert polls <= len(statements) - opened <= polls + 1, statements[opened:]
+        # and no connection is held between polls
+        for w in watches:
+            w.close()
+        await hub.aclose()
+
+    asyncio.run(run())
+
+
+def test_streams_hold_no_pooled_connection_while_they_wait(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    job_id = new_job(sessions)
+
+    async def run() -> None:
+        hub = JobStreams(sessions, max_streams=100, interval_s=30)  # one poll, then a long wait
+        watches = [await hub.watch(job_id, "default") for _ in range(20)]
+        for _ in range(100):
+            if hub.polls:
+                break
+            await asyncio.sleep(0.02)
+        assert hub.polls == 1
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        for w in watches:
+            w.close()
+        await hub.aclose()
+        assert not hub.polling
+
+    asyncio.run(run())
+
+
+def test_bound_is_a_429_with_retry_after_and_slots_come_back(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = new_job(sessions)
+
+    async def run() -> None:
+        hub = JobStreams(sessions, max_streams=3, interval_s=0.05)
+        watches = [await hub.watch(job_id, "default") for _ in range(3)]
+        with pytest.raises(TooManyRequests) as refused:
+            await hub.watch(job_id, "default")
+        assert refused.value.status_code == 429
+        assert refused.value.headers is not None and int(refused.value.headers["Retry-After"]) > 0
+        assert "TAS_MAX_EVENT_STREAMS=3" in refused.value.message
+        assert hub.open_streams == 3
+        watches.pop().close()
+        watches.append(await hub.watch(job_id, "default"))  # a freed slot is taken again
+        for w in watches:
+            w.close()
+            w.close()  # twice (the stream's end and the response's end): counted once
+        assert hub.open_streams == 0 and hub.watched_jobs == 0
+        await hub.aclose()
+
+    asyncio.run(run())
+
+
+def test_per_tenant_bound_and_unknown_or_foreign_jobs(sessions: sessionmaker[Session]) -> None:
+    mine, theirs = new_job(sessions, "a"), new_job(sessions, "b")
+
+    async def run() -> None:
+        hub = JobStreams(sessions, max_streams=10, max_per_tenant=2, interval_s=0.05)
+        watches = [await hub.watch(mine, "a") for _ in range(2)]
+        with pytest.raises(TooManyRequests, match="TAS_MAX_EVENT_STREAMS_PER_TENANT=2"):
+            await hub.watch(mine, "a")
+        watches.append(await hub.watch(theirs, "b"))  # another tenant still gets a stream
+        for job_id in ("nope", theirs):
+            with pytest.raises(JobNotFound):  # another tenant's job is as unknown
+                await hub.watch(job_id, "c")
+        assert hub.open_streams == 3  # the refused and the not-found ones hold no slot
+        for w in watches:
+            w.close()
+        assert hub.open_streams == 0
+        await hub.aclose()
+
+    asyncio.run(run())
+
+
+def test_shutdown_ends_open_streams(sessions: sessionmaker[Session]) -> None:
+    job_id = new_job(sessions)
+
+    async def run() -> None:
+        hub = JobStreams(sessions, max_streams=10, interval_s=0.05)
+        watch = await hub.watch(job_id, "default")
+        task = asyncio.create_task(collect(watch))
+        await asyncio.sleep(0.1)
+        await hub.aclose()
+        events = await asyncio.wait_for(task, timeout=5)
+        assert [e["event"] for e in events] == ["job"]
+        assert hub.open_streams == 0 and not hub.polling
+
+    asyncio.run(run())
