@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(
         60.0, gt=0, description="A job queued this long without being claimed is published again."
     )
+    worker_heartbeat_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often a worker refreshes its row in `workers`; one silent for three"
+        " intervals is no longer live (GET /workers, a job's waiting_for).",
+    )
+    worker_forget_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long an offline or lost worker is still listed by GET /workers.",
+    )
 
     # Serving (see README, "Serving").
     predict_cache_size: int = Field(8, ge=1, description="Loaded models kept in memory.")

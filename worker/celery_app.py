@@ -7,3 +7,6 @@ from tas.settings import Settings
 
 settings = Settings()
 app = make_celery(settings, include_tasks=True)
+
+# The worker's row in `workers` (registered when ready, heartbeat, offline at shutdown).
+import worker.presence  # noqa: E402, F401

@@ -1,0 +1,188 @@
+"""Workers: which queues a machine may consume, what devices it has (found without initialising
+CUDA), and the `workers` table that says which queued jobs no live worker can run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from tas import jobstore, workers
+from tas.db.engine import make_engine, make_sessionmaker
+from tas.db.migrate import upgrade
+from tas.db.models import Job, Worker, utcnow
+
+CPU: list[dict[str, Any]] = [{"id": "cpu", "name": "x86"}]
+GPU: list[dict[str, Any]] = [
+    *CPU,
+    {"id": "cuda:0", "name": "NVIDIA H200", "memory_mb": 143771, "uuid": "GPU-a"},
+]
+
+SMI = """0, GPU-aaaa-1111, NVIDIA H200, 143771
+1, GPU-bbbb-2222, NVIDIA A100-SXM4-80GB, 81920
+"""
+
+
+def test_a_cpu_only_machine_does_not_consume_the_gpu_queue() -> None:
+    s = workers.servable_queues(["default", "cpu", "gpu"], CPU)
+    assert s.queues == ["default", "cpu"]
+    assert "CUDA device" in s.dropped["gpu"]
+
+
+def test_a_gpu_machine_consumes_every_queue_once_in_order() -> None:
+    s = workers.servable_queues(["gpu", " default", "gpu", ""], GPU)
+    assert s.queues == ["gpu", "default"] and s.dropped == {}
+
+
+def test_nvidia_smi_rows_are_numbered_as_cuda_numbers_the_visible_devices() -> None:
+    every = workers.parse_nvidia_smi(SMI, None)
+    assert [(d["id"], d["name"], d["memory_mb"]) for d in every] == [
+        ("cuda:0", "NVIDIA H200", 143771),
+        ("cuda:1", "NVIDIA A100-SXM4-80GB", 81920),
+    ]
+    # CUDA_VISIBLE_DEVICES=1: the A100 is cuda:0 to the job
+    assert [d["name"] for d in workers.parse_nvidia_smi(SMI, "1")] == ["NVIDIA A100-SXM4-80GB"]
+    assert [d["uuid"] for d in workers.parse_nvidia_smi(SMI, "GPU-bbbb")] == ["GPU-bbbb-2222"]
+    assert workers.parse_nvidia_smi(SMI, "") == []
+    # the list ends at the first entry that names no GPU, as in CUDA
+    assert [d["id"] for d in workers.parse_nvidia_smi(SMI, "0,7,1")] == ["cuda:0"]
+
+
+def test_no_cuda_device_without_a_cuda_build_of_torch_or_without_nvidia_smi() -> None:
+    assert workers.cuda_devices(smi=lambda: SMI, torch_cuda=lambda: False) == []
+    assert workers.cuda_devices(smi=lambda: None, torch_cuda=lambda: True) == []
+    assert len(workers.cuda_devices(smi=lambda: SMI, torch_cuda=lambda: True)) == 2
+
+
+def test_detecting_the_machine_does_not_initialise_cuda() -> None:
+    """A worker's main process forks a child per job; a CUDA context would not survive it."""
+    code = (
+        "import torch\n"
+        "from tas.workers import detect_machine\n"
+        "m = detect_machine()\n"
+        "assert m.devices[0]['id'] == 'cpu' and m.capacity['cpus'] >= 1, m\n"
+        "assert m.capacity['memory_mb'] > 0, m\n"
+        "assert len(m.capacity['gpu_memory_mb']) == len(m.devices) - 1, m\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> sessionmaker[Session]:
+    url = f"sqlite:///{tmp_path / 'tas.db'}"
+    upgrade(url)
+    return make_sessionmaker(make_engine(url))
+
+
+def info(node: str, queues: list[str], pid: int = 100) -> workers.WorkerInfo:
+    return workers.WorkerInfo(node, "host", pid, queues, CPU, {"cpus": 2}, 1)
+
+
+def age(sessions: sessionmaker[Session], node: str, seconds: float) -> None:
+    with sessions() as s:
+        s.execute(
+            update(Worker)
+            .where(Worker.id == node)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
+        )
+        s.commit()
+
+
+def test_liveness_follows_the_heartbeat_and_the_stored_status(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions() as s:
+        workers.register(s, info("a@h", ["default", "cpu"]))
+        workers.register(s, info("b@h", ["cpu"]))
+        workers.register(s, info("c@h", ["default"]))
+        s.commit()
+    age(sessions, "b@h", 16)  # three 5 s beats missed: lost
+    with sessions() as s:
+        workers.beat(s, info("c@h", ["default"]), workers.DRAINING)
+        s.commit()
+        assert [w.id for w in workers.live(s, heartbeat_s=5)] == ["a@h"]
+        states = {w.id: st for w, st in workers.listed(s, heartbeat_s=5, forget_s=3600)}
+    assert states == {"a@h": "online", "b@h": "lost", "c@h": "draining"}
+    with sessions() as s:
+        workers.beat(s, info("a@h", ["default", "cpu"]), workers.OFFLINE)
+        s.commit()
+        states = {w.id: st for w, st in workers.listed(s, heartbeat_s=5, forget_s=3600)}
+        assert states["a@h"] == "offline" and workers.live(s, heartbeat_s=5) == []
+
+
+def test_a_restart_under_the_same_node_name_takes_the_row_over(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions() as s:
+        first = workers.register(s, info("a@h", ["cpu"], pid=1)).started_at
+        s.commit()
+    with sessions() as s:
+        workers.beat(s, info("a@h", ["default"], pid=2), workers.ONLINE)
+        s.commit()
+        row = s.get(Worker, "a@h")
+        assert row is not None and row.pid == 2 and row.queues == ["default"]
+        assert row.started_at > first
+
+
+def test_old_rows_are_forgotten(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s:
+        workers.register(s, info("old@h", ["cpu"]))
+        workers.register(s, info("new@h", ["cpu"]))
+        s.commit()
+    age(sessions, "old@h", 7200)
+    with sessions() as s:
+        assert [w.id for w, _ in workers.listed(s, heartbeat_s=5, forget_s=3600)] == ["new@h"]
+        assert workers.forget_old(s, older_than_s=3600) == 1
+        s.commit()
+        assert s.get(Worker, "old@h") is None
+
+
+def test_a_queued_job_says_what_it_waits_for(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s:
+        gpu_job = jobstore.create_job(
+            s, {"name": "g", "resources": {"device": "cuda"}}, tenant="default", max_attempts=3
+        )
+        cpu_job = jobstore.create_job(
+            s, {"name": "c", "resources": {"device": "cpu"}}, tenant="default", max_attempts=3
+        )
+        jobs = [gpu_job, cpu_job]
+        workers.annotate_waiting(s, jobs, heartbeat_s=5)
+        assert all(j.waiting_for["reason"].startswith("no live worker") for j in jobs)  # type: ignore[attr-defined]
+        assert "no worker is live" in gpu_job.waiting_for["reason"]  # type: ignore[attr-defined]
+
+        workers.register(s, info("cpu@h", ["default", "cpu"]))
+        s.flush()
+        workers.annotate_waiting(s, jobs, heartbeat_s=5)
+        assert cpu_job.waiting_for is None  # type: ignore[attr-defined]
+        waiting = gpu_job.waiting_for  # type: ignore[attr-defined]
+        assert waiting["queue"] == "gpu"
+        assert "cpu@h consumes default, cpu" in waiting["reason"]
+        assert "CUDA device" in waiting["reason"]
+
+
+def test_running_jobs_are_counted_per_worker_from_their_leases(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions() as s:
+        ids = [
+            jobstore.create_job(s, {"name": f"j{i}"}, tenant="default", max_attempts=3).id
+            for i in range(3)
+        ]
+        s.commit()
+    for job_id, owner in zip(ids, ["w1@h/10/aa", "w1@h/11/bb", "w2@h/12/cc"], strict=True):
+        with sessions() as s:
+            assert jobstore.claim(s, job_id, owner, 30) is not None
+            s.commit()
+    with sessions() as s:
+        assert workers.running_by_worker(s) == {"w1@h": 2, "w2@h": 1}
+        s.execute(update(Job).where(Job.id == ids[0]).values(status="succeeded"))
+        assert workers.running_by_worker(s) == {"w1@h": 1, "w2@h": 1}

@@ -1,0 +1,181 @@
+"""The worker's row in `workers`: registered when Celery says the worker is ready, refreshed by a
+heartbeat thread, `draining` from the moment a warm shutdown begins, `offline` when it ends.
+
+All of it runs in the worker's main process (the pool children fork from it and never touch
+CUDA or this row). The heartbeat is a thread, so that a job run in-process (the solo pool) does
+not silence it; a fork waits for a beat in progress to end (`os.register_at_fork`), so a pool
+child never inherits a database driver's lock held mid-write by this thread. The thread uses its
+own engine without a pool: no connection outlives a beat, so none is inherited by a child."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from celery.signals import (
+    celeryd_after_setup,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from tas import workers
+from tas.db import engine as db_engine
+from tas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Held for each beat's database write, and by a fork while it forks (see the module docstring).
+_BEAT_LOCK = threading.Lock()
+_AT_FORK_REGISTERED = False
+
+
+def _after_fork_in_child() -> None:
+    global _BEAT_LOCK, _presence
+    _BEAT_LOCK = threading.Lock()
+    _presence = None  # the child has no heartbeat thread; the row is the main process's
+
+
+def _register_at_fork() -> None:
+    global _AT_FORK_REGISTERED
+    if not _AT_FORK_REGISTERED and hasattr(os, "register_at_fork"):
+        os.register_at_fork(
+            before=lambda: _BEAT_LOCK.acquire(),
+            after_in_parent=lambda: _BEAT_LOCK.release(),
+            after_in_child=_after_fork_in_child,
+        )
+        _AT_FORK_REGISTERED = True
+
+
+def _sessions(url: str) -> sessionmaker[Session]:
+    kwargs: dict[str, Any] = {"poolclass": NullPool}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", db_engine._sqlite_pragmas)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+class Presence:
+    """One worker's row and its heartbeat thread."""
+
+    def __init__(
+        self, settings: Settings, info: workers.WorkerInfo, sessions: sessionmaker[Session]
+    ) -> None:
+        self.settings = settings
+        self.info = info
+        self.sessions = sessions
+        self.status = workers.ONLINE
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="tas-worker-presence", daemon=True)
+
+    def start(self) -> None:
+        """Register now (GET /workers lists the worker as soon as it is ready), then beat."""
+        _register_at_fork()
+        self._write(first=True)
+        self._thread.start()
+        log.info(
+            "worker %s registered: queues %s, devices %s",
+            self.info.id,
+            ", ".join(self.info.queues),
+            ", ".join(d["id"] for d in self.info.devices),
+        )
+
+    def draining(self) -> None:
+        """Called from Celery's signal handler: only flags and wakes the thread (no I/O here)."""
+        self.status = workers.DRAINING
+        self._wake.set()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Mark the row offline (written by the thread, waited for at most `timeout`: a database
+        that does not answer must not hold the worker's exit)."""
+        self.status = workers.OFFLINE
+        self._stopping = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.settings.worker_heartbeat_s)
+            self._wake.clear()
+            self._write()
+            if self._stopping:
+                return
+
+    def _write(self, first: bool = False) -> None:
+        try:
+            with _BEAT_LOCK, self.sessions() as s:
+                if first:
+                    workers.forget_old(s, older_than_s=self.settings.worker_forget_s)
+                    workers.register(s, self.info, status=self.status)
+                else:
+                    workers.beat(s, self.info, self.status)
+                s.commit()
+        except Exception:  # the database is away: the next beat tries again
+            log.warning("worker heartbeat could not be written", exc_info=True)
+
+
+_presence: Presence | None = None
+
+
+def _consumed_queues(consumer: Any) -> list[str]:
+    return sorted(consumer.app.amqp.queues.consume_from or {})
+
+
+@celeryd_after_setup.connect
+def _keep_servable_queues(sender: str, instance: Any, **_: Any) -> None:
+    """However the worker was started (`tas worker`, or `celery worker -Q ...` directly), it does
+    not consume a queue this machine cannot serve."""
+    queues = instance.app.amqp.queues
+    requested = list(queues.consume_from or {})
+    servable = workers.servable_queues(requested, workers.detect_machine().devices)
+    for q, why in servable.dropped.items():
+        log.warning("not consuming queue %r: %s", q, why)
+    if servable.dropped and servable.queues:
+        queues.deselect(list(servable.dropped))
+    elif servable.dropped:
+        log.error("no queue left that this worker can serve; it will take no job")
+        queues.deselect(list(servable.dropped))
+
+
+@worker_ready.connect
+def _on_ready(sender: Any, **_: Any) -> None:
+    global _presence
+    from worker.celery_app import settings
+
+    machine = workers.detect_machine()
+    controller = getattr(sender, "controller", None)
+    info = workers.WorkerInfo(
+        id=str(sender.hostname),
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        queues=_consumed_queues(sender),
+        devices=machine.devices,
+        capacity=machine.capacity,
+        concurrency=int(getattr(controller, "concurrency", None) or 1),
+    )
+    _presence = Presence(settings, info, _sessions(settings.resolved_database_url))
+    _presence.start()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    if _presence is not None:
+        _presence.draining()
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    global _presence
+    if _presence is not None:
+        _presence.stop()
+        _presence = None
