@@ -7,16 +7,51 @@ Redis visibility timeout above the longest job (leases, not the broker, keep a j
 from __future__ import annotations
 
 import logging
+import os
+import time
+import uuid
 from typing import Any
 
 from celery import Celery
+from kombu.transport import filesystem
+from kombu.utils.json import dumps
 
 from tas.settings import Settings
 
 RUN_JOB = "tas.run_job"
 QUEUES = ("default", "cpu", "gpu")
 
+#: Message priorities, lower first (Redis's order): a job that ran before and was interrupted (a
+#: lost worker, a preemption) goes ahead of jobs that have not started, which wait at their own.
+PRIORITY_RESUME = 0
+PRIORITY_NEW = 6
+
 log = logging.getLogger(__name__)
+
+
+class _PriorityChannel(filesystem.Channel):
+    """kombu's filesystem channel, delivering by priority then age: the file name starts with the
+    message's priority digit and a zero-padded time, and the channel reads the lowest name first.
+    The file is written under a name no reader matches and renamed into place, so a reader never
+    takes a half-written message."""
+
+    def _put(self, queue: Any, message: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        priority = self._get_message_priority(message, reverse=False)
+        name = f"{priority}{time.time_ns() // 1_000_000:015d}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = final + ".part"
+        try:
+            with open(partial, "wb") as f:
+                f.write(dumps(message).encode())
+            os.replace(partial, final)
+        except OSError as exc:
+            raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+class FilesystemTransport(filesystem.Transport):
+    """The embedded broker: kombu's filesystem transport with message priorities."""
+
+    Channel = _PriorityChannel
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -29,8 +64,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             control_folder=str(d / "control"),
             processed_folder=str(d / "processed"),
             store_processed=False,
+            # How often an idle worker looks for a message (kombu's default is 1 s, which was
+            # most of a job's wait to start).
+            polling_interval=settings.broker_poll_s,
         )
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.resolved_broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
@@ -52,7 +90,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "worker_enable_remote_control": False,
+        # A pool child killed under a job is reported (and its run settled) after this, not 10 s.
+        "worker_lost_wait": 2.0,
+        # `--pool prefork` runs this pool: it replaces a child that exited within milliseconds.
+        "worker_pool": "worker.pool:TaskPool",
+        "task_default_priority": PRIORITY_NEW,
     }
+    if settings.resolved_broker_url.startswith("filesystem://"):
+        config["broker_transport"] = f"{__name__}:FilesystemTransport"
+    return config
 
 
 def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
@@ -67,10 +113,39 @@ class Publisher:
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
 
-    def publish(self, job_id: str, queue: str) -> bool:
+    def publish(self, job_id: str, queue: str, *, resumed: bool = False) -> bool:
+        """`resumed`: the job ran before and was interrupted; it goes ahead of new jobs."""
+        return send_job(self.celery, job_id, queue, resumed=resumed)
+
+    def queue_sizes(self, queues: list[str]) -> dict[str, int] | None:
+        """Messages waiting in each queue (not those a worker holds unacknowledged); None when
+        the broker cannot be asked."""
         try:
-            self.celery.send_task(RUN_JOB, args=[job_id], queue=queue)
-        except Exception:  # the broker is down: the reaper publishes the queued job again later
-            log.exception("could not publish job %s; the reaper will retry", job_id)
-            return False
-        return True
+            with self.celery.connection_for_read() as conn:
+                channel = conn.default_channel
+                return {q: _queue_size(channel, q) for q in queues}
+        except Exception:
+            log.exception("could not read the broker's queue lengths")
+            return None
+
+
+def _queue_size(channel: Any, queue: str) -> int:
+    try:
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except channel.connection.client.channel_errors:  # never declared: nothing was sent there
+        return 0
+
+
+def send_job(celery: Celery, job_id: str, queue: str, *, resumed: bool = False) -> bool:
+    """Publish a job id. False when the broker is down: the reaper publishes it again later."""
+    try:
+        celery.send_task(
+            RUN_JOB,
+            args=[job_id],
+            queue=queue,
+            priority=PRIORITY_RESUME if resumed else PRIORITY_NEW,
+        )
+    except Exception:
+        log.exception("could not publish job %s; the reaper will retry", job_id)
+        return False
+    return True

@@ -1,9 +1,13 @@
 """The reaper: the database says which jobs should be running; this makes the broker agree.
 
-Runs in the API process. It publishes again (a) running jobs whose lease expired (their worker
-died: a new worker claims them and resumes from the checkpoint) and (b) queued jobs nobody claimed
-for a while (the broker restarted empty, or the API died between commit and publish). Duplicate
-messages are harmless: a claim is one conditional UPDATE, so only one delivery runs the job."""
+Runs in the API process. It settles (a) running jobs whose lease expired: their worker died, the
+run ends as `lease_expired`, and the job is published again ahead of jobs not yet started (a new
+worker resumes it from its checkpoint), or settled when it has no attempts left; and (b) queued
+jobs whose message is gone (the broker restarted empty, or the API died between commit and
+publish): one that waited past `requeue_after_s` is published again only when the broker holds
+fewer messages for its queue than there are queued jobs in it, so a backlog that is merely
+waiting for busy workers is never duplicated. A duplicate is still harmless (a claim is one
+conditional UPDATE, and a worker drops a message for a job that cannot run without a fork)."""
 
 from __future__ import annotations
 
@@ -11,16 +15,22 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tas import jobstore
-from tas.db.models import Job, JobStatus, utcnow
+from tas.db.models import FINISHED, Job, JobStatus, utcnow
 from tas.jobstore import rowcount
-from tas.queue import Publisher
 
 log = logging.getLogger(__name__)
+
+
+class Broker(Protocol):
+    def publish(self, job_id: str, queue: str, *, resumed: bool = False) -> bool: ...
+
+    def queue_sizes(self, queues: list[str]) -> dict[str, int] | None: ...
 
 
 @dataclass
@@ -29,52 +39,73 @@ class Reaped:
     failed: list[str]
 
 
-def reap_once(session: Session, publisher: Publisher, *, requeue_after_s: float) -> Reaped:
-    """One pass. A queued job that nobody claims is published again after `requeue_after_s`, then
-    after twice that, four times... : the reaper cannot tell a lost message from a job waiting
-    behind busy workers, and the backoff keeps the duplicates it sends for the latter logarithmic
-    in the wait instead of linear (each one costs a worker a refused claim)."""
+def reap_once(session: Session, publisher: Broker, *, requeue_after_s: float) -> Reaped:
+    """One pass. A queued job that nobody claims is considered after `requeue_after_s`, then after
+    twice that, four times...: even when the broker's count says a message may be missing, the
+    backoff keeps the duplicates logarithmic in the wait."""
     now = utcnow()
-    stale = now - timedelta(seconds=requeue_after_s)
-    lost = or_(
-        and_(Job.status == JobStatus.running.value, Job.lease_until < now),
-        and_(Job.status == JobStatus.queued.value, Job.queued_at < stale),
-    )
-    rows = session.execute(
-        select(Job.id, Job.queue, Job.status, Job.queued_at, Job.republishes).where(lost)
+    republished: list[str] = []
+    failed: list[str] = []
+    sends: list[tuple[str, str, bool]] = []
+
+    expired = session.execute(
+        select(Job.id, Job.queue).where(
+            Job.status == JobStatus.running.value, Job.lease_until < now
+        )
     ).all()
-    republished, failed, queues = [], [], {}
-    for job_id, queue, status, queued_at, republishes in rows:
-        if status == JobStatus.queued.value:
-            wait = timedelta(seconds=requeue_after_s * 2 ** min(republishes, 16))
-            if queued_at >= now - wait:
-                continue
-        settled = jobstore.fail_unclaimable(session, job_id)
-        if settled is not None:
+    for job_id, queue in expired:
+        status = jobstore.settle_expired(session, job_id)
+        if status in FINISHED:
             failed.append(job_id)
-            continue
-        # Back to queued: the dead owner is fenced out (its writes need status running), and the
-        # stale-queued clock, reset here, decides when to publish again if nobody claims it.
-        # Conditional, like a claim: a worker that took the job since the SELECT keeps it.
-        changed = rowcount(
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, lost)
-                .values(
-                    status=JobStatus.queued.value,
-                    lease_owner=None,
-                    lease_until=None,
-                    queued_at=now,
-                    republishes=republishes + 1 if status == JobStatus.queued.value else 0,
+        elif status == JobStatus.queued.value:
+            sends.append((job_id, queue, True))
+
+    stale = session.execute(
+        select(Job.id, Job.queue, Job.queued_at, Job.republishes, Job.claims).where(
+            Job.status == JobStatus.queued.value,
+            Job.queued_at < now - timedelta(seconds=requeue_after_s),
+        )
+    ).all()
+    due = [
+        row
+        for row in stale
+        if row.queued_at < now - timedelta(seconds=requeue_after_s * 2 ** min(row.republishes, 16))
+    ]
+    if due:
+        sizes = publisher.queue_sizes(sorted({row.queue for row in due}))
+        counts = session.execute(
+            select(Job.queue, func.count())
+            .where(Job.status == JobStatus.queued.value)
+            .group_by(Job.queue)
+        ).all()
+        waiting: dict[str, int] = {queue: int(n) for queue, n in counts}
+        for _, queue, _ in sends:  # lease-expired jobs just requeued: their messages go out below
+            waiting[queue] = waiting.get(queue, 0) - 1
+        for job_id, queue, _, republishes, claims in due:
+            settled = jobstore.fail_unclaimable(session, job_id)
+            if settled is not None:
+                failed.append(job_id)
+                continue
+            if sizes is not None and sizes.get(queue, 0) >= waiting.get(queue, 0):
+                continue  # as many messages as queued jobs: this one's is waiting its turn
+            # Conditional, like a claim: a worker that took the job since the SELECT keeps it.
+            changed = rowcount(
+                session.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.status == JobStatus.queued.value,
+                        Job.claims == claims,
+                    )
+                    .values(queued_at=now, republishes=republishes + 1)
                 )
             )
-        )
-        if changed:
-            republished.append(job_id)
-            queues[job_id] = queue
+            if changed:
+                sends.append((job_id, queue, claims > 0))
     session.commit()
-    for job_id in republished:
-        publisher.publish(job_id, queues[job_id])
+    for job_id, queue, resumed in sends:
+        publisher.publish(job_id, queue, resumed=resumed)
+        republished.append(job_id)
     if republished or failed:
         log.info("reaper: republished %s, settled %s", republished, failed)
     return Reaped(republished, failed)
@@ -84,7 +115,7 @@ class Reaper:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        publisher: Publisher,
+        publisher: Broker,
         *,
         interval: float,
         requeue_after_s: float,

@@ -86,7 +86,16 @@ class Settings(BaseSettings):
     )
     reaper_interval_s: float = Field(10.0, gt=0)
     requeue_after_s: float = Field(
-        60.0, gt=0, description="A job queued this long without being claimed is published again."
+        60.0,
+        gt=0,
+        description="A job queued this long without being claimed is published again if the"
+        " broker holds fewer messages for its queue than there are queued jobs (a lost message).",
+    )
+    broker_poll_s: float = Field(
+        0.05,
+        gt=0,
+        description="How often an idle worker looks for a message on the embedded (filesystem)"
+        " broker; Redis delivers at once.",
     )
     worker_heartbeat_s: float = Field(
         5.0,

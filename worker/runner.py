@@ -7,7 +7,6 @@ write, so a job is never left `running` by a worker that is still alive."""
 from __future__ import annotations
 
 import logging
-import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,10 @@ from tas import datasets, jobstore, sources
 from tas.db.models import Job, JobStatus
 from tas.errors import DatasetNotFound
 from tas.settings import Settings
+from worker.gate import PREEMPT
 from worker.reporter import DbReporter, jsonable
 
 log = logging.getLogger(__name__)
-
-#: Set by the worker's shutdown signal: running jobs checkpoint and go back to the queue.
-PREEMPT = threading.Event()
 
 
 @dataclass

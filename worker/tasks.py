@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -12,13 +11,16 @@ from functools import cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.exceptions import Reject
+from celery.signals import worker_process_init
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tas.db.engine import make_engine, make_sessionmaker
-from tas.queue import RUN_JOB
+from tas.queue import RUN_JOB, send_job
 from worker.celery_app import app, settings
-from worker.runner import PREEMPT, run_job
+from worker.gate import PREEMPT
+from worker.runner import run_job
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,25 @@ def _sessions(pid: int) -> sessionmaker[Session]:
 _POOL_CHILD = False
 
 
-@app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
+@app.task(
+    name=RUN_JOB,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # The main process drops messages that cannot start a run and settles a child's death.
+    Strategy="worker.gate:job_strategy",
+    Request="worker.gate:JobRequest",
+)
 def run_job_task(self: Task, job_id: str) -> str:
+    if PREEMPT.is_set():
+        # This worker is stopping (a message that reached a child before the gate closed): claim
+        # nothing, and hand the message back for another worker or the next start.
+        raise Reject("worker stopping", requeue=True)
     owner = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
     previous = None
     if _POOL_CHILD:
         # Installed here, not at process init: billiard resets signal handlers after its
-        # initializer runs. SIGTERM now means: checkpoint this job and hand it back.
+        # initializer runs. SIGTERM to this child now means: checkpoint this job and hand it back.
         previous = signal.signal(signal.SIGTERM, _preempt)
     try:
         outcome = run_job(job_id, settings=settings, sessions=_sessions(os.getpid()), owner=owner)
@@ -48,9 +62,10 @@ def run_job_task(self: Task, job_id: str) -> str:
             signal.signal(signal.SIGTERM, previous)
     log.info("job %s: %s", job_id, outcome.status)
     if outcome.status == "requeued":
-        # Handed back on shutdown: publish it again so another worker resumes it now rather than
-        # when the reaper notices. A duplicate is harmless (claims are exclusive).
-        app.send_task(RUN_JOB, args=[job_id], queue=outcome.queue or "default")
+        # Handed back on shutdown: publish it again, ahead of jobs not yet started, so another
+        # worker (or this one's next start) resumes it now rather than when the reaper looks.
+        # This worker's own gate hands the message back if it arrives while it stops.
+        send_job(app, job_id, outcome.queue or "default", resumed=True)
     return outcome.status
 
 
@@ -60,21 +75,12 @@ def _preempt(signum: int, frame: Any) -> None:
 
 @worker_process_init.connect
 def _child_init(**_: object) -> None:
+    """A new pool child gets ready before its message: its database connection is opened now,
+    so a claim is the first thing a job waits for (torch and the job code came with the fork)."""
     global _POOL_CHILD
     _POOL_CHILD = True
-
-
-@worker_shutting_down.connect
-def _preempt_running_jobs(**_: object) -> None:
-    """Warm shutdown (SIGTERM to the worker): tell whoever runs a job to checkpoint and stop.
-
-    The solo pool runs jobs in this process; a prefork child is not told by Celery (it would
-    train to the end while the worker waits), so signal the busy children ourselves."""
-    from celery.worker import state
-
-    PREEMPT.set()
-    for request in list(state.active_requests):
-        pid = getattr(request, "worker_pid", None)
-        if pid and pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+    try:
+        with _sessions(os.getpid())() as s:
+            s.execute(text("SELECT 1"))
+    except Exception:  # the job's own claim will retry and report it
+        log.exception("pool child could not reach the database yet")

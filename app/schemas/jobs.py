@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ProgressOut(BaseModel):
@@ -36,6 +36,24 @@ class StageOut(BaseModel):
     outputs: dict[str, Any] | None
 
 
+class AttemptOut(BaseModel):
+    """One run of a job: who ran it, when, and how it ended."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run: int
+    owner: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str = Field(
+        description="running | succeeded | failed | cancelled | preempted (its worker was"
+        " stopped; not counted in attempts) | killed (its process died: `signal` says how) |"
+        " lease_expired (its worker stopped renewing the lease)"
+    )
+    detail: str | None = None
+    stage: str | None = None
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -49,8 +67,12 @@ class JobOut(BaseModel):
     best_metrics: dict[str, Any] | None
     result: dict[str, Any] | None
     error: ErrorOut | None
-    attempts: int
+    attempts: int = Field(description="Runs that counted against max_attempts.")
     max_attempts: int
+    preemptions: int = Field(
+        0, description="Runs handed back because their worker was stopping; never a failure."
+    )
+    attempt_log: list[AttemptOut] = Field(default_factory=list, description="One entry per run.")
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
@@ -58,6 +80,11 @@ class JobOut(BaseModel):
     updated_at: datetime
     spec: dict[str, Any]
     stages: list[StageOut]
+
+    @field_validator("attempt_log", mode="before")
+    @classmethod
+    def _no_log(cls, v: Any) -> Any:
+        return [] if v is None else v
 
 
 class JobPage(BaseModel):
