@@ -288,6 +288,21 @@ class ResourcesSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+#: Tags are labels for people and filters (`GET /jobs?tag=team:vision`), never training input.
+#: A key is a safe identifier (no `:`, which separates key and value in the filter).
+TAG_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
+MAX_TAGS = 32
+TagKey = Annotated[str, Field(pattern=TAG_KEY_PATTERN)]
+TagValue = Annotated[str, Field(max_length=256)]
+
+
+def tag_count_problem(tags: dict[str, Any]) -> str | None:
+    """The one limit a dict of valid tags can still break (checked again after a PATCH merge)."""
+    if len(tags) > MAX_TAGS:
+        return f"at most {MAX_TAGS} tags per job; this would make {len(tags)}"
+    return None
+
+
 class JobSpec(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["digits-mlp"])
     model_name: str | None = Field(
@@ -300,6 +315,21 @@ class JobSpec(StrictModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tags: dict[TagKey, TagValue] = Field(
+        default_factory=dict,
+        description=f'Free labels, e.g. {{"team": "vision"}}: up to {MAX_TAGS}, keys of up to 64'
+        " letters, digits and . _ / - (not starting with a symbol), values up to 256 characters."
+        " Kept on the job (PATCH /jobs/{id} changes them), not part of what is trained.",
+        examples=[{"team": "vision"}],
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _few_tags(cls, v: dict[str, str]) -> dict[str, str]:
+        problem = tag_count_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]:

@@ -52,6 +52,36 @@ class JobFinished(Conflict):
         )
 
 
+class JobNotResumable(Conflict):
+    def __init__(self, job_id: str, status: str) -> None:
+        hint = {
+            "succeeded": "it has its model; POST /jobs/{id}/clone starts a new job from its spec",
+            "queued": "it is already waiting for a worker",
+            "running": "it is running; POST /jobs/{id}/cancel stops it, then it can be resumed",
+        }.get(status, "")
+        super().__init__(
+            f"job {job_id!r} is {status}; only a failed or cancelled job can be resumed"
+            + (f" ({hint.replace('{id}', job_id)})" if hint else "")
+        )
+
+
+class JobNotFinished(Conflict):
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id!r} is {status}; only a finished job can be deleted: cancel it first"
+            f" (POST /jobs/{job_id}/cancel), then delete it once it is cancelled"
+        )
+
+
+class JobHasModel(Conflict):
+    def __init__(self, job_id: str, name: str, version: int) -> None:
+        super().__init__(
+            f"job {job_id!r} trained model {name}:{version}, which is served from the job's"
+            f" files; delete that version first (DELETE /models/{name}/versions/{version}),"
+            " then the job"
+        )
+
+
 class ModelNotReady(Conflict):
     def __init__(self, ref: str, status: str) -> None:
         super().__init__(

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.spec import TagKey, TagValue
+
 
 class ProgressOut(BaseModel):
     epoch: int
@@ -80,6 +82,14 @@ class JobOut(BaseModel):
     updated_at: datetime
     spec: dict[str, Any]
     stages: list[StageOut]
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Free labels: set at submit, changed by PATCH."
+    )
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _no_tags(cls, v: Any) -> Any:
+        return {} if v is None else v
 
     @field_validator("attempt_log", mode="before")
     @classmethod
@@ -114,3 +124,42 @@ class CheckpointOut(BaseModel):
     is_best: bool
     sha256: str | None
     created_at: datetime
+
+
+class ResumeIn(BaseModel):
+    """`POST /jobs/{id}/resume`'s optional body: only what a checkpoint does not depend on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_minutes: float | None = Field(
+        None,
+        gt=0.0,
+        description="A new training.max_minutes (training time over all runs); required, and"
+        " larger, when the job stopped at its time limit.",
+    )
+    epochs: None = Field(
+        None,
+        description="Not changeable: the checkpoint (and a schedule such as cosine) is bound to"
+        " the epochs it was written for. POST /jobs/{id}/clone with"
+        ' {"training": {"epochs": N}} starts a new job instead.',
+    )
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs_fixed(cls, v: Any) -> None:
+        if v is not None:
+            raise ValueError(
+                "epochs cannot change on resume: the checkpoint was written for the job's"
+                ' epochs; POST /jobs/{id}/clone with {"training": {"epochs": N}} starts a new job'
+            )
+        return None
+
+
+class JobPatch(BaseModel):
+    """`PATCH /jobs/{id}`: tags merged into the job's (a null value removes the key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: dict[TagKey, TagValue | None] = Field(
+        ..., examples=[{"team": "vision", "stale": None}], max_length=64
+    )

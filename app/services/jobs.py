@@ -1,21 +1,31 @@
-"""Job submission: the checks that need more than the spec itself, then the row."""
+"""Jobs: submission (the checks that need more than the spec itself, then the row), clone,
+resume and delete."""
 
 from __future__ import annotations
 
+import logging
+import re
+import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from core.data.registry import BUILTIN_DATASETS, DatasetInfo
 from core.losses import LOSSES
-from core.spec import JobSpec, resolved_loss, spec_problems
+from core.spec import MAX_TAGS, TAG_KEY_PATTERN, JobSpec, resolved_loss, spec_problems
 from tas import jobstore
 from tas.datasets import data_source
-from tas.db.models import Job
-from tas.errors import DatasetNotFound, InvalidInput
+from tas.db.models import Job, JobStatus
+from tas.errors import DatasetNotFound, InvalidInput, JobNotResumable
 from tas.settings import Settings
 from tas.sources import InitSourceError, resolve_init_source
+
+log = logging.getLogger(__name__)
 
 Problems = list[tuple[tuple[str | int, ...], str]]
 
@@ -88,9 +98,149 @@ def submit(
     problems, pinned = transfer_problems(session, spec, info, tenant, settings)
     if problems:
         raise InvalidInput(problems)
+    # Tags live on the job (PATCH changes them), not in the spec the worker trains from.
     job = jobstore.create_job(
-        session, spec.model_dump(mode="json"), tenant=tenant, max_attempts=max_attempts
+        session,
+        spec.model_dump(mode="json", exclude={"tags"}),
+        tenant=tenant,
+        max_attempts=max_attempts,
     )
+    job.tags = dict(spec.tags)
     if pinned is not None:
         job.result = {"init_from": pinned}
     return job
+
+
+def job_filter(
+    *,
+    name: str | None,
+    status: list[str] | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    tag: list[str] | None,
+) -> jobstore.JobFilter:
+    """`GET /jobs`' query, checked (a 422 naming the parameter and what it takes)."""
+    problems: Problems = []
+    statuses = [s.strip() for raw in status or [] for s in raw.split(",") if s.strip()]
+    allowed = [s.value for s in JobStatus]
+    for s in statuses:
+        if s not in allowed:
+            problems.append(
+                (("query", "status"), f"unknown status {s!r}; allowed: {', '.join(allowed)}")
+            )
+    after, before = _utc(created_after), _utc(created_before)
+    if after is not None and before is not None and after >= before:
+        problems.append((("query", "created_before"), "must be later than created_after"))
+    tags: list[tuple[str, str]] = []
+    for raw in tag or []:
+        key, sep, value = raw.partition(":")
+        if not sep or not re.match(TAG_KEY_PATTERN, key):
+            problems.append(
+                (
+                    ("query", "tag"),
+                    f"{raw!r} is not key:value (e.g. team:vision); a key is letters, digits"
+                    " and . _ / -",
+                )
+            )
+        else:
+            tags.append((key, value))
+    if len(tags) > MAX_TAGS:
+        problems.append((("query", "tag"), f"at most {MAX_TAGS} tag filters"))
+    if problems:
+        raise InvalidInput(problems)
+    return jobstore.JobFilter(
+        name_prefix=name or None,
+        statuses=tuple(dict.fromkeys(statuses)),
+        created_after=after,
+        created_before=before,
+        tags=tuple(tags),
+    )
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone is UTC (the zone every stored time is in)."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def validated_spec(raw: Any) -> JobSpec:
+    """A spec built on the server (a clone's merge) checked exactly as a POST /jobs body is: a
+    422 whose `loc` names the field under `body`."""
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from exc
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` over `base`, section by section: `{"training": {"lr": 0.1}}` changes only
+    the lr. A list or a null replaces the value whole."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def clone(
+    session: Session,
+    job: Job,
+    overrides: dict[str, Any] | None,
+    *,
+    tenant: str,
+    max_attempts: int,
+    settings: Settings,
+) -> Job:
+    """A new job from `job`'s spec and current tags, with `overrides` merged in, submitted as
+    POST /jobs would be (init_from is resolved again, as at any submit)."""
+    base = {**job.spec, "tags": dict(job.tags or {})}
+    spec = validated_spec(deep_merge(base, overrides or {}))
+    return submit(session, spec, tenant=tenant, max_attempts=max_attempts, settings=settings)
+
+
+def resume(session: Session, job: Job, *, max_minutes: float | None) -> Job:
+    """Queue a failed or cancelled job again (the worker starts from its last good checkpoint).
+    Only `max_minutes` may change: the checkpoint is bound to the rest of the spec."""
+    if job.status not in jobstore.RESUMABLE:
+        raise JobNotResumable(job.id, job.status)
+    limit = float(job.spec["training"]["max_minutes"])
+    if (job.error or {}).get("type") == "TimeLimitExceeded" and (
+        max_minutes is None or max_minutes <= limit
+    ):
+        # Training time carries over in the checkpoint: the same limit would stop it at once.
+        raise InvalidInput(
+            [
+                (
+                    ("body", "max_minutes"),
+                    f"this job stopped at its time limit of {limit:g} minutes of training; resume"
+                    f' it with a larger one, e.g. {{"max_minutes": {limit * 2:g}}}',
+                )
+            ]
+        )
+    spec = None
+    if max_minutes is not None:
+        spec = {**job.spec, "training": {**job.spec["training"], "max_minutes": max_minutes}}
+    return jobstore.resume_job(session, job, spec=spec)
+
+
+def delete(session: Session, job: Job, settings: Settings) -> Path:
+    """Delete a finished job's rows; returns its directory, removed by the caller after the
+    commit (files go only once nothing in the database points at them)."""
+    jobstore.delete_job(session, job)
+    return jobstore.job_dir(settings.resolved_artifact_dir, job.id)
+
+
+def remove_dir(path: Path) -> None:
+    """Best effort: a file that cannot be removed is logged, never a failed request (the rows
+    are already gone, and a leftover directory is only space)."""
+
+    def report(_func: Any, failed: str, exc_info: Any) -> None:
+        log.warning("could not remove %s: %s", failed, exc_info[1])
+
+    if path.exists():
+        shutil.rmtree(path, onerror=report)

@@ -1,20 +1,27 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
 from sqlalchemy import select
 
 from app.api.deps import JobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
-from app.schemas.jobs import CheckpointOut, JobOut, JobPage, MetricRowOut
+from app.api.query import StrictQuery
+from app.schemas.jobs import (
+    CheckpointOut,
+    JobOut,
+    JobPage,
+    JobPatch,
+    MetricRowOut,
+    ResumeIn,
+)
 from app.services import jobs as job_service
 from core.spec import JobSpec
 from tas import jobstore
 from tas.db.models import Checkpoint, Job, MetricRow
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
@@ -37,20 +44,117 @@ def create_job(
     return job
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, dependencies=[StrictQuery])
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
-    status: Annotated[Status | None, Query()] = None,
+    name: Annotated[
+        str | None, Query(max_length=64, description="Jobs whose name starts with this.")
+    ] = None,
+    status: Annotated[
+        list[str] | None,
+        Query(description="One or several (repeated, or comma-separated): any of them."),
+    ] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="ISO 8601, inclusive; without a zone: UTC.")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Query(description="ISO 8601, exclusive; without a zone: UTC.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        Query(description="key:value, repeatable: jobs carrying every one of them."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> jobstore.Page:
-    return jobstore.list_jobs(session, tenant=tenant, status=status, limit=limit, cursor=cursor)
+    """Newest first, filtered in the database, so the cursor pages through the filtered list."""
+    filters = job_service.job_filter(
+        name=name,
+        status=status,
+        created_after=created_after,
+        created_before=created_before,
+        tag=tag,
+    )
+    return jobstore.list_jobs(session, tenant=tenant, limit=limit, cursor=cursor, filters=filters)
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job: JobDep) -> Job:
     return job
+
+
+@router.patch("/{job_id}", response_model=JobOut)
+def patch_job(job: JobDep, patch: JobPatch, session: SessionDep) -> Job:
+    """Merge tags into the job's, on a job in any state (a null value removes that tag)."""
+    job = jobstore.set_tags(session, job, patch.tags)
+    session.commit()
+    return job
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "Queued or running, or a registered model version uses it"}},
+)
+def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
+    """A finished job, its metrics, stages, checkpoints and files. A model version it trained
+    is served from its files: delete that version first."""
+    path = job_service.delete(session, job, settings)
+    session.commit()
+    job_service.remove_dir(path)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{job_id}/resume",
+    response_model=JobOut,
+    responses={409: {"description": "Not failed or cancelled"}},
+)
+def resume_job(
+    job: JobDep,
+    session: SessionDep,
+    publisher: PublisherDep,
+    body: Annotated[ResumeIn | None, Body()] = None,
+) -> Job:
+    """Queue a failed or cancelled job again with a fresh attempt budget; it continues from its
+    last good checkpoint (a job with none starts over). Published after the commit."""
+    job = job_service.resume(session, job, max_minutes=body.max_minutes if body else None)
+    session.commit()
+    publisher.publish(job.id, job.queue)
+    return job
+
+
+@router.post("/{job_id}/clone", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+def clone_job(
+    job: JobDep,
+    session: SessionDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    response: Response,
+    overrides: Annotated[
+        dict[str, Any] | None,
+        Body(
+            description="Spec fields to change, as a partial spec merged section by section.",
+            examples=[{"name": "digits-mlp-lr", "training": {"lr": 0.01}}],
+        ),
+    ] = None,
+) -> Job:
+    """A new job from this job's spec and tags, with `overrides` merged in and checked as
+    POST /jobs checks a spec."""
+    new = job_service.clone(
+        session,
+        job,
+        overrides,
+        tenant=tenant,
+        max_attempts=settings.max_attempts,
+        settings=settings,
+    )
+    session.commit()
+    publisher.publish(new.id, new.queue)
+    response.headers["Location"] = f"/jobs/{new.id}"
+    return new
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricRowOut])
@@ -81,4 +185,3 @@ def cancel_job(job: JobDep, session: SessionDep) -> Job:
     jobstore.request_cancel(session, job)
     session.commit()
     return job
-
