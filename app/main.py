@@ -3,73 +3,30 @@
 from __future__ import annotations
 
 import gc
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import errors
-from app.api.routes import datasets, health, job_events, jobs, models, predict, weights
+from app.api.routes import (
+    datasets,
+    health,
+    job_events,
+    jobs,
+    models,
+    predict,
+    weights,
+    workers,
+)
+from app.metrics import Observe, make_metrics
 from app.services.job_stream import JobStreams, StreamCollector
 from app.services.serving import Serving
 from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.models import Job
 from tas.queue import Publisher, make_celery
 from tas.reaper import Reaper
 from tas.settings import Settings
-
-
-class JobsByStatus(Collector):
-    """Read at scrape time, so the figure is the database's, not this process's memory."""
-
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self.sessions = sessions
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        g = GaugeMetricFamily("tas_jobs", "Jobs by status", labels=["status"])
-        with self.sessions() as s:
-            for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)):
-                g.add_metric([status], n)
-        yield g
-
-
-class Observe:
-    """Request count and latency by route template. A plain ASGI middleware: Starlette's
-    `@app.middleware("http")` wraps every response in streams and a task group, which cost
-    /predict about a fifth of its request rate."""
-
-    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
-        self.app = app
-        self.requests = requests
-        self.latency = latency
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_observed)
-        finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(scope["method"], path, str(status)).inc()
-            self.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
 
 
 def create_app(settings: Settings | None = None, *, reaper: bool = True) -> FastAPI:
@@ -121,18 +78,12 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.serving = serving
     app.state.job_streams = job_streams
 
-    registry = CollectorRegistry()
-    registry.register(JobsByStatus(sessions))
-    registry.register(StreamCollector(job_streams, engine))
-    app.state.registry = registry
-    requests = Counter(
-        "tas_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
-    )
-    latency = Histogram(
-        "tas_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry
-    )
+    metrics = make_metrics(sessions, settings)
+    metrics.registry.register(StreamCollector(job_streams, engine))
+    app.state.registry = metrics.registry
+    serving.predict_metrics = metrics.predict
 
-    app.add_middleware(Observe, requests=requests, latency=latency)
+    app.add_middleware(Observe, requests=metrics.requests, latency=metrics.latency)
 
     errors.install(app)
     for router in (
@@ -143,6 +94,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
         predict.router,
         models.router,
         health.router,
+        workers.router,
     ):
         app.include_router(router)
     return app

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.schemas.workers import WaitingFor
 from core.spec import TagKey, TagValue
 
 
@@ -85,6 +86,11 @@ class JobOut(BaseModel):
     tags: dict[str, str] = Field(
         default_factory=dict, description="Free labels: set at submit, changed by PATCH."
     )
+    waiting_for: WaitingFor | None = Field(
+        None,
+        description="For a queued job that no live worker can take (none consumes its queue):"
+        " the queue and why; null otherwise. Read from the workers' heartbeats at request time.",
+    )
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -95,6 +101,14 @@ class JobOut(BaseModel):
     @classmethod
     def _no_log(cls, v: Any) -> Any:
         return [] if v is None else v
+
+
+class SubmittedJobOut(JobOut):
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Accepted, but: e.g. no live worker consumes the job's queue (also sent as a"
+        " `Warning` header).",
+    )
 
 
 class JobPage(BaseModel):

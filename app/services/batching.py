@@ -19,11 +19,14 @@ import heapq
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.predictor import Predictor
+
+if TYPE_CHECKING:
+    from app.metrics import PredictObserver
 
 
 @dataclass(slots=True)
@@ -64,6 +67,8 @@ class Batcher:
         self._full: asyncio.Event | None = None
         self.forwards = 0  # forward passes run (tests and /metrics read these)
         self.samples = 0
+        #: This model's /metrics histograms, bound by the serving layer on its first request.
+        self.observer: PredictObserver | None = None
 
     async def predict(self, x: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
         """Rows for the checked batch `x`, computed in a gathered forward pass."""
@@ -116,6 +121,8 @@ class Batcher:
         rows = self.predictor.read(self.predictor.forward(x))
         self.forwards += 1
         self.samples += x.shape[0]
+        if self.observer is not None:  # once per forward pass, whatever the requests in it
+            self.observer.batch.observe(x.shape[0])
         out, start = [], 0
         names = self.predictor.card.class_names
         for p in batch:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.services.predictors import ModelResolver, PredictorCache, ResolvedModel, Served
 from tas.errors import ModelNotFound
+
+if TYPE_CHECKING:
+    from app.metrics import PredictMetrics, PredictObserver
 from tas.settings import Settings
 
 
@@ -40,6 +44,8 @@ class Serving:
             max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tas-forward"
         )
         self.resolver = ModelResolver(sessions, settings.predict_resolve_ttl_s)
+        #: Set by the app: /predict's latency and batch-size histograms (None: not observed).
+        self.predict_metrics: PredictMetrics | None = None
         self.cache = PredictorCache(
             settings.predict_cache_size,
             max_bytes=int(settings.predict_cache_mb * 2**20),
@@ -59,6 +65,16 @@ class Serving:
         if hit is not None:
             return hit
         return await run_in_threadpool(self.load_blocking, model.model_dir)
+
+    def observer(self, model: ResolvedModel, served: Served) -> PredictObserver | None:
+        """The model's label-bound histograms, made on its first request and kept on its
+        batcher (which observes each forward pass's batch size)."""
+        obs = served.batcher.observer
+        if obs is None and self.predict_metrics is not None:
+            obs = served.batcher.observer = self.predict_metrics.bind(
+                f"{model.name}:{model.version}"
+            )
+        return obs
 
     def load_blocking(self, model_dir: str) -> Served:
         contained_artifact(self.settings, model_dir)

@@ -15,8 +15,10 @@ from app.schemas.jobs import (
     JobPatch,
     MetricRowOut,
     ResumeIn,
+    SubmittedJobOut,
 )
 from app.services import jobs as job_service
+from app.services import workers as worker_service
 from core.spec import JobSpec
 from tas import jobstore
 from tas.db.models import Checkpoint, Job, MetricRow
@@ -24,7 +26,7 @@ from tas.db.models import Checkpoint, Job, MetricRow
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SubmittedJobOut)
 def create_job(
     spec: JobSpec,
     session: SessionDep,
@@ -41,6 +43,7 @@ def create_job(
     session.commit()
     publisher.publish(job.id, job.queue)
     response.headers["Location"] = f"/jobs/{job.id}"
+    worker_service.warn_if_unservable(session, job, settings, response)
     return job
 
 
@@ -48,6 +51,7 @@ def create_job(
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
+    settings: SettingsDep,
     name: Annotated[
         str | None, Query(max_length=64, description="Jobs whose name starts with this.")
     ] = None,
@@ -76,11 +80,14 @@ def list_jobs(
         created_before=created_before,
         tag=tag,
     )
-    return jobstore.list_jobs(session, tenant=tenant, limit=limit, cursor=cursor, filters=filters)
+    page = jobstore.list_jobs(session, tenant=tenant, limit=limit, cursor=cursor, filters=filters)
+    worker_service.annotate(session, page.items, settings)
+    return page
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job: JobDep) -> Job:
+def get_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Job:
+    worker_service.annotate(session, [job], settings)
     return job
 
 

@@ -8,6 +8,7 @@ the model's input shape (422)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -74,6 +75,7 @@ async def _read_call(request: Request, max_bytes: int, max_samples: int) -> inpu
 async def predict(request: Request, serving: ServingDep, tenant: TenantDep) -> Response:
     """Predictions from a trained model, with the model's own preprocessing applied; concurrent
     requests for one model share a forward pass."""
+    start = time.perf_counter()
     settings = serving.settings
     call = await _read_call(request, settings.max_upload_mb * 2**20, settings.predict_max_samples)
     model = await serving.resolve(call.model, tenant)
@@ -88,7 +90,10 @@ async def predict(request: Request, serving: ServingDep, tenant: TenantDep) -> R
     batch = inputs.check(arr, predictor, field)
     if call.top_k is not None and predictor.card.output == "identity":
         raise InvalidInput([(("body", "top_k"), "top_k applies to classification models only")])
+    observer = served.batcher.observer or serving.observer(model, served)
     rows = await served.batcher.predict(batch, call.top_k)
+    if observer is not None:
+        observer.latency.observe(time.perf_counter() - start)
     body = {
         "model": {"name": model.name, "version": model.version, "job_id": model.job_id},
         "predictions": rows,

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.api.deps import SessionDep, SettingsDep
+from app.schemas.workers import WorkerOut
+from app.services import workers as worker_service
+
+router = APIRouter(prefix="/workers", tags=["workers"])
+
+
+@router.get("", response_model=list[WorkerOut])
+def list_workers(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
+    """Workers heard from recently (TAS_WORKER_FORGET_S), live ones first: the queues each
+    consumes, its devices and capacity, and the jobs it runs now. A worker beats every
+    TAS_WORKER_HEARTBEAT_S; three missed beats and it is `lost`."""
+    return worker_service.listed(session, settings)

@@ -1,0 +1,58 @@
+"""What the API says about workers: the list, and a warning when a job is queued where no live
+worker will take it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Response
+from sqlalchemy.orm import Session
+
+from tas import workers
+from tas.db.models import Job
+from tas.settings import Settings
+
+#: The read-time attribute the submit response shows (set on the Job instance, never stored).
+WARNINGS = "warnings"
+
+
+def listed(session: Session, settings: Settings) -> list[dict[str, Any]]:
+    running = workers.running_by_worker(session)
+    out = []
+    for row, state in workers.listed(
+        session, heartbeat_s=settings.worker_heartbeat_s, forget_s=settings.worker_forget_s
+    ):
+        out.append(
+            {
+                "id": row.id,
+                "hostname": row.hostname,
+                "pid": row.pid,
+                "queues": row.queues,
+                "devices": row.devices,
+                "capacity": row.capacity,
+                "concurrency": row.concurrency,
+                "status": state,
+                "live": state == workers.ONLINE,
+                "running_jobs": running.get(row.id, 0),
+                "started_at": row.started_at,
+                "heartbeat_at": row.heartbeat_at,
+            }
+        )
+    return out
+
+
+def annotate(session: Session, jobs: list[Job], settings: Settings) -> None:
+    """Each job's `waiting_for`, read now (one query for the list, none if nothing is queued)."""
+    workers.annotate_waiting(session, jobs, heartbeat_s=settings.worker_heartbeat_s)
+
+
+def warn_if_unservable(session: Session, job: Job, settings: Settings, response: Response) -> None:
+    """A job just queued where no live worker consumes its queue is accepted (a worker may come),
+    but the response says so: in `warnings` and a `Warning` header."""
+    annotate(session, [job], settings)
+    waiting = getattr(job, workers.WAITING_FOR, None)
+    notes = [waiting["reason"]] if waiting else []
+    setattr(job, WARNINGS, notes)
+    if notes:
+        text = notes[0].replace("\\", "\\\\").replace('"', '\\"')
+        response.headers["Warning"] = f'199 tas "{text}"'
