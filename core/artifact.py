@@ -41,6 +41,9 @@ class ModelCard(BaseModel):
     out_dim: int
     num_classes: int | None = None
     class_names: list[str] | None = None
+    feature_names: list[str] | None = Field(
+        None, description="Tabular models: the input columns in order (`/predict` rows by name)."
+    )
     target_dim: int = 1
     normalization: dict[str, Any] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -299,6 +299,7 @@ def _run(
             out_dim=loss_entry.out_dim(info.num_classes, info.target_dim),
             num_classes=info.num_classes,
             class_names=info.class_names,
+            feature_names=info.feature_names,
             target_dim=info.target_dim,
             normalization=prepared.normalizer.to_dict() if prepared.normalizer else None,
             metrics={f"{split}_{k}": v for k, v in metrics.items()}

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.schemas.workers import WaitingFor
 from core.spec import TagKey, TagValue
+from app.schemas.workers import WaitingFor
 
 
 class ProgressOut(BaseModel):
@@ -83,6 +83,12 @@ class JobOut(BaseModel):
     updated_at: datetime
     spec: dict[str, Any]
     stages: list[StageOut]
+
+    @field_validator("attempt_log", mode="before")
+    @classmethod
+    def _no_log(cls, v: Any) -> Any:
+        return [] if v is None else v
+
     tags: dict[str, str] = Field(
         default_factory=dict, description="Free labels: set at submit, changed by PATCH."
     )
@@ -96,11 +102,6 @@ class JobOut(BaseModel):
     @classmethod
     def _no_tags(cls, v: Any) -> Any:
         return {} if v is None else v
-
-    @field_validator("attempt_log", mode="before")
-    @classmethod
-    def _no_log(cls, v: Any) -> Any:
-        return [] if v is None else v
 
 
 class SubmittedJobOut(JobOut):

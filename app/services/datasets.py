@@ -55,6 +55,7 @@ def builtin_out(info: DatasetInfo) -> DatasetOut:
             class_names=info.class_names,
             target_dim=info.target_dim,
             has_test_split=info.has_test_split,
+            feature_names=info.feature_names,
         ),
     )
 

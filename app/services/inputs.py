@@ -3,43 +3,53 @@
 The body is parsed with orjson and the samples become one float32 array with `np.asarray` — not
 float-by-float pydantic validation, which costs more than the forward pass for a 784-float sample.
 The checks pydantic would make are made here by hand, with FastAPI's error shape (`loc`, `msg`).
-Images (base64 in `"images"`, or multipart files) are decoded with Pillow, converted to the
-model's channels, resized to its H×W and scaled to [0, 1] — what the image loaders produce — and
-the model's own normalisation is applied later, by the predictor."""
+Tabular rows may also come keyed by feature name (`{"age": 59, ...}`): one type check of the first
+sample tells them apart, so the array path pays nothing for them, and they become an array once the
+model's card (its `feature_names`) is known. Images (base64 in `"images"`, or multipart files) are
+decoded by the image loaders' own decoder (`core.data.images.decode_image`: the model's channels,
+its H×W, [0, 1]), so a served image is prepared exactly as a training image was; the model's own
+normalisation is applied later, by the predictor."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
+import difflib
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-from PIL import Image, UnidentifiedImageError
 
+from core.data.archive import UploadError
+from core.data.images import decode_image
 from core.predictor import InputShapeError, InputValueError, Predictor
-from tas.errors import InvalidInput, PayloadTooLarge
+from tas.errors import InvalidInput, InvalidUpload, PayloadTooLarge
 
 FIELDS = ("model", "inputs", "images", "top_k")
-IMAGE_FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 40_000_000  # far above any model's input; stops decompression bombs early
 
 
 @dataclass(slots=True)
 class PredictCall:
-    """A parsed request: the model reference and either raw samples or encoded images."""
+    """A parsed request: the model reference and either raw samples, rows keyed by feature name
+    (`records`, made an array by `records_array` once the model is known) or encoded images (with
+    the names errors call them by: "images[3]", or a multipart file's name)."""
 
     model: str
     inputs: np.ndarray | None = None
+    records: list[Any] | None = None
     images: list[bytes] | None = None
+    image_names: list[str] | None = None
     top_k: int | None = None
 
     @property
     def size(self) -> int:
         if self.inputs is not None:
             return int(self.inputs.shape[0])
+        if self.records is not None:
+            return len(self.records)
         return len(self.images or ())
 
 
@@ -117,10 +127,15 @@ def parse_json(body: bytes, *, max_samples: int) -> PredictCall:
     if not isinstance(inputs, list) or not inputs:
         raise _bad(("inputs",), "inputs must be a non-empty list of samples (a batch, even of one)")
     _check_size(len(inputs), max_samples)
+    if type(inputs[0]) is dict:  # rows by feature name: an array once the card is known
+        call.records = inputs
+        return call
     try:
         with np.errstate(over="ignore"):  # 1e39 → inf, rejected by the finiteness check
             call.inputs = np.asarray(inputs, dtype=np.float32)
     except (ValueError, TypeError, OverflowError) as exc:
+        if any(type(sample) is dict for sample in inputs):
+            raise _bad(("inputs",), MIXED) from exc
         raise _bad(
             ("inputs",),
             f"inputs must be a batch of numeric samples, all of the same shape (ragged or"
@@ -129,10 +144,67 @@ def parse_json(body: bytes, *, max_samples: int) -> PredictCall:
     return call
 
 
+MIXED = (
+    "inputs mixes lists and objects: send every sample as a list of numbers, or every one as an"
+    " object of feature name → number"
+)
+
+
+def records_array(
+    records: list[Any], feature_names: list[str] | None, input_shape: tuple[int, ...]
+) -> np.ndarray:
+    """Rows keyed by feature name → an (N, F) float32 array in the card's column order, or a 422
+    naming the row and the missing or unknown column (and listing the expected ones)."""
+    if not feature_names or len(feature_names) != math.prod(input_shape):
+        raise _bad(
+            ("inputs",),
+            f"this model has no feature names (its samples are shaped {list(input_shape)}): send"
+            " each sample as a list of numbers",
+        )
+    expected = set(feature_names)
+    listed = ", ".join(feature_names)
+    rows: list[list[Any]] = []
+    for i, row in enumerate(records):
+        if type(row) is not dict:
+            raise _bad(("inputs", i), MIXED)
+        if row.keys() != expected:
+            raise _bad(
+                ("inputs", i),
+                _column_problem(row, feature_names, expected) + f"; expected: {listed}",
+            )
+        values = [row[f] for f in feature_names]
+        for name, v in zip(feature_names, values, strict=True):
+            if type(v) is not float and type(v) is not int:  # not bool, str or null
+                raise _bad(
+                    ("inputs", i, name),
+                    f"column {name!r} must be a number, got {orjson.dumps(v).decode()}",
+                )
+        rows.append(values)
+    with np.errstate(over="ignore"):  # 1e39 → inf, rejected by the finiteness check
+        return np.asarray(rows, dtype=np.float32)
+
+
+def _column_problem(row: dict[str, Any], names: list[str], expected: set[str]) -> str:
+    problems = []
+    missing = [n for n in names if n not in row]
+    if missing:
+        problems.append(f"missing column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}")
+    for key in (k for k in row if k not in expected):
+        close = difflib.get_close_matches(key, missing or names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown column {key!r}{hint}")
+    return "; ".join(problems)
+
+
 def parse_form(
-    fields: list[tuple[str, str]], files: list[bytes], *, max_samples: int
+    fields: list[tuple[str, str]],
+    files: list[bytes],
+    *,
+    max_samples: int,
+    names: list[str] | None = None,
 ) -> PredictCall:
-    """A multipart form: `model` (and `top_k`) fields, one or more image files (any field name)."""
+    """A multipart form: `model` (and `top_k`) fields, one or more image files (any field name),
+    `names` the files' own names (what a corrupt file is called in the 422)."""
     values = dict(fields)
     unknown = [k for k in values if k not in ("model", "top_k")]
     if unknown:
@@ -148,39 +220,32 @@ def parse_form(
         raise _bad(("file",), "attach at least one image file (PNG or JPEG)")
     _check_size(len(files), max_samples)
     return PredictCall(
-        model=_model_ref(values["model"]), images=files, top_k=_top_k(values.get("top_k"))
+        model=_model_ref(values["model"]),
+        images=files,
+        image_names=names,
+        top_k=_top_k(values.get("top_k")),
     )
 
 
-def decode_images(images: list[bytes], input_shape: tuple[int, ...]) -> np.ndarray:
-    """(N, C, H, W) float32 in [0, 1]: each image converted to C channels and resized to H×W.
-    Blocking (Pillow): callers run it on a worker thread."""
+def decode_images(
+    images: list[bytes], input_shape: tuple[int, ...], names: list[str] | None = None
+) -> np.ndarray:
+    """(N, C, H, W) float32 in [0, 1]: each image converted to C channels and resized to H×W by the
+    image loaders' decoder. A bad image is a 4xx naming it: `names[i]` (a multipart file's name) or
+    "images[i]". Blocking (Pillow): callers run it on a worker thread."""
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
         raise _bad(
             ("images",),
             f"this model takes samples of shape {list(input_shape)}, not images; send inputs",
         )
     channels, height, width = input_shape
-    mode = "L" if channels == 1 else "RGB"
     out = np.empty((len(images), channels, height, width), dtype=np.float32)
     for i, data in enumerate(images):
+        name = names[i] if names is not None and names[i] else f"images[{i}]"
         try:
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise _bad(
-                        ("images", i),
-                        f"image of {img.width}×{img.height} pixels; at most {MAX_IMAGE_PIXELS}",
-                    )
-                rgb: Image.Image = img.convert(mode)
-                if rgb.size != (width, height):
-                    rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-                arr = np.asarray(rgb, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise _bad(("images", i), f"not a readable PNG or JPEG image ({exc})") from exc
-        except Image.DecompressionBombError as exc:
-            raise _bad(("images", i), f"image too large: {exc}") from exc
-        out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-    out /= 255.0
+            out[i] = decode_image(data, name, channels, (height, width), MAX_IMAGE_PIXELS)
+        except UploadError as exc:
+            raise InvalidUpload([(("body", "images", i), exc.message)], exc.status) from exc
     return out
 
 

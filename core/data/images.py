@@ -45,8 +45,15 @@ _MAGIC = (
     (b"%PDF", "PDF"),
 )
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+#: How Pillow names an in-memory file in its messages (`<_io.BytesIO object at 0x7f…>`).
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 #: Errors Pillow raises for damaged or truncated files, besides its own.
 _BROKEN = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, zipfile.BadZipFile)
+
+
+def _reason(exc: BaseException) -> str:
+    """Pillow's message without the in-memory file's repr: the error names the image itself."""
+    return _OBJECT_REPR.sub("the file", str(exc)).strip() or type(exc).__name__
 
 
 def is_image_name(name: str) -> bool:
@@ -96,11 +103,13 @@ def open_image(fp: IO[bytes], name: str, max_pixels: int) -> Image.Image:
         raise UploadError(f"image {name!r} is {size}; the limit is {limit}", status=413) from None
     except UnidentifiedImageError:
         raise UploadError(
-            f"entry {name!r} is not a PNG or JPEG image ({_looks_like(fp)}); allowed: PNG, JPEG",
+            f"image {name!r} is not a PNG or JPEG image ({_looks_like(fp)}); allowed: PNG, JPEG",
             hint="convert the images to PNG or JPEG, or remove the file from the archive",
         ) from None
     except _BROKEN as exc:
-        raise UploadError(f"image {name!r} cannot be read: {exc}") from None
+        raise UploadError(
+            f"image {name!r} is not a readable PNG or JPEG image: {_reason(exc)}"
+        ) from None
     width, height = im.size
     if width * height > max_pixels:
         raise _pixel_error(name, height, width, max_pixels)
@@ -157,9 +166,11 @@ def decode_image(
             im.load()
             a = _pixels(im, channels)
         except Image.DecompressionBombError as exc:
-            raise UploadError(f"image {name!r}: {exc}", status=413) from None
+            raise UploadError(f"image {name!r}: {_reason(exc)}", status=413) from None
         except _BROKEN as exc:
-            raise UploadError(f"image {name!r} cannot be decoded: {exc}") from None
+            raise UploadError(
+                f"image {name!r} is a damaged PNG or JPEG image: {_reason(exc)}"
+            ) from None
     if size is not None and a.shape[1:] != tuple(size):
         resized = resize(torch.from_numpy(np.ascontiguousarray(a))[None], size)[0]
         a = resized.clamp_(0.0, 1.0).numpy()
@@ -204,7 +215,7 @@ def read_images(
             with zf.open(info) as fp:
                 headers[name] = probe_image(fp, name, limits.max_pixels)
         except _BROKEN as exc:
-            raise UploadError(f"entry {name!r} cannot be read: {exc}") from None
+            raise UploadError(f"entry {name!r} cannot be read: {_reason(exc)}") from None
     channels, height, width = common_shape(list(headers.values()), size)
     total = len(entries) * channels * height * width * 4
     if total > limits.max_array_bytes:

@@ -26,6 +26,8 @@ class DatasetInfo:
     #: Whether the source has an official test split (else evaluate uses a held-out fraction).
     has_test_split: bool = False
     samples: int | None = None
+    #: Tabular sets: the name of each input column, in order (what `/predict` rows are keyed by).
+    feature_names: list[str] | None = None
 
 
 @dataclass
@@ -87,16 +89,72 @@ _FASHION = [
     "Bag",
     "Ankle boot",
 ]
+#: scikit-learn's `feature_names` of its bundled tabular sets, written out so that listing the
+#: built-ins never imports scikit-learn (a test checks them against scikit-learn's own).
+_IRIS_FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+_WINE_FEATURES = [
+    "alcohol",
+    "malic_acid",
+    "ash",
+    "alcalinity_of_ash",
+    "magnesium",
+    "total_phenols",
+    "flavanoids",
+    "nonflavanoid_phenols",
+    "proanthocyanins",
+    "color_intensity",
+    "hue",
+    "od280/od315_of_diluted_wines",
+    "proline",
+]
+_CELL = [
+    "radius",
+    "texture",
+    "perimeter",
+    "area",
+    "smoothness",
+    "compactness",
+    "concavity",
+    "concave points",
+    "symmetry",
+    "fractal dimension",
+]
+_BREAST_CANCER_FEATURES = (
+    [f"mean {c}" for c in _CELL] + [f"{c} error" for c in _CELL] + [f"worst {c}" for c in _CELL]
+)
+_DIABETES_FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 _CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 _INFOS = [
     DatasetInfo("digits", "classification", (1, 8, 8), 10, _DIGITS, kind="image", samples=1797),
     DatasetInfo(
-        "iris", "classification", (4,), 3, ["setosa", "versicolor", "virginica"], samples=150
+        "iris",
+        "classification",
+        (4,),
+        3,
+        ["setosa", "versicolor", "virginica"],
+        samples=150,
+        feature_names=_IRIS_FEATURES,
     ),
-    DatasetInfo("wine", "classification", (13,), 3, ["class_0", "class_1", "class_2"], samples=178),
-    DatasetInfo("breast_cancer", "classification", (30,), 2, ["malignant", "benign"], samples=569),
-    DatasetInfo("diabetes", "regression", (10,), samples=442),
+    DatasetInfo(
+        "wine",
+        "classification",
+        (13,),
+        3,
+        ["class_0", "class_1", "class_2"],
+        samples=178,
+        feature_names=_WINE_FEATURES,
+    ),
+    DatasetInfo(
+        "breast_cancer",
+        "classification",
+        (30,),
+        2,
+        ["malignant", "benign"],
+        samples=569,
+        feature_names=_BREAST_CANCER_FEATURES,
+    ),
+    DatasetInfo("diabetes", "regression", (10,), samples=442, feature_names=_DIABETES_FEATURES),
     DatasetInfo(
         "xor", "classification", (2,), 2, ["0", "1"], default_normalize=False, samples=2500
     ),

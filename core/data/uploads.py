@@ -241,6 +241,7 @@ def info_from_schema(name: str, schema: Mapping[str, Any]) -> DatasetInfo:
         default_normalize=True,
         has_test_split=False,
         samples=schema.get("samples"),
+        feature_names=list(features) if (features := schema.get("feature_names")) else None,
     )
 
 

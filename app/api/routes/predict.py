@@ -17,9 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.api.deps import ServingDep, TenantDep
+from app.api.errors import is_json, send_json_message
 from app.schemas.predict import PredictForm, PredictRequest, PredictResponse
 from app.services import inputs
-from tas.errors import InvalidInput, PayloadTooLarge
+from tas.errors import InvalidInput, InvalidUpload, PayloadTooLarge
 
 router = APIRouter(tags=["predict"])
 
@@ -44,16 +45,24 @@ async def _read_call(request: Request, max_bytes: int, max_samples: int) -> inpu
     if ctype.startswith("multipart/form-data"):
         fields: list[tuple[str, str]] = []
         files: list[bytes] = []
+        names: list[str] = []
         async with request.form(max_files=max_samples, max_fields=16) as form:
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
                     files.append(await value.read())
+                    names.append(value.filename or f"{key}[{len(files) - 1}]")
                 else:
                     fields.append((key, value))
-        return inputs.parse_form(fields, files, max_samples=max_samples)
-    if ctype and not ctype.startswith("application/json"):
-        raise InvalidInput(
-            [(("header", "content-type"), "send application/json or multipart/form-data")]
+        return inputs.parse_form(fields, files, max_samples=max_samples, names=names)
+    if ctype and not is_json(ctype):
+        raise InvalidUpload(
+            [
+                (
+                    ("header", "content-type"),
+                    send_json_message(ctype, also="multipart/form-data with image files"),
+                )
+            ],
+            status_code=415,
         )
     body = await request.body()
     if len(body) > max_bytes:
@@ -69,6 +78,7 @@ async def _read_call(request: Request, max_bytes: int, max_samples: int) -> inpu
         404: {"description": "Unknown model"},
         409: {"description": "The job has not succeeded"},
         413: {"description": "More samples (or bytes) than allowed"},
+        415: {"description": "Neither JSON nor multipart/form-data"},
         422: {"description": "A bad body, shape, value or image; `detail` says what is expected"},
     },
 )
@@ -82,8 +92,15 @@ async def predict(request: Request, serving: ServingDep, tenant: TenantDep) -> R
     served = await serving.load(model)
     predictor = served.predictor
     if call.images is not None:
-        arr = await run_in_threadpool(inputs.decode_images, call.images, predictor.input_shape)
+        arr = await run_in_threadpool(
+            inputs.decode_images, call.images, predictor.input_shape, call.image_names
+        )
         field = "images"
+    elif call.records is not None:
+        arr = inputs.records_array(
+            call.records, predictor.card.feature_names, predictor.input_shape
+        )
+        field = "inputs"
     else:
         assert call.inputs is not None
         arr, field = call.inputs, "inputs"

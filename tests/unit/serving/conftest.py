@@ -76,9 +76,11 @@ class Registry:
         seed: int = 0,
         normalized: bool = True,
         metrics: dict[str, Any] | None = None,
+        feature_names: list[str] | None = None,
+        arch: dict[str, Any] | None = None,
     ) -> Registered:
         torch.manual_seed(seed)
-        spec = ModelSpec(arch="mlp", hidden=list(hidden))
+        spec = ModelSpec.model_validate(arch or {"arch": "mlp", "hidden": list(hidden)})
         model = build_model(spec, input_shape, out_dim).eval()
         norm = None
         if normalized:
@@ -103,6 +105,7 @@ class Registry:
             out_dim=out_dim,
             num_classes=max(out_dim, 2) if classes else None,
             class_names=[f"c{i}" for i in range(max(out_dim, 2))] if classes else None,
+            feature_names=feature_names,
             normalization=norm,
             metrics=metrics or {"val_accuracy": 0.5 + seed / 100},
         )
