@@ -145,10 +145,10 @@ def wait_http(stack: Stack, proc: Proc, timeout: float = 90) -> None:
 
 
 @contextlib.contextmanager
-def embedded_stack(tmp: Path) -> Iterator[Stack]:
+def embedded_stack(tmp: Path, **env_overrides: str) -> Iterator[Stack]:
     """`tas serve`: the API and its embedded worker, SQLite and the filesystem broker."""
     port = free_port()
-    env = base_env(tmp / "var")
+    env = base_env(tmp / "var", **env_overrides)
     stack = Stack("embedded", f"http://127.0.0.1:{port}", env, tmp / "var", tmp)
     try:
         serve = spawn("serve", ["serve", "--port", str(port)], env, tmp)

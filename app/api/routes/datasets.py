@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DatasetDep, SessionDep, SettingsDep, TenantDep
+from app.api.query import StrictQuery
 from app.schemas.datasets import DatasetForm, DatasetOut, DatasetPage
 from app.services import datasets as service
 from core.data.registry import BUILTIN_DATASETS
@@ -54,7 +55,7 @@ async def upload_dataset(
     return service.upload_out(row)
 
 
-@router.get("", response_model=DatasetPage)
+@router.get("", response_model=DatasetPage, dependencies=[StrictQuery])
 def list_datasets(
     session: SessionDep,
     tenant: TenantDep,

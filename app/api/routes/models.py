@@ -14,6 +14,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServingDep, SessionDep, SettingsDep, TenantDep
+from app.api.query import StrictQuery
 from app.schemas.predict import NAME_PATTERN, AliasIn, AliasOut, ModelOut, ModelVersionOut
 from app.services.serving import contained_artifact
 from core import export
@@ -48,7 +49,7 @@ def _model(name: str, versions: list[ModelVersion], aliases: list[ModelAlias]) -
     )
 
 
-@router.get("", response_model=list[ModelOut])
+@router.get("", response_model=list[ModelOut], dependencies=[StrictQuery])
 def list_models(session: SessionDep, tenant: TenantDep) -> list[ModelOut]:
     rows = session.scalars(
         select(ModelVersion).where(ModelVersion.tenant == tenant).order_by(ModelVersion.name)
