@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from celery.signals import worker_ready, worker_shutting_down
 
@@ -40,22 +41,39 @@ def install(*, ready_fd: int | None, grace_s: float) -> None:
 
     @worker_shutting_down.connect(weak=False)
     def _arm(**_: object) -> None:
-        timer = threading.Timer(grace_s, _expire, args=(grace_s,))
-        timer.daemon = True
-        timer.start()
+        threading.Thread(
+            target=_finish_within, args=(grace_s,), name="tas-shutdown-watchdog", daemon=True
+        ).start()
 
 
-def _expire(grace_s: float) -> None:
-    """The warm shutdown took longer than its grace: the running jobs' checkpoints had their
-    chance (their leases expire and they resume elsewhere); end the pool and this process now."""
-    me = os.getpid()
-    kids = children_of(me)
-    log.warning(
-        "worker shutdown exceeded %.0f s; killing %d pool process(es) and exiting",
-        grace_s,
-        len(kids),
-    )
+#: Once the running jobs have settled, how long Celery gets to finish its own shutdown.
+_SETTLE_S = 1.5
+
+
+def _finish_within(grace_s: float) -> None:
+    """Bound the warm shutdown. Every job a task runs is settled in the database (checkpointed
+    and handed back, or finished) before its task returns, so once no task is running there is
+    nothing left to save: Celery gets a moment to close cleanly (acks, broker connection), then
+    the pool and this process end. The prefork pool's shutdown has been seen waiting five seconds
+    and more for results that never come; and if a job does not settle within the grace, its
+    lease expires and it resumes elsewhere from its last checkpoint."""
+    from celery.worker import state
+
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and state.active_requests:
+        time.sleep(0.1)
+    drained = not state.active_requests
+    time.sleep(min(_SETTLE_S, max(0.0, deadline - time.monotonic())) if drained else 0.0)
+    kids = children_of(os.getpid())
+    if drained:
+        log.info("jobs settled; ending the worker (%d pool process(es))", len(kids))
+    else:
+        log.warning(
+            "worker shutdown exceeded %.0f s; killing %d pool process(es) and exiting",
+            grace_s,
+            len(kids),
+        )
     for pid in kids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    os._exit(1)
+    os._exit(0 if drained else 1)
