@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from core import fsio
-from core.models import build_model
+from core.models import ARCHS, NETWORK_OPTIONS, build_model
 from core.spec import ModelSpec
 
 WEIGHTS = "model.safetensors"
@@ -53,6 +53,31 @@ class ModelCard(BaseModel):
     torch_version: str = Field(default_factory=lambda: torch.__version__)
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     weights_sha256: str | None = None
+
+
+def card_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """The card's `arch` as a reader needs it: the architecture, the options its network is built
+    from (its registry entry's `options`: no `hidden` for a cnn, no `channels` for an mlp), and any
+    other setting only where it was used (`init_from`, `freeze`, `pretrained`, … at their defaults
+    say nothing). Rebuilding from this gives the same network: a dropped field is one the
+    builder never reads, and the rest take their defaults."""
+    name = arch.get("arch")
+    entry = ARCHS.get(name) if isinstance(name, str) else None
+    options = entry.options if entry is not None else None
+    defaults = ModelSpec().model_dump(mode="json")
+    out: dict[str, Any] = {"arch": name}
+    for key, value in arch.items():
+        if key == "arch":
+            continue
+        if options is None:
+            keep = value is not None
+        elif key in NETWORK_OPTIONS:
+            keep = key in options
+        else:
+            keep = value != defaults.get(key)
+        if keep:
+            out[key] = value
+    return out
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -7,27 +7,35 @@
   PyTorch module — so its outputs match PyTorch's to float rounding; the card's `preprocessing`
   says how to normalise (the README shows it in numpy).
 
-`export_card` is the card a user needs outside tas: architecture, input shape, classes, how to
-read the outputs, the preprocessing, the metrics."""
+`export_card` is the card a user needs outside tas: which model it is (name, version, job id, given
+by the registry), architecture, input shape, classes, how to read the outputs, the preprocessing,
+the metrics — only the fields that apply to this model (see `core.artifact.card_arch`)."""
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 
-from core.artifact import ModelCard, load_model
+from core.artifact import ModelCard, card_arch, load_model
 
 CARD_KEY = "tas.card"
 
 
-def export_card(card: ModelCard) -> dict[str, Any]:
-    """The stored card plus a `preprocessing` block that spells out what tas does to a sample."""
-    out = card.model_dump(mode="json")
+def export_card(card: ModelCard, about: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`about` (the registry's name, version and job id) first, then the stored card without the
+    fields that do not apply (nulls: no class names for a regression; the architecture's unused
+    options and unused transfer settings), plus a `preprocessing` block that spells out what tas
+    does to a sample."""
+    stored = card.model_dump(mode="json")
+    out = dict(about or {})
+    out.update({k: v for k, v in stored.items() if v is not None and k not in out})
+    out["arch"] = card_arch(card.arch)
     norm = card.normalization
     out["preprocessing"] = {
         "input_dtype": "float32",
@@ -52,15 +60,16 @@ def export_card(card: ModelCard) -> dict[str, Any]:
     return out
 
 
-def safetensors_with_card(directory: Path | str) -> bytes:
-    """The verified weights re-serialised with the card in the safetensors header."""
+def safetensors_with_card(directory: Path | str, about: Mapping[str, Any] | None = None) -> bytes:
+    """The verified weights re-serialised with the card (and `about`: name, version, job id) in
+    the safetensors header."""
     model, card = load_model(directory)
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": "pt", CARD_KEY: json.dumps(export_card(card), separators=(",", ":"))}
+    meta = {"format": "pt", CARD_KEY: json.dumps(export_card(card, about), separators=(",", ":"))}
     return safetensors.torch.save(weights, metadata=meta)
 
 
-def onnx_bytes(directory: Path | str) -> bytes:
+def onnx_bytes(directory: Path | str, about: Mapping[str, Any] | None = None) -> bytes:
     """An ONNX model with a dynamic batch axis (input `input`, output `output`) and the card in
     `metadata_props`. Slow (seconds: the exporter traces the model), so callers run it off the
     event loop."""
@@ -81,5 +90,5 @@ def onnx_bytes(directory: Path | str) -> bytes:
     assert program is not None
     proto = program.model_proto
     entry = proto.metadata_props.add()
-    entry.key, entry.value = CARD_KEY, json.dumps(export_card(card), separators=(",", ":"))
+    entry.key, entry.value = CARD_KEY, json.dumps(export_card(card, about), separators=(",", ":"))
     return bytes(proto.SerializeToString())

@@ -106,6 +106,10 @@ def _mobilenet_v2(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.M
     return model
 
 
+#: The ModelSpec fields that shape a network; each arch's `options` says which of them it reads.
+NETWORK_OPTIONS = ("hidden", "activation", "dropout", "channels")
+
+
 @dataclass(frozen=True)
 class Arch:
     build: Callable[[Any, tuple[int, ...], int], nn.Module]
@@ -119,6 +123,9 @@ class Arch:
     #: torchvision's download addresses of the pretrained weights, the preferred first; the files
     #: are looked for in TAS_WEIGHTS_DIR under the address's file name (`weight_files`).
     weight_urls: tuple[str, ...] = ()
+    #: The ModelSpec fields its network is built from (of NETWORK_OPTIONS): a model card keeps
+    #: these and drops the other network options (no `hidden` for a cnn). None: keeps them all.
+    options: tuple[str, ...] | None = None
 
     @property
     def weight_files(self) -> tuple[str, ...]:
@@ -126,9 +133,9 @@ class Arch:
 
 
 ARCHS: dict[str, Arch] = {
-    "mlp": Arch(_mlp),
-    "linear": Arch(_linear),
-    "cnn": Arch(_cnn, needs="image"),
+    "mlp": Arch(_mlp, options=("hidden", "activation", "dropout")),
+    "linear": Arch(_linear, options=()),
+    "cnn": Arch(_cnn, needs="image", options=("channels", "activation", "dropout")),
     "resnet18": Arch(
         _resnet18,
         needs="image",
@@ -136,6 +143,7 @@ ARCHS: dict[str, Arch] = {
         head=_resnet_head,
         # ResNet18_Weights.IMAGENET1K_V1 (the only one torchvision has)
         weight_urls=(_TORCHVISION_WEIGHTS + "resnet18-f37072fd.pth",),
+        options=("dropout",),
     ),
     "mobilenet_v2": Arch(
         _mobilenet_v2,
@@ -147,6 +155,7 @@ ARCHS: dict[str, Arch] = {
             _TORCHVISION_WEIGHTS + "mobilenet_v2-b0353104.pth",
             _TORCHVISION_WEIGHTS + "mobilenet_v2-7ebf99e0.pth",
         ),
+        options=("dropout",),
     ),
 }
 

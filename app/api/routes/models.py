@@ -6,21 +6,24 @@ registry row names, after a containment check (RELIABILITY.md row 12)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import groupby
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServingDep, SessionDep, SettingsDep, TenantDep
 from app.api.query import StrictQuery
 from app.schemas.predict import NAME_PATTERN, AliasIn, AliasOut, ModelOut, ModelVersionOut
-from app.services.serving import contained_artifact
+from app.services.serving import Serving, contained_artifact
 from core import export
 from core.artifact import read_card
 from tas import jobstore
 from tas.db.models import ModelAlias, ModelVersion
+from tas.settings import Settings
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -29,6 +32,15 @@ Alias = Annotated[
     str, Path(pattern=NAME_PATTERN, description="An alias, e.g. production.", examples=["prod"])
 ]
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
+Ref = Annotated[
+    str,
+    Path(
+        pattern=NAME_PATTERN[:-1] + r"(:[0-9]{1,10}|@[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
+        description="`name@alias`, `name:version` or `name` (its latest version).",
+        examples=["digits-mlp@production"],
+    ),
+]
+Format = Annotated[Literal["safetensors", "onnx"], Query()]
 
 
 def _model(name: str, versions: list[ModelVersion], aliases: list[ModelAlias]) -> ModelOut:
@@ -111,50 +123,86 @@ def delete_version(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{name}/versions/{version}/card")
+def _card(settings: Settings, mv: ModelVersion) -> dict[str, Any]:
+    about = {"name": mv.name, "version": mv.version, "job_id": mv.job_id}
+    return export.export_card(read_card(contained_artifact(settings, mv.model_dir)), about)
+
+
+async def _download(
+    serving: Serving, lookup: Callable[[Session], ModelVersion], format: str
+) -> Response:
+    """The export of the version `lookup` finds, built off the event loop, its card naming it."""
+
+    def build() -> tuple[bytes, str]:
+        with serving.sessions() as session:
+            mv = lookup(session)
+            model_dir = contained_artifact(serving.settings, mv.model_dir)
+            about = {"name": mv.name, "version": mv.version, "job_id": mv.job_id}
+        make = export.onnx_bytes if format == "onnx" else export.safetensors_with_card
+        return make(model_dir, about), f"{about['name']}-v{about['version']}.{format}"
+
+    data, filename = await run_in_threadpool(build)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+_DOWNLOAD_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/octet-stream": {}},
+        "description": "safetensors (the card in `__metadata__['tas.card']`) or ONNX (the "
+        "card in `metadata_props['tas.card']`)",
+    }
+}
+
+
+@router.get("/{name}/versions/{version}/card", dependencies=[StrictQuery])
 def get_card(
     name: Name, version: Version, session: SessionDep, tenant: TenantDep, settings: SettingsDep
-) -> dict[str, object]:
-    """The model card for use outside tas: architecture, input shape, classes, preprocessing
-    (normalisation statistics, image handling), how to read the outputs, metrics."""
-    mv = jobstore.get_version(session, name, version, tenant=tenant)
-    card = export.export_card(read_card(contained_artifact(settings, mv.model_dir)))
-    return {"name": name, "version": version, "job_id": mv.job_id, **card}
+) -> dict[str, Any]:
+    """The model card for use outside tas: which model (name, version, job id), architecture,
+    input shape, classes or feature names, preprocessing (normalisation statistics, image
+    handling), how to read the outputs, metrics."""
+    return _card(settings, jobstore.get_version(session, name, version, tenant=tenant))
 
 
 @router.get(
     "/{name}/versions/{version}/download",
     response_class=Response,
-    responses={
-        200: {
-            "content": {"application/octet-stream": {}},
-            "description": "safetensors (the card in `__metadata__['tas.card']`) or ONNX (the "
-            "card in `metadata_props['tas.card']`)",
-        }
-    },
+    responses=_DOWNLOAD_DOC,
+    dependencies=[StrictQuery],
 )
 async def download(
     name: Name,
     version: Version,
     tenant: TenantDep,
     serving: ServingDep,
-    format: Annotated[Literal["safetensors", "onnx"], Query()] = "safetensors",
+    format: Format = "safetensors",
 ) -> Response:
     """The weights with their model card embedded, or an ONNX export (built on request; its
     outputs match PyTorch's)."""
-
-    def build() -> bytes:
-        with serving.sessions() as session:
-            mv = jobstore.get_version(session, name, version, tenant=tenant)
-            model_dir = contained_artifact(serving.settings, mv.model_dir)
-        if format == "onnx":
-            return export.onnx_bytes(model_dir)
-        return export.safetensors_with_card(model_dir)
-
-    data = await run_in_threadpool(build)
-    filename = f"{name}-v{version}.{'onnx' if format == 'onnx' else 'safetensors'}"
-    return Response(
-        data,
-        media_type="application/octet-stream",
-        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    return await _download(
+        serving, lambda s: jobstore.get_version(s, name, version, tenant=tenant), format
     )
+
+
+@router.get("/{ref}/card", dependencies=[StrictQuery])
+def get_card_by_ref(
+    ref: Ref, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """The card of `name@alias` (what the alias points at now), `name:version` or `name` (the
+    latest version): the same card as `/models/{name}/versions/{version}/card`."""
+    return _card(settings, jobstore.resolve_model(session, ref, tenant=tenant))
+
+
+@router.get(
+    "/{ref}/download", response_class=Response, responses=_DOWNLOAD_DOC, dependencies=[StrictQuery]
+)
+async def download_by_ref(
+    ref: Ref, tenant: TenantDep, serving: ServingDep, format: Format = "safetensors"
+) -> Response:
+    """The download of `name@alias`, `name:version` or `name` (the latest version); the file is
+    named after the version it resolved to."""
+    return await _download(serving, lambda s: jobstore.resolve_model(s, ref, tenant=tenant), format)
