@@ -23,7 +23,9 @@ class PredictRequest(BaseModel):
         min_length=1,
         description="A batch of samples, each shaped like the dataset's sample "
         "(a feature list, or a nested H×W / C×H×W array), raw: the model's own normalisation "
-        "is applied. Give this or images.",
+        'is applied. Tabular models also take rows by feature name ({"age": 59, ...}, the '
+        "card's feature_names; every column, any order), all rows or all lists. Give this or "
+        "images.",
     )
     images: list[str] | None = Field(
         None,

@@ -1,4 +1,5 @@
-"""The model registry: versions, aliases (the deploy step), deletion and downloads.
+"""The model registry: versions, aliases (the deploy step), deletion, cards and downloads (by
+version, or by a reference: `name@alias`, `name:version`, `name`).
 
 Names and aliases in the path are checked against the pattern job names follow, so `../`, encoded
 slashes and backslashes never reach a query, and files are read only from the directory the
