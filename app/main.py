@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
         max_streams=settings.max_event_streams,
         max_per_tenant=settings.max_event_streams_per_tenant,
         interval_s=settings.event_poll_s,
+        worker_heartbeat_s=settings.worker_heartbeat_s,
     )
 
     @asynccontextmanager

@@ -332,12 +332,18 @@ def waiting_reason(queue: str, live_workers: Sequence[Worker]) -> dict[str, str]
 def annotate_waiting(session: Session, jobs: Sequence[Job], *, heartbeat_s: float) -> None:
     """Set each job's read-time `waiting_for` (JobOut reads it from the instance; it is not a
     column). One query for the whole list, and none when no job in it is queued."""
+    annotate_with(jobs, lambda: live(session, heartbeat_s=heartbeat_s))
+
+
+def annotate_with(jobs: Sequence[Job], live_workers: Callable[[], Sequence[Worker]]) -> None:
+    """`annotate_waiting` with the live workers from the caller (who may reuse a recent read);
+    `live_workers` is called only when a job in the list is queued."""
     queued = [j for j in jobs if j.status == JobStatus.queued.value]
     for j in jobs:
         setattr(j, WAITING_FOR, None)
     if not queued:
         return
-    workers = live(session, heartbeat_s=heartbeat_s)
+    workers = live_workers()
     reasons: dict[str, dict[str, str] | None] = {}
     for j in queued:
         if j.queue not in reasons:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app.schemas.jobs import JobOut
-from tas import jobstore
-from tas.db.models import FINISHED, Job
+from tas import jobstore, workers
+from tas.db.models import FINISHED, Job, Worker
 from tas.errors import TooManyRequests
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,11 @@ class JobStreams:
         max_streams: int,
         max_per_tenant: int | None = None,
         interval_s: float = 0.5,
+        worker_heartbeat_s: float = 5.0,
     ) -> None:
         self.sessions = sessions
+        self.worker_heartbeat_s = worker_heartbeat_s  # for a queued job's waiting_for
+        self._live: tuple[float, list[Worker]] | None = None
         self.max_streams = max_streams
         self.max_per_tenant = max_per_tenant
         self.interval_s = interval_s
@@ -214,13 +218,26 @@ class JobStreams:
 
     def _read_one(self, job_id: str, tenant: str) -> Snapshot:
         with self.sessions() as s:
-            return Snapshot.of(jobstore.get_job(s, job_id, tenant=tenant))
+            job = jobstore.get_job(s, job_id, tenant=tenant)
+            workers.annotate_with([job], lambda: self._live_workers(s))
+            return Snapshot.of(job)
 
     def _read_many(self, job_ids: Sequence[str]) -> dict[str, Snapshot]:
         """Every watched job and its stages in one statement (a join, not one query per job)."""
         with self.sessions() as s:
             q = select(Job).where(Job.id.in_(job_ids)).options(joinedload(Job.stages))
-            return {job.id: Snapshot.of(job) for job in s.scalars(q).unique()}
+            jobs = list(s.scalars(q).unique())
+            workers.annotate_with(jobs, lambda: self._live_workers(s))
+            return {job.id: Snapshot.of(job) for job in jobs}
+
+    def _live_workers(self, s: Session) -> list[Worker]:
+        """For a queued job's waiting_for: read at most once per worker heartbeat (what it
+        reports changes no faster), so a poll stays one statement however many jobs wait."""
+        now = time.monotonic()
+        if self._live is None or now >= self._live[0]:
+            live = workers.live(s, heartbeat_s=self.worker_heartbeat_s)
+            self._live = (now + self.worker_heartbeat_s, live)
+        return self._live[1]
 
     async def _poll(self) -> None:
         """Runs while anyone watches; exits (and is started again by the next watcher) when the

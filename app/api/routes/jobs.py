@@ -115,13 +115,15 @@ def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Respo
 
 @router.post(
     "/{job_id}/resume",
-    response_model=JobOut,
+    response_model=SubmittedJobOut,
     responses={409: {"description": "Not failed or cancelled"}},
 )
 def resume_job(
     job: JobDep,
     session: SessionDep,
     publisher: PublisherDep,
+    settings: SettingsDep,
+    response: Response,
     body: Annotated[ResumeIn | None, Body()] = None,
 ) -> Job:
     """Queue a failed or cancelled job again with a fresh attempt budget; it continues from its
@@ -129,10 +131,11 @@ def resume_job(
     job = job_service.resume(session, job, max_minutes=body.max_minutes if body else None)
     session.commit()
     publisher.publish(job.id, job.queue)
+    worker_service.warn_if_unservable(session, job, settings, response)
     return job
 
 
-@router.post("/{job_id}/clone", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+@router.post("/{job_id}/clone", status_code=status.HTTP_201_CREATED, response_model=SubmittedJobOut)
 def clone_job(
     job: JobDep,
     session: SessionDep,
@@ -161,6 +164,7 @@ def clone_job(
     session.commit()
     publisher.publish(new.id, new.queue)
     response.headers["Location"] = f"/jobs/{new.id}"
+    worker_service.warn_if_unservable(session, new, settings, response)
     return new
 
 

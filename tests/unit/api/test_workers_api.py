@@ -3,12 +3,15 @@ worker consumes the job's queue."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from tas import workers
+from app.services.job_stream import JobStreams
+from tas import jobstore, workers
 from tas.db.engine import make_engine, make_sessionmaker
 from tas.db.models import Worker, utcnow
 from tas.settings import Settings
@@ -103,3 +106,39 @@ def test_with_no_live_worker_every_queued_job_says_so(
     assert "no worker is live" in job["waiting_for"]["reason"]
     assert client.post(f"/jobs/{job['id']}/cancel").status_code == 200
     assert client.get(f"/jobs/{job['id']}").json()["waiting_for"] is None
+
+
+def test_an_event_stream_shows_waiting_for_and_its_end(settings: Settings) -> None:
+    """The live stream says what GET /jobs/{id} says, and tells when a worker for it comes up."""
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with sessions() as s:
+        job_id = jobstore.create_job(
+            s, {"name": "g", "resources": {"device": "cuda"}}, tenant="default", max_attempts=3
+        ).id
+        s.commit()
+
+    async def run() -> None:
+        hub = JobStreams(sessions, max_streams=4, interval_s=0.05, worker_heartbeat_s=0.2)
+        watch = await hub.watch(job_id, "default")
+        events = watch.events().__aiter__()
+        first = json.loads((await asyncio.wait_for(events.__anext__(), 5))["data"])
+        assert first["waiting_for"]["queue"] == "gpu"
+        add_worker(settings, GPU_WORKER)
+        second = json.loads((await asyncio.wait_for(events.__anext__(), 5))["data"])
+        assert second["waiting_for"] is None and second["status"] == "queued"
+        watch.close()
+        await hub.aclose()
+
+    asyncio.run(run())
+
+
+def test_clone_and_resume_warn_too(client: TestClient, settings: Settings) -> None:
+    add_worker(settings, CPU_WORKER)
+    job = client.post("/jobs", json=spec(resources={"device": "cpu"})).json()
+    clone = client.post(f"/jobs/{job['id']}/clone", json={"resources": {"device": "cuda"}})
+    assert clone.status_code == 201, clone.text
+    assert "queue 'gpu'" in clone.json()["warnings"][0] and "warning" in clone.headers
+    assert client.post(f"/jobs/{clone.json()['id']}/cancel").status_code == 200
+    resumed = client.post(f"/jobs/{clone.json()['id']}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["waiting_for"]["queue"] == "gpu" and resumed.json()["warnings"]
