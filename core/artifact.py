@@ -53,6 +53,12 @@ class ModelCard(BaseModel):
     torch_version: str = Field(default_factory=lambda: torch.__version__)
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     weights_sha256: str | None = None
+    pretrained: dict[str, Any] | None = Field(
+        None,
+        description="Fine-tuned from torchvision's ImageNet weights: which (enum entry, address)"
+        " and the transforms they were trained with (resize/crop size, mean/std); `normalization`"
+        " holds the mean/std actually applied, `input_shape` the size the model takes.",
+    )
 
 
 def card_arch(arch: dict[str, Any]) -> dict[str, Any]:

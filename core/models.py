@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from core.torchvision_models import Weights, torchvision_models
+from core.torchvision_models import build as torchvision_build
+from core.torchvision_models import head_path as torchvision_head
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -59,51 +66,9 @@ def last_child(model: nn.Module) -> str:
 
 
 # --- torchvision's image models ------------------------------------------------------------------
-# torchvision is imported only when one of these is built: the API imports this registry to check
-# specs, and importing torchvision there would cost every process a second for nothing.
-
-_TORCHVISION_WEIGHTS = "https://download.pytorch.org/models/"
-
-
-def _input_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
-    """`conv` taking `channels` input channels instead of 3 (same kernel, stride, padding)."""
-    if channels == conv.in_channels:
-        return conv
-    return nn.Conv2d(
-        channels,
-        conv.out_channels,
-        kernel_size=conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        bias=conv.bias is not None,
-    )
-
-
-def _resnet18(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
-    """torchvision's resnet18 for C×H×W samples: the first conv takes C channels, `fc` has `out_dim`
-    outputs (behind a dropout when `model.dropout` > 0). Adaptive pooling takes any H×W (8×8 too)."""
-    from torchvision.models import resnet18
-
-    model = resnet18(num_classes=out_dim)
-    model.conv1 = _input_conv(model.conv1, input_shape[0])
-    if spec.dropout > 0:
-        model.fc = nn.Sequential(nn.Dropout(spec.dropout), model.fc)
-    return model
-
-
-def _resnet_head(model: nn.Module) -> str:
-    return "fc.1" if isinstance(model.fc, nn.Sequential) else "fc"
-
-
-def _mobilenet_v2(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
-    """torchvision's mobilenet_v2: the first conv takes C channels, `classifier.1` has `out_dim`
-    outputs; `model.dropout` is the classifier's dropout (torchvision's default is 0.2)."""
-    from torchvision.models import mobilenet_v2
-
-    model = mobilenet_v2(num_classes=out_dim, dropout=spec.dropout)
-    stem = model.features[0]
-    stem[0] = _input_conv(stem[0], input_shape[0])
-    return model
+# Every classification model of torchvision, by its builder's name, from torchvision's own list
+# (`core.torchvision_models`). torchvision is imported only when one of those names is looked up:
+# the API imports this registry to check specs, and "mlp" must not cost every process torchvision.
 
 
 #: The ModelSpec fields that shape a network; each arch's `options` says which of them it reads.
@@ -120,50 +85,136 @@ class Arch:
     #: The name of the head module in a built model (what transfer learning replaces and what
     #: `freeze: "backbone"` leaves trainable): "fc", "classifier.1", a Sequential's last child.
     head: Callable[[nn.Module], str] = last_child
-    #: torchvision's download addresses of the pretrained weights, the preferred first; the files
-    #: are looked for in TAS_WEIGHTS_DIR under the address's file name (`weight_files`).
-    weight_urls: tuple[str, ...] = ()
+    #: torchvision's name for it (its builder's), for torchvision's models; None for tas's own.
+    torchvision: str | None = None
     #: The ModelSpec fields its network is built from (of NETWORK_OPTIONS): a model card keeps
     #: these and drops the other network options (no `hidden` for a cnn). None: keeps them all.
     options: tuple[str, ...] | None = None
 
     @property
+    def weights(self) -> tuple[Weights, ...]:
+        """torchvision's weights that fit it, its DEFAULT first; () for tas's own archs."""
+        if self.torchvision is None:
+            return ()
+        return torchvision_models()[self.torchvision].weights
+
+    @property
+    def weight_urls(self) -> tuple[str, ...]:
+        return tuple(w.url for w in self.weights)
+
+    @property
     def weight_files(self) -> tuple[str, ...]:
-        return tuple(url.rsplit("/", 1)[-1] for url in self.weight_urls)
+        """The files looked for in TAS_WEIGHTS_DIR (torchvision's names), the default first."""
+        return tuple(w.file for w in self.weights)
 
 
-ARCHS: dict[str, Arch] = {
-    "mlp": Arch(_mlp, options=("hidden", "activation", "dropout")),
-    "linear": Arch(_linear, options=()),
-    "cnn": Arch(_cnn, needs="image", options=("channels", "activation", "dropout")),
-    "resnet18": Arch(
-        _resnet18,
+def _torchvision_arch(name: str) -> Arch:
+    return Arch(
+        functools.partial(torchvision_build, name),
         needs="image",
         pretrained=True,
-        head=_resnet_head,
-        # ResNet18_Weights.IMAGENET1K_V1 (the only one torchvision has)
-        weight_urls=(_TORCHVISION_WEIGHTS + "resnet18-f37072fd.pth",),
+        head=torchvision_head,
+        torchvision=name,
         options=("dropout",),
-    ),
-    "mobilenet_v2": Arch(
-        _mobilenet_v2,
-        needs="image",
-        pretrained=True,
-        head=lambda model: "classifier.1",
-        # MobileNet_V2_Weights.IMAGENET1K_V1, then IMAGENET1K_V2 (torchvision's DEFAULT)
-        weight_urls=(
-            _TORCHVISION_WEIGHTS + "mobilenet_v2-b0353104.pth",
-            _TORCHVISION_WEIGHTS + "mobilenet_v2-7ebf99e0.pth",
-        ),
-        options=("dropout",),
-    ),
-}
+    )
+
+
+class ArchRegistry(Mapping[str, Arch]):
+    """tas's own archs, then torchvision's, added on the first lookup of a name tas lacks."""
+
+    def __init__(self, own: dict[str, Arch]) -> None:
+        self._own = own
+        self._all: dict[str, Arch] | None = None
+
+    def _full(self) -> dict[str, Arch]:
+        if self._all is None:
+            tv = {n: _torchvision_arch(n) for n in torchvision_models()}
+            self._all = {**tv, **self._own}
+        return self._all
+
+    def __getitem__(self, name: str) -> Arch:
+        own = self._own.get(name)
+        return own if own is not None else self._full()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._own or name in self._full()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._full())
+
+    def __len__(self) -> int:
+        return len(self._full())
+
+
+ARCHS = ArchRegistry(
+    {
+        "mlp": Arch(_mlp, options=("hidden", "activation", "dropout")),
+        "linear": Arch(_linear, options=()),
+        "cnn": Arch(_cnn, needs="image", options=("channels", "activation", "dropout")),
+    }
+)
 
 
 def build_model(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     """A freshly initialised model (never pretrained weights: `core.transfer.load_pretrained` does
     that, so rebuilding a trained model from its card reads nothing but its own weights)."""
     return ARCHS[spec.arch].build(spec, tuple(input_shape), out_dim)
+
+
+class _EmptyOnMeta(TorchFunctionMode):
+    """`torch.empty` (what layers allocate their weights with) on the meta device, the rest of
+    torch as usual: for models that compute their layout with tensors (RegNet's widths), which a
+    whole-meta build cannot do (`.tolist()` of a meta tensor has no data)."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = dict(kwargs or {})
+        if func is torch.empty:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def build_on_meta(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """The model on the meta device: its structure and shapes, no memory and no weights, so a spec
+    check costs milliseconds even for a model of hundreds of millions of parameters."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec, input_shape, out_dim)
+    except NotImplementedError:
+        with _EmptyOnMeta():
+            model = build_model(spec, input_shape, out_dim)
+        return model.to("meta")  # the few small buffers made with zeros/ones
+
+
+def input_problems(spec: Any, input_shape: tuple[int, ...]) -> list[str]:
+    """Why a torchvision model cannot take samples of `input_shape` ([] when it can, and for tas's
+    own archs, which size themselves to the data). One forward of two samples on the meta device
+    (shapes only, milliseconds) finds what the architecture itself refuses: ViT's fixed size, a
+    stack of strides that shrinks a small image to nothing."""
+    arch = ARCHS[spec.arch]
+    if arch.torchvision is None or len(input_shape) != 3:
+        return []
+    model = build_on_meta(spec, tuple(input_shape), 2)
+    model.eval()
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model(torch.empty(2, *input_shape))
+    except Exception as exc:
+        w = arch.weights[0]
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [
+            f"arch {spec.arch!r} cannot take samples of shape {list(input_shape)} ({reason});"
+            f" torchvision's weights for it were trained on {w.crop_size}×{w.crop_size} images"
+            f" and take at least {w.min_size[0]}×{w.min_size[1]}: upload the images resized"
+            f" (POST /datasets with size={w.crop_size}) or pick a smaller-input arch (resnet18,"
+            " mobilenet_v2, cnn)"
+        ]
+    return []
 
 
 def head_name(spec: Any, model: nn.Module) -> str:

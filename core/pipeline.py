@@ -41,7 +41,12 @@ from core.models import build_model
 from core.optim import OPTIMIZERS, SCHEDULERS, param_groups
 from core.spec import JobSpec, metric_mode, resolved_loss, resolved_monitor, spec_problems
 from core.state import capture_rng, restore_rng, seed_everything
-from core.transfer import Transfer, prepare_transfer
+from core.transfer import (
+    Transfer,
+    prepare_transfer,
+    pretrained_card,
+    pretrained_normalization,
+)
 
 STAGES = ("collect", "preprocess", "train", "evaluate", "register")
 
@@ -217,7 +222,11 @@ def _run(
     d = spec.dataset
     load_ctx = LoadContext(Path(ctx.datasets_dir), ctx.allow_download)
     cache = PreprocessCache(ctx.cache_dir) if ctx.cache_dir and ctx.data_fingerprint else None
-    prep = PrepSpec.of(d, info)
+    # Pretrained torchvision weights expect their own normalisation (ImageNet's mean/std).
+    norm_stats = (
+        pretrained_normalization(spec.model, info.input_shape[0]) if info.kind == "image" else None
+    )
+    prep = PrepSpec.of(d, info, norm_stats)
     key = _cache_key(ctx, info, prep) if cache is not None else None
     with stage("collect") as out:
         cached = cache.lookup(key) if cache is not None and key is not None else None
@@ -244,7 +253,14 @@ def _run(
                 loaded = load(load_ctx)
                 collected = _collect_outputs(info, loaded)
             prepared = prepare(
-                loaded, info, d.val_fraction, d.test_fraction, d.split_seed, d.stratify, d.normalize
+                loaded,
+                info,
+                d.val_fraction,
+                d.test_fraction,
+                d.split_seed,
+                d.stratify,
+                d.normalize,
+                norm_stats,
             )
             del loaded
             cache_out = None
@@ -307,6 +323,7 @@ def _run(
             dataset=info.name,
             loss=loss_name,
             parameters=params,
+            pretrained=pretrained_card(spec.model, trained.transfer.report),
         )
         written = save_model(ctx.model_dir, model, card)
         out.update(
@@ -445,6 +462,7 @@ def _train(
         ctx.init_weights,
         resuming=ckpt is not None,
         class_names=info.class_names,
+        allow_download=ctx.allow_download,
     )
     model.to(device)
     loss_fn = loss_entry.build()

@@ -23,7 +23,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.data.registry import BUILTIN_DATASETS
 from core.losses import LOSSES
-from core.models import ARCHS
+from core.models import ARCHS, input_problems
 from core.optim import OPTIMIZERS, SCHEDULERS
 
 
@@ -198,8 +198,10 @@ class ModelSpec(StrictModel):
     )
     pretrained: bool = Field(
         False,
-        description="resnet18/mobilenet_v2: start from torchvision's ImageNet weights, read from"
-        " TAS_WEIGHTS_DIR under torchvision's file name (never downloaded); missing file: the job fails.",
+        description="torchvision's models (resnet18, vit_b_16, ...): start from torchvision's"
+        " ImageNet weights (its DEFAULT), read from TAS_WEIGHTS_DIR under torchvision's file name,"
+        " or downloaded there once (hash-checked) when TAS_ALLOW_DOWNLOAD is on; the images are"
+        " then normalised with the weights' own mean/std.",
     )
     init_from: str | None = Field(
         None,
@@ -380,16 +382,21 @@ def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]
     if m.unfreeze_after is not None and m.freeze == "none":
         problems.append(
             (
+    elif arch.needs == "image":
+        problems += [
+            (("model", "arch"), msg) for msg in input_problems(spec.model, info.input_shape)
+        ]
                 ("model", "unfreeze_after"),
                 "unfreeze_after needs something frozen: set model.freeze to 'backbone' or layer names",
             )
         )
     if m.pretrained and not arch.pretrained:
-        with_weights = ", ".join(sorted(n for n, a in ARCHS.items() if a.pretrained))
         problems.append(
             (
                 ("model", "pretrained"),
-                f"arch {m.arch!r} has no pretrained weights; archs with them: {with_weights}",
+                f"arch {m.arch!r} has no pretrained weights; torchvision's image models have them"
+                " (resnet18, resnet50, mobilenet_v2, efficientnet_b0, convnext_tiny, vit_b_16, ...:"
+                " every name of torchvision.models.list_models())",
             )
         )
     known = metric_names(info.task)

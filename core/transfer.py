@@ -1,8 +1,9 @@
-"""Transfer learning (seed 002): start from earlier weights, freeze the backbone, train a new head.
+"""Transfer learning: start from earlier weights, freeze the backbone, train a new head.
 
-- `load_pretrained`: torchvision's ImageNet weights for resnet18 / mobilenet_v2, read from a local
-  directory under torchvision's own file names (never downloaded); a grey or multi-channel input
-  gets its first conv initialised from the RGB one. The head is always new.
+- `load_pretrained`: torchvision's ImageNet weights for any of its classification models, read
+  from a local directory under torchvision's own file names; when the file is not there and
+  downloads are allowed, fetched into that directory once, with torchvision's hash check. A grey
+  or multi-channel input gets its first conv initialised from the RGB one. The head is always new.
 - `apply_init`: `model.init_from` weights (a safetensors file: a job's or a registered model's
   `model.safetensors`, or an upload). Every tensor outside the head must be in the source with the
   same shape; the head loads when its shapes match (same number of classes), else it stays new.
@@ -33,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from core.artifact import CARD, WEIGHTS, count_parameters
 from core.errors import TrainingError
-from core.models import ARCHS, build_model, head_name
+from core.models import ARCHS, build_on_meta, head_name
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -129,8 +130,7 @@ def compare_shapes(target: Shapes, source: Shapes, head: str) -> tuple[list[str]
 
 def meta_model(spec: Any, info: Any, out_dim: int) -> nn.Module:
     """The job's model on the meta device: its structure and shapes, no memory, no weights."""
-    with torch.device("meta"):
-        return build_model(spec.model, tuple(info.input_shape), out_dim)
+    return build_on_meta(spec.model, tuple(info.input_shape), out_dim)
 
 
 def init_problems(spec: Any, info: Any, out_dim: int, source: Path | str) -> list[str]:
@@ -207,17 +207,26 @@ def apply_init(
 # --- torchvision's pretrained weights ------------------------------------------------------------
 
 
-def pretrained_file(arch: str, weights_dir: Path | str | None) -> Path:
-    """The first of the arch's torchvision weight files present in `weights_dir`; raises
-    `PretrainedWeightsMissing` (naming the directory, the file and its address) when none is."""
+def _pretrained_entry(arch: str) -> Any:
     entry = ARCHS[arch]
-    if not entry.weight_urls:
-        with_weights = ", ".join(sorted(n for n, a in ARCHS.items() if a.weight_urls))
+    if not entry.weights:
         raise TrainingError(
-            f"arch {arch!r} has no pretrained weights; archs with them: {with_weights}",
+            f"arch {arch!r} has no pretrained weights; torchvision's image models have them",
             hint="set model.pretrained to false",
             type="InvalidSpec",
         )
+    return entry
+
+
+def pretrained_file(
+    arch: str, weights_dir: Path | str | None, allow_download: bool = False
+) -> Path:
+    """The arch's torchvision weights file in `weights_dir`: torchvision's DEFAULT weights, or
+    another entry of its weights enum that fits the same model, under torchvision's file name.
+    When none is there and `allow_download`, the DEFAULT one is fetched there first (once; see
+    `download_weights`). Otherwise raises `PretrainedWeightsMissing` naming the directory, the
+    file and its address."""
+    entry = _pretrained_entry(arch)
     name, url = entry.weight_files[0], entry.weight_urls[0]
     if weights_dir is None:
         raise PretrainedWeightsMissing(
@@ -227,21 +236,90 @@ def pretrained_file(arch: str, weights_dir: Path | str | None) -> Path:
     for candidate in entry.weight_files:
         if (Path(weights_dir) / candidate).is_file():
             return Path(weights_dir) / candidate
+    if allow_download:
+        return download_weights(url, Path(weights_dir))
     raise PretrainedWeightsMissing(
         f"model.pretrained needs torchvision's {arch} weights: no {name} in {weights_dir}"
-        f" (TAS_WEIGHTS_DIR); get it from {url} and put it there, under that name"
+        f" (TAS_WEIGHTS_DIR) and downloads are off (TAS_ALLOW_DOWNLOAD); get it from {url} and"
+        " put it there, under that name"
     )
 
 
-def pretrained_problems(spec: Any, weights_dir: Path | str | None) -> list[str]:
-    """Why `model.pretrained` cannot be honoured here ([] when it can, or is not asked for)."""
+def download_weights(url: str, weights_dir: Path) -> Path:
+    """`url`'s file into `weights_dir` under its own name, with torchvision's hash check: the name's
+    `-<hex>.` part must begin the file's sha256 (`torch.hub.download_url_to_file`). torch.hub
+    writes a `<name>.<uuid>.partial` file beside the target and renames it into place only after
+    the check, so two workers fetching at once each rename a whole, checked file, and a reader
+    never sees half of one; a failed or refused download leaves nothing behind."""
+    from torch.hub import HASH_REGEX, download_url_to_file
+
+    name = url.rsplit("/", 1)[-1]
+    found = HASH_REGEX.search(name)
+    dest = weights_dir / name
+    try:
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        download_url_to_file(url, str(dest), found.group(1) if found else None, progress=False)
+    except Exception as exc:
+        if "invalid hash value" in str(exc):
+            raise WeightsMismatch(
+                f"the weights downloaded from {url} fail torchvision's hash check ({exc});"
+                " nothing was kept",
+                hint="a proxy or mirror may have altered the file; retry, or put the file in"
+                " TAS_WEIGHTS_DIR by hand",
+                type="PretrainedWeightsUnreadable",
+            ) from exc
+        raise PretrainedWeightsMissing(
+            f"model.pretrained: downloading {url} into {weights_dir} (TAS_WEIGHTS_DIR) failed:"
+            f" {type(exc).__name__}: {exc}",
+            hint="check that this worker reaches download.pytorch.org, or put the file in"
+            " TAS_WEIGHTS_DIR by hand under that name",
+        ) from exc
+    return dest
+
+
+def pretrained_problems(
+    spec: Any, weights_dir: Path | str | None, allow_download: bool = False
+) -> list[str]:
+    """Why `model.pretrained` cannot be honoured here ([] when it can, or is not asked for, or
+    the file will be downloaded). Never downloads."""
     if not spec.model.pretrained:
+        return []
+    if allow_download and weights_dir is not None and ARCHS[spec.model.arch].weights:
         return []
     try:
         pretrained_file(spec.model.arch, weights_dir)
     except TrainingError as exc:
         return [exc.message]
     return []
+
+
+def pretrained_normalization(model_spec: Any, channels: int) -> dict[str, list[float]] | None:
+    """The per-channel mean/std the arch's torchvision weights were trained with, for `channels`
+    input channels (None unless `model.pretrained`): pretrained features expect ImageNet's
+    normalisation, not the dataset's own. A grey image is fed to the RGB kernels summed, i.e. as
+    R=G=B, so it gets the three channels' mean mean and std; other counts repeat R, G, B."""
+    if not model_spec.pretrained:
+        return None
+    arch = ARCHS[model_spec.arch]
+    if not arch.weights:
+        return None
+    w = arch.weights[0]
+    if channels == 1:
+        return {"mean": [sum(w.mean) / 3], "std": [sum(w.std) / 3]}
+    reps = math.ceil(channels / 3)
+    return {"mean": list(w.mean * reps)[:channels], "std": list(w.std * reps)[:channels]}
+
+
+def pretrained_card(model_spec: Any, report: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's record of the pretrained start: the weights used (from the train stage's
+    report; torchvision's DEFAULT when this attempt resumed from a checkpoint and did not load
+    them itself) and their transforms."""
+    if not model_spec.pretrained or not ARCHS[model_spec.arch].weights:
+        return None
+    weights = ARCHS[model_spec.arch].weights
+    loaded = report.get("pretrained") or {}
+    used = next((w for w in weights if w.name == loaded.get("weights")), weights[0])
+    return {"weights": used.name, "url": used.url, "transforms": used.transforms()}
 
 
 def _adapt_input_conv(w: torch.Tensor, channels: int) -> torch.Tensor:
@@ -254,12 +332,16 @@ def _adapt_input_conv(w: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def load_pretrained(
-    model: nn.Module, arch: str, weights_dir: Path | str | None, head: str
+    model: nn.Module,
+    arch: str,
+    weights_dir: Path | str | None,
+    head: str,
+    allow_download: bool = False,
 ) -> dict[str, Any]:
     """torchvision's ImageNet weights into `model` (all but the head, which stays new), read with
-    `torch.load(weights_only=True)`. A first conv that takes other than 3 channels is initialised
-    from the RGB one."""
-    path = pretrained_file(arch, weights_dir)
+    `torch.load(weights_only=True)`; fetched first when missing and `allow_download`. A first conv
+    that takes other than 3 channels is initialised from the RGB one."""
+    path = pretrained_file(arch, weights_dir, allow_download)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -298,9 +380,12 @@ def load_pretrained(
             type="PretrainedWeightsUnreadable",
         )
     model.load_state_dict(keep, strict=False)
+    used = next(w for w in ARCHS[arch].weights if w.file == path.name)
     return {
         "file": path.name,
         "path": str(path),
+        "weights": used.name,
+        "url": used.url,
         "loaded_tensors": len(keep),
         "adapted_input_conv": adapted[0] if adapted else None,
         "head": "new",
@@ -454,17 +539,21 @@ def prepare_transfer(
     init_weights: Path | None,
     resuming: bool,
     class_names: list[str] | None = None,
+    allow_download: bool = False,
 ) -> Transfer:
     """Pretrained weights, then `init_from` weights (both skipped when resuming: the checkpoint
     holds the run's own weights), then the freeze. Call before the optimizer is built.
-    `class_names`: the job's classes (an init_from head loads only for the same classes)."""
+    `class_names`: the job's classes (an init_from head loads only for the same classes);
+    `allow_download`: fetch torchvision's weights file when it is not in `weights_dir`."""
     head = head_name(model_spec, model)
     report: dict[str, Any] = {"head": head, "start": "random"}
     if resuming:
         report["start"] = "checkpoint"
     else:
         if model_spec.pretrained:
-            report["pretrained"] = load_pretrained(model, model_spec.arch, weights_dir, head)
+            report["pretrained"] = load_pretrained(
+                model, model_spec.arch, weights_dir, head, allow_download
+            )
             report["start"] = "pretrained"
         if init_weights is not None:
             report["init"] = apply_init(model, init_weights, head, class_names)

@@ -29,11 +29,16 @@ class Settings(BaseSettings):
     datasets_dir: Path | None = Field(
         None, description="torchvision datasets; default: data_dir/datasets."
     )
-    allow_download: bool = True
+    allow_download: bool = Field(
+        True,
+        description="Download what a job needs and lacks: torchvision datasets into datasets_dir,"
+        " torchvision's pretrained weights (hash-checked) into weights_dir. Off: files are placed"
+        " by hand and a missing one fails the job with its name and address.",
+    )
     weights_dir: Path | None = Field(
         None,
         description="torchvision's pretrained weight files (model.pretrained), under torchvision's"
-        " file names; default: data_dir/weights. Never downloaded.",
+        " file names; default: data_dir/weights. Filled on first use when allow_download is on.",
     )
     uploads_dir: Path | None = Field(
         None,

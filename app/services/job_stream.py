@@ -27,9 +27,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app.schemas.jobs import JobOut
-from tas import jobstore, workers
+from tas import workers
 from tas.db.models import FINISHED, Job, Worker
-from tas.errors import TooManyRequests
+from tas.errors import JobNotFound, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Snapshot:
     version: int
     status: str
     data: str
+    tenant: str
 
     @classmethod
     def of(cls, job: Job) -> Snapshot:
@@ -64,7 +65,7 @@ class Snapshot:
             [_micros(job.updated_at)]
             + [max(_micros(s.started_at), _micros(s.finished_at)) for s in job.stages]
         )
-        return cls(version, job.status, JobOut.model_validate(job).model_dump_json())
+        return cls(version, job.status, JobOut.model_validate(job).model_dump_json(), job.tenant)
 
 
 class Watch:
@@ -151,6 +152,9 @@ class JobStreams:
         self.max_per_tenant = max_per_tenant
         self.interval_s = interval_s
         self._watchers: dict[str, set[Watch]] = {}
+        #: The newest snapshot of each watched job: a stream opening on a job already watched
+        #: starts from it (at most one interval old, as every stream's view) without a query.
+        self._latest: dict[str, Snapshot] = {}
         self._open = 0
         self._by_tenant: Counter[str] = Counter()
         self._poller: asyncio.Task[None] | None = None
@@ -171,15 +175,21 @@ class JobStreams:
 
     async def watch(self, job_id: str, tenant: str) -> Watch:
         """A slot and the job's current snapshot, or TooManyRequests (before any database work, so
-        a flood of refused clients costs nothing) or JobNotFound."""
+        a flood of refused clients costs nothing) or JobNotFound. Only the first stream on a job
+        reads it; the others start from the poller's latest snapshot."""
         self._reserve(tenant)
         try:
-            first = await anyio.to_thread.run_sync(self._read_one, job_id, tenant)
+            first = self._latest.get(job_id)
+            if first is None:
+                first = await anyio.to_thread.run_sync(self._read_one, job_id, tenant)
+            elif first.tenant != tenant:
+                raise JobNotFound(job_id)
         except BaseException:
             self._unreserve(tenant)
             raise
         watch = Watch(self, job_id, tenant, first)
         self._watchers.setdefault(job_id, set()).add(watch)
+        self._remember(job_id, first)
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         return watch
@@ -215,12 +225,19 @@ class JobStreams:
             watchers.discard(watch)
             if not watchers:
                 del self._watchers[watch.job_id]
+                self._latest.pop(watch.job_id, None)
+
+    def _remember(self, job_id: str, snap: Snapshot) -> None:
+        latest = self._latest.get(job_id)
+        if job_id in self._watchers and (latest is None or snap.version >= latest.version):
+            self._latest[job_id] = snap
 
     def _read_one(self, job_id: str, tenant: str) -> Snapshot:
-        with self.sessions() as s:
-            job = jobstore.get_job(s, job_id, tenant=tenant)
-            workers.annotate_with([job], lambda: self._live_workers(s))
-            return Snapshot.of(job)
+        """The same single statement as a poll (`jobstore.get_job` would load stages apart)."""
+        snap = self._read_many([job_id]).get(job_id)
+        if snap is None or snap.tenant != tenant:  # another tenant's job is as unknown
+            raise JobNotFound(job_id)
+        return snap
 
     def _read_many(self, job_ids: Sequence[str]) -> dict[str, Snapshot]:
         """Every watched job and its stages in one statement (a join, not one query per job)."""
@@ -259,6 +276,10 @@ class JobStreams:
                                 watch.end()
                             else:
                                 watch.offer(snap)
+                        if snap is None:
+                            self._latest.pop(job_id, None)
+                        else:
+                            self._remember(job_id, snap)
                 await asyncio.sleep(self.interval_s)
         finally:
             self._poller = None

@@ -71,9 +71,13 @@ class PrepSpec:
     split_seed: int
     stratify: bool
     normalize: bool  # resolved: the spec's value or the dataset's default
+    #: Fixed per-channel {"mean", "std"} (pretrained weights' own) instead of fitted statistics.
+    norm_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @classmethod
-    def of(cls, dataset: Any, info: DatasetInfo) -> PrepSpec:
+    def of(
+        cls, dataset: Any, info: DatasetInfo, norm_stats: dict[str, list[float]] | None = None
+    ) -> PrepSpec:
         """From a `DatasetSpec` (or anything with its fields)."""
         norm = info.default_normalize if dataset.normalize is None else bool(dataset.normalize)
         return cls(
@@ -82,6 +86,7 @@ class PrepSpec:
             int(dataset.split_seed),
             bool(dataset.stratify),
             norm,
+            (tuple(norm_stats["mean"]), tuple(norm_stats["std"])) if norm_stats else None,
         )
 
 

@@ -43,6 +43,16 @@ class Normalizer:
         std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)
         return cls(mean.to(torch.float32).contiguous(), std.to(torch.float32).contiguous(), kind)
 
+    @classmethod
+    def given(cls, mean: list[float], std: list[float]) -> Normalizer:
+        """Per-channel statistics fixed in advance (ImageNet's for torchvision's weights)."""
+        shape = (len(mean), 1, 1)
+        return cls(
+            torch.tensor(mean, dtype=torch.float32).reshape(shape),
+            torch.tensor(std, dtype=torch.float32).reshape(shape),
+            "per_channel",
+        )
+
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         """A new normalised tensor (the input is left alone)."""
         mean, std = self.mean.to(X.device), self.std.to(X.device)
@@ -196,9 +206,11 @@ def prepare(
     split_seed: int = 42,
     stratify: bool = True,
     normalize: bool | None = None,
+    norm_stats: dict[str, list[float]] | None = None,
 ) -> Prepared:
     """Split (test held out only when the source has no official test split), then fit the
-    normaliser on the training split and apply it to every split."""
+    normaliser on the training split and apply it to every split. `norm_stats`: per-channel
+    mean/std to use for images instead of fitted ones (a pretrained model's own)."""
     data = loaded.train
     check_arrays(data, info, "training data")
     if loaded.test is not None:
@@ -220,7 +232,10 @@ def prepare(
         kind: Literal["per_channel", "per_feature"] = (
             "per_channel" if info.kind == "image" and train.X.dim() == 4 else "per_feature"
         )
-        normalizer = Normalizer.fit(train.X, kind)
+        if norm_stats is not None and kind == "per_channel":
+            normalizer = Normalizer.given(norm_stats["mean"], norm_stats["std"])
+        else:
+            normalizer = Normalizer.fit(train.X, kind)
         for part in (train, val):
             if part is not None:
                 normalizer.apply_(part.X)  # index_select copies: ours to change

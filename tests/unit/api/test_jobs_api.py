@@ -66,6 +66,12 @@ BAD = [
         "allowed for regression: mse",
     ),
     (spec(dataset={"name": "wine"}, model={"arch": "cnn"}), ["body", "model", "arch"], "C×H×W"),
+    (  # 8×8 digits: ViT takes 224×224 only
+        spec(dataset={"name": "digits"}, model={"arch": "vit_b_16"}),
+        ["body", "model", "arch"],
+        "cannot take samples of shape [1, 8, 8] (Wrong image height! Expected 224",
+    ),
+    (spec(model={"arch": "mlp", "pretrained": True}), ["body", "model", "pretrained"], "vit_b_16"),
     (spec(name="bad name/../x"), ["body", "name"], "pattern"),
     (spec(dataset={"val_fraction": 1.5}), ["body", "dataset", "val_fraction"], "less than 1"),
     (spec(model={"dropout": 1.0}), ["body", "model", "dropout"], "less than 1"),

@@ -32,7 +32,9 @@ from core.transfer import (
     freeze_problems,
     init_problems,
     load_pretrained,
+    pretrained_card,
     pretrained_file,
+    pretrained_normalization,
     pretrained_problems,
     safetensors_shapes,
     state_shapes,
@@ -112,12 +114,13 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     d = tmp_path_factory.mktemp("weights")
     torch.manual_seed(123)
-    torch.save(torchvision.models.resnet18().state_dict(), d / "resnet18-f37072fd.pth")
-    torch.save(torchvision.models.mobilenet_v2().state_dict(), d / "mobilenet_v2-b0353104.pth")
+    for arch in ("resnet18", "mobilenet_v2", "efficientnet_b0", "squeezenet1_1"):
+        state = torchvision.models.get_model(arch).state_dict()
+        torch.save(state, d / ARCHS[arch].weight_files[0])
     return d
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "efficientnet_b0", "squeezenet1_1"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_pretrained_weights_load_from_the_weights_dir(
     weights_dir: Path, arch: str, channels: int
@@ -133,7 +136,12 @@ def test_pretrained_weights_load_from_the_weights_dir(
     report = load_pretrained(model, arch, weights_dir, head)
 
     ours = model.state_dict()
-    first_conv = "conv1.weight" if arch == "resnet18" else "features.0.0.weight"
+    first_conv = {
+        "resnet18": "conv1.weight",
+        "mobilenet_v2": "features.0.0.weight",
+        "efficientnet_b0": "features.0.0.weight",
+        "squeezenet1_1": "features.0.weight",
+    }[arch]
     assert report["file"] == file.name
     assert report["head"] == "new"
     assert report["adapted_input_conv"] == (first_conv if channels != 3 else None)
@@ -168,7 +176,7 @@ def test_a_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     msg = info.value.message
     assert str(tmp_path) in msg and "resnet18-f37072fd.pth" in msg
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
-    assert "TAS_WEIGHTS_DIR" in msg
+    assert "TAS_WEIGHTS_DIR" in msg and "TAS_ALLOW_DOWNLOAD" in msg
     with pytest.raises(PretrainedWeightsMissing, match="no weights directory is configured"):
         pretrained_file("mobilenet_v2", None)
     spec = job_spec({"arch": "resnet18", "pretrained": True}, {})
@@ -176,8 +184,12 @@ def test_a_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     assert pretrained_problems(job_spec({"arch": "resnet18"}, {}), None) == []
 
 
-def test_torchvisions_default_mobilenet_file_is_found_too(tmp_path: Path) -> None:
-    (tmp_path / "mobilenet_v2-7ebf99e0.pth").touch()  # MobileNet_V2_Weights.IMAGENET1K_V2
+def test_another_fitting_weights_file_is_found_too(tmp_path: Path) -> None:
+    """torchvision's DEFAULT is preferred; another entry of the same enum for the same model
+    (mobilenet_v2's IMAGENET1K_V1) placed by hand is used when the DEFAULT is not there."""
+    (tmp_path / "mobilenet_v2-b0353104.pth").touch()  # MobileNet_V2_Weights.IMAGENET1K_V1
+    assert pretrained_file("mobilenet_v2", tmp_path).name == "mobilenet_v2-b0353104.pth"
+    (tmp_path / "mobilenet_v2-7ebf99e0.pth").touch()  # IMAGENET1K_V2, the DEFAULT
     assert pretrained_file("mobilenet_v2", tmp_path).name == "mobilenet_v2-7ebf99e0.pth"
 
 
@@ -217,6 +229,202 @@ def test_pretrained_resnet_with_a_frozen_backbone_keeps_it_bitwise(
     assert report["total_params"] == total
     assert result.trainable_params == 512 * 10 + 10  # the job's counts: trainable vs total
     assert result.total_params == report["total_params"]
+
+
+# --- downloading torchvision's weights (offline: a local HTTP server or a stand-in fetch) --------
+
+
+class _Served:
+    """A local HTTP server for one directory's files, sent in small chunks with a pause between
+    them, so two downloads at once really overlap."""
+
+    def __init__(self, root: Path) -> None:
+        import http.server
+        import threading
+
+        served = self
+        self.requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                served.requests.append(self.path)
+                file = root / self.path.lstrip("/")
+                if not file.is_file():
+                    self.send_error(404)
+                    return
+                data = file.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                for i in range(0, len(data), 1 << 16):
+                    self.wfile.write(data[i : i + 1 << 16])
+                    time.sleep(0.002)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Any:
+    """(server, the served file's bytes, its sha256): a resnet18-shaped state dict of random
+    tensors, as torchvision's file would hold."""
+    import hashlib
+
+    import torchvision
+
+    root = tmp_path / "served"
+    root.mkdir()
+    torch.manual_seed(7)
+    buf = tmp_path / "state.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), buf)
+    data = buf.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    (root / f"resnet18-{sha[:8]}.pth").write_bytes(data)
+    (root / "resnet18-0badc0de.pth").write_bytes(data)  # a name whose hash it does not match
+    server = _Served(root)
+    yield server, data, sha
+    server.close()
+
+
+def test_a_download_is_hash_checked_and_kept_whole(tmp_path: Path, served: Any) -> None:
+    from core.transfer import download_weights
+
+    server, data, sha = served
+    dest = tmp_path / "weights"
+    got = download_weights(f"{server.url}resnet18-{sha[:8]}.pth", dest)
+    assert got == dest / f"resnet18-{sha[:8]}.pth" and got.read_bytes() == data
+    assert sorted(p.name for p in dest.iterdir()) == [got.name]  # no partial file left
+    state = torch.load(got, weights_only=True)
+    assert state["fc.weight"].shape == (1000, 512)
+
+
+def test_a_download_that_fails_the_hash_check_leaves_nothing(tmp_path: Path, served: Any) -> None:
+    from core.transfer import download_weights
+
+    server, _, _ = served
+    dest = tmp_path / "weights"
+    with pytest.raises(WeightsMismatch) as info:
+        download_weights(f"{server.url}resnet18-0badc0de.pth", dest)
+    err = info.value.to_error_dict()
+    assert err["type"] == "PretrainedWeightsUnreadable"
+    assert "hash check" in err["message"] and "0badc0de" in err["message"]
+    assert list(dest.iterdir()) == []
+    with pytest.raises(PretrainedWeightsMissing, match="HTTPError"):
+        download_weights(f"{server.url}resnet18-12345678.pth", dest)  # a 404
+    assert list(dest.iterdir()) == []
+
+
+def test_two_workers_downloading_at_once_never_tear_the_file(tmp_path: Path, served: Any) -> None:
+    """Each download goes to its own `.partial` file and is renamed into place whole, after its
+    hash check: whichever rename lands last, the file is complete and correct."""
+    import hashlib
+    import threading
+
+    from core.transfer import download_weights
+
+    server, data, sha = served
+    dest = tmp_path / "weights"
+    url = f"{server.url}resnet18-{sha[:8]}.pth"
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def fetch() -> None:
+        try:
+            download_weights(url, dest)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def watch() -> None:  # a reader that looks while both write: a file there is always whole
+        while any(t.is_alive() for t in workers):
+            f = dest / f"resnet18-{sha[:8]}.pth"
+            if f.exists():
+                seen.append(len(f.read_bytes()))
+
+    workers = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in workers:
+        t.start()
+    watch()
+    for t in workers:
+        t.join()
+    assert errors == []
+    assert server.requests == [f"/resnet18-{sha[:8]}.pth"] * 2  # both really downloaded
+    assert all(n == len(data) for n in seen)
+    got = dest / f"resnet18-{sha[:8]}.pth"
+    assert hashlib.sha256(got.read_bytes()).hexdigest() == sha
+    assert sorted(p.name for p in dest.iterdir()) == [got.name]
+
+
+@pytest.fixture
+def fake_fetch(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """torch.hub's download replaced by a copy of a made resnet18 state dict (the network is
+    closed here); records the addresses asked for and checks the hash prefix passed along."""
+    import torchvision
+
+    calls: list[str] = []
+    torch.manual_seed(3)
+    state = torchvision.models.resnet18().state_dict()
+
+    def download(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
+        calls.append(url)
+        assert hash_prefix == url.rsplit("-", 1)[-1].split(".")[0]  # torchvision's check is on
+        torch.save(state, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    return calls
+
+
+def test_pretrained_downloads_once_when_allowed(
+    tmp_path: Path, digits: Arrays, fake_fetch: list[str]
+) -> None:
+    spec = job_spec({"arch": "resnet18", "pretrained": True, "freeze": "backbone"}, {"epochs": 1})
+    small = Arrays(digits.X[:40], digits.y[:40])
+    wdir = tmp_path / "weights"
+    hooks = RecordingHooks()
+    run(tmp_path, "a", spec, loader(small), hooks=hooks, weights_dir=wdir, allow_download=True)
+    url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert fake_fetch == [url]
+    assert (wdir / "resnet18-f37072fd.pth").is_file()
+    report = train_outputs(hooks)["transfer"]["pretrained"]
+    assert report["weights"] == "ResNet18_Weights.IMAGENET1K_V1" and report["url"] == url
+    run(tmp_path, "b", spec, loader(small), weights_dir=wdir, allow_download=True)
+    assert fake_fetch == [url]  # the second job reads the file the first fetched
+    with pytest.raises(TrainingError, match="downloads are off"):
+        run(tmp_path, "c", spec, loader(small), weights_dir=tmp_path / "none")
+    assert fake_fetch == [url]
+
+
+def test_pretrained_images_get_the_weights_normalisation_recorded_in_the_card(
+    tmp_path: Path, digits: Arrays, weights_dir: Path
+) -> None:
+    """ImageNet's mean/std, not the data's (grey: their means), applied at preprocess, kept in the
+    card (so /predict applies them too) with the weights' transforms."""
+    from core.artifact import load_model
+
+    spec = job_spec({"arch": "mobilenet_v2", "pretrained": True}, {"epochs": 1})
+    small = Arrays(digits.X[:40], digits.y[:40])
+    result = run(tmp_path, "n", spec, loader(small), weights_dir=weights_dir)
+    _, card = load_model(result.model_dir or "")
+    assert card.normalization is not None and card.normalization["kind"] == "per_channel"
+    assert card.normalization["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+    assert card.normalization["std"] == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
+    assert card.pretrained is not None
+    assert card.pretrained["weights"] == "MobileNet_V2_Weights.IMAGENET1K_V2"
+    assert card.pretrained["transforms"]["crop_size"] == 224
+    assert card.pretrained["transforms"]["mean"] == [0.485, 0.456, 0.406]
+    assert pretrained_card(ModelSpec(arch="mobilenet_v2"), {}) is None
+    # from scratch: the data's own statistics; RGB: ImageNet's three
+    assert pretrained_normalization(ModelSpec(arch="mobilenet_v2"), 1) is None
+    rgb = pretrained_normalization(ModelSpec(arch="mobilenet_v2", pretrained=True), 3)
+    assert rgb == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_until_released() -> None:
