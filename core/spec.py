@@ -371,6 +371,10 @@ def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]
                 f" of shape {list(info.input_shape)}; use mlp or linear",
             )
         )
+    elif arch.needs == "image":
+        problems += [
+            (("model", "arch"), msg) for msg in input_problems(spec.model, info.input_shape)
+        ]
     if spec.dataset.augment is not None and info.kind != "image":
         problems.append(
             (
@@ -382,10 +386,6 @@ def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]
     if m.unfreeze_after is not None and m.freeze == "none":
         problems.append(
             (
-    elif arch.needs == "image":
-        problems += [
-            (("model", "arch"), msg) for msg in input_problems(spec.model, info.input_shape)
-        ]
                 ("model", "unfreeze_after"),
                 "unfreeze_after needs something frozen: set model.freeze to 'backbone' or layer names",
             )
