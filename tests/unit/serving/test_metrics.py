@@ -9,9 +9,11 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
+from app.metrics import LocalHistogram
 from tas import jobstore, workers
 from tas.db.models import Job, JobStage, MetricRow, utcnow
 from tests.unit.serving.conftest import IMAGE_SHAPE, Registry
@@ -126,3 +128,15 @@ def test_predict_latency_and_batch_size_per_model(client: TestClient, registry: 
     bad = client.post("/predict", json={"model": "img:1", "inputs": [[1.0]]})
     assert bad.status_code == 422
     assert scrape(client)[("tas_predict_latency_seconds_count", v1)] == 3
+
+
+def test_local_histogram_buckets_as_prometheus_reads_them() -> None:
+    h = LocalHistogram((1, 2, 4))
+    for v in (0.5, 1, 1.5, 4, 9):  # a value equal to a bound falls in that bucket (le)
+        h.observe(v)
+    family = HistogramMetricFamily("x", "x", labels=["model"])
+    h.add_to(family, ["m:1"])
+    got = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert got[("x_bucket", "1.0")] == 2 and got[("x_bucket", "2.0")] == 3
+    assert got[("x_bucket", "4.0")] == 4 and got[("x_bucket", "+Inf")] == 5
+    assert got[("x_count", None)] == 5 and got[("x_sum", None)] == 16.0
