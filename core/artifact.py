@@ -53,6 +53,16 @@ class ModelCard(BaseModel):
     torch_version: str = Field(default_factory=lambda: torch.__version__)
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     weights_sha256: str | None = None
+    weights: dict[str, Any] | None = Field(
+        None,
+        description="Which epoch's weights these are: keep (best | last), epoch, and for the best"
+        " the monitored metric and its value; requested and reason when best was not possible.",
+    )
+    target_scaling: dict[str, Any] | None = Field(
+        None,
+        description="Regression trained on standardised targets: the model's outputs are"
+        " output * std + mean in the data's units (the predictor applies it).",
+    )
     pretrained: dict[str, Any] | None = Field(
         None,
         description="Fine-tuned from torchvision's ImageNet weights: which (enum entry, address)"

@@ -187,15 +187,37 @@ class CheckpointManager:
             if verified is None:
                 continue
             manifest, blobs = verified
-            weights = safetensors.torch.load(blobs[WEIGHTS])
-            if torch.device(map_location).type != "cpu":
-                weights = {k: v.to(map_location) for k, v in weights.items()}
-            state = torch.load(
-                io.BytesIO(blobs[STATE]), map_location=map_location, weights_only=True
-            )
             record = records.get(str(path)) or self._record(path, manifest, None)
-            return LoadedCheckpoint(record, weights, state, manifest)
+            return self._parse(record, manifest, blobs, map_location)
         return None
+
+    def load_best_weights(
+        self, map_location: str | torch.device = "cpu"
+    ) -> tuple[CheckpointRecord, dict[str, torch.Tensor]] | None:
+        """The best checkpoint by the monitored metric and its weights, verified against their
+        checksums; None when there is no best or its files do not match (no fallback to another:
+        the caller decides what a missing best means)."""
+        best = self.best()
+        if best is None:
+            return None
+        verified = self._read_verified(Path(best.path))
+        if verified is None:
+            return None
+        weights = safetensors.torch.load(verified[1][WEIGHTS])
+        return best, {k: v.to(map_location) for k, v in weights.items()}
+
+    @staticmethod
+    def _parse(
+        record: CheckpointRecord,
+        manifest: dict[str, Any],
+        blobs: dict[str, bytes],
+        map_location: str | torch.device,
+    ) -> LoadedCheckpoint:
+        weights = safetensors.torch.load(blobs[WEIGHTS])
+        if torch.device(map_location).type != "cpu":
+            weights = {k: v.to(map_location) for k, v in weights.items()}
+        state = torch.load(io.BytesIO(blobs[STATE]), map_location=map_location, weights_only=True)
+        return LoadedCheckpoint(record, weights, state, manifest)
 
     # --- writing -----------------------------------------------------------------------------
 

@@ -71,6 +71,14 @@ class LoopConfig:
     max_minutes: float | None = None
     progress_interval_s: float = 0.5
     eval_batch_size: int | None = None
+    #: The checkpoint's monitored metric and its direction: the epoch that improves it most is
+    #: the run's best (strictly better than every earlier epoch; the first of equals wins).
+    monitor: str | None = None
+    monitor_mode: Literal["min", "max"] = "min"
+    #: Keep the best epoch's weights: a copy in memory, and a checkpoint of that epoch even off
+    #: the `checkpoint_every` cadence (the checkpoint manager never deletes the best), so the best
+    #: weights survive the later epochs and a resume.
+    keep_best: bool = False
 
 
 @dataclass
@@ -81,6 +89,8 @@ class TrainData:
     y: torch.Tensor
     val_X: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+    #: Scaled regression targets back to their units (for the val metrics; the loss stays scaled).
+    target_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -144,9 +154,12 @@ def evaluate(
     target: Target,
     batch_size: int = 1024,
     autocast: AutocastFactory = contextlib.nullcontext,
+    inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Mean loss and accuracy (classes) or MAE/RMSE/R² (values) over whole tensors, batched, under
-    `inference_mode`, with one read-back at the end. The model is left in eval mode."""
+    `inference_mode`, with one read-back at the end. The model is left in eval mode. `inverse`
+    maps scaled regression targets and outputs back to their units: the loss is the training
+    criterion (scaled, comparable with train_loss), MAE/RMSE/R² are in the data's units."""
     model.eval()
     n = int(X.shape[0])
     dev = X.device
@@ -171,6 +184,8 @@ def evaluate(
             elif target == "binary":
                 hits += ((out > 0).to(yb.dtype) == yb).sum()
             else:
+                if inverse is not None:
+                    out, yb = inverse(out), inverse(yb)
                 diff = out - yb
                 abs_sum += diff.abs().sum()
                 sq_sum += diff.square().sum()
@@ -225,6 +240,10 @@ class Trainer:
         # All of them, frozen ones too: clipping skips a parameter without a gradient, and one
         # unfrozen later (unfreeze_after) must be clipped from then on.
         self.params = list(model.parameters())
+        #: With `cfg.keep_best`: a copy of the best epoch's weights seen in this run (an earlier
+        #: attempt's best is in its checkpoint) and that epoch (1-based).
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.best_epoch: int | None = None
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -288,6 +307,7 @@ class Trainer:
             ) from exc
         if not state.finished:
             state.finished, state.stop_reason = True, state.stop_reason or "completed"
+        self._clock.finish(state, self.hooks)
         return state
 
     def _scaled_step(self, loss: torch.Tensor) -> None:
@@ -358,6 +378,7 @@ class Trainer:
                 cfg.target,
                 cfg.eval_batch_size or max(cfg.batch_size, 1024),
                 self.autocast,
+                data.target_inverse,
             )
             row.update({f"val_{k}": v for k, v in val.items()})
         row["lr"] = self._lr()
@@ -380,11 +401,30 @@ class Trainer:
         if state.epoch >= cfg.epochs:
             state.finished, state.stop_reason = True, state.stop_reason or "completed"
 
+        best = cfg.keep_best and self._is_best(state.history)
+        if best:
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_epoch = epoch + 1
+
         self.hooks.epoch_end(row)
-        if state.finished or state.epoch % cfg.checkpoint_every == 0:
+        if state.finished or state.epoch % cfg.checkpoint_every == 0 or best:
             metrics = {k: float(v) for k, v in row.items() if isinstance(v, int | float)}
             self._checkpoint(state, metrics)
         self._clock.resume()
+
+    def _is_best(self, history: list[dict[str, Any]]) -> bool:
+        """Whether the last row beats every earlier one on the monitored metric (finite values)."""
+        name = self.cfg.monitor
+        if name is None:
+            return False
+        values = [r.get(name) for r in history]
+        last = values[-1]
+        if not isinstance(last, int | float) or not math.isfinite(last):
+            return False
+        earlier = [v for v in values[:-1] if isinstance(v, int | float) and math.isfinite(v)]
+        if not earlier:
+            return True
+        return last > max(earlier) if self.cfg.monitor_mode == "max" else last < min(earlier)
 
     def _checkpoint(
         self, state: LoopState, metrics: dict[str, float] | None
@@ -435,6 +475,26 @@ class _Clock:
                 )
             )
         return now
+
+    def finish(self, state: LoopState, hooks: Hooks) -> None:
+        """A last progress report at the end of training: all done, at the throughput measured
+        over this attempt (a short run may have had a single report, at its first step, before
+        anything was measured). Nothing when this attempt trained no step."""
+        done_steps = state.global_step - self.attempt_samples_start
+        secs = time.monotonic() - self.attempt_start
+        if done_steps <= 0 or secs <= 0:
+            return
+        hooks.progress(
+            Progress(
+                epoch=state.epoch,
+                epochs=self.cfg.epochs,
+                step=self.steps,
+                steps_per_epoch=self.steps,
+                fraction=1.0,
+                samples_per_second=done_steps * self.cfg.batch_size / secs,
+                eta_seconds=0.0,
+            )
+        )
 
     def pause(self, state: LoopState) -> float:
         """Stop the epoch's clock; record time in the state (for a checkpoint); return epoch seconds."""

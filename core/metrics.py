@@ -162,19 +162,48 @@ def evaluate_model(
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     autocast: AutocastFactory = contextlib.nullcontext,
+    inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The evaluate stage's metrics for a split: one forward pass, then the loss (batch-weighted
     mean, as `core.loop.evaluate` computes it) and the task's metrics. `y` is in the loss's form:
-    class indices (index), a float 0/1 column (binary) or float values (value)."""
-    n = int(X.shape[0])
+    class indices (index), a float 0/1 column (binary) or float values (value, scaled when
+    `inverse` maps them back to the data's units, in which the regression metrics are given)."""
     out = predict(model, X, batch_size, autocast)
+    return output_metrics(
+        out,
+        y,
+        loss_fn,
+        target,
+        batch_size=batch_size,
+        num_classes=num_classes,
+        class_names=class_names,
+        inverse=inverse,
+    )
+
+
+def output_metrics(
+    out: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: nn.Module,
+    target: Target,
+    *,
+    batch_size: int = 1024,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """`evaluate_model` from outputs already computed (`predict`): the evaluate stage also writes
+    them out per sample, from the same forward pass."""
+    n = int(out.shape[0])
     with torch.inference_mode():
-        loss_sum = torch.zeros((), device=X.device, dtype=torch.float64)
+        loss_sum = torch.zeros((), device=out.device, dtype=torch.float64)
         for start in range(0, n, batch_size):
             part = out[start : start + batch_size]
             loss_sum += loss_fn(part, y[start : start + batch_size]).double() * part.shape[0]
         loss = float(loss_sum) / n if n else float("nan")
         if target == "value":
+            if inverse is not None:
+                out, y = inverse(out), inverse(y)
             return {"loss": loss, **regression_metrics(out, y)}
         if target == "binary":
             pred = (out.reshape(-1) > 0).long()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,11 +20,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from core import predictions
 from core.artifact import ModelCard, count_parameters, save_model
 from core.augment import build_augment
 from core.checkpoint import CheckpointManager, CheckpointRecord
 from core.data.cache import PreprocessCache, PrepSpec, cache_key
-from core.data.prepare import Prepared, prepare
+from core.data.prepare import Prepared, TargetScaler, prepare
 from core.data.registry import DatasetInfo, LoadContext, Loaded
 from core.device import resolve_device, resolve_precision
 from core.errors import (
@@ -36,10 +38,17 @@ from core.errors import (
 from core.hooks import Hooks
 from core.loop import EarlyStopping, LoopConfig, LoopState, TrainData, Trainer
 from core.losses import LOSSES, Loss
-from core.metrics import evaluate_model
+from core.metrics import output_metrics, predict
 from core.models import build_model
 from core.optim import OPTIMIZERS, SCHEDULERS, param_groups
-from core.spec import JobSpec, metric_mode, resolved_loss, resolved_monitor, spec_problems
+from core.spec import (
+    JobSpec,
+    metric_mode,
+    resolved_loss,
+    resolved_monitor,
+    resolved_target_scaling,
+    spec_problems,
+)
 from core.state import capture_rng, restore_rng, seed_everything
 from core.transfer import (
     Transfer,
@@ -99,6 +108,18 @@ class PipelineResult:
     resumed_from: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: CheckpointRecord | None = None  # cancelled/preempted: the mid-epoch checkpoint
+    #: Which epoch's weights were evaluated and registered: {"keep", "epoch", "metric", "value"},
+    #: plus "requested" and "reason" when "best" could not be honoured.
+    weights: dict[str, Any] | None = None
+    #: Samples per held-out split whose per-sample predictions were written (`core.predictions`).
+    predictions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def model_metrics(self) -> dict[str, Any]:
+        """The epoch row of the registered weights."""
+        epoch = (self.weights or {}).get("epoch")
+        row = next((r for r in self.history if r.get("epoch") == epoch), None)
+        return dict(row) if row is not None else self.final_metrics
 
     @property
     def parameters(self) -> dict[str, int]:
@@ -116,6 +137,8 @@ def spec_fingerprint(spec: JobSpec) -> str:
     d.pop("name", None)
     d["training"].pop("max_minutes", None)
     d["training"].pop("log_every_steps", None)
+    d["training"].pop("keep", None)  # which weights are registered, not how they are trained
+    d.pop("tags", None)  # labels a user may change (PATCH) while a job is interrupted
     blob = repr(sorted(_flatten(d)))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -270,9 +293,15 @@ def _run(
         if cache_out is not None:
             out["cache"] = cache_out
 
+    # Regression targets standardised with the training split's statistics (predictions and
+    # metrics go back to the data's units); fitted again on a resume: the split is the same.
+    scaler = None
+    if loss_entry.target == "value" and resolved_target_scaling(spec, info) == "standard":
+        scaler = TargetScaler.fit(prepared.train.y)
+
     with stage("train") as out:
         device = _pick_device(spec, ctx)
-        trained = _train(spec, info, ctx, hooks, prepared, loss_entry, device)
+        trained = _train(spec, info, ctx, hooks, prepared, loss_entry, device, scaler)
         model, state = trained.model, trained.state
         params = count_parameters(model)
         best = _best(state, trained.monitor)
@@ -288,23 +317,49 @@ def _run(
                 "parameters": params,
                 "transfer": trained.transfer.outputs(),
                 "augment": aug.describe() if (aug := build_augment(d.augment)) else None,
+                "weights": trained.weights,
+                "target_scaling": scaler.to_dict() if scaler is not None else None,
             }
         )
 
     with stage("evaluate") as out:
+        # One forward pass per held-out split gives both the metrics of the evaluated split and
+        # the per-sample predictions, so they come from the very weights that are registered.
         split, part = _eval_split(prepared)
-        metrics = evaluate_model(
-            model,
-            part.X.to(device),
-            _targets(part.y, loss_entry).to(device),
+        eval_bs = max(t.batch_size, 1024)
+        inverse = scaler.inverse if scaler is not None else None
+        outputs: dict[str, torch.Tensor] = {}
+        for name in (*predictions.SPLITS, split):
+            held: Any = getattr(prepared, name)
+            if held is not None and name not in outputs:
+                outputs[name] = predict(model, held.X.to(device), eval_bs)
+        metrics = output_metrics(
+            outputs[split],
+            _scaled(_targets(part.y, loss_entry), scaler).to(device),
             loss_entry.build(),
             loss_entry.target,
-            batch_size=max(t.batch_size, 1024),
+            batch_size=eval_bs,
             num_classes=info.num_classes,
             class_names=info.class_names,
+            inverse=inverse,
         )
         evaluation = {"split": split, "samples": len(part), "metrics": metrics}
-        out.update(evaluation)
+        written_predictions = predictions.write_all(
+            ctx.job_dir,
+            {
+                name: predictions.per_sample(
+                    prepared.indices.get(name, torch.arange(len(held))),
+                    outputs[name],
+                    held.y,
+                    loss_entry.target,
+                    info.class_names,
+                    inverse,
+                )
+                for name in predictions.SPLITS
+                if (held := getattr(prepared, name)) is not None
+            },
+        )
+        out.update({**evaluation, "weights": trained.weights, "predictions": written_predictions})
 
     with stage("register") as out:
         card = ModelCard(
@@ -323,6 +378,8 @@ def _run(
             dataset=info.name,
             loss=loss_name,
             parameters=params,
+            weights=trained.weights,
+            target_scaling=scaler.to_dict() if scaler is not None else None,
             pretrained=pretrained_card(spec.model, trained.transfer.report),
         )
         written = save_model(ctx.model_dir, model, card)
@@ -349,7 +406,13 @@ def _run(
         total_params=params["total"],
         resumed_from=trained.resumed_from,
         history=state.history,
+        weights=trained.weights,
+        predictions=written_predictions,
     )
+
+
+def _scaled(y: torch.Tensor, scaler: TargetScaler | None) -> torch.Tensor:
+    return scaler(y) if scaler is not None else y
 
 
 def _collect_outputs(info: DatasetInfo, loaded: Loaded) -> dict[str, Any]:
@@ -417,10 +480,11 @@ def _eval_split(p: Prepared) -> tuple[str, Any]:
 def _best(state: LoopState, monitor: tuple[str, str]) -> dict[str, Any] | None:
     name, mode = monitor
     rows = [r for r in state.history if isinstance(r.get(name), float | int)]
-    if not rows:
+    finite = [r for r in rows if math.isfinite(r[name])]
+    if not finite:
         return None
     pick = max if mode == "max" else min
-    row = pick(rows, key=lambda r: r[name])
+    row = pick(finite, key=lambda r: r[name])  # the first of equals, as the loop's best
     return {"metric": name, "value": row[name], "epoch": row["epoch"]}
 
 
@@ -432,6 +496,7 @@ class _Trained:
     precision: str
     resumed_from: dict[str, Any] | None
     transfer: Transfer
+    weights: dict[str, Any]
 
 
 def _train(
@@ -442,6 +507,7 @@ def _train(
     prepared: Prepared,
     loss_entry: Loss,
     device: torch.device,
+    target_scaler: TargetScaler | None = None,
 ) -> _Trained:
     t = spec.training
     seed_everything(t.seed)
@@ -521,6 +587,9 @@ def _train(
         early_stopping=es,
         deadline=deadline,
         max_minutes=t.max_minutes,
+        monitor=monitor[0],
+        monitor_mode=monitor[1],
+        keep_best=t.keep == "best" and has_val,
     )
 
     def save_checkpoint(s: LoopState, metrics: dict[str, float] | None) -> CheckpointRecord:
@@ -551,9 +620,12 @@ def _train(
 
     data = TrainData(
         prepared.train.X.to(device),
-        _targets(prepared.train.y, loss_entry).to(device),
+        _scaled(_targets(prepared.train.y, loss_entry), target_scaler).to(device),
         prepared.val.X.to(device) if prepared.val is not None else None,
-        _targets(prepared.val.y, loss_entry).to(device) if prepared.val is not None else None,
+        _scaled(_targets(prepared.val.y, loss_entry), target_scaler).to(device)
+        if prepared.val is not None
+        else None,
+        target_inverse=target_scaler.inverse if target_scaler is not None else None,
     )
     trainer = Trainer(
         model,
@@ -569,5 +641,59 @@ def _train(
         on_epoch_start=transfer.at_epoch,
     )
     state = trainer.fit(data, state)
+    weights = _keep_weights(t.keep, has_val, model, trainer, manager, state, monitor, device)
     model.eval()
-    return _Trained(model, state, monitor, precision.name, resumed_from, transfer)
+    return _Trained(model, state, monitor, precision.name, resumed_from, transfer, weights)
+
+
+def _keep_weights(
+    keep: str,
+    has_val: bool,
+    model: nn.Module,
+    trainer: Trainer,
+    manager: CheckpointManager,
+    state: LoopState,
+    monitor: tuple[str, str],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Load the weights to evaluate and register into `model`, and say which epoch they are from.
+
+    "best": the best epoch by the checkpoint's monitored metric, from this run's copy in memory or,
+    when that epoch was trained by an earlier attempt, from its checkpoint (which retention never
+    deletes), verified by checksum. Without a validation split, or when the best epoch's weights
+    are gone (a checkpoint corrupted on disk), the last epoch's weights are kept and the record
+    says why."""
+    last = {"keep": "last", "epoch": state.epoch}
+    if keep == "last":
+        return last
+    if not has_val:
+        return last | {
+            "requested": "best",
+            "reason": "no validation split (dataset.val_fraction is 0): the last epoch's weights",
+        }
+    best = _best(state, monitor)
+    if best is None:
+        return last | {
+            "requested": "best",
+            "reason": f"no finite {monitor[0]} in any epoch: the last epoch's weights",
+        }
+    found = {
+        "keep": "best",
+        "epoch": best["epoch"],
+        "metric": best["metric"],
+        "value": best["value"],
+    }
+    if best["epoch"] == state.epoch:
+        return found  # the model holds them already
+    if trainer.best_weights is not None and trainer.best_epoch == best["epoch"]:
+        model.load_state_dict(trainer.best_weights)
+        return found
+    on_disk = manager.load_best_weights(map_location=device)
+    if on_disk is not None and (on_disk[0].epoch, on_disk[0].step) == (best["epoch"], 0):
+        model.load_state_dict(on_disk[1])
+        return found
+    return last | {
+        "requested": "best",
+        "reason": f"the checkpoint of the best epoch ({best['epoch']}) is missing or corrupt:"
+        " the last epoch's weights",
+    }

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from core.artifact import ModelCard, load_model
-from core.data.prepare import Normalizer
+from core.data.prepare import Normalizer, TargetScaler
 from core.errors import InputShapeError, InputValueError
 
 __all__ = ["InputShapeError", "InputValueError", "Predictor"]
@@ -36,6 +36,11 @@ class Predictor:
         if self.normalizer is not None:
             self.normalizer.mean = self.normalizer.mean.to(self.device)
             self.normalizer.std = self.normalizer.std.to(self.device)
+        # A regression model trained on standardised targets outputs them standardised: its
+        # values go back to the data's units here, for /predict and every other reader.
+        self.target_scaler = (
+            TargetScaler.from_dict(card.target_scaling) if card.target_scaling else None
+        )
 
     @classmethod
     def from_dir(cls, directory: Path | str, device: str | torch.device = "cpu") -> Predictor:
@@ -163,6 +168,8 @@ class Predictor:
         names = card.class_names
         with torch.inference_mode():
             if card.output == "identity":
+                if self.target_scaler is not None:
+                    out = self.target_scaler.inverse(out.reshape(out.shape[0], -1))
                 values = out.cpu().tolist()
                 return [{"value": v[0] if len(v) == 1 else v} for v in values]
             if card.output == "sigmoid":

@@ -169,6 +169,12 @@ class DatasetSpec(StrictModel):
         description="Standardise inputs with training-split statistics; null: the dataset's default.",
     )
     augment: AugmentSpec | None = Field(None, description="Image datasets only.")
+    target_scaling: Literal["standard", "none"] | None = Field(
+        None,
+        description="Regression only: train on targets standardised with the training split's"
+        " mean/std (predictions and metrics stay in the original units); null: 'standard', or"
+        " 'none' where the inputs are used raw (dataset.normalize false or the dataset's default).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -260,6 +266,11 @@ class TrainingSpec(StrictModel):
         None, gt=0.0, description="Clip the gradient norm to this value."
     )
     log_every_steps: int = Field(50, ge=1, description="A step metric row every N steps.")
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="Which epoch's weights are evaluated and registered: the best by"
+        " checkpoint.monitor (needs a validation split; without one, the last) or the last.",
+    )
 
     @field_validator("optimizer")
     @classmethod
@@ -382,6 +393,14 @@ def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]
                 f"augmentation needs image samples (C×H×W); dataset {info.name!r} is {info.kind}",
             )
         )
+    if spec.dataset.target_scaling == "standard" and info.task != "regression":
+        problems.append(
+            (
+                ("dataset", "target_scaling"),
+                f"target scaling applies to regression targets; dataset {info.name!r} is"
+                f" {info.task}: leave it null or 'none'",
+            )
+        )
     m = spec.model
     if m.unfreeze_after is not None and m.freeze == "none":
         problems.append(
@@ -433,6 +452,17 @@ def resolved_loss(spec: JobSpec, info: Any) -> str:
     if spec.training.loss is not None:
         return spec.training.loss
     return "cross_entropy" if info.task == "classification" else "mse"
+
+
+def resolved_target_scaling(spec: JobSpec, info: Any) -> Literal["standard", "none"]:
+    """Standardised regression targets unless asked otherwise; a spec that keeps its inputs raw
+    (a recipe tuned in the data's own units) keeps its targets raw too, unless it asks for both."""
+    if info.task != "regression":
+        return "none"
+    if spec.dataset.target_scaling is not None:
+        return spec.dataset.target_scaling
+    normalize = info.default_normalize if spec.dataset.normalize is None else spec.dataset.normalize
+    return "standard" if normalize else "none"
 
 
 def resolved_monitor(spec: JobSpec, info: Any, has_val: bool) -> tuple[str, Literal["min", "max"]]:

@@ -222,8 +222,8 @@ def _succeeded(
         card = load_card(result.model_dir)
         # What init_from resolved to at submit (kept in the result from then on).
         pins = {k: v for k, v in (job.result or {}).items() if k == "init_from"}
-        mv = jobstore.register_model(s, job, str(result.model_dir), card, result.final_metrics)
-        progress = _completed(job.progress, result.epochs_run)
+        mv = jobstore.register_model(s, job, str(result.model_dir), card, result.model_metrics)
+        progress = _completed(job.progress, result.epochs_run, result.final_metrics)
         ok = jobstore.finish(
             s,
             lease,
@@ -241,16 +241,24 @@ def _succeeded(
     return Outcome(lease.job_id, JobStatus.succeeded.value)
 
 
-def _completed(progress: dict[str, Any] | None, epochs_run: int) -> dict[str, Any] | None:
-    """Progress is written at most every heartbeat; a finished job shows all of it done."""
+def _completed(
+    progress: dict[str, Any] | None, epochs_run: int, last_epoch: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Progress is written at most every heartbeat; a finished job shows all of it done, at the
+    last throughput measured (a report taken before any step was timed says 0: the last epoch's
+    own rate stands in for it)."""
     if not progress:
         return progress
+    rate = progress.get("samples_per_second")
+    if not rate:
+        rate = (last_epoch or {}).get("samples_per_second") or rate
     return {
         **progress,
         "epoch": epochs_run,
         "step": progress.get("steps_per_epoch", progress.get("step")),
         "fraction": 1.0,
         "eta_seconds": 0.0,
+        "samples_per_second": rate,
     }
 
 
@@ -261,6 +269,8 @@ def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
             "parameters": {"trainable": result.trainable_params, "total": result.total_params},
             "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early,
+            "weights": result.weights,
+            "predictions": result.predictions,
             **extra,
         }
     )

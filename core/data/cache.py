@@ -49,7 +49,7 @@ from core.data.registry import Arrays, DatasetInfo
 log = logging.getLogger(__name__)
 
 #: Bump when the entry layout or anything `prepare()` computes changes: old entries are then unused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: each split's source indices (for per-sample predictions)
 SUBDIR = "preprocessed"
 TENSORS = "tensors.safetensors"
 META = "meta.json"
@@ -150,6 +150,8 @@ def _flat(prepared: Prepared) -> dict[str, torch.Tensor]:
         if part is not None:
             t[f"{name}.X"] = part.X.detach().cpu().contiguous()
             t[f"{name}.y"] = part.y.detach().cpu().contiguous()
+    for name, idx in prepared.indices.items():
+        t[f"{name}.index"] = idx.detach().cpu().contiguous()
     if prepared.normalizer is not None:
         t["normalizer.mean"] = prepared.normalizer.mean.detach().cpu().contiguous()
         t["normalizer.std"] = prepared.normalizer.std.detach().cpu().contiguous()
@@ -218,6 +220,13 @@ class PreprocessCache:
                 if sizes.get(name):
                     raise ValueError(f"{name}: missing")
                 parts[name] = None
+        indices = {}
+        for name, part in parts.items():
+            if part is not None:
+                idx = t[f"{name}.index"]
+                if idx.shape != (len(part),):
+                    raise ValueError(f"{name}: {tuple(idx.shape)} indices for {len(part)} samples")
+                indices[name] = idx
         p = meta["prepared"]
         normalizer = None
         if p["normalizer"] is not None:
@@ -229,6 +238,7 @@ class PreprocessCache:
             normalizer,
             bool(p["stratified"]),
             p["test_source"],
+            indices,
         )
 
     # --- writing ---------------------------------------------------------------------------------

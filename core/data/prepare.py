@@ -6,7 +6,7 @@ fractions, stratify), so a resumed job re-derives exactly the split it trained o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -76,6 +76,50 @@ class Normalizer:
         mean = torch.tensor(d["mean"], dtype=torch.float32).reshape(shape)
         std = torch.tensor(d["std"], dtype=torch.float32).reshape(shape)
         return cls(mean, std, d["kind"])
+
+
+@dataclass
+class TargetScaler:
+    """Regression targets y → (y - mean) / std, one mean/std per target column, fitted on the
+    training split. The loss then sees targets of unit scale whatever their units: with raw targets
+    in the hundreds a freshly initialised network's outputs (near 0) are hundreds off, the first
+    steps are spent learning the offset, and Adam's early stopping sets in long before the shape
+    of the function is learnt. Outputs go back to the data's units with `inverse`."""
+
+    mean: torch.Tensor  # (d,)
+    std: torch.Tensor  # (d,)
+
+    @classmethod
+    def fit(cls, y: torch.Tensor) -> TargetScaler:
+        y2 = y.to(torch.float64).reshape(y.shape[0], -1)
+        std, mean = torch.std_mean(y2, dim=0, correction=0)
+        std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)
+        return cls(mean.to(torch.float32), std.to(torch.float32))
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """Scaled targets (N, d), a new tensor."""
+        y2 = y.to(torch.float32).reshape(y.shape[0], -1)
+        return (y2 - self.mean.to(y2.device)) / self.std.to(y2.device)
+
+    def inverse(self, out: torch.Tensor) -> torch.Tensor:
+        """Scaled values (N, d) → the data's units."""
+        return out * self.std.to(out.device) + self.mean.to(out.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "standard",
+            "formula": "value = output * std + mean (per target column)",
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TargetScaler:
+        if d.get("kind") != "standard":
+            raise ValueError(f"unknown target scaling {d.get('kind')!r}")
+        mean = torch.tensor(d["mean"], dtype=torch.float32).reshape(-1)
+        std = torch.tensor(d["std"], dtype=torch.float32).reshape(-1)
+        return cls(mean, std)
 
 
 @dataclass
@@ -159,6 +203,9 @@ class Prepared:
     stratified: bool
     #: "official" (the source's test split), "held_out" (dataset.test_fraction) or None.
     test_source: str | None
+    #: Each split's samples' positions in the source before splitting (int64, in the split's
+    #: order): rows of the source's training data, and for an official test split its own rows.
+    indices: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def outputs(self) -> dict[str, Any]:
         """The preprocess stage's JSON-able record."""
@@ -218,12 +265,17 @@ def prepare(
     held_out = test_fraction if loaded.test is None else 0.0
     idx = split_indices(data.y, val_fraction, held_out, split_seed, stratify)
     train = _take(data, idx.train)
+    indices = {"train": idx.train}
     val = _take(data, idx.val) if idx.val is not None and idx.val.numel() else None
+    if val is not None and idx.val is not None:
+        indices["val"] = idx.val
     if loaded.test is not None:
         test: Arrays | None = loaded.test  # not ours to change in place: normalised into a copy
         source: str | None = "official"
+        indices["test"] = torch.arange(len(loaded.test))
     elif idx.test is not None and idx.test.numel():
         test, source = _take(data, idx.test), "held_out"
+        indices["test"] = idx.test
     else:
         test, source = None, None
     use_norm = info.default_normalize if normalize is None else normalize
@@ -243,4 +295,5 @@ def prepare(
             test = Arrays(normalizer(test.X), test.y) if source == "official" else test
             if source == "held_out":
                 normalizer.apply_(test.X)
-    return Prepared(train, val, test, normalizer, idx.stratified, source)
+    indices = {k: v.to(torch.int64) for k, v in indices.items()}
+    return Prepared(train, val, test, normalizer, idx.stratified, source, indices)

@@ -153,8 +153,12 @@ def test_the_evaluate_stage_reports_them(run_job: RunJob) -> None:
     ev = result.evaluation
     assert ev is not None and ev["split"] == "val"
     m = ev["metrics"]
-    assert m["accuracy"] == result.final_metrics["val_accuracy"]
-    assert m["loss"] == pytest.approx(result.final_metrics["val_loss"], rel=1e-9)
+    # The registered weights are the best epoch's: evaluate reports that epoch's validation row.
+    assert result.weights is not None and result.weights["keep"] == "best"
+    row = result.model_metrics
+    assert row["epoch"] == result.weights["epoch"]
+    assert m["accuracy"] == row["val_accuracy"]
+    assert m["loss"] == pytest.approx(row["val_loss"], rel=1e-9)
     assert list(m["per_class"]) == ["malignant", "benign"]
     matrix = m["confusion_matrix"]["matrix"]
     assert sum(map(sum, matrix)) == ev["samples"]
@@ -175,5 +179,5 @@ def test_regression_job_reports_mae_rmse_r2(run_job: RunJob) -> None:
     ev = result.evaluation
     assert ev is not None
     assert set(ev["metrics"]) == {"loss", "mae", "rmse", "r2"}
-    assert ev["metrics"]["r2"] == pytest.approx(result.final_metrics["val_r2"], rel=1e-6)
+    assert ev["metrics"]["r2"] == pytest.approx(result.model_metrics["val_r2"], rel=1e-6)
     assert ev["metrics"]["r2"] > 0.3
