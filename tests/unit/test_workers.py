@@ -3,8 +3,10 @@ CUDA), and the `workers` table that says which queued jobs no live worker can ru
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from tas import jobstore, workers
 from tas.db.engine import make_engine, make_sessionmaker
 from tas.db.migrate import upgrade
 from tas.db.models import Job, Worker, utcnow
+from tas.settings import Settings
+from worker.presence import Presence
 
 CPU: list[dict[str, Any]] = [{"id": "cpu", "name": "x86"}]
 GPU: list[dict[str, Any]] = [
@@ -186,3 +190,46 @@ def test_running_jobs_are_counted_per_worker_from_their_leases(
         assert workers.running_by_worker(s) == {"w1@h": 2, "w2@h": 1}
         s.execute(update(Job).where(Job.id == ids[0]).values(status="succeeded"))
         assert workers.running_by_worker(s) == {"w1@h": 1, "w2@h": 1}
+
+
+def test_presence_registers_drains_and_goes_offline(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The worker's row through a warm shutdown: online at ready, draining from the moment the
+    shutdown begins (the signal handler only flags it: the heartbeat thread writes), offline at
+    the end."""
+    settings = Settings(data_dir=tmp_path, worker_heartbeat_s=30)
+    presence = Presence(settings, info("p@h", ["cpu"]), sessions)
+    presence.start()
+
+    def status() -> str:
+        with sessions() as s:
+            row = s.get(Worker, "p@h")
+            assert row is not None
+            return row.status
+
+    assert status() == "online"
+    presence.draining()
+    deadline = time.monotonic() + 5
+    while status() != "draining" and time.monotonic() < deadline:  # written by the thread, now
+        time.sleep(0.02)
+    assert status() == "draining"
+    presence.stop()
+    assert status() == "offline" and not presence._thread.is_alive()
+
+
+def test_a_worker_asked_only_for_queues_it_cannot_serve_refuses_to_start(tmp_path: Path) -> None:
+    if workers.detect_machine().devices[1:]:
+        pytest.skip("this machine has a CUDA device")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAS_")}
+    env["TAS_DATA_DIR"] = str(tmp_path / "var")
+    out = subprocess.run(
+        [sys.executable, "-m", "tas", "worker", "--queues", "gpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "not consuming queue 'gpu': it needs a CUDA device" in out.stderr
+    assert "no queue in 'gpu' that this machine can serve" in out.stderr

@@ -5,13 +5,14 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import SessionDep, SettingsDep
+from app.api.query import StrictQuery
 from app.schemas.workers import WorkerOut
 from app.services import workers as worker_service
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 
 
-@router.get("", response_model=list[WorkerOut])
+@router.get("", response_model=list[WorkerOut], dependencies=[StrictQuery])
 def list_workers(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
     """Workers heard from recently (TAS_WORKER_FORGET_S), live ones first: the queues each
     consumes, its devices and capacity, and the jobs it runs now. A worker beats every

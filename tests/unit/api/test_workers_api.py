@@ -65,6 +65,7 @@ def test_workers_lists_what_each_offers(client: TestClient, settings: Settings) 
     assert cpu["capacity"] == {"memory_mb": 8000, "gpu_memory_mb": [], "cpus": 4}
     assert cpu["running_jobs"] == 0 and cpu["pid"] == 4321
     assert body[1]["devices"][1]["name"] == "NVIDIA H200"
+    assert client.get("/workers?live=1").status_code == 422  # unknown parameters are not ignored
 
 
 def test_a_cuda_job_with_no_gpu_worker_is_accepted_with_a_warning(
