@@ -1,5 +1,6 @@
-"""Transfer learning: pretrained torchvision weights, init_from, freezing, unfreeze_after, backbone_lr,
-and the issue's acceptance test (a CNN trained on digits 0-4 helps on 100 samples of digits 5-9)."""
+"""Transfer learning: pretrained torchvision weights (placed, or downloaded with torchvision's hash
+check from a local server), init_from, freezing, unfreeze_after, backbone_lr, and a CNN trained on
+digits 0-4 that helps on 100 samples of digits 5-9."""
 
 from __future__ import annotations
 
