@@ -16,9 +16,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar, TypeVarTuple
 
 import anyio
 from prometheus_client.core import GaugeMetricFamily
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 #: What a refused client is told to wait (seconds). Streams last as long as jobs, so there is no
 #: better estimate of when a slot frees; a few seconds keeps a retry loop from hammering the API.
 RETRY_AFTER_S = 5
+#: Worker threads (and so pooled connections) the streams' reads use at once.
+READ_THREADS = 2
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 
 def _micros(dt: datetime | None) -> int:
@@ -158,6 +164,7 @@ class JobStreams:
         self._open = 0
         self._by_tenant: Counter[str] = Counter()
         self._poller: asyncio.Task[None] | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
         #: Database reads made by the poller (one per interval, whatever the number of streams).
         self.polls = 0
 
@@ -181,7 +188,7 @@ class JobStreams:
         try:
             first = self._latest.get(job_id)
             if first is None:
-                first = await anyio.to_thread.run_sync(self._read_one, job_id, tenant)
+                first = await self._in_thread(self._read_one, job_id, tenant)
             elif first.tenant != tenant:
                 raise JobNotFound(job_id)
         except BaseException:
@@ -232,6 +239,14 @@ class JobStreams:
         if job_id in self._watchers and (latest is None or snap.version >= latest.version):
             self._latest[job_id] = snap
 
+    async def _in_thread(self, fn: Callable[[*Args], T], *args: *Args) -> T:
+        """On a worker thread, at most READ_THREADS at once: a burst of streams opening on new
+        jobs queues behind itself, never taking the threadpool's slots (40, shared with every
+        plain route) or more than that many pooled connections from plain requests."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(READ_THREADS)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
     def _read_one(self, job_id: str, tenant: str) -> Snapshot:
         """The same single statement as a poll (`jobstore.get_job` would load stages apart)."""
         snap = self._read_many([job_id]).get(job_id)
@@ -263,7 +278,7 @@ class JobStreams:
             while self._watchers:
                 job_ids = list(self._watchers)
                 try:
-                    snaps = await anyio.to_thread.run_sync(self._read_many, job_ids)
+                    snaps = await self._in_thread(self._read_many, job_ids)
                     self.polls += 1
                 except Exception:
                     # A database hiccup delays updates; it must not end every stream.

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.services.job_stream import JobStreams, Watch
+from app.services.job_stream import READ_THREADS, JobStreams, Snapshot, Watch
 from tas import jobstore
 from tas.db.engine import make_engine, make_sessionmaker
 from tas.db.models import Job, JobStatus
@@ -250,5 +252,37 @@ def test_shutdown_ends_open_streams(sessions: sessionmaker[Session]) -> None:
         events = await asyncio.wait_for(task, timeout=5)
         assert [e["event"] for e in events] == ["job"]
         assert hub.open_streams == 0 and not hub.polling
+
+    asyncio.run(run())
+
+
+def test_a_burst_of_new_streams_uses_at_most_read_threads(sessions: sessionmaker[Session]) -> None:
+    """Streams opening on 20 different jobs at once: their reads queue behind each other, holding
+    no more than READ_THREADS worker threads (and pooled connections) at any moment."""
+    job_ids = [new_job(sessions) for _ in range(20)]
+
+    class Counting(JobStreams):
+        active = peak = 0
+        lock = threading.Lock()
+
+        def _read_many(self, ids: Sequence[str]) -> dict[str, Snapshot]:
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            try:
+                time.sleep(0.01)
+                return super()._read_many(ids)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+    async def run() -> None:
+        hub = Counting(sessions, max_streams=100, interval_s=0.05)
+        watches = await asyncio.gather(*(hub.watch(j, "default") for j in job_ids))
+        assert hub.open_streams == 20 and hub.watched_jobs == 20
+        assert hub.peak == READ_THREADS
+        for w in watches:
+            w.close()
+        await hub.aclose()
 
     asyncio.run(run())
