@@ -199,9 +199,9 @@ def input_problems(spec: Any, input_shape: tuple[int, ...]) -> list[str]:
     arch = ARCHS[spec.arch]
     if arch.torchvision is None or len(input_shape) != 3:
         return []
-    model = build_on_meta(spec, tuple(input_shape), 2)
-    model.eval()
     try:
+        model = build_on_meta(spec, tuple(input_shape), 2)
+        model.eval()
         with torch.device("meta"), torch.no_grad():
             model(torch.empty(2, *input_shape))
     except Exception as exc:
