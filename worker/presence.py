@@ -36,6 +36,22 @@ _BEAT_LOCK = threading.Lock()
 _AT_FORK_REGISTERED = False
 
 
+#: Whether the fork in progress holds _BEAT_LOCK (it waits for a beat at most FORK_WAIT_S: a
+#: database that hangs must not stop the worker from forking the child that runs the next job).
+_FORK_HOLDS = False
+FORK_WAIT_S = 2.0
+
+
+def _before_fork() -> None:
+    global _FORK_HOLDS
+    _FORK_HOLDS = _BEAT_LOCK.acquire(timeout=FORK_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    if _FORK_HOLDS:
+        _BEAT_LOCK.release()
+
+
 def _after_fork_in_child() -> None:
     global _BEAT_LOCK, _presence
     _BEAT_LOCK = threading.Lock()
@@ -46,8 +62,8 @@ def _register_at_fork() -> None:
     global _AT_FORK_REGISTERED
     if not _AT_FORK_REGISTERED and hasattr(os, "register_at_fork"):
         os.register_at_fork(
-            before=lambda: _BEAT_LOCK.acquire(),
-            after_in_parent=lambda: _BEAT_LOCK.release(),
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
             after_in_child=_after_fork_in_child,
         )
         _AT_FORK_REGISTERED = True
@@ -57,6 +73,8 @@ def _sessions(url: str) -> sessionmaker[Session]:
     kwargs: dict[str, Any] = {"poolclass": NullPool}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    elif url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", db_engine._sqlite_pragmas)

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+import worker.presence as presence_module
 from tas import jobstore, workers
 from tas.db.engine import make_engine, make_sessionmaker
 from tas.db.migrate import upgrade
@@ -209,6 +210,16 @@ def test_presence_registers_drains_and_goes_offline(
             return row.status
 
     assert status() == "online"
+    # a pool child forked now starts with no presence and a free lock (never one held mid-beat)
+    presence_module._presence = presence
+    try:
+        pid = os.fork()
+        if pid == 0:
+            ok = presence_module._presence is None and presence_module._BEAT_LOCK.acquire(False)
+            os._exit(0 if ok else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        presence_module._presence = None
     presence.draining()
     deadline = time.monotonic() + 5
     while status() != "draining" and time.monotonic() < deadline:  # written by the thread, now
