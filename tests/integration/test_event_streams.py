@@ -6,8 +6,12 @@ close, nothing is left held: no pooled connection, no slot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -225,3 +229,52 @@ def test_two_hundred_streams_over_a_bound_of_fifty(api: str) -> None:
             await wait_idle(probe)
 
     asyncio.run(run())
+
+
+def test_a_stopping_server_ends_open_streams_cleanly(tmp_path: Path) -> None:
+    """SIGTERM with streams open: each stream ends as a finished job's would (a complete
+    response, not a cut connection or an error in the log), and the server exits promptly."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "tas", "serve", "--no-worker", "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=base_env(tmp_path / "var"),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                await asyncio.sleep(0.2)
+            job = (await client.post("/jobs", json=SPEC)).json()
+            opened = [await open_stream(client, job["id"]) for _ in range(5)]
+            streams = [s for s in opened if isinstance(s, Stream)]
+            assert len(streams) == 5
+            for s in streams:
+                assert await s.next_event() is not None
+            stopped_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            # a clean end of each response (a cut one raises RemoteProtocolError here)
+            assert await asyncio.gather(*(s.next_event() for s in streams)) == [None] * 5
+            await asyncio.to_thread(proc.wait, 30)
+            assert time.monotonic() - stopped_at < 10
+
+    try:
+        asyncio.run(run())
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, log_path.read_text()
+    assert "without completing response" not in log_path.read_text()

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
+import anyio
 from fastapi import APIRouter, Path, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import Receive, Scope, Send
@@ -15,13 +16,30 @@ from app.services.job_stream import JobStreams, Watch
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
+class _EndOnShutdown:
+    """Handed to sse-starlette as its `shutdown_event`, of which it only calls `set()` when the
+    server stops: the stream then ends as if its job had (the response completed), instead of
+    being cancelled mid-response, which uvicorn logs as an error for every open stream."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+
+    def set(self) -> None:
+        self.watch.end()
+
+
 class WatchResponse(EventSourceResponse):
     """Gives the stream's slot back however the response ends: the stream's own end, a client
     disconnect, shutdown, or an end before the stream's generator ever started (whose `finally`
     would then never run)."""
 
     def __init__(self, watch: Watch, **kwargs: Any) -> None:
-        super().__init__(watch.events(), **kwargs)
+        super().__init__(
+            watch.events(),
+            shutdown_event=cast(anyio.Event, _EndOnShutdown(watch)),
+            shutdown_grace_period=2.0,
+            **kwargs,
+        )
         self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
