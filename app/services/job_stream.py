@@ -1,12 +1,13 @@
 """Live job updates for `GET /jobs/{id}/events`: one poller for every watched job, fanned out to
 each stream, and a bound on how many streams are open.
 
-A stream holds no database connection while it waits. Opening one reads the job once with its own
-short-lived session (closed before the first byte is sent); after that a single task reads every
-watched job in one query per interval, on one worker thread, and hands each stream the latest
-snapshot of its job. So N dashboards cost one query per interval instead of N sessions held open
-(the pool is 5 + 10 connections: fifteen held streams used to starve every other request), and
-plain requests never queue behind streams for a connection or for a threadpool slot.
+A stream holds no database connection while it waits. The first stream on a job reads it with a
+short-lived session of its own (closed before the first byte is sent; later streams on that job
+start from the latest snapshot); after that a single task reads every watched job in one query
+per interval, with one hop to a worker thread, and hands each stream the latest snapshot of its
+job. So N dashboards cost one query per interval instead of N sessions held open (the pool is
+5 + 10 connections: fifteen streams holding one each would starve every other request), and plain
+requests never queue behind streams for a connection or for a threadpool slot.
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ class Watch:
         """`event: job` with the job's JSON each time it changes; the stream ends with the job.
 
         Ids increase strictly within a stream: the snapshot's version, or one more than the last
-        id when two different states share a version (a stage write and a row write in the same
-        microsecond)."""
+        id when a new state shares the last one's version (a change the job's rows do not date,
+        such as a worker coming up for a queued job's `waiting_for`)."""
         try:
             while True:
                 await self._ready.wait()
