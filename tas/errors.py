@@ -144,3 +144,24 @@ class DatasetInUse(Conflict):
             f"dataset {dataset_id!r} is used by {len(job_ids)} queued or running job(s)"
             f" ({', '.join(job_ids[:5])}); cancel them or wait for them to finish"
         )
+
+
+class PredictionsNotReady(Conflict):
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id!r} is {status}; per-sample predictions exist once it has succeeded"
+            " (the evaluate stage writes them)"
+        )
+
+
+class SplitNotFound(NotFound):
+    def __init__(self, job_id: str, split: str, available: Sequence[str]) -> None:
+        has = ", ".join(available) if available else "none (trained before they were recorded)"
+        super().__init__(
+            f"job {job_id!r} has no per-sample predictions for the {split} split; available: {has}"
+            + (
+                " (a test split needs dataset.test_fraction > 0, or a dataset with its own)"
+                if split == "test"
+                else ""
+            )
+        )

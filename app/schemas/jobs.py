@@ -178,3 +178,34 @@ class JobPatch(BaseModel):
     tags: dict[TagKey, TagValue | None] = Field(
         ..., examples=[{"team": "vision", "stale": None}], max_length=64
     )
+
+
+class PredictionsOut(BaseModel):
+    """`GET /jobs/{id}/predictions`: one row per held-out sample, from the registered weights."""
+
+    job_id: str
+    split: str = Field(description="val | test")
+    task: str = Field(description="classification | regression")
+    weights: dict[str, Any] | None = Field(
+        description="Which epoch's weights made them (as the job's result.weights)."
+    )
+    count: int
+    predictions: list[dict[str, Any]] = Field(
+        description="Classification: index (the sample's row in the data before splitting),"
+        " label, class_name, predicted, predicted_class_name, probability (of the predicted"
+        " class), correct. Regression: index, value, predicted, error (predicted - value), in the"
+        " target's units; lists for several target columns.",
+        examples=[
+            [
+                {
+                    "index": 17,
+                    "label": 3,
+                    "class_name": "3",
+                    "predicted": 8,
+                    "predicted_class_name": "8",
+                    "probability": 0.71,
+                    "correct": False,
+                }
+            ]
+        ],
+    )

@@ -14,10 +14,12 @@ from app.schemas.jobs import (
     JobPage,
     JobPatch,
     MetricRowOut,
+    PredictionsOut,
     ResumeIn,
     SubmittedJobOut,
 )
 from app.services import jobs as job_service
+from app.services import predictions as prediction_service
 from app.services import workers as worker_service
 from core.spec import JobSpec
 from tas import jobstore
@@ -188,6 +190,31 @@ def get_metrics(
 def get_checkpoints(job: JobDep, session: SessionDep) -> list[Checkpoint]:
     q = select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.deleted.is_(False))
     return list(session.scalars(q.order_by(Checkpoint.epoch, Checkpoint.step)))
+
+
+@router.get(
+    "/{job_id}/predictions",
+    response_model=PredictionsOut,
+    dependencies=[StrictQuery],
+    responses={
+        200: {"content": {"text/csv": {}}},
+        404: {"description": "No such job, or no predictions for that split"},
+        409: {"description": "The job has not succeeded"},
+    },
+)
+def get_predictions(
+    job: JobDep,
+    settings: SettingsDep,
+    split: Annotated[
+        Literal["val", "test"] | None,
+        Query(description="val | test; default: the split the evaluate stage reported on"),
+    ] = None,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> Any:
+    """Each held-out sample's index in the dataset (its row before splitting), its true label or
+    value and the registered model's prediction: inspect the mistakes, or score your own baseline
+    on exactly the same split."""
+    return prediction_service.job_predictions(job, settings, split, format)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
