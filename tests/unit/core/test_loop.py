@@ -238,3 +238,14 @@ def test_batchnorm_model_drops_a_lone_last_sample_instead_of_crashing() -> None:
     assert all(math.isfinite(r["train_loss"]) for r in hooks.epochs)
     plain = trainer(LoopConfig(epochs=1, batch_size=8, seed=0)).fit(data)
     assert plain.global_step == 13
+
+
+def test_a_short_run_ends_with_a_measured_throughput() -> None:
+    """A run shorter than the progress interval is reported once at its first step, before any
+    step was timed (0 samples/s); the last report, at the end, carries the measured rate."""
+    hooks = RecordingHooks()
+    trainer(LoopConfig(epochs=2, batch_size=16, progress_interval_s=3600), hooks).fit(toy())
+    first, last = hooks.progress_calls[0], hooks.progress_calls[-1]
+    assert len(hooks.progress_calls) == 2 and first.samples_per_second == 0.0
+    assert (last.fraction, last.epoch, last.step, last.eta_seconds) == (1.0, 2, 6, 0.0)
+    assert last.samples_per_second > 0
