@@ -81,13 +81,18 @@ def reap_once(session: Session, publisher: Broker, *, requeue_after_s: float) ->
         waiting: dict[str, int] = {queue: int(n) for queue, n in counts}
         for _, queue, _ in sends:  # lease-expired jobs just requeued: their messages go out below
             waiting[queue] = waiting.get(queue, 0) - 1
-        for job_id, queue, _, republishes, claims in due:
+        # Messages missing per queue: at most that many are sent again, longest waiting first
+        # (a message a worker holds unacknowledged is not counted by the broker, so the count
+        # can overstate what is lost by the few messages in flight, never more).
+        missing = {q: n - (sizes.get(q, 0) if sizes is not None else 0) for q, n in waiting.items()}
+        for job_id, queue, _, republishes, claims in sorted(due, key=lambda r: r.queued_at):
             settled = jobstore.fail_unclaimable(session, job_id)
             if settled is not None:
                 failed.append(job_id)
                 continue
-            if sizes is not None and sizes.get(queue, 0) >= waiting.get(queue, 0):
+            if missing.get(queue, 0) <= 0:
                 continue  # as many messages as queued jobs: this one's is waiting its turn
+            missing[queue] -= 1
             # Conditional, like a claim: a worker that took the job since the SELECT keeps it.
             changed = rowcount(
                 session.execute(

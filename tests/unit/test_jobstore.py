@@ -370,3 +370,20 @@ def test_reaper_puts_an_expired_run_ahead_and_says_what_happened(
     assert (job.status, job.attempts, job.lease_owner) == ("queued", 1, None)
     assert (job.attempt_log or [])[-1]["outcome"] == "lease_expired"
     assert stages(sessions, job_id)[(1, "train")] == "interrupted"
+
+
+def test_reaper_sends_only_as_many_messages_as_are_missing(
+    sessions: sessionmaker[Session],
+) -> None:
+    ids = [new_job(sessions) for _ in range(3)]
+    with sessions() as s:
+        for minutes, job_id in zip((9, 7, 5), ids, strict=True):
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(queued_at=utcnow() - timedelta(minutes=minutes))
+            )
+        s.commit()
+    one_lost = Recorder(sizes={"default": 2})
+    with sessions() as s:
+        assert reap_once(s, one_lost, requeue_after_s=60).republished == [ids[0]]
