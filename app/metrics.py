@@ -58,16 +58,23 @@ def _histogram(
     where: Sequence[ColumnElement[bool]],
     buckets: Sequence[float],
 ) -> HistogramMetricFamily:
-    """A histogram whose buckets the database counts: one grouped query, no rows shipped."""
-    cols: list[Any] = [*labels, func.count(), func.coalesce(func.sum(value), 0.0)]
-    cols += [func.sum(case((value <= b, 1), else_=0)) for b in buckets]
+    """A histogram whose buckets the database counts: one grouped query, no rows shipped. The
+    value is computed once per row in a materialised CTE: a plain subquery is flattened into
+    the outer query, which then computes it once per bucket (measured 3x slower on SQLite)."""
+    rows = (
+        select(*labels, value.label("v")).where(*where).cte("observed").prefix_with("MATERIALIZED")
+    )
+    keys = [rows.c[c.key] for c in labels]
+    v = rows.c.v
+    cols: list[Any] = [*keys, func.count(), func.coalesce(func.sum(v), 0.0)]
+    cols += [func.sum(case((v <= b, 1), else_=0)) for b in buckets]
     h = HistogramMetricFamily(name, doc, labels=[c.key for c in labels])
-    for row in session.execute(select(*cols).where(*where).group_by(*labels)):
-        n = len(labels)
+    n = len(labels)
+    for row in session.execute(select(*cols).group_by(*keys)):
         count, total, counts = int(row[n]), float(row[n + 1]), row[n + 2 :]
         series = [(_le(b), float(c or 0)) for b, c in zip(buckets, counts, strict=True)]
         h.add_metric(
-            [str(v) for v in row[:n]], buckets=[*series, ("+Inf", float(count))], sum_value=total
+            [str(x) for x in row[:n]], buckets=[*series, ("+Inf", float(count))], sum_value=total
         )
     return h
 

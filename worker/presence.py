@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import (
@@ -81,15 +83,30 @@ def _sessions(url: str) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+#: How often a draining worker looks whether its last job has settled.
+DRAIN_POLL_S = 0.1
+
+
+def _celery_busy() -> bool:
+    from celery.worker import state
+
+    return bool(state.active_requests)
+
+
 class Presence:
     """One worker's row and its heartbeat thread."""
 
     def __init__(
-        self, settings: Settings, info: workers.WorkerInfo, sessions: sessionmaker[Session]
+        self,
+        settings: Settings,
+        info: workers.WorkerInfo,
+        sessions: sessionmaker[Session],
+        busy: Callable[[], bool] = _celery_busy,
     ) -> None:
         self.settings = settings
         self.info = info
         self.sessions = sessions
+        self.busy = busy
         self.status = workers.ONLINE
         self._wake = threading.Event()
         self._stopping = False
@@ -122,10 +139,22 @@ class Presence:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        """Beat every interval. While draining, look often: once no job runs the worker is
+        offline, and it says so then (its process may end moments later without Celery's own
+        shutdown signal: the shutdown watchdog exits as soon as the jobs have settled)."""
+        written = self.status
+        due = time.monotonic() + self.settings.worker_heartbeat_s
         while True:
-            self._wake.wait(self.settings.worker_heartbeat_s)
+            draining = self.status == workers.DRAINING
+            self._wake.wait(DRAIN_POLL_S if draining else max(0.0, due - time.monotonic()))
             self._wake.clear()
-            self._write()
+            if self.status == workers.DRAINING and not self.busy():
+                self.status = workers.OFFLINE
+                self._stopping = True
+            if self.status != written or time.monotonic() >= due or self._stopping:
+                written = self.status
+                due = time.monotonic() + self.settings.worker_heartbeat_s
+                self._write()
             if self._stopping:
                 return
 

@@ -200,7 +200,8 @@ def test_presence_registers_drains_and_goes_offline(
     shutdown begins (the signal handler only flags it: the heartbeat thread writes), offline at
     the end."""
     settings = Settings(data_dir=tmp_path, worker_heartbeat_s=30)
-    presence = Presence(settings, info("p@h", ["cpu"]), sessions)
+    running = [True]  # a job is running when the shutdown begins
+    presence = Presence(settings, info("p@h", ["cpu"]), sessions, busy=lambda: running[0])
     presence.start()
 
     def status() -> str:
@@ -221,12 +222,22 @@ def test_presence_registers_drains_and_goes_offline(
     finally:
         presence_module._presence = None
     presence.draining()
-    deadline = time.monotonic() + 5
-    while status() != "draining" and time.monotonic() < deadline:  # written by the thread, now
-        time.sleep(0.02)
-    assert status() == "draining"
-    presence.stop()
-    assert status() == "offline" and not presence._thread.is_alive()
+
+    def becomes(expected: str) -> str:
+        deadline = time.monotonic() + 5
+        while status() != expected and time.monotonic() < deadline:  # the thread writes it
+            time.sleep(0.02)
+        return status()
+
+    assert becomes("draining") == "draining"
+    time.sleep(0.3)
+    assert status() == "draining"  # its job is still settling
+    running[0] = False  # settled: offline at once, before the process goes
+    assert becomes("offline") == "offline"
+    presence._thread.join(2)
+    assert not presence._thread.is_alive()
+    presence.stop()  # Celery's own shutdown signal afterwards changes nothing
+    assert status() == "offline"
 
 
 def test_a_worker_asked_only_for_queues_it_cannot_serve_refuses_to_start(tmp_path: Path) -> None:
