@@ -133,3 +133,15 @@ def test_a_corrupt_multipart_file_is_named_by_its_file_name(
         assert error["loc"] == ["body", "images", 1], r.text
         assert repr(name) in error["msg"], r.text
         assert "BytesIO" not in r.text and "0x" not in r.text
+
+
+def test_one_column_rows_and_the_bad_value_found_by_row_and_column() -> None:
+    from app.services.inputs import records_array
+    from tas.errors import InvalidInput
+
+    arr = records_array([{"a": 1.5}, {"a": 2}], ["a"], (1,))
+    assert arr.tolist() == [[1.5], [2.0]]
+    with pytest.raises(InvalidInput) as info:
+        records_array([{"a": 1, "b": 2}, {"a": 3, "b": "4"}], ["a", "b"], (2,))
+    [(loc, msg)] = info.value.problems
+    assert loc == ("body", "inputs", 1, "b") and 'got "4"' in msg
