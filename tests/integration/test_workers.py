@@ -114,3 +114,26 @@ def test_a_stopped_worker_is_listed_offline(stack: Stack) -> None:
         extra.stop()
     (row,) = [w for w in stack.http.get("/workers").json() if w["id"].startswith("extra@")]
     assert row["status"] == "offline" and row["live"] is False, row
+
+
+def test_a_running_job_is_counted_on_its_worker(stack: Stack) -> None:
+    """The lease owner names the worker's node, so /workers and /metrics agree on who runs it."""
+    (worker,) = live_workers(stack)
+    job = stack.submit(
+        {
+            "name": "digits-long",
+            "dataset": {"name": "digits", "val_fraction": 0.1},
+            "model": {"arch": "mlp", "hidden": [256, 256]},
+            "training": {"epochs": 200, "batch_size": 32, "optimizer": "adam", "lr": 0.001},
+        }
+    )
+    stack.wait(job["id"], until={"running"}, timeout=120)
+    try:
+        listed = {w["id"]: w for w in stack.http.get("/workers").json()}
+        assert listed[worker["id"]]["running_jobs"] == 1
+        m = scrape(stack)
+        assert m[("tas_worker_running_jobs", (("worker", worker["id"]),))] == 1
+        assert m[("tas_jobs", (("status", "running"),))] == 1
+    finally:
+        assert stack.http.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    assert stack.wait(job["id"])["status"] == "cancelled"
