@@ -54,5 +54,7 @@ def warn_if_unservable(session: Session, job: Job, settings: Settings, response:
     notes = [waiting["reason"]] if waiting else []
     setattr(job, WARNINGS, notes)
     if notes:
-        text = notes[0].replace("\\", "\\\\").replace('"', '\\"')
+        # a header is latin-1: a worker's non-ASCII host name must not turn the 201 into a 500
+        text = notes[0].encode("ascii", "replace").decode().replace("\\", "\\\\")
+        text = text.replace('"', '\\"')
         response.headers["Warning"] = f'199 tas "{text}"'

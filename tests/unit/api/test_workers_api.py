@@ -143,3 +143,11 @@ def test_clone_and_resume_warn_too(client: TestClient, settings: Settings) -> No
     resumed = client.post(f"/jobs/{clone.json()['id']}/resume")
     assert resumed.status_code == 200, resumed.text
     assert resumed.json()["waiting_for"]["queue"] == "gpu" and resumed.json()["warnings"]
+
+
+def test_a_non_ascii_worker_name_still_gives_a_201(client: TestClient, settings: Settings) -> None:
+    add_worker(settings, workers.WorkerInfo("w@東京", "東京", 1, ["cpu"], [], {}, 1))
+    r = client.post("/jobs", json=spec(resources={"device": "cuda"}))
+    assert r.status_code == 201, r.text
+    assert "w@東京" in r.json()["warnings"][0]  # the body keeps the name as it is
+    assert "w@??" in r.headers["warning"]
