@@ -3,7 +3,10 @@ real `tas serve --no-worker`, then time `GET /jobs/{id}` and `/healthz` (sequent
 keep-alive connection) while they stay open.
 
     .venv/bin/python bench/event_streams.py [--streams 0,20,200,500] [--requests 20]
-        [--database-url postgresql+psycopg://...] [--max-streams 256] [--checkout PATH]
+        [--postgres | --database-url postgresql+psycopg://...] [--max-streams 256]
+        [--checkout PATH]
+
+`--postgres` starts a throwaway PostgreSQL (tests/servers.py), a fresh database per row.
 
 `--checkout` runs the server from another checkout of the repository (e.g. a `git worktree` of an
 older commit) to compare before and after. A request that takes longer than `--timeout` counts as
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -25,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.integration.stack import base_env  # noqa: E402
-from tests.servers import free_port, http_process  # noqa: E402
+from tests.servers import free_port, http_process, start_postgres  # noqa: E402
 
 SPEC = {
     "name": "watched",
@@ -105,25 +109,32 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--database-url", default=None)
+    p.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL server")
     p.add_argument("--max-streams", type=int, default=None)
     p.add_argument("--checkout", type=Path, default=ROOT)
     args = p.parse_args()
 
     extra = {"TAS_ACCESS_LOG": "false"}
-    if args.database_url:
-        extra["TAS_DATABASE_URL"] = args.database_url
     if args.max_streams:
         extra["TAS_MAX_EVENT_STREAMS"] = str(args.max_streams)
-    print("| streams asked | open | 429 | failed | GET /jobs/{id} | /healthz |")
-    print("|---|---|---|---|---|---|")
-    for n in (int(x) for x in args.streams.split(",")):
-        # a fresh server per row: streams the previous row closed can't weigh on the next
-        with tempfile.TemporaryDirectory() as tmp:
-            port = free_port()
-            cmd = [sys.executable, "-m", "tas", "serve", "--no-worker", "--port", str(port)]
-            env = base_env(Path(tmp) / "var", **extra)
-            with http_process(cmd, port, env=env, cwd=args.checkout) as base:
-                print(asyncio.run(row(base, n, args.requests, args.timeout)), flush=True)
+    with contextlib.ExitStack() as stack:
+        pg = None
+        if args.postgres:
+            pg = start_postgres(stack.enter_context(tempfile.TemporaryDirectory()))
+            stack.callback(pg.stop)
+        print("| streams asked | open | 429 | failed | GET /jobs/{id} | /healthz |")
+        print("|---|---|---|---|---|---|")
+        for n in (int(x) for x in args.streams.split(",")):
+            # a fresh server per row: streams the previous row closed can't weigh on the next
+            database_url = pg.create_database() if pg is not None else args.database_url
+            if database_url:
+                extra["TAS_DATABASE_URL"] = database_url
+            with tempfile.TemporaryDirectory() as tmp:
+                port = free_port()
+                cmd = [sys.executable, "-m", "tas", "serve", "--no-worker", "--port", str(port)]
+                env = base_env(Path(tmp) / "var", **extra)
+                with http_process(cmd, port, env=env, cwd=args.checkout) as base:
+                    print(asyncio.run(row(base, n, args.requests, args.timeout)), flush=True)
 
 
 if __name__ == "__main__":
