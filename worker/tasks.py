@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from functools import cache
 from typing import Any
@@ -45,6 +46,7 @@ _POOL_CHILD = False
     Request="worker.gate:JobRequest",
 )
 def run_job_task(self: Task, job_id: str) -> str:
+    log.debug("task for job %s started in pool child %d", job_id, os.getpid())
     if PREEMPT.is_set():
         # This worker is stopping (a message that reached a child before the gate closed): claim
         # nothing, and hand the message back for another worker or the next start.
@@ -79,8 +81,12 @@ def _child_init(**_: object) -> None:
     so a claim is the first thing a job waits for (torch and the job code came with the fork)."""
     global _POOL_CHILD
     _POOL_CHILD = True
+    t0 = time.monotonic()
     try:
         with _sessions(os.getpid())() as s:
             s.execute(text("SELECT 1"))
     except Exception:  # the job's own claim will retry and report it
         log.exception("pool child could not reach the database yet")
+    log.debug(
+        "pool child %d ready (database in %.0f ms)", os.getpid(), (time.monotonic() - t0) * 1000
+    )
