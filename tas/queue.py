@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 
 class _PriorityChannel(filesystem.Channel):
     """kombu's filesystem channel, delivering by priority then age: the file name starts with the
-    message's priority digit and a zero-padded time, and the channel reads the lowest name first.
+    message's priority digit and the time in nanoseconds, and the channel reads the lowest name first.
     The file is written under a name no reader matches and renamed into place, so a reader never
     takes a half-written message."""
 
     def _put(self, queue: Any, message: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         priority = self._get_message_priority(message, reverse=False)
-        name = f"{priority}{time.time_ns() // 1_000_000:015d}_{uuid.uuid4()}.{queue}.msg"
+        name = f"{priority}{time.time_ns():020d}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         partial = final + ".part"
         try:
