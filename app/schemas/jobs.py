@@ -83,12 +83,6 @@ class JobOut(BaseModel):
     updated_at: datetime
     spec: dict[str, Any]
     stages: list[StageOut]
-
-    @field_validator("attempt_log", mode="before")
-    @classmethod
-    def _no_log(cls, v: Any) -> Any:
-        return [] if v is None else v
-
     tags: dict[str, str] = Field(
         default_factory=dict, description="Free labels: set at submit, changed by PATCH."
     )
@@ -97,6 +91,11 @@ class JobOut(BaseModel):
         description="For a queued job that no live worker can take (none consumes its queue):"
         " the queue and why; null otherwise. Read from the workers' heartbeats at request time.",
     )
+
+    @field_validator("attempt_log", mode="before")
+    @classmethod
+    def _no_log(cls, v: Any) -> Any:
+        return [] if v is None else v
 
     @field_validator("tags", mode="before")
     @classmethod
