@@ -114,7 +114,9 @@ CLAIMED = re.compile(
 SETTLED = re.compile(
     _STAMP + r".*settled job (?P<job>\S+) as (?P<status>\S+) \(owner (?P<owner>\S+)\)"
 )
-NOT_CLAIMED = re.compile(_STAMP + r".*job (?P<job>\S+) not claimed")
+# A delivery that started no run: refused by a pool child's claim, or dropped by the worker's main
+# process before any child saw it (the job finished, cancelled, or running under a live lease).
+NOT_CLAIMED = re.compile(_STAMP + r".*(?:job \S+ not claimed|dropped message for job \S+)")
 
 
 def _ts(stamp: str) -> float:
@@ -526,7 +528,7 @@ def main(
             "max attempts of one job": max((int(j["attempts"]) for j in final.values()), default=0),
             "kill → interrupted job queued again (max / mean)": _max_mean(to_queued),
             "kill → interrupted job claimed again (max / mean)": _max_mean(to_claim),
-            "duplicate deliveries refused (`not claimed`)": journal.refused_deliveries,
+            "duplicate deliveries refused (`not claimed` or dropped before a fork)": journal.refused_deliveries,
             "messages left in the broker after all jobs finished": backlog,
             "reference phase (3 specs, no kills)": f"{ref_seconds:.1f} s",
             "kill phase": f"{soak_seconds:.1f} s",
