@@ -87,12 +87,13 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.add_middleware(Observe, requests=metrics.requests, latency=metrics.latency)
 
     errors.install(app)
+    # Starlette tries routes in order: /predict, the hot path, is matched first.
     for router in (
+        predict.router,
         jobs.router,
         job_events.router,
         datasets.router,
         weights.router,
-        predict.router,
         models.router,
         health.router,
         workers.router,
