@@ -56,8 +56,17 @@ SOAK_ENV = {
     "TAS_HEARTBEAT_SECONDS": "0.5",
     "TAS_REAPER_INTERVAL_S": "1",
     "TAS_REQUEUE_AFTER_S": "3",
-    "TAS_MAX_ATTEMPTS": "10",
 }
+
+
+def soak_env(kills: int) -> dict[str, str]:
+    """The attempt budget outnumbers the kills: the soak asks whether kills lose jobs or run them
+    twice, not where `max_attempts` stops a crash loop. With interrupted jobs resumed ahead of new
+    ones, a fresh worker takes the job just interrupted, so one job can take many kills in a row
+    (60 jobs, 30 kills and a budget of 10: two jobs were killed 10 times each, never reaching their
+    next checkpoint, and failed with MaxAttemptsExceeded as designed)."""
+    return {**SOAK_ENV, "TAS_MAX_ATTEMPTS": str(max(10, kills + 1))}
+
 
 console = Console()
 
@@ -426,7 +435,7 @@ def main(
             database_url=postgres.url,
             broker_url=redis.url,
             workers=0,
-            **SOAK_ENV,
+            **soak_env(kills),
         ) as stack:
             soak = Soak(stack, rng)
             soak.start_worker()
@@ -573,7 +582,7 @@ def main(
   check what the database, the workers' logs and the artifacts say.
 - **Stack**: real redis-server and PostgreSQL, `tas serve --no-worker` and two `tas worker`s
   (prefork, a fresh child per job), leases shortened for the soak:
-  `{" ".join(f"{k}={v}" for k, v in SOAK_ENV.items())}`.
+  `{" ".join(f"{k}={v}" for k, v in soak_env(kills).items())}`.
 - **Jobs**: digits MLPs, three specs ({", ".join(SPECS)}: dropout, momentum, Adam/AdamW moments,
   cosine and step schedules), 12 epochs, a checkpoint every epoch. Each spec first runs once with
   no kills for the reference weights; every soak job's `model.safetensors` is compared with its
