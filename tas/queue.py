@@ -1,8 +1,8 @@
 """Celery configuration shared by the publisher (the API) and the consumer (`tas worker`).
 
-The broker carries only job ids; the database says what a job is. Reliability settings follow
-RELIABILITY.md rows 1-3 and 7: late acks, requeue on a lost worker, prefetch 1, JSON only, and a
-Redis visibility timeout above the longest job (leases, not the broker, keep a job single-run)."""
+The broker carries only job ids; the database says what a job is. Reliability settings: late
+acks, requeue on a lost worker, prefetch 1, JSON only, and a Redis visibility timeout above the
+longest job (leases, not the broker, keep a job single-run)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ from tas.settings import Settings
 
 def contained_artifact(settings: Settings, model_dir: str) -> Path:
     """The artifact directory a registry row names, only if it lies inside the artifact store:
-    paths are built by the server, and every read checks containment (RELIABILITY.md row 12)."""
+    paths are built by the server, and every read checks containment (a registry row that named
+    `../` or an absolute path must never make the server read outside its store)."""
     root = settings.resolved_artifact_dir
     path = Path(model_dir).resolve()
     if not path.is_relative_to(root):

@@ -3,7 +3,8 @@ the training loop slices tensors, so a loader's job is to produce them once, in 
 
 - scikit-learn's bundled sets (no network): digits as (N, 1, 8, 8) images scaled to [0, 1], the tabular
   ones as (N, features); regression targets float32 (N, 1), class labels int64 (N,).
-- The seeds' toy problems, generated: `xor` (seed 004) and `linear` (seed 003).
+- Two toy problems: `xor` (2,500 noisy random bit pairs, label = their XOR) and `linear` (five
+  rows of three scores and their total, a 3-feature linear regression).
 - torchvision's MNIST, Fashion-MNIST and CIFAR-10 through torchvision's own dataset classes, read from
   `ctx.datasets_dir` in torchvision's on-disk layout, downloaded only when `ctx.allow_download`."""
 
@@ -69,7 +70,7 @@ def load_diabetes(ctx: LoadContext) -> Loaded:
 
 
 def load_xor(ctx: LoadContext) -> Loaded:
-    """Seed 004's `XORDataset(size=2500)`: two random bits, label = their XOR, plus gaussian noise
+    """The classic tutorial `XORDataset(size=2500)`: two random bits, label = their XOR, plus gaussian noise
     (std 0.1) on the inputs. A private generator makes it the same dataset every time."""
     g = torch.Generator().manual_seed(XOR_SEED)
     bits = torch.randint(0, 2, (XOR_SIZE, 2), generator=g).to(torch.float32)
@@ -81,7 +82,7 @@ def load_xor(ctx: LoadContext) -> Loaded:
 
 
 def load_linear(ctx: LoadContext) -> Loaded:
-    """Seed 003's five samples: three scores → a total, fitted with `nn.Linear(3, 1)`."""
+    """Five samples: three scores → a total, fitted with `nn.Linear(3, 1)`."""
     X = torch.tensor(
         [[73, 80, 75], [93, 88, 93], [89, 91, 90], [96, 98, 100], [73, 66, 70]], dtype=torch.float32
     )

@@ -1,5 +1,5 @@
 """Uploaded datasets: a CSV, an NPZ, or a ZIP of images (class folders, or an annotations CSV beside
-the images as in seed 000), read into whole tensors with a schema that says what was inferred.
+the images, file name and label per row), read into whole tensors with a schema that says what was inferred.
 
 `read_upload` is the upload-time reader (the API calls it once, stores the schema it returns) and
 `load_upload` the job-time one: it re-reads the stored original with the schema's *resolved* options
@@ -77,7 +77,7 @@ MAX_INFERRED_CLASSES = 50
 MIN_CLASS_SAMPLES = 2
 #: Candidate CSV delimiters, in order of preference when the header splits equally well on several.
 DELIMITERS = (",", ";", "\t", "|")
-#: Folders beside an annotations CSV that may hold its images (seed 000's img_dir).
+#: Folders beside an annotations CSV that may hold its images (a custom Dataset's usual img_dir).
 IMAGE_DIRS = ("", "images", "img", "imgs")
 _SNIFF_BYTES = 8192
 #: Target codes ride in the float32 table: exact up to 2**24 distinct values.
@@ -919,7 +919,7 @@ def _image_upload(
 
 
 # ---------------------------------------------------------------------------------------------
-# ZIP with an annotations CSV (seed 000: rows of file_name,label; image = img_dir/file_name)
+# ZIP with an annotations CSV (rows of file_name,label; image = img_dir/file_name)
 
 
 def _normalise(name: str) -> str:
@@ -998,7 +998,7 @@ def _read_annotations(path: Path, options: UploadOptions, limits: UploadLimits) 
 
 def _label_column(header: list[str] | None, target: str | None, table: str) -> int:
     """The label column: `target` by name (by 0-based position when the CSV has no header), else
-    the second column, as seed 000's `iloc[idx, 1]`."""
+    the second column, as a custom Dataset's `iloc[idx, 1]` reads it."""
     if target is None:
         return 1
     if header is None:

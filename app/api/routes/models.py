@@ -3,7 +3,7 @@ version, or by a reference: `name@alias`, `name:version`, `name`).
 
 Names and aliases in the path are checked against the pattern job names follow, so `../`, encoded
 slashes and backslashes never reach a query, and files are read only from the directory the
-registry row names, after a containment check (RELIABILITY.md row 12)."""
+registry row names, after a containment check (a path built from a request never leaves the store)."""
 
 from __future__ import annotations
 
