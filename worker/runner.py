@@ -35,10 +35,6 @@ class Outcome:
     queue: str | None = None
 
 
-def job_dir(settings: Settings, job_id: str) -> Path:
-    return settings.resolved_artifact_dir / "jobs" / job_id
-
-
 @dataclass
 class JobData:
     """What a job trains on (its dataset's source) and starts from (the `init_from` file)."""
@@ -148,7 +144,7 @@ def _run_job(
         )
         reporter.start()
         ctx = RunContext(
-            job_dir=job_dir(settings, job_id),
+            job_dir=jobstore.job_dir(settings.resolved_artifact_dir, job_id),
             datasets_dir=settings.resolved_datasets_dir,
             allow_download=settings.allow_download,
             device=settings.device if spec.resources.device == "auto" else spec.resources.device,
