@@ -23,9 +23,7 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
-from sqlalchemy import create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from tas import workers
 from tas.db import engine as db_engine
@@ -72,15 +70,7 @@ def _register_at_fork() -> None:
 
 
 def _sessions(url: str) -> sessionmaker[Session]:
-    kwargs: dict[str, Any] = {"poolclass": NullPool}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-    elif url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": 5}
-    engine = create_engine(url, **kwargs)
-    if url.startswith("sqlite"):
-        event.listen(engine, "connect", db_engine._sqlite_pragmas)
-    return sessionmaker(engine, expire_on_commit=False)
+    return db_engine.make_sessionmaker(db_engine.make_engine(url, pooled=False))
 
 
 #: How often a draining worker looks whether its last job has settled.

@@ -7,12 +7,18 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 
-def make_engine(url: str) -> Engine:
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
+    """`pooled=False`: a connection per session, closed with it, and a PostgreSQL connect that
+    gives up after 5 s: for a process that forks (no pooled socket is inherited by a child) and
+    must not hang on a database that does not answer (a worker's heartbeat)."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    elif url.startswith("postgresql") and not pooled:
+        kwargs["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
