@@ -23,10 +23,10 @@ from app.api.routes import (
 from app.metrics import Observe, make_metrics
 from app.services.job_stream import JobStreams, StreamCollector
 from app.services.serving import Serving
-from tas.db.engine import make_engine, make_sessionmaker
 from tas.queue import Publisher, make_celery
 from tas.reaper import Reaper
 from tas.settings import Settings
+from tas.store.engine import make_engine, make_sessionmaker
 
 
 def create_app(settings: Settings | None = None, *, reaper: bool = True) -> FastAPI:

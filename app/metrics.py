@@ -28,10 +28,10 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tas import workers
-from tas.db.models import Job, JobStage, JobStatus, MetricRow
 from tas.queue import QUEUES
 from tas.settings import Settings
+from tas.store import workers
+from tas.store.orm import Job, JobStage, JobStatus, MetricRow
 
 JOB_SECONDS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 WAIT_SECONDS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600, 21600)

@@ -1,6 +1,6 @@
 """/predict throughput and latency: tas against LitServe, same model, same load, one run.
 
-Both serve the same 784-512-512-10 MLP (written with `core.artifact.save_model`, with per-feature
+Both serve the same 784-512-512-10 MLP (written with `tas.core.artifact.save_model`, with per-feature
 normalisation, and registered like a succeeded job's model); LitServe loads the same safetensors
 file in plain torch and applies the same normalisation. LitServe is configured as the issue says:
 `max_batch_size=64`, `batch_timeout=0.005`, its other settings at their defaults (one API server,
@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
-from core.artifact import ModelCard, save_model  # noqa: E402
-from core.data.prepare import Normalizer  # noqa: E402
-from core.models import build_model  # noqa: E402
-from core.spec import ModelSpec  # noqa: E402
+from tas.core.artifact import ModelCard, save_model  # noqa: E402
+from tas.core.data.prepare import Normalizer  # noqa: E402
+from tas.core.models import build_model  # noqa: E402
+from tas.core.spec import ModelSpec  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 SECTION = "## Predict throughput (issue 5)"
@@ -117,11 +117,12 @@ class Load:
 
 def write_model(data_dir: Path) -> tuple[str, Path]:
     """The 784-512-512-10 MLP as a registered version of a succeeded job; returns its job id."""
-    from tas import jobstore
-    from tas.db.engine import make_engine, make_sessionmaker
-    from tas.db.migrate import upgrade
-    from tas.db.models import JobStatus
     from tas.settings import Settings
+    from tas.store import jobs as job_store
+    from tas.store import registry as registry_store
+    from tas.store.engine import make_engine, make_sessionmaker
+    from tas.store.migrate import upgrade
+    from tas.store.orm import JobStatus
 
     settings = Settings(data_dir=data_dir)
     settings.ensure_dirs()
@@ -142,11 +143,11 @@ def write_model(data_dir: Path) -> tuple[str, Path]:
     )
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with sessions() as s:
-        job = jobstore.create_job(s, {"name": "bench-mlp"}, tenant="default", max_attempts=1)
+        job = job_store.create_job(s, {"name": "bench-mlp"}, tenant="default", max_attempts=1)
         job.status = JobStatus.succeeded.value
         model_dir = settings.resolved_artifact_dir / job.id / "model"
         card = save_model(model_dir, model, card)
-        jobstore.register_model(s, job, str(model_dir), card.model_dump(mode="json"), None)
+        registry_store.register_model(s, job, str(model_dir), card.model_dump(mode="json"), None)
         s.commit()
         return job.id, model_dir
 

@@ -8,7 +8,7 @@ synthetic), plain SGD (lr 0.01), one whole epoch per measurement, at batch sizes
                  shuffle=True)`, then pred = model(X); loss = loss_fn(pred, y); loss.backward();
                  optimizer.step(); optimizer.zero_grad() (batches moved to the device per step, as
                  the PyTorch tutorial does)
-  (b) service    `core.pipeline.run_pipeline` on the same tensors (a custom `load`), timed by its own
+  (b) service    `tas.core.pipeline.run_pipeline` on the same tensors (a custom `load`), timed by its own
                  hooks from the first step boundary to the epoch-end row, i.e. the training loop
                  exactly as a job runs it (hooks, loss buffer, epoch-end read-back included)
   (c) tensors    a stricter baseline than any seed: the seeds' loop over a `TensorDataset` of the
@@ -50,10 +50,10 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
-from core.data.registry import Arrays, DatasetInfo, LoadContext, Loaded  # noqa: E402
-from core.hooks import NullHooks  # noqa: E402
-from core.pipeline import RunContext, run_pipeline  # noqa: E402
-from core.spec import JobSpec  # noqa: E402
+from tas.core.data.registry import Arrays, DatasetInfo, LoadContext, Loaded  # noqa: E402
+from tas.core.hooks import NullHooks  # noqa: E402
+from tas.core.pipeline import RunContext, run_pipeline  # noqa: E402
+from tas.core.spec import JobSpec  # noqa: E402
 
 SECTION = "## Training throughput"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -391,7 +391,7 @@ Medians of the same rounds: {medians}.
   `FashionMNIST(transform=ToTensor())` over the same data written as FashionMNIST idx files,
   `DataLoader(batch_size, shuffle=True)`, forward / loss / backward / step / zero_grad, the loss read
   back every 100 batches (the seed's print).
-- **service loop**: `core.pipeline.run_pipeline` on the same tensors, timed by its own hooks from
+- **service loop**: `tas.core.pipeline.run_pipeline` on the same tensors, timed by its own hooks from
   the first step boundary to the epoch-end row (cancel check, progress clock, loss buffer and the
   epoch-end read-back included).
 - **TensorDataset loop**: the same loop over `TensorDataset(X, y)` of the decoded float tensors

@@ -1,4 +1,4 @@
-"""Alembic environment. The URL comes from `tas.db.migrate` (which reads the settings), so
+"""Alembic environment. The URL comes from `tas.store.migrate` (which reads the settings), so
 `tas migrate` and `tas serve` migrate the same database the service uses."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from tas.db.models import Base
+from tas.store.orm import Base
 
 config = context.config
 target_metadata = Base.metadata

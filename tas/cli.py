@@ -28,7 +28,7 @@ def _settings() -> Settings:
 @cli.command()
 def migrate() -> None:
     """Upgrade the database to the latest schema (Alembic)."""
-    from tas.db.migrate import upgrade
+    from tas.store.migrate import upgrade
 
     settings = _settings()
     upgrade(settings.resolved_database_url)
@@ -56,8 +56,8 @@ def serve(
     import uvicorn
 
     from app.main import create_app
-    from tas.db.migrate import upgrade
     from tas.embedded import EmbeddedWorker
+    from tas.store.migrate import upgrade
 
     _quiet_logging(loglevel)
     settings = _settings()
@@ -210,7 +210,7 @@ def worker(
 def _servable(queues: str) -> str:
     """The requested queues this machine can serve: `gpu` only with a CUDA device, or a CPU-only
     worker would claim GPU jobs just to fail them."""
-    from tas.workers import detect_machine, servable_queues
+    from worker.machine import detect_machine, servable_queues
 
     servable = servable_queues(queues.split(","), detect_machine().devices)
     for q, why in servable.dropped.items():

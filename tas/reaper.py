@@ -20,9 +20,9 @@ from typing import Protocol
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas import jobstore
-from tas.db.models import FINISHED, Job, JobStatus, utcnow
-from tas.jobstore import rowcount
+from tas.store import leases as lease_store
+from tas.store.engine import rowcount
+from tas.store.orm import FINISHED, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def reap_once(session: Session, publisher: Broker, *, requeue_after_s: float) ->
         )
     ).all()
     for job_id, queue in expired:
-        status = jobstore.settle_expired(session, job_id)
+        status = lease_store.settle_expired(session, job_id)
         if status in FINISHED:
             failed.append(job_id)
         elif status == JobStatus.queued.value:
@@ -86,7 +86,7 @@ def reap_once(session: Session, publisher: Broker, *, requeue_after_s: float) ->
         # can overstate what is lost by the few messages in flight, never more).
         missing = {q: n - (sizes.get(q, 0) if sizes is not None else 0) for q, n in waiting.items()}
         for job_id, queue, _, republishes, claims in sorted(due, key=lambda r: r.queued_at):
-            settled = jobstore.fail_unclaimable(session, job_id)
+            settled = lease_store.fail_unclaimable(session, job_id)
             if settled is not None:
                 failed.append(job_id)
                 continue

@@ -29,10 +29,10 @@ from celery.worker.strategy import default as default_strategy
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas import jobstore
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.models import FINISHED, Job, JobStatus, utcnow
 from tas.queue import send_job
+from tas.store import leases as lease_store
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.orm import FINISHED, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Gate:
             if status == JobStatus.running.value and lease_until is not None and lease_until >= now:
                 return f"running under {owner}'s live lease"
             if cancel or attempts >= max_attempts:
-                settled = jobstore.fail_unclaimable(s, job_id)
+                settled = lease_store.fail_unclaimable(s, job_id)
                 s.commit()
                 if settled is not None:
                     return f"settled as {settled.status}"
@@ -119,7 +119,7 @@ class Gate:
         started, or settled if it has no attempts left. True: the original message is done."""
         signum, detail = lost_detail(text)
         with self._sessions()() as s:
-            status = jobstore.settle_killed(
+            status = lease_store.settle_killed(
                 s, job_id, f"{hostname}/{pid}/", signal=signum, detail=detail
             )
             s.commit()

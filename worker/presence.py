@@ -25,9 +25,10 @@ from celery.signals import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas import workers
-from tas.db import engine as db_engine
 from tas.settings import Settings
+from tas.store import engine as db_engine
+from tas.store import workers
+from worker import machine
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def _keep_servable_queues(sender: str, instance: Any, **_: Any) -> None:
     not consume a queue this machine cannot serve."""
     queues = instance.app.amqp.queues
     requested = list(queues.consume_from or {})
-    servable = workers.servable_queues(requested, workers.detect_machine().devices)
+    servable = machine.servable_queues(requested, machine.detect_machine().devices)
     for q, why in servable.dropped.items():
         log.warning("not consuming queue %r: %s", q, why)
     if servable.dropped and servable.queues:
@@ -189,15 +190,15 @@ def _on_ready(sender: Any, **_: Any) -> None:
     global _presence
     from worker.celery_app import settings
 
-    machine = workers.detect_machine()
+    this = machine.detect_machine()
     controller = getattr(sender, "controller", None)
     info = workers.WorkerInfo(
         id=str(sender.hostname),
         hostname=socket.gethostname(),
         pid=os.getpid(),
         queues=_consumed_queues(sender),
-        devices=machine.devices,
-        capacity=machine.capacity,
+        devices=this.devices,
+        capacity=this.capacity,
         concurrency=int(getattr(controller, "concurrency", None) or 1),
     )
     _presence = Presence(settings, info, _sessions(settings.resolved_database_url))

@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.hooks import NullHooks, Progress
-from tas import jobstore
-from tas.jobstore import Lease
+from tas.core.hooks import NullHooks, Progress
+from tas.store import leases as lease_store
+from tas.store.leases import Lease
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,14 @@ class DbReporter(NullHooks):
             checkpoints, self._checkpoints = self._checkpoints, []
             changes, self._changes = self._changes, {}
         with self.sessions() as s:
-            beat = jobstore.renew(s, self.lease, self.lease_seconds, jsonable(changes))
+            beat = lease_store.renew(s, self.lease, self.lease_seconds, jsonable(changes))
             if beat is None:
                 s.rollback()
                 self._stop_reason = "lease_lost"
                 return False
-            jobstore.upsert_metrics(s, self.lease.job_id, jsonable(rows))
+            lease_store.upsert_metrics(s, self.lease.job_id, jsonable(rows))
             for record, kept in checkpoints:
-                jobstore.record_checkpoint(s, self.lease, jsonable(record), kept)
+                lease_store.record_checkpoint(s, self.lease, jsonable(record), kept)
             s.commit()
         if beat.cancel_requested and self._stop_reason is None:
             self._stop_reason = "cancelled"
@@ -107,13 +107,13 @@ class DbReporter(NullHooks):
             self._changes["stage"] = stage
         self.flush()
         with self.sessions() as s:
-            jobstore.start_stage(s, self.lease, stage)
+            lease_store.start_stage(s, self.lease, stage)
             s.commit()
 
     def stage_finished(self, stage: str, outputs: dict[str, Any]) -> None:
         self.flush()
         with self.sessions() as s:
-            jobstore.finish_stage(s, self.lease, stage, jsonable(outputs))
+            lease_store.finish_stage(s, self.lease, stage, jsonable(outputs))
             s.commit()
 
     def progress(self, progress: Progress) -> None:

@@ -14,14 +14,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.data.cache import PreprocessCache
-from core.errors import Stopped, TrainingError
-from core.pipeline import PipelineResult, RunContext, run_pipeline
-from core.spec import JobSpec, resolved_monitor, spec_problems
-from tas import datasets, jobstore, sources
-from tas.db.models import Job, JobStatus
+from tas.core.data.cache import PreprocessCache
+from tas.core.errors import Stopped, TrainingError
+from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
+from tas.core.spec import JobSpec, resolved_monitor, spec_problems
 from tas.errors import DatasetNotFound
 from tas.settings import Settings
+from tas.store import datasets as dataset_store
+from tas.store import jobs as job_store
+from tas.store import leases as lease_store
+from tas.store import registry as registry_store
+from tas.store import sources
+from tas.store.orm import Job, JobStatus
 from worker.gate import PREEMPT
 from worker.reporter import DbReporter, jsonable
 
@@ -39,7 +43,7 @@ class Outcome:
 class JobData:
     """What a job trains on (its dataset's source) and starts from (the `init_from` file)."""
 
-    source: datasets.DataSource
+    source: dataset_store.DataSource
     init_weights: Path | None = None
 
 
@@ -75,7 +79,7 @@ def job_data(
 
 def _data_source(
     session: Session, spec: JobSpec, tenant: str, settings: Settings
-) -> datasets.DataSource:
+) -> dataset_store.DataSource:
     """The dataset's source; an upload deleted (or whose file vanished) since submit fails the
     job in collect, saying what to do."""
     gone = TrainingError(
@@ -86,7 +90,7 @@ def _data_source(
         stage="collect",
     )
     try:
-        source = datasets.data_source(session, spec.dataset, tenant=tenant, settings=settings)
+        source = dataset_store.data_source(session, spec.dataset, tenant=tenant, settings=settings)
     except DatasetNotFound as exc:
         raise gone from exc
     if source.path is not None and not source.path.is_file():
@@ -106,9 +110,9 @@ def _run_job(
     job_id: str, *, settings: Settings, sessions: sessionmaker[Session], owner: str
 ) -> Outcome:
     with sessions() as s:
-        lease = jobstore.claim(s, job_id, owner, settings.lease_seconds)
+        lease = lease_store.claim(s, job_id, owner, settings.lease_seconds)
         if lease is None:
-            settled = jobstore.fail_unclaimable(s, job_id)
+            settled = lease_store.fail_unclaimable(s, job_id)
             s.commit()
             log.info(
                 "job %s not claimed (%s)", job_id, settled.status if settled else "busy or done"
@@ -144,7 +148,7 @@ def _run_job(
         )
         reporter.start()
         ctx = RunContext(
-            job_dir=jobstore.job_dir(settings.resolved_artifact_dir, job_id),
+            job_dir=job_store.job_dir(settings.resolved_artifact_dir, job_id),
             datasets_dir=settings.resolved_datasets_dir,
             allow_download=settings.allow_download,
             device=settings.device if spec.resources.device == "auto" else spec.resources.device,
@@ -204,12 +208,12 @@ def _final_flush(reporter: DbReporter | None) -> None:
 
 def _succeeded(
     sessions: sessionmaker[Session],
-    lease: jobstore.Lease,
+    lease: lease_store.Lease,
     reporter: DbReporter | None,
     result: PipelineResult,
 ) -> Outcome:
     _final_flush(reporter)
-    from core.artifact import load_card
+    from tas.core.artifact import load_card
 
     with sessions() as s:
         job = s.get(Job, lease.job_id)
@@ -218,9 +222,11 @@ def _succeeded(
         card = load_card(result.model_dir)
         # What init_from resolved to at submit (kept in the result from then on).
         pins = {k: v for k, v in (job.result or {}).items() if k == "init_from"}
-        mv = jobstore.register_model(s, job, str(result.model_dir), card, result.model_metrics)
+        mv = registry_store.register_model(
+            s, job, str(result.model_dir), card, result.model_metrics
+        )
         progress = _completed(job.progress, result.epochs_run, result.final_metrics)
-        ok = jobstore.finish(
+        ok = lease_store.finish(
             s,
             lease,
             JobStatus.succeeded,
@@ -274,28 +280,31 @@ def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
 
 def _failed(
     sessions: sessionmaker[Session],
-    lease: jobstore.Lease,
+    lease: lease_store.Lease,
     reporter: DbReporter | None,
     error: dict[str, Any],
 ) -> Outcome:
     _final_flush(reporter)
     with sessions() as s:
-        ok = jobstore.finish(s, lease, JobStatus.failed, error=error)
+        ok = lease_store.finish(s, lease, JobStatus.failed, error=error)
         s.commit()
     return Outcome(lease.job_id, JobStatus.failed.value if ok else "skipped")
 
 
 def _stopped(
-    sessions: sessionmaker[Session], lease: jobstore.Lease, reporter: DbReporter | None, reason: str
+    sessions: sessionmaker[Session],
+    lease: lease_store.Lease,
+    reporter: DbReporter | None,
+    reason: str,
 ) -> Outcome:
     _final_flush(reporter)
     queue = None
     with sessions() as s:
         if reason == "cancelled":
-            ok = jobstore.finish(s, lease, JobStatus.cancelled, stage=None)
+            ok = lease_store.finish(s, lease, JobStatus.cancelled, stage=None)
             status = JobStatus.cancelled.value
         elif reason == "preempted":
-            ok = jobstore.release(s, lease)
+            ok = lease_store.release(s, lease)
             status = "requeued"
             job = s.get(Job, lease.job_id)
             queue = job.queue if job else None

@@ -17,8 +17,8 @@ from celery.signals import worker_process_init
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas.db.engine import make_engine, make_sessionmaker
 from tas.queue import RUN_JOB, send_job
+from tas.store.engine import make_engine, make_sessionmaker
 from worker.celery_app import app, settings
 from worker.gate import PREEMPT
 from worker.runner import run_job

@@ -10,12 +10,13 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from app.services.serving import Serving
-from core.data.registry import BUILTIN_DATASETS
-from tas import datasets, jobstore
-from tas.db.models import Dataset, Job
+from tas.core.data.registry import BUILTIN_DATASETS
 from tas.errors import Conflict
 from tas.queue import Publisher
 from tas.settings import Settings
+from tas.store import datasets as dataset_store
+from tas.store import jobs as job_store
+from tas.store.orm import Dataset, Job
 
 
 def get_settings(request: Request) -> Settings:
@@ -57,7 +58,7 @@ ServingDep = Annotated[Serving, Depends(get_serving)]
 def load_job(
     session: SessionDep, tenant: TenantDep, job_id: Annotated[str, Path(max_length=64)]
 ) -> Job:
-    return jobstore.get_job(session, job_id, tenant=tenant)
+    return job_store.get_job(session, job_id, tenant=tenant)
 
 
 JobDep = Annotated[Job, Depends(load_job)]
@@ -69,7 +70,7 @@ def load_dataset(
     """One of the tenant's uploads (another tenant's id answers 404, as an unknown one)."""
     if dataset_id in BUILTIN_DATASETS:
         raise Conflict(f"{dataset_id!r} is a built-in dataset; only uploads can be changed")
-    return datasets.get_dataset(session, dataset_id, tenant=tenant)
+    return dataset_store.get_dataset(session, dataset_id, tenant=tenant)
 
 
 DatasetDep = Annotated[Dataset, Depends(load_dataset)]

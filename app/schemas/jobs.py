@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.schemas.workers import WaitingFor
-from core.spec import TagKey, TagValue
+from tas.core.spec import TagKey, TagValue
 
 
 class ProgressOut(BaseModel):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.predictor import Predictor
+from tas.core.predictor import Predictor
 
 if TYPE_CHECKING:
     from app.metrics import PredictObserver

@@ -1,5 +1,5 @@
 """Dataset and weights uploads: receive (streamed, limited, hashed), read (the core infers the
-schema, on a worker thread: it is CPU work), then store once per content (tas.datasets).
+schema, on a worker thread: it is CPU work), then store once per content (tas.store).
 
 The same bytes read with the same options by the same tenant are the same dataset: the first
 upload answers 201, a repeat 200 with the existing dataset (its first name kept)."""
@@ -16,14 +16,16 @@ from starlette.requests import Request
 
 from app.schemas.datasets import DatasetOut, DatasetSchemaOut, WeightsOut
 from app.services import uploads
-from core.data.registry import BUILTIN_DATASETS, DatasetInfo
-from core.data.uploads import UploadError, UploadLimits, UploadOptions, read_upload
-from core.errors import DataError
-from core.transfer import WeightsMismatch, safetensors_shapes
-from tas import datasets as store
-from tas.db.models import Dataset, WeightsFile
+from tas.core.data.registry import BUILTIN_DATASETS, DatasetInfo
+from tas.core.data.uploads import UploadError, UploadLimits, UploadOptions, read_upload
+from tas.core.errors import DataError
+from tas.core.transfer import WeightsMismatch, safetensors_shapes
 from tas.errors import InvalidUpload
 from tas.settings import Settings
+from tas.store import datasets as dataset_store
+from tas.store import files as file_store
+from tas.store import weights as weights_store
+from tas.store.orm import Dataset, WeightsFile
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +150,10 @@ def _store_dataset(
     tenant: str,
     name: str,
     file_name: str,
-    spool: store.Spool,
+    spool: file_store.Spool,
     schema: dict[str, Any],
 ) -> tuple[Dataset, bool]:
-    row, created = store.add_dataset(
+    row, created = dataset_store.add_dataset(
         session,
         settings,
         tenant=tenant,
@@ -168,13 +170,13 @@ async def upload_dataset(
     request: Request, session: Session, settings: Settings, tenant: str
 ) -> tuple[Dataset, bool]:
     """Receive, read and store one dataset upload; (the dataset, whether it is new)."""
-    with store.Spool(store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
+    with file_store.Spool(file_store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
         got = await uploads.receive(request, spool, allowed=DATASET_FIELDS)
         options = upload_options(got.fields)
-        file_name = store.safe_file_name(got.filename)
+        file_name = file_store.safe_file_name(got.filename)
         name = dataset_name(got.fields.get("name"), file_name)
         schema = await run_in_threadpool(
-            _read, spool.path, file_name, options, store.upload_limits(settings)
+            _read, spool.path, file_name, options, file_store.upload_limits(settings)
         )
         return await run_in_threadpool(
             _store_dataset, session, settings, tenant, name, file_name, spool, schema
@@ -182,10 +184,10 @@ async def upload_dataset(
 
 
 def delete_dataset(session: Session, settings: Settings, row: Dataset) -> None:
-    path = store.delete_dataset(session, settings, row)
+    path = dataset_store.delete_dataset(session, settings, row)
     session.commit()
     if path is not None:
-        store.remove_file(path)
+        file_store.remove_file(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,10 +217,10 @@ def _store_weights(
     settings: Settings,
     tenant: str,
     name: str,
-    spool: store.Spool,
+    spool: file_store.Spool,
     tensors: dict[str, list[int]],
 ) -> tuple[WeightsFile, bool]:
-    row, created = store.add_weights(
+    row, created = weights_store.add_weights(
         session, settings, tenant=tenant, name=name, spool=spool, tensors=tensors
     )
     session.commit()
@@ -228,10 +230,12 @@ def _store_weights(
 async def upload_weights(
     request: Request, session: Session, settings: Settings, tenant: str
 ) -> tuple[WeightsFile, bool]:
-    with store.Spool(store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
+    with file_store.Spool(file_store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
         got = await uploads.receive(request, spool, allowed=("name",))
         tensors = await run_in_threadpool(safetensors_tensors, spool.path)
-        name = dataset_name(got.fields.get("name"), store.safe_file_name(got.filename, "weights"))
+        name = dataset_name(
+            got.fields.get("name"), file_store.safe_file_name(got.filename, "weights")
+        )
         return await run_in_threadpool(
             _store_weights, session, settings, tenant, name, spool, tensors
         )

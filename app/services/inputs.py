@@ -6,7 +6,7 @@ The checks pydantic would make are made here by hand, with FastAPI's error shape
 Tabular rows may also come keyed by feature name (`{"age": 59, ...}`): one type check of the first
 sample tells them apart, so the array path pays nothing for them, and they become an array once the
 model's card (its `feature_names`) is known. Images (base64 in `"images"`, or multipart files) are
-decoded by the image loaders' own decoder (`core.data.images.decode_image`: the model's channels,
+decoded by the image loaders' own decoder (`tas.core.data.images.decode_image`: the model's channels,
 its H×W, [0, 1]), so a served image is prepared exactly as a training image was; the model's own
 normalisation is applied later, by the predictor."""
 
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.data.archive import UploadError
-from core.data.images import decode_image
-from core.predictor import InputShapeError, InputValueError, Predictor
+from tas.core.data.archive import UploadError
+from tas.core.data.images import decode_image
+from tas.core.predictor import InputShapeError, InputValueError, Predictor
 from tas.errors import InvalidInput, InvalidUpload, PayloadTooLarge
 
 FIELDS = ("model", "inputs", "images", "top_k")

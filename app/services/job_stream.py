@@ -29,9 +29,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app.schemas.jobs import JobOut
-from tas import workers
-from tas.db.models import FINISHED, Job, Worker
 from tas.errors import JobNotFound, TooManyRequests
+from tas.store import workers
+from tas.store.orm import FINISHED, Job, Worker
 
 log = logging.getLogger(__name__)
 

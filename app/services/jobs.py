@@ -15,15 +15,15 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from core.data.registry import BUILTIN_DATASETS, DatasetInfo
-from core.losses import LOSSES
-from core.spec import MAX_TAGS, TAG_KEY_PATTERN, JobSpec, resolved_loss, spec_problems
-from tas import jobstore
-from tas.datasets import data_source
-from tas.db.models import Job, JobStatus
+from tas.core.data.registry import BUILTIN_DATASETS, DatasetInfo
+from tas.core.losses import LOSSES
+from tas.core.spec import MAX_TAGS, TAG_KEY_PATTERN, JobSpec, resolved_loss, spec_problems
 from tas.errors import DatasetNotFound, InvalidInput, JobNotResumable
 from tas.settings import Settings
-from tas.sources import InitSourceError, resolve_init_source
+from tas.store import jobs as job_store
+from tas.store.datasets import data_source
+from tas.store.orm import Job, JobStatus
+from tas.store.sources import InitSourceError, resolve_init_source
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def transfer_problems(
     """`model.init_from` resolved and checked against the model this spec builds (layer by layer,
     from the file's header), and `model.freeze` against its layers. Returns the problems and what
     init_from resolved to (pinned with the job)."""
-    from core.transfer import freeze_problems, init_problems
+    from tas.core.transfer import freeze_problems, init_problems
 
     loss = LOSSES[resolved_loss(spec, info)]
     out_dim = loss.out_dim(info.num_classes, info.target_dim)
@@ -99,7 +99,7 @@ def submit(
     if problems:
         raise InvalidInput(problems)
     # Tags live on the job (PATCH changes them), not in the spec the worker trains from.
-    job = jobstore.create_job(
+    job = job_store.create_job(
         session,
         spec.model_dump(mode="json", exclude={"tags"}),
         tenant=tenant,
@@ -118,7 +118,7 @@ def job_filter(
     created_after: datetime | None,
     created_before: datetime | None,
     tag: list[str] | None,
-) -> jobstore.JobFilter:
+) -> job_store.JobFilter:
     """`GET /jobs`' query, checked (a 422 naming the parameter and what it takes)."""
     problems: Problems = []
     statuses = [s.strip() for raw in status or [] for s in raw.split(",") if s.strip()]
@@ -148,7 +148,7 @@ def job_filter(
         problems.append((("query", "tag"), f"at most {MAX_TAGS} tag filters"))
     if problems:
         raise InvalidInput(problems)
-    return jobstore.JobFilter(
+    return job_store.JobFilter(
         name_prefix=name or None,
         statuses=tuple(dict.fromkeys(statuses)),
         created_after=after,
@@ -206,7 +206,7 @@ def clone(
 def resume(session: Session, job: Job, *, max_minutes: float | None) -> Job:
     """Queue a failed or cancelled job again (the worker starts from its last good checkpoint).
     Only `max_minutes` may change: the checkpoint is bound to the rest of the spec."""
-    if job.status not in jobstore.RESUMABLE:
+    if job.status not in job_store.RESUMABLE:
         raise JobNotResumable(job.id, job.status)
     limit = float(job.spec["training"]["max_minutes"])
     if (job.error or {}).get("type") == "TimeLimitExceeded" and (
@@ -225,14 +225,14 @@ def resume(session: Session, job: Job, *, max_minutes: float | None) -> Job:
     spec = None
     if max_minutes is not None:
         spec = {**job.spec, "training": {**job.spec["training"], "max_minutes": max_minutes}}
-    return jobstore.resume_job(session, job, spec=spec)
+    return job_store.resume_job(session, job, spec=spec)
 
 
 def delete(session: Session, job: Job, settings: Settings) -> Path:
     """Delete a finished job's rows; returns its directory, removed by the caller after the
     commit (files go only once nothing in the database points at them)."""
-    jobstore.delete_job(session, job)
-    return jobstore.job_dir(settings.resolved_artifact_dir, job.id)
+    job_store.delete_job(session, job)
+    return job_store.job_dir(settings.resolved_artifact_dir, job.id)
 
 
 def remove_dir(path: Path) -> None:

@@ -7,18 +7,18 @@ from typing import Any, Literal
 
 from fastapi import Response
 
-from core import predictions
-from tas import jobstore
-from tas.db.models import Job, JobStatus
+from tas.core import predictions
 from tas.errors import PredictionsNotReady, SplitNotFound
 from tas.settings import Settings
+from tas.store import jobs as job_store
+from tas.store.orm import Job, JobStatus
 
 Split = Literal["val", "test"]
 Format = Literal["json", "csv"]
 
 
 def available_splits(job: Job, settings: Settings) -> list[str]:
-    directory = jobstore.job_dir(settings.resolved_artifact_dir, job.id)
+    directory = job_store.job_dir(settings.resolved_artifact_dir, job.id)
     return [s for s in predictions.SPLITS if predictions.path_for(directory, s).is_file()]
 
 
@@ -36,7 +36,7 @@ def job_predictions(
         name = evaluated if evaluated in available else (available[-1] if available else "test")
     if name not in available:
         raise SplitNotFound(job.id, name, available)
-    directory = jobstore.job_dir(settings.resolved_artifact_dir, job.id)
+    directory = job_store.job_dir(settings.resolved_artifact_dir, job.id)
     arrays = predictions.read(predictions.path_for(directory, name))
     if fmt == "csv":
         return Response(

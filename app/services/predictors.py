@@ -20,8 +20,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.services.batching import Batcher
-from core.predictor import Predictor
-from tas import jobstore
+from tas.core.predictor import Predictor
+from tas.store import registry as registry_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class ModelResolver:
         with self._lock:
             generation = self._generation
         with self.sessions() as session:
-            mv = jobstore.resolve_model(session, ref, tenant=tenant)
+            mv = registry_store.resolve_model(session, ref, tenant=tenant)
             model = ResolvedModel(mv.name, mv.version, mv.job_id, mv.model_dir)
         with self._lock:
             if generation == self._generation and self.ttl_s > 0:  # no forget() raced this read

@@ -18,8 +18,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from tas.datasets import WRITE_CHUNK, Spool, too_large
 from tas.errors import InvalidUpload
+from tas.store.files import WRITE_CHUNK, Spool, too_large
 
 #: Room for the form's boundaries, part headers and small fields beside the file itself.
 FORM_OVERHEAD = 64 * 1024

@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import Response
 from sqlalchemy.orm import Session
 
-from tas import workers
-from tas.db.models import Job
 from tas.settings import Settings
+from tas.store import workers
+from tas.store.orm import Job
 
 #: The read-time attribute the submit response shows (set on the Job instance, never stored).
 WARNINGS = "warnings"

@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas import jobstore
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.migrate import upgrade
-from tas.db.models import Job, JobStage, JobStatus, utcnow
 from tas.reaper import reap_once
+from tas.store import jobs as job_store
+from tas.store import leases as lease_store
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.migrate import upgrade
+from tas.store.orm import Job, JobStage, JobStatus, utcnow
 
 SPEC = {"name": "j", "dataset": {"name": "iris"}, "resources": {"device": "auto"}}
 
@@ -28,7 +29,7 @@ def sessions(tmp_path: Path) -> sessionmaker[Session]:
 
 def new_job(sessions: sessionmaker[Session], max_attempts: int = 3) -> str:
     with sessions() as s:
-        job = jobstore.create_job(s, SPEC, tenant="default", max_attempts=max_attempts)
+        job = job_store.create_job(s, SPEC, tenant="default", max_attempts=max_attempts)
         s.commit()
         return job.id
 
@@ -44,9 +45,9 @@ def expire_lease(sessions: sessionmaker[Session], job_id: str) -> None:
 def test_second_delivery_cannot_claim_a_live_lease(sessions: sessionmaker[Session]) -> None:
     job_id = new_job(sessions)
     with sessions() as s:
-        first = jobstore.claim(s, job_id, "w1", 30)
+        first = lease_store.claim(s, job_id, "w1", 30)
         s.commit()
-        second = jobstore.claim(s, job_id, "w2", 30)
+        second = lease_store.claim(s, job_id, "w2", 30)
         s.commit()
     assert first is not None and first.attempt == 1
     assert second is None
@@ -57,18 +58,18 @@ def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced(
 ) -> None:
     job_id = new_job(sessions)
     with sessions() as s:
-        old = jobstore.claim(s, job_id, "w1", 30)
+        old = lease_store.claim(s, job_id, "w1", 30)
         s.commit()
     assert old is not None
     expire_lease(sessions, job_id)
     with sessions() as s:
-        new = jobstore.claim(s, job_id, "w2", 30)
+        new = lease_store.claim(s, job_id, "w2", 30)
         s.commit()
         assert new is not None and new.attempt == 2
         # the old worker's heartbeat and final write no longer land
-        assert jobstore.renew(s, old, 30, {"stage": "train"}) is None
-        assert not jobstore.finish(s, old, JobStatus.succeeded)
-        assert jobstore.renew(s, new, 30) is not None
+        assert lease_store.renew(s, old, 30, {"stage": "train"}) is None
+        assert not lease_store.finish(s, old, JobStatus.succeeded)
+        assert lease_store.renew(s, new, 30) is not None
         s.commit()
         job = s.get(Job, job_id)
         assert job is not None
@@ -78,15 +79,15 @@ def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced(
 def test_cancel_flag_reaches_the_heartbeat(sessions: sessionmaker[Session]) -> None:
     job_id = new_job(sessions)
     with sessions() as s:
-        lease = jobstore.claim(s, job_id, "w1", 30)
+        lease = lease_store.claim(s, job_id, "w1", 30)
         s.commit()
         assert lease is not None
-        beat = jobstore.renew(s, lease, 30)
+        beat = lease_store.renew(s, lease, 30)
         assert beat is not None and not beat.cancel_requested
-        job = jobstore.get_job(s, job_id)
-        jobstore.request_cancel(s, job)
+        job = job_store.get_job(s, job_id)
+        job_store.request_cancel(s, job)
         s.commit()
-        beat = jobstore.renew(s, lease, 30)
+        beat = lease_store.renew(s, lease, 30)
         assert beat is not None and beat.cancel_requested
         assert job.status == "running"  # it stops at the next step, not now
 
@@ -95,12 +96,12 @@ def test_attempts_are_capped(sessions: sessionmaker[Session]) -> None:
     job_id = new_job(sessions, max_attempts=2)
     for owner in ("w1", "w2"):
         with sessions() as s:
-            assert jobstore.claim(s, job_id, owner, 30) is not None
+            assert lease_store.claim(s, job_id, owner, 30) is not None
             s.commit()
         expire_lease(sessions, job_id)
     with sessions() as s:
-        assert jobstore.claim(s, job_id, "w3", 30) is None
-        settled = jobstore.fail_unclaimable(s, job_id)
+        assert lease_store.claim(s, job_id, "w3", 30) is None
+        settled = lease_store.fail_unclaimable(s, job_id)
         s.commit()
         assert settled is not None
         assert settled.status == "failed"
@@ -113,12 +114,12 @@ def test_attempts_are_capped(sessions: sessionmaker[Session]) -> None:
 def test_release_puts_the_job_back_in_the_queue(sessions: sessionmaker[Session]) -> None:
     job_id = new_job(sessions)
     with sessions() as s:
-        lease = jobstore.claim(s, job_id, "w1", 30)
+        lease = lease_store.claim(s, job_id, "w1", 30)
         s.commit()
         assert lease is not None
-        assert jobstore.release(s, lease)
+        assert lease_store.release(s, lease)
         s.commit()
-        again = jobstore.claim(s, job_id, "w2", 30)
+        again = lease_store.claim(s, job_id, "w2", 30)
         s.commit()
     assert again is not None and again.attempt == 2
 
@@ -150,8 +151,8 @@ def test_reaper_republishes_lost_jobs_only(sessions: sessionmaker[Session]) -> N
         s.execute(
             update(Job).where(Job.id == stale).values(queued_at=utcnow() - timedelta(minutes=5))
         )
-        assert jobstore.claim(s, running_dead, "w1", 30)
-        assert jobstore.claim(s, running_alive, "w2", 30)
+        assert lease_store.claim(s, running_dead, "w1", 30)
+        assert lease_store.claim(s, running_alive, "w2", 30)
         s.commit()
     expire_lease(sessions, running_dead)
     pub = Recorder()
@@ -198,16 +199,16 @@ def stages(sessions: sessionmaker[Session], job_id: str) -> dict[tuple[int, str]
 
 def claim_into(
     sessions: sessionmaker[Session], job_id: str, owner: str, *names: str
-) -> jobstore.Lease:
+) -> lease_store.Lease:
     """Claim and open stages (the last one stays running), as a worker would."""
     with sessions() as s:
-        lease = jobstore.claim(s, job_id, owner, 30)
+        lease = lease_store.claim(s, job_id, owner, 30)
         assert lease is not None
         for name in names:
-            jobstore.renew(s, lease, 30, {"stage": name})
-            jobstore.start_stage(s, lease, name)
+            lease_store.renew(s, lease, 30, {"stage": name})
+            lease_store.start_stage(s, lease, name)
         for name in names[:-1]:
-            jobstore.finish_stage(s, lease, name, {})
+            lease_store.finish_stage(s, lease, name, {})
         s.commit()
     return lease
 
@@ -227,14 +228,14 @@ def test_a_preemption_is_counted_apart_and_never_spends_an_attempt(
         lease = claim_into(sessions, job_id, f"w{run}", "collect", "train")
         assert lease.attempt == run
         with sessions() as s:
-            assert jobstore.release(s, lease)
+            assert lease_store.release(s, lease)
             s.commit()
         assert stages(sessions, job_id)[(run, "train")] == "preempted"
     job = load(sessions, job_id)
     assert (job.status, job.attempts, job.preemptions, job.claims) == ("queued", 0, 3, 3)
     lease = claim_into(sessions, job_id, "w4", "train")  # max_attempts 1 is still there to use
     with sessions() as s:
-        assert jobstore.finish(s, lease, JobStatus.succeeded)
+        assert lease_store.finish(s, lease, JobStatus.succeeded)
         s.commit()
     job = load(sessions, job_id)
     assert (job.status, job.attempts, job.preemptions) == ("succeeded", 1, 3)
@@ -252,13 +253,13 @@ def test_a_released_run_is_fenced_out(sessions: sessionmaker[Session]) -> None:
     job_id = new_job(sessions)
     old = claim_into(sessions, job_id, "w1", "train")
     with sessions() as s:
-        assert jobstore.release(s, old)
+        assert lease_store.release(s, old)
         s.commit()
     new = claim_into(sessions, job_id, "w1", "train")  # the same owner name claims it again
     with sessions() as s:
-        assert jobstore.renew(s, old, 30) is None
-        assert not jobstore.finish(s, old, JobStatus.failed, error={"type": "X", "message": "y"})
-        assert jobstore.renew(s, new, 30) is not None
+        assert lease_store.renew(s, old, 30) is None
+        assert not lease_store.finish(s, old, JobStatus.failed, error={"type": "X", "message": "y"})
+        assert lease_store.renew(s, new, 30) is not None
         s.commit()
 
 
@@ -267,7 +268,7 @@ def test_stages_end_with_a_failed_job(sessions: sessionmaker[Session]) -> None:
     lease = claim_into(sessions, job_id, "w1", "collect", "preprocess", "train")
     error = {"type": "NonFiniteLoss", "message": "loss is nan at epoch 2", "stage": "train"}
     with sessions() as s:
-        assert jobstore.finish(s, lease, JobStatus.failed, error=error)
+        assert lease_store.finish(s, lease, JobStatus.failed, error=error)
         s.commit()
     assert stages(sessions, job_id) == {
         (1, "collect"): "succeeded",
@@ -283,9 +284,9 @@ def test_stages_end_with_a_cancelled_job(sessions: sessionmaker[Session]) -> Non
     running = new_job(sessions)
     lease = claim_into(sessions, running, "w1", "collect", "train")
     with sessions() as s:
-        jobstore.request_cancel(s, jobstore.get_job(s, running))
+        job_store.request_cancel(s, job_store.get_job(s, running))
         s.commit()
-        assert jobstore.finish(s, lease, JobStatus.cancelled, stage=None)
+        assert lease_store.finish(s, lease, JobStatus.cancelled, stage=None)
         s.commit()
     assert stages(sessions, running) == {(1, "collect"): "succeeded", (1, "train"): "cancelled"}
 
@@ -296,9 +297,9 @@ def test_stages_end_with_a_cancelled_job(sessions: sessionmaker[Session]) -> Non
     with sessions() as s:
         reap_once(s, Recorder(), requeue_after_s=60)
     with sessions() as s:
-        job = jobstore.get_job(s, queued)
+        job = job_store.get_job(s, queued)
         assert job.status == "queued"
-        jobstore.request_cancel(s, job)
+        job_store.request_cancel(s, job)
         s.commit()
     assert "running" not in stages(sessions, queued).values()
     assert load(sessions, queued).status == "cancelled"
@@ -311,8 +312,8 @@ def test_a_killed_pool_child_ends_its_run_at_once_and_the_last_attempt_says_why(
     claim_into(sessions, job_id, "node@a/101/abc", "collect", "train")
     with sessions() as s:
         # Another child of the same worker is not the owner: nothing changes.
-        assert jobstore.settle_killed(s, job_id, "node@a/102/", signal=9, detail="x") is None
-        status = jobstore.settle_killed(
+        assert lease_store.settle_killed(s, job_id, "node@a/102/", signal=9, detail="x") is None
+        status = lease_store.settle_killed(
             s, job_id, "node@a/101/", signal=9, detail="by signal 9 (SIGKILL)"
         )
         s.commit()
@@ -321,8 +322,8 @@ def test_a_killed_pool_child_ends_its_run_at_once_and_the_last_attempt_says_why(
     claim_into(sessions, job_id, "node@b/7/def", "train")
     expire_lease(sessions, job_id)
     with sessions() as s:
-        assert jobstore.claim(s, job_id, "node@c/8/ghi", 30) is None
-        settled = jobstore.fail_unclaimable(s, job_id)
+        assert lease_store.claim(s, job_id, "node@c/8/ghi", 30) is None
+        settled = lease_store.fail_unclaimable(s, job_id)
         s.commit()
     assert settled is not None and settled.status == "failed"
     assert settled.error is not None and settled.error["type"] == "MaxAttemptsExceeded"

@@ -16,13 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.services import jobs as job_service
-from core.spec import JobSpec
-from tas import jobstore
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.migrate import upgrade
-from tas.db.models import Job, JobStage
+from tas.core.spec import JobSpec
 from tas.errors import InvalidInput
 from tas.settings import Settings
+from tas.store import jobs as job_store
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.migrate import upgrade
+from tas.store.orm import Job, JobStage
 from worker.runner import run_job
 
 
@@ -78,7 +78,7 @@ def run(sessions: sessionmaker[Session], settings: Settings, job_id: str) -> Job
 
 def weights(settings: Settings, job_id: str) -> dict[str, torch.Tensor]:
     return load_file(
-        str(jobstore.job_dir(settings.resolved_artifact_dir, job_id) / "model/model.safetensors")
+        str(job_store.job_dir(settings.resolved_artifact_dir, job_id) / "model/model.safetensors")
     )
 
 
@@ -93,12 +93,12 @@ def test_a_time_limited_job_resumes_with_a_larger_limit_to_the_same_weights(
     assert stopped.status == "failed"
     assert stopped.error and stopped.error["type"] == "TimeLimitExceeded", stopped.error
     checkpoints = list(
-        (jobstore.job_dir(settings.resolved_artifact_dir, job_id) / "checkpoints").rglob("*")
+        (job_store.job_dir(settings.resolved_artifact_dir, job_id) / "checkpoints").rglob("*")
     )
     assert checkpoints  # the limit saves one before failing the job
 
     with sessions() as s:
-        job = jobstore.get_job(s, job_id)
+        job = job_store.get_job(s, job_id)
         with pytest.raises(InvalidInput, match="larger one"):
             job_service.resume(s, job, max_minutes=None)
         job_service.resume(s, job, max_minutes=60)

@@ -12,14 +12,17 @@ import pytest
 import safetensors.torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.errors import TrainingError
-from core.models import build_model
-from core.spec import JobSpec, ModelSpec
-from tas import datasets, jobstore
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.migrate import upgrade
-from tas.db.models import Dataset, Job, JobStatus, ModelVersion
+from tas.core.errors import TrainingError
+from tas.core.models import build_model
+from tas.core.spec import JobSpec, ModelSpec
 from tas.settings import Settings
+from tas.store import datasets as dataset_store
+from tas.store import files as file_store
+from tas.store import jobs as job_store
+from tas.store import registry as registry_store
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.migrate import upgrade
+from tas.store.orm import Dataset, Job, JobStatus, ModelVersion
 from worker.runner import job_data, run_job
 
 CSV = b"a,b,label\n" + b"".join(
@@ -44,16 +47,16 @@ def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
 
 def add_upload(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> Dataset:
     """What POST /datasets does, without HTTP."""
-    from core.data.uploads import UploadOptions, read_upload
+    from tas.core.data.uploads import UploadOptions, read_upload
 
-    spool = datasets.Spool(datasets.tmp_dir(settings), 1 << 20)
+    spool = file_store.Spool(file_store.tmp_dir(settings), 1 << 20)
     spool.write(CSV)
     spool.finish()
     schema = read_upload(
-        spool.path, "tiny.csv", UploadOptions(target="label"), datasets.upload_limits(settings)
+        spool.path, "tiny.csv", UploadOptions(target="label"), file_store.upload_limits(settings)
     ).schema()
     with sessions() as s:
-        row, created = datasets.add_dataset(
+        row, created = dataset_store.add_dataset(
             s,
             settings,
             tenant="default",
@@ -78,7 +81,7 @@ def spec(dataset_id: str, **model: Any) -> dict[str, Any]:
 
 def submit(sessions: sessionmaker[Session], body: dict[str, Any], **result: Any) -> str:
     with sessions() as s:
-        job = jobstore.create_job(s, body, tenant="default", max_attempts=1)
+        job = job_store.create_job(s, body, tenant="default", max_attempts=1)
         if result:
             job.result = result
         s.commit()
@@ -154,7 +157,7 @@ def test_an_init_from_version_deleted_after_submit_fails_in_collect(
         model_dir / "model.safetensors"
     )
     with sessions() as s:
-        jobstore.delete_version(s, "base", 1, tenant="default")
+        registry_store.delete_version(s, "base", 1, tenant="default")
         s.commit()
     job_id = submit(sessions, body, init_from=pinned)
     assert run_job(job_id, settings=settings, sessions=sessions, owner="t").status == "failed"

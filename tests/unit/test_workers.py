@@ -16,11 +16,14 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 import worker.presence as presence_module
-from tas import jobstore, workers
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.migrate import upgrade
-from tas.db.models import Job, Worker, utcnow
 from tas.settings import Settings
+from tas.store import jobs as job_store
+from tas.store import leases as lease_store
+from tas.store import workers
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.migrate import upgrade
+from tas.store.orm import Job, Worker, utcnow
+from worker import machine
 from worker.presence import Presence
 
 CPU: list[dict[str, Any]] = [{"id": "cpu", "name": "x86"}]
@@ -35,41 +38,41 @@ SMI = """0, GPU-aaaa-1111, NVIDIA H200, 143771
 
 
 def test_a_cpu_only_machine_does_not_consume_the_gpu_queue() -> None:
-    s = workers.servable_queues(["default", "cpu", "gpu"], CPU)
+    s = machine.servable_queues(["default", "cpu", "gpu"], CPU)
     assert s.queues == ["default", "cpu"]
     assert "CUDA device" in s.dropped["gpu"]
 
 
 def test_a_gpu_machine_consumes_every_queue_once_in_order() -> None:
-    s = workers.servable_queues(["gpu", " default", "gpu", ""], GPU)
+    s = machine.servable_queues(["gpu", " default", "gpu", ""], GPU)
     assert s.queues == ["gpu", "default"] and s.dropped == {}
 
 
 def test_nvidia_smi_rows_are_numbered_as_cuda_numbers_the_visible_devices() -> None:
-    every = workers.parse_nvidia_smi(SMI, None)
+    every = machine.parse_nvidia_smi(SMI, None)
     assert [(d["id"], d["name"], d["memory_mb"]) for d in every] == [
         ("cuda:0", "NVIDIA H200", 143771),
         ("cuda:1", "NVIDIA A100-SXM4-80GB", 81920),
     ]
     # CUDA_VISIBLE_DEVICES=1: the A100 is cuda:0 to the job
-    assert [d["name"] for d in workers.parse_nvidia_smi(SMI, "1")] == ["NVIDIA A100-SXM4-80GB"]
-    assert [d["uuid"] for d in workers.parse_nvidia_smi(SMI, "GPU-bbbb")] == ["GPU-bbbb-2222"]
-    assert workers.parse_nvidia_smi(SMI, "") == []
+    assert [d["name"] for d in machine.parse_nvidia_smi(SMI, "1")] == ["NVIDIA A100-SXM4-80GB"]
+    assert [d["uuid"] for d in machine.parse_nvidia_smi(SMI, "GPU-bbbb")] == ["GPU-bbbb-2222"]
+    assert machine.parse_nvidia_smi(SMI, "") == []
     # the list ends at the first entry that names no GPU, as in CUDA
-    assert [d["id"] for d in workers.parse_nvidia_smi(SMI, "0,7,1")] == ["cuda:0"]
+    assert [d["id"] for d in machine.parse_nvidia_smi(SMI, "0,7,1")] == ["cuda:0"]
 
 
 def test_no_cuda_device_without_a_cuda_build_of_torch_or_without_nvidia_smi() -> None:
-    assert workers.cuda_devices(smi=lambda: SMI, torch_cuda=lambda: False) == []
-    assert workers.cuda_devices(smi=lambda: None, torch_cuda=lambda: True) == []
-    assert len(workers.cuda_devices(smi=lambda: SMI, torch_cuda=lambda: True)) == 2
+    assert machine.cuda_devices(smi=lambda: SMI, torch_cuda=lambda: False) == []
+    assert machine.cuda_devices(smi=lambda: None, torch_cuda=lambda: True) == []
+    assert len(machine.cuda_devices(smi=lambda: SMI, torch_cuda=lambda: True)) == 2
 
 
 def test_detecting_the_machine_does_not_initialise_cuda() -> None:
     """A worker's main process forks a child per job; a CUDA context would not survive it."""
     code = (
         "import torch\n"
-        "from tas.workers import detect_machine\n"
+        "from tas.store.workers import detect_machine\n"
         "m = detect_machine()\n"
         "assert m.devices[0]['id'] == 'cpu' and m.capacity['cpus'] >= 1, m\n"
         "assert m.capacity['memory_mb'] > 0, m\n"
@@ -153,10 +156,10 @@ def test_old_rows_are_forgotten(sessions: sessionmaker[Session]) -> None:
 
 def test_a_queued_job_says_what_it_waits_for(sessions: sessionmaker[Session]) -> None:
     with sessions() as s:
-        gpu_job = jobstore.create_job(
+        gpu_job = job_store.create_job(
             s, {"name": "g", "resources": {"device": "cuda"}}, tenant="default", max_attempts=3
         )
-        cpu_job = jobstore.create_job(
+        cpu_job = job_store.create_job(
             s, {"name": "c", "resources": {"device": "cpu"}}, tenant="default", max_attempts=3
         )
         jobs = [gpu_job, cpu_job]
@@ -179,13 +182,13 @@ def test_running_jobs_are_counted_per_worker_from_their_leases(
 ) -> None:
     with sessions() as s:
         ids = [
-            jobstore.create_job(s, {"name": f"j{i}"}, tenant="default", max_attempts=3).id
+            job_store.create_job(s, {"name": f"j{i}"}, tenant="default", max_attempts=3).id
             for i in range(3)
         ]
         s.commit()
     for job_id, owner in zip(ids, ["w1@h/10/aa", "w1@h/11/bb", "w2@h/12/cc"], strict=True):
         with sessions() as s:
-            assert jobstore.claim(s, job_id, owner, 30) is not None
+            assert lease_store.claim(s, job_id, owner, 30) is not None
             s.commit()
     with sessions() as s:
         assert workers.running_by_worker(s) == {"w1@h": 2, "w2@h": 1}
@@ -241,7 +244,7 @@ def test_presence_registers_drains_and_goes_offline(
 
 
 def test_a_worker_asked_only_for_queues_it_cannot_serve_refuses_to_start(tmp_path: Path) -> None:
-    if workers.detect_machine().devices[1:]:
+    if machine.detect_machine().devices[1:]:
         pytest.skip("this machine has a CUDA device")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAS_")}
     env["TAS_DATA_DIR"] = str(tmp_path / "var")

@@ -11,8 +11,8 @@ from app.api.deps import DatasetDep, SessionDep, SettingsDep, TenantDep
 from app.api.query import StrictQuery
 from app.schemas.datasets import DatasetForm, DatasetOut, DatasetPage
 from app.services import datasets as service
-from core.data.registry import BUILTIN_DATASETS
-from tas import datasets as store
+from tas.core.data.registry import BUILTIN_DATASETS
+from tas.store import datasets as dataset_store
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -63,7 +63,7 @@ def list_datasets(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> DatasetPage:
     """The built-ins (on the first page), then your uploads, newest first."""
-    page = store.list_datasets(session, tenant=tenant, limit=limit, cursor=cursor)
+    page = dataset_store.list_datasets(session, tenant=tenant, limit=limit, cursor=cursor)
     items = [] if cursor is not None else service.builtins()
     items += [service.upload_out(row) for row in page.items]
     return DatasetPage(items=items, next_cursor=page.next_cursor)
@@ -76,7 +76,7 @@ def get_dataset(
     """An upload by id, or a built-in by name."""
     if dataset_id in BUILTIN_DATASETS:
         return service.builtin_out(BUILTIN_DATASETS[dataset_id].info)
-    return service.upload_out(store.get_dataset(session, dataset_id, tenant=tenant))
+    return service.upload_out(dataset_store.get_dataset(session, dataset_id, tenant=tenant))
 
 
 @router.delete(

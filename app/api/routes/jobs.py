@@ -21,9 +21,10 @@ from app.schemas.jobs import (
 from app.services import jobs as job_service
 from app.services import predictions as prediction_service
 from app.services import workers as worker_service
-from core.spec import JobSpec
-from tas import jobstore
-from tas.db.models import Checkpoint, Job, MetricRow
+from tas.core.spec import JobSpec
+from tas.store import jobs as job_store
+from tas.store import pagination
+from tas.store.orm import Checkpoint, Job, MetricRow
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -73,7 +74,7 @@ def list_jobs(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> jobstore.Page:
+) -> pagination.Page:
     """Newest first, filtered in the database, so the cursor pages through the filtered list."""
     filters = job_service.job_filter(
         name=name,
@@ -82,7 +83,7 @@ def list_jobs(
         created_before=created_before,
         tag=tag,
     )
-    page = jobstore.list_jobs(session, tenant=tenant, limit=limit, cursor=cursor, filters=filters)
+    page = job_store.list_jobs(session, tenant=tenant, limit=limit, cursor=cursor, filters=filters)
     worker_service.annotate(session, page.items, settings)
     return page
 
@@ -96,7 +97,7 @@ def get_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Job:
 @router.patch("/{job_id}", response_model=JobOut)
 def patch_job(job: JobDep, patch: JobPatch, session: SessionDep) -> Job:
     """Merge tags into the job's, on a job in any state (a null value removes that tag)."""
-    job = jobstore.set_tags(session, job, patch.tags)
+    job = job_store.set_tags(session, job, patch.tags)
     session.commit()
     return job
 
@@ -220,6 +221,6 @@ def get_predictions(
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job: JobDep, session: SessionDep) -> Job:
     """A queued job is cancelled at once; a running one stops at its next step (409 once finished)."""
-    jobstore.request_cancel(session, job)
+    job_store.request_cancel(session, job)
     session.commit()
     return job

@@ -20,11 +20,11 @@ from app.api.deps import ServingDep, SessionDep, SettingsDep, TenantDep
 from app.api.query import StrictQuery
 from app.schemas.predict import NAME_PATTERN, AliasIn, AliasOut, ModelOut, ModelVersionOut
 from app.services.serving import Serving, contained_artifact
-from core import export
-from core.artifact import read_card
-from tas import jobstore
-from tas.db.models import ModelAlias, ModelVersion
+from tas.core import export
+from tas.core.artifact import read_card
 from tas.settings import Settings
+from tas.store import registry as registry_store
+from tas.store.orm import ModelAlias, ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -68,7 +68,7 @@ def list_models(session: SessionDep, tenant: TenantDep) -> list[ModelOut]:
         select(ModelVersion).where(ModelVersion.tenant == tenant).order_by(ModelVersion.name)
     )
     aliases: dict[str, list[ModelAlias]] = {}
-    for a in jobstore.model_aliases(session, tenant=tenant):
+    for a in registry_store.model_aliases(session, tenant=tenant):
         aliases.setdefault(a.name, []).append(a)
     return [
         _model(name, list(vs), aliases.get(name, []))
@@ -78,8 +78,8 @@ def list_models(session: SessionDep, tenant: TenantDep) -> list[ModelOut]:
 
 @router.get("/{name}", response_model=ModelOut)
 def get_model(name: Name, session: SessionDep, tenant: TenantDep) -> ModelOut:
-    versions = jobstore.model_versions(session, name, tenant=tenant)
-    return _model(name, versions, jobstore.model_aliases(session, tenant=tenant, name=name))
+    versions = registry_store.model_versions(session, name, tenant=tenant)
+    return _model(name, versions, registry_store.model_aliases(session, tenant=tenant, name=name))
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasOut)
@@ -93,7 +93,7 @@ def set_alias(
 ) -> AliasOut:
     """Point `name@alias` at a version — the deploy step. The version is loaded before this
     returns, and the next `/predict` for `name@alias` uses it; no restart."""
-    row, mv = jobstore.set_alias(session, name, alias, body.version, tenant=tenant)
+    row, mv = registry_store.set_alias(session, name, alias, body.version, tenant=tenant)
     out = AliasOut(name=name, alias=alias, version=row.version, updated_at=row.updated_at)
     model_dir = mv.model_dir
     session.commit()
@@ -105,7 +105,7 @@ def set_alias(
 def delete_alias(
     name: Name, alias: Alias, session: SessionDep, tenant: TenantDep, serving: ServingDep
 ) -> Response:
-    jobstore.delete_alias(session, name, alias, tenant=tenant)
+    registry_store.delete_alias(session, name, alias, tenant=tenant)
     session.commit()
     serving.registry_changed()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -117,7 +117,7 @@ def delete_version(
 ) -> Response:
     """Drop a version and its aliases, and evict it from the serving cache. The job (and its
     artifact) remain; `/predict` with its job id answers 404 from now on."""
-    mv = jobstore.delete_version(session, name, version, tenant=tenant)
+    mv = registry_store.delete_version(session, name, version, tenant=tenant)
     model_dir = mv.model_dir
     session.commit()
     serving.registry_changed(evict=model_dir)
@@ -166,7 +166,7 @@ def get_card(
     """The model card for use outside tas: which model (name, version, job id), architecture,
     input shape, classes or feature names, preprocessing (normalisation statistics, image
     handling), how to read the outputs, metrics."""
-    return _card(settings, jobstore.get_version(session, name, version, tenant=tenant))
+    return _card(settings, registry_store.get_version(session, name, version, tenant=tenant))
 
 
 @router.get(
@@ -185,7 +185,7 @@ async def download(
     """The weights with their model card embedded, or an ONNX export (built on request; its
     outputs match PyTorch's)."""
     return await _download(
-        serving, lambda s: jobstore.get_version(s, name, version, tenant=tenant), format
+        serving, lambda s: registry_store.get_version(s, name, version, tenant=tenant), format
     )
 
 
@@ -195,7 +195,7 @@ def get_card_by_ref(
 ) -> dict[str, Any]:
     """The card of `name@alias` (what the alias points at now), `name:version` or `name` (the
     latest version): the same card as `/models/{name}/versions/{version}/card`."""
-    return _card(settings, jobstore.resolve_model(session, ref, tenant=tenant))
+    return _card(settings, registry_store.resolve_model(session, ref, tenant=tenant))
 
 
 @router.get(
@@ -206,4 +206,6 @@ async def download_by_ref(
 ) -> Response:
     """The download of `name@alias`, `name:version` or `name` (the latest version); the file is
     named after the version it resolved to."""
-    return await _download(serving, lambda s: jobstore.resolve_model(s, ref, tenant=tenant), format)
+    return await _download(
+        serving, lambda s: registry_store.resolve_model(s, ref, tenant=tenant), format
+    )

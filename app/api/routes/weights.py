@@ -10,8 +10,8 @@ from fastapi import APIRouter, Path, Request, Response, status
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.schemas.datasets import WeightsForm, WeightsOut
 from app.services import datasets as service
-from tas import datasets as store
 from tas.errors import WeightsNotFound
+from tas.store import weights as weights_store
 
 router = APIRouter(prefix="/weights", tags=["weights"])
 
@@ -53,7 +53,7 @@ async def upload_weights(
 def get_weights(
     weights_id: Annotated[str, Path(max_length=64)], session: SessionDep, tenant: TenantDep
 ) -> WeightsOut:
-    row = store.find_weights(session, weights_id, tenant=tenant)
+    row = weights_store.find_weights(session, weights_id, tenant=tenant)
     if row is None:
         raise WeightsNotFound(weights_id)
     return service.weights_out(row)

@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tas.db.migrate import upgrade
 from tas.settings import Settings
+from tas.store.migrate import upgrade
 
 
 class RecordingPublisher:

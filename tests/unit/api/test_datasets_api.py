@@ -19,12 +19,12 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.models import build_model
-from core.spec import ModelSpec
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.migrate import upgrade
-from tas.db.models import Job, JobStatus, ModelVersion
+from tas.core.models import build_model
+from tas.core.spec import ModelSpec
 from tas.settings import Settings
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.migrate import upgrade
+from tas.store.orm import Job, JobStatus, ModelVersion
 from tests.unit.api.conftest import RecordingPublisher
 
 # ---------------------------------------------------------------------------------------------
@@ -779,14 +779,15 @@ def test_identical_uploads_racing_give_one_dataset(
     the lost-race branch on purpose: the check finds nothing, the INSERT hits the unique key."""
     import threading
 
-    from tas import datasets
+    from tas.store import datasets as dataset_store
+    from tas.store import files as file_store
 
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)
     schema = {"format": "csv", "options": {"target": "y"}}
 
-    def spool() -> datasets.Spool:
-        sp = datasets.Spool(datasets.tmp_dir(settings), 1 << 20)
+    def spool() -> file_store.Spool:
+        sp = file_store.Spool(file_store.tmp_dir(settings), 1 << 20)
         sp.write(b"x,y\n1,2\n3,4\n")
         sp.finish()
         return sp
@@ -799,7 +800,7 @@ def test_identical_uploads_racing_give_one_dataset(
         try:
             with spool() as sp, sessions() as s:
                 barrier.wait()
-                row, created = datasets.add_dataset(
+                row, created = dataset_store.add_dataset(
                     s,
                     settings,
                     tenant="default",
@@ -823,16 +824,16 @@ def test_identical_uploads_racing_give_one_dataset(
     stored = list((settings.resolved_uploads_dir / "datasets").rglob("*.csv"))
     assert len(stored) == 1 and stored[0].read_bytes() == b"x,y\n1,2\n3,4\n"
 
-    real = datasets._by_fingerprint
+    real = dataset_store._by_fingerprint
     calls: list[str] = []
 
     def blind(session: Any, tenant: str, fp: str) -> Any:
         calls.append(fp)
         return None if len(calls) == 1 else real(session, tenant, fp)
 
-    monkeypatch.setattr(datasets, "_by_fingerprint", blind)
+    monkeypatch.setattr(dataset_store, "_by_fingerprint", blind)
     with spool() as sp, sessions() as s:
-        row, created = datasets.add_dataset(
+        row, created = dataset_store.add_dataset(
             s, settings, tenant="default", name="r", file_name="r.csv", spool=sp, schema=schema
         )
         s.commit()
@@ -860,7 +861,7 @@ def test_random_garbage_is_never_a_500(client: TestClient, settings: Settings) -
 
 def test_another_tenants_uploads_are_invisible(client: TestClient, settings: Settings) -> None:
     """Rows of tenant 'other' (the caller is 'default'): 404, unlisted, unusable in a job."""
-    from tas.db.models import Dataset, WeightsFile
+    from tas.store.orm import Dataset, WeightsFile
 
     engine = make_engine(settings.resolved_database_url)
     with make_sessionmaker(engine)() as s:

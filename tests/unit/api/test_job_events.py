@@ -17,11 +17,11 @@ from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.services.job_stream import READ_THREADS, JobStreams, Snapshot, Watch
-from tas import jobstore
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.models import Job, JobStatus
 from tas.errors import JobNotFound, TooManyRequests
 from tas.settings import Settings
+from tas.store import jobs as job_store
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.orm import Job, JobStatus
 
 SPEC: dict[str, Any] = {
     "name": "t",
@@ -74,7 +74,7 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 
 def new_job(sessions: sessionmaker[Session], tenant: str = "default") -> str:
     with sessions() as s:
-        job = jobstore.create_job(s, SPEC, tenant=tenant, max_attempts=3)
+        job = job_store.create_job(s, SPEC, tenant=tenant, max_attempts=3)
         s.commit()
         return job.id
 

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tas.db.models import Checkpoint, Job, JobStage, MetricRow, ModelVersion
 from tas.settings import Settings
+from tas.store.orm import Checkpoint, Job, JobStage, MetricRow, ModelVersion
 from tests.unit.api.conftest import RecordingPublisher
 from tests.unit.api.test_jobs_api import spec
 

@@ -11,10 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from app.services.job_stream import JobStreams
-from tas import jobstore, workers
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.models import Worker, utcnow
 from tas.settings import Settings
+from tas.store import jobs as job_store
+from tas.store import workers
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.orm import Worker, utcnow
 from tests.unit.api.test_jobs_api import spec
 
 CPU_WORKER = workers.WorkerInfo(
@@ -113,7 +114,7 @@ def test_an_event_stream_shows_waiting_for_and_its_end(settings: Settings) -> No
     """The live stream says what GET /jobs/{id} says, and tells when a worker for it comes up."""
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with sessions() as s:
-        job_id = jobstore.create_job(
+        job_id = job_store.create_job(
             s, {"name": "g", "resources": {"device": "cuda"}}, tenant="default", max_attempts=3
         ).id
         s.commit()

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from core.checkpoint import CheckpointRecord
-from core.data.registry import BUILTIN_DATASETS, LoadContext, Loaded
-from core.hooks import NullHooks, Progress
-from core.pipeline import PipelineResult, RunContext, run_pipeline
-from core.spec import JobSpec
+from tas.core.checkpoint import CheckpointRecord
+from tas.core.data.registry import BUILTIN_DATASETS, LoadContext, Loaded
+from tas.core.hooks import NullHooks, Progress
+from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
+from tas.core.spec import JobSpec
 
 
 class RecordingHooks(NullHooks):

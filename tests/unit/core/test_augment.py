@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from core.augment import BatchAugment, build_augment, step_generator, step_seed
-from core.loop import LoopConfig, TrainData, Trainer
-from core.spec import AugmentSpec
+from tas.core.augment import BatchAugment, build_augment, step_generator, step_seed
+from tas.core.loop import LoopConfig, TrainData, Trainer
+from tas.core.spec import AugmentSpec
 from tests.unit.core.conftest import RecordingHooks, RunJob
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import builtin
-from core.data.registry import BUILTIN_DATASETS, DatasetUnavailable, LoadContext
+from tas.core.data import builtin
+from tas.core.data.registry import BUILTIN_DATASETS, DatasetUnavailable, LoadContext
 from tests.unit.core.conftest import RunJob
 
 MNIST_FILES = [

@@ -16,17 +16,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from core.data.cache import (
+from tas.core.data.cache import (
     META,
     TENSORS,
     PreprocessCache,
     PrepSpec,
     cache_key,
 )
-from core.data.prepare import prepare
-from core.data.registry import BUILTIN_DATASETS, Arrays, DatasetInfo, LoadContext, Loaded
-from core.pipeline import PipelineResult, RunContext, run_pipeline
-from core.spec import JobSpec
+from tas.core.data.prepare import prepare
+from tas.core.data.registry import BUILTIN_DATASETS, Arrays, DatasetInfo, LoadContext, Loaded
+from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
+from tas.core.spec import JobSpec
 from tests.unit.core.conftest import RecordingHooks
 from tests.unit.core.test_builtin import write_mnist
 
@@ -270,7 +270,7 @@ def test_racing_writers_both_finish_and_one_entry_wins(digits_csv: Path, tmp_pat
 
 
 def test_evict_drops_the_least_recently_used(digits_csv: Path, tmp_path: Path) -> None:
-    from core.data import builtin
+    from tas.core.data import builtin
 
     prepared = prepare(builtin.load_iris(LoadContext(tmp_path)), BUILTIN_DATASETS["iris"].info, 0.2)
     cache = PreprocessCache(tmp_path / "cache")

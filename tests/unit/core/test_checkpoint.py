@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from core.checkpoint import MANIFEST, STATE, WEIGHTS, CheckpointManager
-from core.state import capture_rng, restore_rng
+from tas.core.checkpoint import MANIFEST, STATE, WEIGHTS, CheckpointManager
+from tas.core.state import capture_rng, restore_rng
 
 
 def save(m: CheckpointManager, epoch: int, acc: float | None, step: int = 0) -> Any:

@@ -9,16 +9,16 @@ import textwrap
 import pytest
 import torch
 
-from core.device import resolve_device, resolve_precision
-from core.errors import DeviceUnavailable
+from tas.core.device import resolve_device, resolve_precision
+from tas.core.errors import DeviceUnavailable
 
 
 def test_auto_resolution_leaves_cuda_uninitialised_and_forks_clean() -> None:
     code = textwrap.dedent(
         """
         import os, sys, torch
-        import core.pipeline, core.predictor
-        from core.device import resolve_device
+        import tas.core.pipeline, tas.core.predictor
+        from tas.core.device import resolve_device
         resolve_device("auto")
         assert not torch.cuda.is_initialized(), "CUDA initialised by resolve_device"
         assert "sklearn" not in sys.modules and "torchvision" not in sys.modules, "eager imports"

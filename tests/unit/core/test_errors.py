@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data.registry import DatasetUnavailable
-from core.errors import OutOfMemory, Stopped, TrainingError, as_training_error
+from tas.core.data.registry import DatasetUnavailable
+from tas.core.errors import OutOfMemory, Stopped, TrainingError, as_training_error
 from tests.unit.core.conftest import RunJob
 
 

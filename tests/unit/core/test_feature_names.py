@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.artifact import read_card
-from core.data.registry import BUILTIN_DATASETS
-from core.data.uploads import info_from_schema
+from tas.core.artifact import read_card
+from tas.core.data.registry import BUILTIN_DATASETS
+from tas.core.data.uploads import info_from_schema
 from tests.unit.core.conftest import RunJob
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import core
+from tas import core
 
 FORBIDDEN = {"fastapi", "celery", "sqlalchemy", "app", "worker", "tas", "starlette", "kombu"}
 

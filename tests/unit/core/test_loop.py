@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.errors import NonFiniteLoss, OutOfMemory
-from core.loop import (
+from tas.core.errors import NonFiniteLoss, OutOfMemory
+from tas.core.loop import (
     EarlyStopping,
     LoopConfig,
     LoopState,
@@ -186,7 +186,7 @@ def test_out_of_memory_names_the_batch_size() -> None:
 def test_scheduler_steps_per_its_interval(name: str, interval: str, calls: int) -> None:
     from types import SimpleNamespace
 
-    from core.optim import SCHEDULERS
+    from tas.core.optim import SCHEDULERS
 
     cfg = LoopConfig(epochs=3, batch_size=8, scheduler_interval=SCHEDULERS[name].interval)
     assert cfg.scheduler_interval == interval

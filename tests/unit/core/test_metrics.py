@@ -19,8 +19,8 @@ from sklearn.metrics import (
 )
 from torch import nn
 
-from core.loop import evaluate
-from core.metrics import classification_metrics, evaluate_model, regression_metrics
+from tas.core.loop import evaluate
+from tas.core.metrics import classification_metrics, evaluate_model, regression_metrics
 from tests.unit.core.conftest import RunJob
 
 NAMES = ["ant", "bee", "cat", "dog", "eel", "fox"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.models import ARCHS, build_model, build_on_meta, head_name, input_problems
-from core.spec import ModelSpec
+from tas.core.models import ARCHS, build_model, build_on_meta, head_name, input_problems
+from tas.core.spec import ModelSpec
 
 IMAGE_ARCHS = ["resnet18", "mobilenet_v2"]
 
@@ -111,7 +111,7 @@ def test_looking_up_tas_own_archs_does_not_import_torchvision() -> None:
     import sys
 
     code = (
-        "import sys; from core.models import ARCHS; from core.spec import JobSpec;"
+        "import sys; from tas.core.models import ARCHS; from tas.core.spec import JobSpec;"
         " JobSpec.model_validate({'name': 'a', 'dataset': {'name': 'iris'},"
         " 'model': {'arch': 'mlp'}}); assert 'cnn' in ARCHS and ARCHS['mlp'].weights == ();"
         " print('torchvision' in sys.modules)"

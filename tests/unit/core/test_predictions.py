@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import predictions
-from core.data.registry import BUILTIN_DATASETS, LoadContext
-from core.predictor import Predictor
+from tas.core import predictions
+from tas.core.data.registry import BUILTIN_DATASETS, LoadContext
+from tas.core.predictor import Predictor
 from tests.unit.core.conftest import RunJob
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.artifact import ArtifactError, ModelCard, load_card, load_model, save_model
-from core.data.prepare import Normalizer
-from core.models import build_model
-from core.predictor import InputShapeError, InputValueError, Predictor
-from core.spec import ModelSpec
+from tas.core.artifact import ArtifactError, ModelCard, load_card, load_model, save_model
+from tas.core.data.prepare import Normalizer
+from tas.core.models import build_model
+from tas.core.predictor import InputShapeError, InputValueError, Predictor
+from tas.core.spec import ModelSpec
 
 
 def make(

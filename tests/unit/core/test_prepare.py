@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data.prepare import Normalizer, prepare, split_indices
-from core.data.registry import Arrays, DatasetInfo, Loaded
+from tas.core.data.prepare import Normalizer, prepare, split_indices
+from tas.core.data.registry import Arrays, DatasetInfo, Loaded
 
 IMG = DatasetInfo("img", "classification", (3, 4, 4), 3, kind="image")
 TAB = DatasetInfo("tab", "classification", (5,), 3)
@@ -89,7 +89,7 @@ def test_normalize_off_and_bad_data() -> None:
     p = prepare(Loaded(Arrays(X.clone(), torch.arange(30) % 3)), TAB, 0.2, normalize=False)
     assert p.normalizer is None and p.outputs()["normalization"] is None
     X[3, 1] = float("nan")
-    from core.errors import DataError
+    from tas.core.errors import DataError
 
     with pytest.raises(DataError, match="NaN"):
         prepare(Loaded(Arrays(X, torch.arange(30) % 3)), TAB, 0.2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.errors import Stopped, TimeLimitExceeded
+from tas.core.errors import Stopped, TimeLimitExceeded
 from tests.unit.core.conftest import RecordingHooks, RunJob
 
 TIMING = ("epoch_seconds", "samples_per_second")

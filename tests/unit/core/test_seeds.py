@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.predictor import Predictor
+from tas.core.predictor import Predictor
 from tests.unit.core.conftest import RecordingHooks, RunJob
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from core.data.registry import BUILTIN_DATASETS
-from core.spec import JobSpec, resolved_monitor, spec_problems
+from tas.core.data.registry import BUILTIN_DATASETS
+from tas.core.spec import JobSpec, resolved_monitor, spec_problems
 
 BASE: dict[str, Any] = {"name": "ok", "dataset": {"name": "digits"}}
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from core.spec import JobSpec, ModelSpec, TrainingSpec
+from tas.core.spec import JobSpec, ModelSpec, TrainingSpec
 
 BASE: dict[str, Any] = {"name": "ok", "dataset": {"name": "digits"}}
 

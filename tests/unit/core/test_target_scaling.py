@@ -14,16 +14,16 @@ from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 
-from core import predictions
-from core.artifact import ModelCard, save_model
-from core.data.prepare import TargetScaler, split_indices
-from core.data.registry import BUILTIN_DATASETS
-from core.data.uploads import UploadOptions, load_upload, read_upload
-from core.hooks import NullHooks
-from core.models import build_model
-from core.pipeline import RunContext, run_pipeline
-from core.predictor import Predictor
-from core.spec import JobSpec, ModelSpec, resolved_target_scaling, spec_problems
+from tas.core import predictions
+from tas.core.artifact import ModelCard, save_model
+from tas.core.data.prepare import TargetScaler, split_indices
+from tas.core.data.registry import BUILTIN_DATASETS
+from tas.core.data.uploads import UploadOptions, load_upload, read_upload
+from tas.core.hooks import NullHooks
+from tas.core.models import build_model
+from tas.core.pipeline import RunContext, run_pipeline
+from tas.core.predictor import Predictor
+from tas.core.spec import JobSpec, ModelSpec, resolved_target_scaling, spec_problems
 
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 

@@ -15,16 +15,16 @@ import safetensors.torch
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.artifact import count_parameters
-from core.data.builtin import load_digits
-from core.data.registry import Arrays, DatasetInfo, LoadContext, Loaded
-from core.errors import TrainingError
-from core.hooks import NullHooks
-from core.models import ARCHS, build_model, head_name
-from core.optim import OPTIMIZERS, SCHEDULERS, param_groups
-from core.pipeline import PipelineResult, RunContext, run_pipeline
-from core.spec import JobSpec, ModelSpec, TrainingSpec
-from core.transfer import (
+from tas.core.artifact import count_parameters
+from tas.core.data.builtin import load_digits
+from tas.core.data.registry import Arrays, DatasetInfo, LoadContext, Loaded
+from tas.core.errors import TrainingError
+from tas.core.hooks import NullHooks
+from tas.core.models import ARCHS, build_model, head_name
+from tas.core.optim import OPTIMIZERS, SCHEDULERS, param_groups
+from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
+from tas.core.spec import JobSpec, ModelSpec, TrainingSpec
+from tas.core.transfer import (
     PretrainedWeightsMissing,
     UnknownLayer,
     WeightsMismatch,
@@ -297,7 +297,7 @@ def served(tmp_path: Path) -> Any:
 
 
 def test_a_download_is_hash_checked_and_kept_whole(tmp_path: Path, served: Any) -> None:
-    from core.transfer import download_weights
+    from tas.core.transfer import download_weights
 
     server, data, sha = served
     dest = tmp_path / "weights"
@@ -309,7 +309,7 @@ def test_a_download_is_hash_checked_and_kept_whole(tmp_path: Path, served: Any) 
 
 
 def test_a_download_that_fails_the_hash_check_leaves_nothing(tmp_path: Path, served: Any) -> None:
-    from core.transfer import download_weights
+    from tas.core.transfer import download_weights
 
     server, _, _ = served
     dest = tmp_path / "weights"
@@ -330,7 +330,7 @@ def test_two_workers_downloading_at_once_never_tear_the_file(tmp_path: Path, ser
     import hashlib
     import threading
 
-    from core.transfer import download_weights
+    from tas.core.transfer import download_weights
 
     server, data, sha = served
     dest = tmp_path / "weights"
@@ -408,7 +408,7 @@ def test_pretrained_images_get_the_weights_normalisation_recorded_in_the_card(
 ) -> None:
     """ImageNet's mean/std, not the data's (grey: their means), applied at preprocess, kept in the
     card (so /predict applies them too) with the weights' transforms."""
-    from core.artifact import load_model
+    from tas.core.artifact import load_model
 
     spec = job_spec({"arch": "mobilenet_v2", "pretrained": True}, {"epochs": 1})
     small = Arrays(digits.X[:40], digits.y[:40])

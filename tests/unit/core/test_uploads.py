@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data.images import decode_image
-from core.data.uploads import (
+from tas.core.data.images import decode_image
+from tas.core.data.uploads import (
     ParsedUpload,
     UploadError,
     UploadLimits,
@@ -24,7 +24,7 @@ from core.data.uploads import (
     load_upload,
     read_upload,
 )
-from core.errors import DataError
+from tas.core.errors import DataError
 
 # ---------------------------------------------------------------------------------------------
 # Builders

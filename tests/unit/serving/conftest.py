@@ -18,15 +18,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from core.artifact import ModelCard, save_model
-from core.data.prepare import Normalizer
-from core.models import build_model
-from core.spec import ModelSpec
-from tas import jobstore
-from tas.db.engine import make_engine, make_sessionmaker
-from tas.db.migrate import upgrade
-from tas.db.models import Job, JobStatus
+from tas.core.artifact import ModelCard, save_model
+from tas.core.data.prepare import Normalizer
+from tas.core.models import build_model
+from tas.core.spec import ModelSpec
 from tas.settings import Settings
+from tas.store import jobs as job_store
+from tas.store import registry as registry_store
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.migrate import upgrade
+from tas.store.orm import Job, JobStatus
 
 IMAGE_SHAPE = (1, 6, 6)
 
@@ -60,7 +61,7 @@ class Registry:
 
     def job(self, name: str, status: JobStatus = JobStatus.succeeded) -> str:
         with self.sessions() as s:
-            job = jobstore.create_job(s, {"name": name}, tenant="default", max_attempts=1)
+            job = job_store.create_job(s, {"name": name}, tenant="default", max_attempts=1)
             job.status = status.value
             s.commit()
             return job.id
@@ -115,7 +116,7 @@ class Registry:
         with self.sessions() as s:
             job = s.get(Job, job_id)
             assert job is not None
-            mv = jobstore.register_model(
+            mv = registry_store.register_model(
                 s, job, str(model_dir), card.model_dump(mode="json"), card.metrics
             )
             s.commit()

@@ -38,7 +38,7 @@ def test_lru_by_memory(registry: Registry) -> None:
 
 
 def test_concurrent_misses_load_once(registry: Registry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from core import predictor as predictor_module
+    from tas.core import predictor as predictor_module
 
     m = registry.add("m")
     loads = []

@@ -11,9 +11,9 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load as load_torch
 
-from core.artifact import card_arch
-from core.models import build_model
-from core.spec import ModelSpec
+from tas.core.artifact import card_arch
+from tas.core.models import build_model
+from tas.core.spec import ModelSpec
 from tests.unit.serving.conftest import IMAGE_SHAPE, Registry
 
 

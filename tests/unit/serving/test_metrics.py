@@ -14,8 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from app.metrics import LocalHistogram
-from tas import jobstore, workers
-from tas.db.models import Job, JobStage, MetricRow, utcnow
+from tas.store import jobs as job_store
+from tas.store import leases as lease_store
+from tas.store import workers
+from tas.store.orm import Job, JobStage, MetricRow, utcnow
 from tests.unit.serving.conftest import IMAGE_SHAPE, Registry
 
 
@@ -32,7 +34,7 @@ def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 def test_database_figures(client: TestClient, registry: Registry) -> None:
     now = utcnow()
     with registry.sessions() as s:
-        done = jobstore.create_job(s, {"name": "done"}, tenant="default", max_attempts=3)
+        done = job_store.create_job(s, {"name": "done"}, tenant="default", max_attempts=3)
         done.status, done.started_at, done.finished_at = (
             "succeeded",
             now,
@@ -64,13 +66,13 @@ def test_database_figures(client: TestClient, registry: Registry) -> None:
             s.add(MetricRow(job_id=done.id, epoch=epoch, step=-1, values={"train_loss": 1.0}))
         s.add(MetricRow(job_id=done.id, epoch=1, step=5, values={"train_loss": 1.0}))  # a step row
         for name in ("g1", "g2"):
-            jobstore.create_job(
+            job_store.create_job(
                 s, {"name": name, "resources": {"device": "cuda"}}, tenant="default", max_attempts=3
             )
-        running = jobstore.create_job(s, {"name": "r"}, tenant="default", max_attempts=3)
+        running = job_store.create_job(s, {"name": "r"}, tenant="default", max_attempts=3)
         s.commit()
     with registry.sessions() as s:
-        assert jobstore.claim(s, running.id, "w1@h/7/ab", 30) is not None
+        assert lease_store.claim(s, running.id, "w1@h/7/ab", 30) is not None
         workers.register(s, workers.WorkerInfo("w1@h", "h", 7, ["default"], [], {}, 1))
         workers.register(s, workers.WorkerInfo("w2@h", "h", 8, ["cpu"], [], {}, 1))
         s.commit()

@@ -148,7 +148,7 @@ def test_bad_input_is_a_4xx_that_says_why(
 
 
 def test_job_that_has_not_succeeded_is_409(client: TestClient, registry: Registry) -> None:
-    from tas.db.models import JobStatus
+    from tas.store.orm import JobStatus
 
     for status in (JobStatus.queued, JobStatus.running, JobStatus.failed):
         job_id = registry.job("pending", status)

@@ -128,7 +128,7 @@ def test_traversal_attempts_are_4xx(client: TestClient, registry: Registry, path
 def test_a_registry_row_outside_the_artifact_store_is_never_read(
     client: TestClient, registry: Registry
 ) -> None:
-    from tas.db.models import ModelVersion
+    from tas.store.orm import ModelVersion
 
     v = registry.add("m")
     with registry.sessions() as s:

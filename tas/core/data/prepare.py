@@ -1,0 +1,299 @@
+"""Preprocess: split by index, then standardise with statistics of the training split only.
+
+Everything is a whole-tensor op (a seeded permutation, a stable sort, masks): no per-sample Python, so
+preparing 60,000 images costs a few tensor passes. The split depends only on (data, split_seed, the
+fractions, stratify), so a resumed job re-derives exactly the split it trained on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from tas.core.data.registry import Arrays, DatasetInfo, Loaded
+from tas.core.errors import DataError
+
+#: A standard deviation below this is treated as a constant feature: divide by 1, not by ~0.
+STD_FLOOR = 1e-6
+
+
+@dataclass
+class Normalizer:
+    """x → (x - mean) / std, with mean/std shaped to broadcast over one sample.
+
+    "per_channel" (images, C×H×W): one mean/std per channel, shape (C, 1, 1).
+    "per_feature" (anything else): one per input element, shape = the sample shape."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    kind: Literal["per_channel", "per_feature"]
+
+    @classmethod
+    def fit(cls, X: torch.Tensor, kind: Literal["per_channel", "per_feature"]) -> Normalizer:
+        if kind == "per_channel":
+            if X.dim() != 4:
+                raise ValueError(
+                    f"per_channel normalisation needs (N, C, H, W) data, got {tuple(X.shape)}"
+                )
+            std, mean = torch.std_mean(X, dim=(0, 2, 3), correction=0, keepdim=True)
+            mean, std = mean[0], std[0]
+        else:
+            std, mean = torch.std_mean(X, dim=0, correction=0)
+        std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)
+        return cls(mean.to(torch.float32).contiguous(), std.to(torch.float32).contiguous(), kind)
+
+    @classmethod
+    def given(cls, mean: list[float], std: list[float]) -> Normalizer:
+        """Per-channel statistics fixed in advance (ImageNet's for torchvision's weights)."""
+        shape = (len(mean), 1, 1)
+        return cls(
+            torch.tensor(mean, dtype=torch.float32).reshape(shape),
+            torch.tensor(std, dtype=torch.float32).reshape(shape),
+            "per_channel",
+        )
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        """A new normalised tensor (the input is left alone)."""
+        mean, std = self.mean.to(X.device), self.std.to(X.device)
+        return (X - mean) / std
+
+    def apply_(self, X: torch.Tensor) -> torch.Tensor:
+        """In place, for the big training tensors the pipeline owns: no second copy of the data."""
+        return X.sub_(self.mean.to(X.device)).div_(self.std.to(X.device))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "shape": list(self.mean.shape),
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
+        shape = tuple(int(s) for s in d["shape"])
+        mean = torch.tensor(d["mean"], dtype=torch.float32).reshape(shape)
+        std = torch.tensor(d["std"], dtype=torch.float32).reshape(shape)
+        return cls(mean, std, d["kind"])
+
+
+@dataclass
+class TargetScaler:
+    """Regression targets y → (y - mean) / std, one mean/std per target column, fitted on the
+    training split. The loss then sees targets of unit scale whatever their units: with raw targets
+    in the hundreds a freshly initialised network's outputs (near 0) are hundreds off, the first
+    steps are spent learning the offset, and Adam's early stopping sets in long before the shape
+    of the function is learnt. Outputs go back to the data's units with `inverse`."""
+
+    mean: torch.Tensor  # (d,)
+    std: torch.Tensor  # (d,)
+
+    @classmethod
+    def fit(cls, y: torch.Tensor) -> TargetScaler:
+        y2 = y.to(torch.float64).reshape(y.shape[0], -1)
+        std, mean = torch.std_mean(y2, dim=0, correction=0)
+        std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)
+        return cls(mean.to(torch.float32), std.to(torch.float32))
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """Scaled targets (N, d), a new tensor."""
+        y2 = y.to(torch.float32).reshape(y.shape[0], -1)
+        return (y2 - self.mean.to(y2.device)) / self.std.to(y2.device)
+
+    def inverse(self, out: torch.Tensor) -> torch.Tensor:
+        """Scaled values (N, d) → the data's units."""
+        return out * self.std.to(out.device) + self.mean.to(out.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "standard",
+            "formula": "value = output * std + mean (per target column)",
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TargetScaler:
+        if d.get("kind") != "standard":
+            raise ValueError(f"unknown target scaling {d.get('kind')!r}")
+        mean = torch.tensor(d["mean"], dtype=torch.float32).reshape(-1)
+        std = torch.tensor(d["std"], dtype=torch.float32).reshape(-1)
+        return cls(mean, std)
+
+
+@dataclass
+class SplitIndices:
+    train: torch.Tensor
+    val: torch.Tensor | None
+    test: torch.Tensor | None
+    stratified: bool
+
+
+def _count(n: int, fraction: float) -> int:
+    """round(n * fraction), but a positive fraction of at least two samples gets at least one."""
+    k = round(n * fraction)
+    return max(k, 1) if fraction > 0 and n >= 2 else k
+
+
+def can_stratify(y: torch.Tensor) -> bool:
+    """Class labels (1-D integers) where every present class has at least two samples."""
+    if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        return False
+    if y.numel() == 0 or int(y.min()) < 0:
+        return False
+    counts = torch.bincount(y.long())
+    return bool((counts[counts > 0] >= 2).all())
+
+
+def split_indices(
+    y: torch.Tensor,
+    val_fraction: float,
+    test_fraction: float = 0.0,
+    seed: int = 42,
+    stratify: bool = True,
+) -> SplitIndices:
+    """Seeded train/val/test indices (each sorted). Stratified: each class is split in the same
+    proportions, by ranking a random order within each class; otherwise one random order."""
+    n = int(y.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    stratified = stratify and (val_fraction > 0 or test_fraction > 0) and can_stratify(y)
+    if stratified:
+        labels = y.long()[perm]
+        order = torch.sort(labels, stable=True).indices  # grouped by class, random within a class
+        idx, lab = perm[order], labels[order]
+        counts = torch.bincount(lab)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(n) - starts[lab]
+        n_test = torch.round(counts.double() * test_fraction).long()
+        n_val = torch.round(counts.double() * val_fraction).long()
+        n_val = torch.minimum(
+            n_val, (counts - 1 - n_test).clamp_min(0)
+        )  # a class keeps a train sample
+        lo, hi = n_test[lab], (n_test + n_val)[lab]
+        if (test_fraction > 0 and int(n_test.sum()) == 0) or (
+            val_fraction > 0 and int(n_val.sum()) == 0
+        ):
+            return split_indices(y, val_fraction, test_fraction, seed, stratify=False)
+    else:
+        idx, rank = perm, torch.arange(n)
+        t = _count(n, test_fraction)
+        v = min(_count(n - t, val_fraction), max(0, n - t - 1))
+        lo, hi = torch.full((n,), t), torch.full((n,), t + v)
+    is_test, is_val = rank < lo, (rank >= lo) & (rank < hi)
+    train = idx[~(is_test | is_val)].sort().values
+    val = idx[is_val].sort().values if val_fraction > 0 else None
+    test = idx[is_test].sort().values if test_fraction > 0 else None
+    if train.numel() == 0:
+        raise DataError(f"the training split is empty ({n} samples); lower dataset.val_fraction")
+    return SplitIndices(train, val, test, stratified)
+
+
+def _take(a: Arrays, idx: torch.Tensor) -> Arrays:
+    return Arrays(a.X.index_select(0, idx), a.y.index_select(0, idx))
+
+
+@dataclass
+class Prepared:
+    train: Arrays
+    val: Arrays | None
+    test: Arrays | None
+    normalizer: Normalizer | None
+    stratified: bool
+    #: "official" (the source's test split), "held_out" (dataset.test_fraction) or None.
+    test_source: str | None
+    #: Each split's samples' positions in the source before splitting (int64, in the split's
+    #: order): rows of the source's training data, and for an official test split its own rows.
+    indices: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def outputs(self) -> dict[str, Any]:
+        """The preprocess stage's JSON-able record."""
+        return {
+            "train_samples": len(self.train),
+            "val_samples": len(self.val) if self.val is not None else 0,
+            "test_samples": len(self.test) if self.test is not None else 0,
+            "test_source": self.test_source,
+            "stratified": self.stratified,
+            "normalization": self.normalizer.to_dict() if self.normalizer else None,
+        }
+
+
+def check_arrays(a: Arrays, info: DatasetInfo, what: str) -> None:
+    """Shapes, dtypes and finite values, checked once before training (not per batch)."""
+    if tuple(a.X.shape[1:]) != tuple(info.input_shape):
+        raise DataError(
+            f"{what}: samples have shape {list(a.X.shape[1:])}, dataset {info.name!r}"
+            f" declares {list(info.input_shape)}"
+        )
+    if a.X.shape[0] != a.y.shape[0]:
+        raise DataError(f"{what}: {a.X.shape[0]} inputs but {a.y.shape[0]} targets")
+    if not bool(torch.isfinite(a.X).all()):
+        raise DataError(
+            f"{what}: the inputs contain NaN or infinite values",
+            hint="clean the data before uploading it",
+        )
+    if info.task == "classification":
+        if a.y.dim() != 1 or a.y.is_floating_point():
+            raise DataError(
+                f"{what}: class labels must be integers of shape (N,), got {a.y.dtype}"
+                f" {list(a.y.shape)}"
+            )
+        if a.y.numel() and (int(a.y.min()) < 0 or int(a.y.max()) >= (info.num_classes or 0)):
+            raise DataError(f"{what}: labels must lie in 0..{(info.num_classes or 0) - 1}")
+    elif not bool(torch.isfinite(a.y).all()):
+        raise DataError(f"{what}: the targets contain NaN or infinite values")
+
+
+def prepare(
+    loaded: Loaded,
+    info: DatasetInfo,
+    val_fraction: float,
+    test_fraction: float = 0.0,
+    split_seed: int = 42,
+    stratify: bool = True,
+    normalize: bool | None = None,
+    norm_stats: dict[str, list[float]] | None = None,
+) -> Prepared:
+    """Split (test held out only when the source has no official test split), then fit the
+    normaliser on the training split and apply it to every split. `norm_stats`: per-channel
+    mean/std to use for images instead of fitted ones (a pretrained model's own)."""
+    data = loaded.train
+    check_arrays(data, info, "training data")
+    if loaded.test is not None:
+        check_arrays(loaded.test, info, "test data")
+    held_out = test_fraction if loaded.test is None else 0.0
+    idx = split_indices(data.y, val_fraction, held_out, split_seed, stratify)
+    train = _take(data, idx.train)
+    indices = {"train": idx.train}
+    val = _take(data, idx.val) if idx.val is not None and idx.val.numel() else None
+    if val is not None and idx.val is not None:
+        indices["val"] = idx.val
+    if loaded.test is not None:
+        test: Arrays | None = loaded.test  # not ours to change in place: normalised into a copy
+        source: str | None = "official"
+        indices["test"] = torch.arange(len(loaded.test))
+    elif idx.test is not None and idx.test.numel():
+        test, source = _take(data, idx.test), "held_out"
+        indices["test"] = idx.test
+    else:
+        test, source = None, None
+    use_norm = info.default_normalize if normalize is None else normalize
+    normalizer = None
+    if use_norm:
+        kind: Literal["per_channel", "per_feature"] = (
+            "per_channel" if info.kind == "image" and train.X.dim() == 4 else "per_feature"
+        )
+        if norm_stats is not None and kind == "per_channel":
+            normalizer = Normalizer.given(norm_stats["mean"], norm_stats["std"])
+        else:
+            normalizer = Normalizer.fit(train.X, kind)
+        for part in (train, val):
+            if part is not None:
+                normalizer.apply_(part.X)  # index_select copies: ours to change
+        if test is not None:
+            test = Arrays(normalizer(test.X), test.y) if source == "official" else test
+            if source == "held_out":
+                normalizer.apply_(test.X)
+    indices = {k: v.to(torch.int64) for k, v in indices.items()}
+    return Prepared(train, val, test, normalizer, idx.stratified, source, indices)

@@ -1,0 +1,511 @@
+"""The training loop: the seeds' loop (forward, loss, backward, step), with the service's concerns
+beside it as small hooks.
+
+What differs from the seeds' `DataLoader` loop, and why:
+- The data stays on the device as two whole tensors. Each epoch draws a permutation from a generator
+  seeded by (seed, epoch), and a batch is `X[order[i*bs:(i+1)*bs]]`: no per-sample `__getitem__`, no
+  collate, and the data order is a pure function of (seed, epoch), so a run resumes mid-epoch at the
+  exact batch where it stopped.
+- Each step's loss goes into a preallocated tensor (`step_losses[step] = loss.detach()`); nothing is
+  read back (synced) until a log interval or the epoch ends. That one read gives the mean loss and,
+  if a loss went NaN/inf, the first step where it did: no per-step `.item()`.
+- `hooks.should_stop()` is read at every step boundary (a flag read); on a cancel or preemption the
+  loop saves a mid-epoch checkpoint and raises `Stopped`. A time limit does the same, then raises
+  `TimeLimitExceeded`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from tas.core.augment import step_generator
+from tas.core.checkpoint import CheckpointRecord
+from tas.core.errors import NonFiniteLoss, OutOfMemory, Stopped, TimeLimitExceeded
+from tas.core.hooks import Hooks, NullHooks, Progress
+
+Target = Literal["index", "binary", "value"]
+AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+#: Saves a checkpoint of the loop state; gets the epoch's metrics (None mid-epoch).
+CheckpointFn = Callable[["LoopState", "dict[str, float] | None"], "CheckpointRecord | None"]
+#: Batch augmentation: (a training batch, a generator seeded by (seed, epoch, step)) → the batch.
+AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    monitor: str
+    mode: Literal["min", "max"]
+    patience: int
+    min_delta: float = 0.0
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return math.isfinite(value)
+        if self.mode == "max":
+            return value > best + self.min_delta
+        return value < best - self.min_delta
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    target: Target = "index"
+    log_every_steps: int = 50
+    grad_clip: float | None = None
+    scheduler_interval: Literal["step", "epoch"] | None = None
+    checkpoint_every: int = 1
+    early_stopping: EarlyStopping | None = None
+    #: A `time.monotonic()` instant; past it the loop checkpoints and raises TimeLimitExceeded.
+    deadline: float | None = None
+    max_minutes: float | None = None
+    progress_interval_s: float = 0.5
+    eval_batch_size: int | None = None
+    #: The checkpoint's monitored metric and its direction: the epoch that improves it most is
+    #: the run's best (strictly better than every earlier epoch; the first of equals wins).
+    monitor: str | None = None
+    monitor_mode: Literal["min", "max"] = "min"
+    #: Keep the best epoch's weights: a copy in memory, and a checkpoint of that epoch even off
+    #: the `checkpoint_every` cadence (the checkpoint manager never deletes the best), so the best
+    #: weights survive the later epochs and a resume.
+    keep_best: bool = False
+
+
+@dataclass
+class TrainData:
+    """Tensors already on the training device, targets already in the loss's form."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    val_X: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    #: Scaled regression targets back to their units (for the val metrics; the loss stays scaled).
+    target_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass
+class LoopState:
+    """Everything the loop needs to continue exactly where it stopped (saved in each checkpoint)."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # steps done in the epoch being trained
+    global_step: int = 0
+    step_losses: torch.Tensor | None = None  # this epoch's per-step losses, so far
+    logged_upto: int = 0  # in-epoch step up to which step rows were emitted
+    epoch_seconds: float = 0.0  # training time already spent in this epoch (before a resume)
+    elapsed_seconds: float = 0.0  # training time over all attempts (for max_minutes)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_value: float | None = None  # early stopping
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    finished: bool = False
+    stop_reason: str | None = None  # "completed" | "early_stopped"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["step_losses"] = None if self.step_losses is None else self.step_losses.detach().cpu()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], device: torch.device | str = "cpu") -> LoopState:
+        s = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        if s.step_losses is not None:
+            s.step_losses = s.step_losses.to(device)
+        return s
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for (run seed, epoch): neighbouring epochs get unrelated orders."""
+    state = np.random.SeedSequence([seed % (1 << 63), epoch]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) >> 1
+
+
+def epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
+    """The epoch's sample order, the same in every run with this seed (CPU generator, then moved)."""
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(n, generator=g).to(device, non_blocking=True)
+
+
+def samples_per_epoch(model: nn.Module, n: int, batch_size: int) -> int:
+    """How many of the epoch's shuffled samples are trained on: all, except that a lone sample left
+    for the last batch is dropped when the model has BatchNorm, which cannot normalise a batch of
+    one in training mode (a different sample each epoch: the order is reshuffled)."""
+    lone = n > 1 and n % batch_size == 1
+    if lone and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return n - 1
+    return n
+
+
+def evaluate(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: nn.Module,
+    target: Target,
+    batch_size: int = 1024,
+    autocast: AutocastFactory = contextlib.nullcontext,
+    inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy (classes) or MAE/RMSE/R² (values) over whole tensors, batched, under
+    `inference_mode`, with one read-back at the end. The model is left in eval mode. `inverse`
+    maps scaled regression targets and outputs back to their units: the loss is the training
+    criterion (scaled, comparable with train_loss), MAE/RMSE/R² are in the data's units."""
+    model.eval()
+    n = int(X.shape[0])
+    dev = X.device
+    with torch.inference_mode():
+        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        hits = torch.zeros((), device=dev, dtype=torch.float64)
+        abs_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        sq_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        # For R²: per target column, the sums of y and y² (total variance around the mean).
+        y_sum = torch.zeros(
+            y.shape[1:] if target == "value" else (), device=dev, dtype=torch.float64
+        )
+        y_sq = torch.zeros_like(y_sum)
+        for start in range(0, n, batch_size):
+            xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+            with autocast():
+                out = model(xb)
+            out = out.float()
+            loss_sum += loss_fn(out, yb).double() * xb.shape[0]
+            if target == "index":
+                hits += (out.argmax(dim=1) == yb).sum()
+            elif target == "binary":
+                hits += ((out > 0).to(yb.dtype) == yb).sum()
+            else:
+                if inverse is not None:
+                    out, yb = inverse(out), inverse(yb)
+                diff = out - yb
+                abs_sum += diff.abs().sum()
+                sq_sum += diff.square().sum()
+                y_sum += yb.double().sum(dim=0)
+                y_sq += yb.double().square().sum(dim=0)
+        ss_tot = (y_sq - y_sum.square() / max(n, 1)).sum()
+        loss, correct, abs_total, sq_total, tot = torch.stack(
+            [loss_sum, hits, abs_sum, sq_sum, ss_tot]
+        ).tolist()
+    if target == "value":
+        elems = max(1, y.numel())
+        r2 = 1.0 - sq_total / tot if tot > 0 else float("nan")
+        return {
+            "loss": loss / n,
+            "mae": abs_total / elems,
+            "rmse": math.sqrt(sq_total / elems),
+            "r2": r2,
+        }
+    return {"loss": loss / n, "accuracy": correct / n}
+
+
+class Trainer:
+    """Trains one model: `fit(data, state)` runs epochs from `state` (fresh or restored) to the end."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: nn.Module,
+        cfg: LoopConfig,
+        hooks: Hooks | None = None,
+        *,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        autocast: AutocastFactory = contextlib.nullcontext,
+        on_checkpoint: CheckpointFn | None = None,
+        augment: AugmentFn | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.cfg = cfg
+        self.hooks: Hooks = hooks if hooks is not None else NullHooks()
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.autocast = autocast
+        self.on_checkpoint = on_checkpoint
+        self.augment = augment
+        #: Called with the completed-epoch count before each epoch (transfer's unfreeze_after).
+        self.on_epoch_start = on_epoch_start
+        # All of them, frozen ones too: clipping skips a parameter without a gradient, and one
+        # unfrozen later (unfreeze_after) must be clipped from then on.
+        self.params = list(model.parameters())
+        #: With `cfg.keep_best`: a copy of the best epoch's weights seen in this run (an earlier
+        #: attempt's best is in its checkpoint) and that epoch (1-based).
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.best_epoch: int | None = None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def fit(self, data: TrainData, state: LoopState | None = None) -> LoopState:
+        state = state if state is not None else LoopState()
+        cfg, model, optimizer, loss_fn = self.cfg, self.model, self.optimizer, self.loss_fn
+        X, y = data.X, data.y
+        bs = cfg.batch_size
+        n = samples_per_epoch(model, int(X.shape[0]), bs)
+        self._n = n
+        steps = math.ceil(n / bs)
+        # Batch sizes per step (the last batch may be short): weights of the epoch's mean loss.
+        self._weights = torch.full((steps,), float(bs), device=X.device)
+        self._weights[-1] = float(n - bs * (steps - 1))
+        self._clock = _Clock(state, cfg, steps, n)
+        step_every = cfg.scheduler_interval == "step" and self.scheduler is not None
+
+        try:
+            for epoch in range(state.epoch, cfg.epochs):
+                if state.finished:
+                    break
+                if self.on_epoch_start is not None:
+                    self.on_epoch_start(epoch)
+                model.train()
+                order = epoch_order(cfg.seed, epoch, n, X.device)
+                if state.step_losses is None:
+                    state.step_losses = torch.zeros(steps, device=X.device)
+                losses = state.step_losses
+                self._clock.start_epoch(state)
+
+                for step in range(state.step, steps):
+                    self._step_boundary(state, epoch, step)
+                    idx = order[step * bs : (step + 1) * bs]
+                    xb, yb = X.index_select(0, idx), y.index_select(0, idx)
+                    if self.augment is not None:  # training batches only; seeded per step
+                        xb = self.augment(xb, step_generator(cfg.seed, epoch, step))
+
+                    with self.autocast():
+                        pred = model(xb)  # forward
+                        loss = loss_fn(pred, yb)  # loss
+                    optimizer.zero_grad(set_to_none=True)
+                    if self.scaler is None:
+                        loss.backward()  # backward
+                        if cfg.grad_clip is not None:
+                            nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
+                        optimizer.step()  # update
+                    else:
+                        self._scaled_step(loss)
+                    if step_every:
+                        self.scheduler.step()  # type: ignore[union-attr]
+
+                    losses[step] = loss.detach()
+                    state.global_step += 1
+                    if state.global_step % cfg.log_every_steps == 0:
+                        self._log_steps(state, epoch, step + 1)
+
+                self._end_epoch(state, data, epoch, steps)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(
+                bs, str(X.device), str(exc).splitlines()[0] if str(exc) else ""
+            ) from exc
+        if not state.finished:
+            state.finished, state.stop_reason = True, state.stop_reason or "completed"
+        self._clock.finish(state, self.hooks)
+        return state
+
+    def _scaled_step(self, loss: torch.Tensor) -> None:
+        """fp16: scale the loss so small gradients survive, unscale before clipping."""
+        assert self.scaler is not None
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    # --- hooks beside the loop ---------------------------------------------------------------
+
+    def _step_boundary(self, state: LoopState, epoch: int, step: int) -> None:
+        """Between two steps: a stop request, the time limit, progress. Cheap: a flag read and a clock."""
+        reason = self.hooks.should_stop()
+        now = self._clock.tick(state, epoch, step, self.hooks)
+        if reason is None and (self.cfg.deadline is None or now < self.cfg.deadline):
+            return
+        state.step = step
+        self._clock.pause(state)
+        if reason is not None:
+            # A lost lease means another worker owns this job's directory now: write nothing.
+            record = None if reason == "lease_lost" else self._checkpoint(state, None)
+            raise Stopped(reason, record)
+        self._checkpoint(state, None)
+        raise TimeLimitExceeded(self.cfg.max_minutes or 0.0, epoch + 1, step)
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _check_finite(
+        self, losses: torch.Tensor, lo: int, hi: int, value: float, epoch: int
+    ) -> None:
+        if math.isfinite(value):
+            return
+        bad = torch.nonzero(~torch.isfinite(losses[lo:hi])).flatten()
+        at = lo + int(bad[0]) if bad.numel() else hi - 1
+        raise NonFiniteLoss(epoch + 1, at + 1, float(losses[at]))
+
+    def _log_steps(self, state: LoopState, epoch: int, upto: int) -> None:
+        """A step row: the mean loss since the last row in this epoch (one read-back)."""
+        assert state.step_losses is not None
+        lo = state.logged_upto
+        w = self._weights[lo:upto]
+        value = float((state.step_losses[lo:upto] * w).sum() / w.sum())
+        self._check_finite(state.step_losses, lo, upto, value, epoch)
+        state.logged_upto = upto
+        self.hooks.step_logged(
+            {"epoch": epoch + 1, "step": state.global_step, "train_loss": value, "lr": self._lr()}
+        )
+
+    def _end_epoch(self, state: LoopState, data: TrainData, epoch: int, steps: int) -> None:
+        cfg = self.cfg
+        assert state.step_losses is not None
+        train_seconds = self._clock.pause(state)
+        n = self._n
+        train_loss = float((state.step_losses * self._weights).sum() / n)
+        self._check_finite(state.step_losses, 0, steps, train_loss, epoch)
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
+        if data.val_X is not None and data.val_y is not None:
+            val = evaluate(
+                self.model,
+                data.val_X,
+                data.val_y,
+                self.loss_fn,
+                cfg.target,
+                cfg.eval_batch_size or max(cfg.batch_size, 1024),
+                self.autocast,
+                data.target_inverse,
+            )
+            row.update({f"val_{k}": v for k, v in val.items()})
+        row["lr"] = self._lr()
+        row["epoch_seconds"] = train_seconds + self._clock.since_pause()
+        row["samples_per_second"] = n / train_seconds if train_seconds > 0 else None
+
+        state.history.append(row)
+        state.epoch, state.step, state.step_losses, state.logged_upto = epoch + 1, 0, None, 0
+        state.epoch_seconds = 0.0
+        es = cfg.early_stopping
+        if es is not None and es.monitor in row:
+            if es.improved(row[es.monitor], state.best_value):
+                state.best_value, state.best_epoch, state.bad_epochs = row[es.monitor], epoch + 1, 0
+            else:
+                state.bad_epochs += 1
+                if state.bad_epochs >= es.patience:
+                    state.finished, state.stop_reason = True, "early_stopped"
+        if self.scheduler is not None and cfg.scheduler_interval == "epoch":
+            self.scheduler.step()
+        if state.epoch >= cfg.epochs:
+            state.finished, state.stop_reason = True, state.stop_reason or "completed"
+
+        best = cfg.keep_best and self._is_best(state.history)
+        if best:
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_epoch = epoch + 1
+
+        self.hooks.epoch_end(row)
+        if state.finished or state.epoch % cfg.checkpoint_every == 0 or best:
+            metrics = {k: float(v) for k, v in row.items() if isinstance(v, int | float)}
+            self._checkpoint(state, metrics)
+        self._clock.resume()
+
+    def _is_best(self, history: list[dict[str, Any]]) -> bool:
+        """Whether the last row beats every earlier one on the monitored metric (finite values)."""
+        name = self.cfg.monitor
+        if name is None:
+            return False
+        values = [r.get(name) for r in history]
+        last = values[-1]
+        if not isinstance(last, int | float) or not math.isfinite(last):
+            return False
+        earlier = [v for v in values[:-1] if isinstance(v, int | float) and math.isfinite(v)]
+        if not earlier:
+            return True
+        return last > max(earlier) if self.cfg.monitor_mode == "max" else last < min(earlier)
+
+    def _checkpoint(
+        self, state: LoopState, metrics: dict[str, float] | None
+    ) -> CheckpointRecord | None:
+        if self.on_checkpoint is None:
+            return None
+        return self.on_checkpoint(state, metrics)
+
+
+class _Clock:
+    """Wall-time bookkeeping: progress every `progress_interval_s`, per-epoch seconds, total elapsed
+    (carried across attempts for the time limit). One `time.monotonic()` per step."""
+
+    def __init__(self, state: LoopState, cfg: LoopConfig, steps: int, n: int) -> None:
+        self.cfg, self.steps, self.n = cfg, steps, n
+        now = time.monotonic()
+        self.attempt_start = now
+        self.attempt_samples_start = state.global_step
+        self.elapsed_base = state.elapsed_seconds
+        self.epoch_start = now
+        self.epoch_base = state.epoch_seconds
+        self.paused_at = now
+        self.next_progress = now
+
+    def start_epoch(self, state: LoopState) -> None:
+        self.epoch_start = time.monotonic()
+        self.epoch_base = state.epoch_seconds
+
+    def tick(self, state: LoopState, epoch: int, step: int, hooks: Hooks) -> float:
+        now = time.monotonic()
+        if now >= self.next_progress:
+            self.next_progress = now + self.cfg.progress_interval_s
+            done_steps = state.global_step - self.attempt_samples_start
+            secs = now - self.attempt_start
+            rate = done_steps * self.cfg.batch_size / secs if secs > 0 and done_steps else 0.0
+            total = self.cfg.epochs * self.steps
+            position = epoch * self.steps + step
+            remaining = max(0, total - position) * self.cfg.batch_size
+            hooks.progress(
+                Progress(
+                    epoch=epoch + 1,
+                    epochs=self.cfg.epochs,
+                    step=step,
+                    steps_per_epoch=self.steps,
+                    fraction=position / total if total else 1.0,
+                    samples_per_second=rate,
+                    eta_seconds=remaining / rate if rate > 0 else None,
+                )
+            )
+        return now
+
+    def finish(self, state: LoopState, hooks: Hooks) -> None:
+        """A last progress report at the end of training: all done, at the throughput measured
+        over this attempt (a short run may have had a single report, at its first step, before
+        anything was measured). Nothing when this attempt trained no step."""
+        done_steps = state.global_step - self.attempt_samples_start
+        secs = time.monotonic() - self.attempt_start
+        if done_steps <= 0 or secs <= 0:
+            return
+        hooks.progress(
+            Progress(
+                epoch=state.epoch,
+                epochs=self.cfg.epochs,
+                step=self.steps,
+                steps_per_epoch=self.steps,
+                fraction=1.0,
+                samples_per_second=done_steps * self.cfg.batch_size / secs,
+                eta_seconds=0.0,
+            )
+        )
+
+    def pause(self, state: LoopState) -> float:
+        """Stop the epoch's clock; record time in the state (for a checkpoint); return epoch seconds."""
+        now = time.monotonic()
+        self.paused_at = now
+        state.epoch_seconds = self.epoch_base + (now - self.epoch_start)
+        state.elapsed_seconds = self.elapsed_base + (now - self.attempt_start)
+        return state.epoch_seconds
+
+    def since_pause(self) -> float:
+        return time.monotonic() - self.paused_at
+
+    def resume(self) -> None:
+        self.epoch_start = time.monotonic()

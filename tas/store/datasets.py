@@ -1,0 +1,185 @@
+"""Uploaded datasets: the rows that make a stored file a tenant's, and how a job's data spec finds its file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tas.errors import DatasetInUse, DatasetNotFound
+from tas.settings import Settings
+from tas.store import files as file_store
+from tas.store import pagination
+from tas.store.orm import Dataset, Job, JobStatus
+
+if TYPE_CHECKING:
+    from tas.core.data.registry import DatasetInfo, LoadContext, Loaded
+    from tas.core.spec import DatasetSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets.
+
+
+def dataset_path(settings: Settings, row: Dataset) -> Path:
+    """The stored file of an upload (inside the uploads directory, or DatasetNotFound)."""
+    try:
+        return file_store.contained(settings.resolved_uploads_dir, row.path)
+    except ValueError as exc:
+        raise DatasetNotFound(row.id) from exc
+
+
+def get_dataset(session: Session, dataset_id: str, *, tenant: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.tenant != tenant:
+        raise DatasetNotFound(dataset_id)
+    return row
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What a job's `dataset` names: its schema (what the spec is checked against), its loader,
+    its identity for the preprocess cache, and, for an upload, the stored file."""
+
+    info: DatasetInfo
+    load: Callable[[LoadContext], Loaded]
+    fingerprint: str
+    path: Path | None = None
+
+
+def data_source(
+    session: Session, dataset: DatasetSpec, *, tenant: str, settings: Settings
+) -> DataSource:
+    """A built-in's source, or the tenant's upload's, read back from its stored schema (no file is
+    read here); DatasetNotFound for an unknown upload. Shared by the API (submit) and the worker."""
+    from tas.core.data.registry import BUILTIN_DATASETS
+    from tas.core.data.uploads import info_from_schema, load_upload
+
+    if dataset.name is not None:
+        builtin = BUILTIN_DATASETS[dataset.name]
+        return DataSource(builtin.info, builtin.load, f"builtin:{dataset.name}")
+    assert dataset.id is not None
+    row = get_dataset(session, dataset.id, tenant=tenant)
+    path = dataset_path(settings, row)
+    schema = dict(row.schema)
+    limits = file_store.upload_limits(settings)
+
+    def load(ctx: LoadContext) -> Loaded:
+        return load_upload(path, path.name, schema, limits)
+
+    return DataSource(info_from_schema(row.name, schema), load, f"upload:{row.fingerprint}", path)
+
+
+def add_dataset(
+    session: Session,
+    settings: Settings,
+    *,
+    tenant: str,
+    name: str,
+    file_name: str,
+    spool: file_store.Spool,
+    schema: dict[str, Any],
+) -> tuple[Dataset, bool]:
+    """The tenant's dataset for these bytes read with these options: the existing one (False) or
+    a new row whose file is now in place (True). The spool must be finished. The caller commits.
+
+    Two identical uploads racing: the loser's INSERT fails on the unique (tenant, fingerprint)
+    key; its transaction is rolled back and the winner's row returned."""
+    fp = file_store.fingerprint(spool.sha256, schema.get("options") or {})
+    existing = _by_fingerprint(session, tenant, fp)
+    if existing is not None:
+        _heal(settings, existing, spool)
+        return existing, False
+    relative = f"datasets/{spool.sha256}/{file_name}"
+    row = Dataset(
+        tenant=tenant,
+        name=name,
+        format=str(schema.get("format") or "unknown"),
+        sha256=spool.sha256,
+        fingerprint=fp,
+        size_bytes=spool.size,
+        path=relative,
+        schema=schema,
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        existing = _by_fingerprint(session, tenant, fp)
+        if existing is None:  # pragma: no cover - the conflicting row was deleted meanwhile
+            raise
+        _heal(settings, existing, spool)
+        return existing, False
+    file_store.place(spool.path, file_store.contained(settings.resolved_uploads_dir, relative))
+    return row, True
+
+
+def _by_fingerprint(session: Session, tenant: str, fp: str) -> Dataset | None:
+    return session.scalar(
+        select(Dataset).where(Dataset.tenant == tenant, Dataset.fingerprint == fp)
+    )
+
+
+def _heal(settings: Settings, row: Dataset, spool: file_store.Spool) -> None:
+    """A repeated upload puts the file back if it went missing (it has the same bytes)."""
+    dest = dataset_path(settings, row)
+    if not dest.exists():
+        file_store.place(spool.path, dest)
+
+
+@dataclass
+class DatasetPage:
+    items: list[Dataset]
+    next_cursor: str | None
+
+
+def list_datasets(session: Session, *, tenant: str, limit: int, cursor: str | None) -> DatasetPage:
+    """The tenant's uploads, newest first, by (created_at, id) so pages never skip or repeat."""
+    q = select(Dataset).where(Dataset.tenant == tenant)
+    if cursor is not None:
+        created, row_id = pagination.decode_cursor(cursor)
+        q = q.where(
+            or_(
+                Dataset.created_at < created,
+                and_(Dataset.created_at == created, Dataset.id < row_id),
+            )
+        )
+    rows = list(
+        session.scalars(q.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1))
+    )
+    items = rows[:limit]
+    return DatasetPage(
+        items,
+        pagination.encode_cursor(items[-1].created_at, items[-1].id)
+        if len(rows) > limit and items
+        else None,
+    )
+
+
+def jobs_using(session: Session, row: Dataset) -> list[str]:
+    """Queued or running jobs of the dataset's tenant that train on it."""
+    jobs = session.execute(
+        select(Job.id, Job.spec).where(
+            Job.tenant == row.tenant,
+            Job.status.in_([JobStatus.queued.value, JobStatus.running.value]),
+        )
+    )
+    return [job_id for job_id, spec in jobs if (spec.get("dataset") or {}).get("id") == row.id]
+
+
+def delete_dataset(session: Session, settings: Settings, row: Dataset) -> Path | None:
+    """Drop the row (409 while a queued or running job uses it). Returns the file to remove once
+    the caller has committed — None while another row (another tenant, other options) uses it."""
+    using = jobs_using(session, row)
+    if using:
+        raise DatasetInUse(row.id, using)
+    path = dataset_path(settings, row)
+    session.execute(delete(Dataset).where(Dataset.id == row.id))
+    others = session.scalar(select(Dataset.id).where(Dataset.path == row.path).limit(1))
+    return None if others is not None else path

@@ -1,0 +1,230 @@
+"""Jobs as the API sees them: create, read, list, cancel, resume, tag, delete.
+
+The database is the source of truth: the broker may deliver a job twice or lose it. Nothing here
+commits: the caller's unit of work (a request, a task) does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from tas.core.spec import tag_count_problem
+from tas.errors import (
+    InvalidInput,
+    JobFinished,
+    JobHasModel,
+    JobNotFinished,
+    JobNotFound,
+    JobNotResumable,
+)
+from tas.store import leases as lease_store
+from tas.store import pagination
+from tas.store.engine import rowcount
+from tas.store.orm import (
+    FINISHED,
+    Checkpoint,
+    Job,
+    JobStage,
+    JobStatus,
+    MetricRow,
+    ModelVersion,
+    utcnow,
+)
+
+
+def queue_for(device: str) -> str:
+    """Jobs that ask for a GPU go to workers that have one; `auto` runs anywhere."""
+    return {"cuda": "gpu", "cpu": "cpu"}.get(device, "default")
+
+
+def create_job(session: Session, spec: dict[str, Any], *, tenant: str, max_attempts: int) -> Job:
+    job = Job(
+        tenant=tenant,
+        name=spec["name"],
+        spec=spec,
+        queue=queue_for(spec.get("resources", {}).get("device", "auto")),
+        max_attempts=max_attempts,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def job_dir(artifact_dir: Path, job_id: str) -> Path:
+    """A job's checkpoints and model (`settings.resolved_artifact_dir` is the root)."""
+    return artifact_dir / "jobs" / job_id
+
+
+def get_job(session: Session, job_id: str, *, tenant: str | None = None) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise JobNotFound(job_id)
+    return job
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What `GET /jobs` narrows to; every part is applied in SQL, so paging stays exact."""
+
+    name_prefix: str | None = None
+    statuses: Sequence[str] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    #: (key, value) pairs that must all be among the job's tags.
+    tags: Sequence[tuple[str, str]] = ()
+
+
+def _filtered(q: Any, f: JobFilter) -> Any:
+    if f.name_prefix:
+        # substr rather than LIKE: SQLite's LIKE ignores case and PostgreSQL's does not, and a
+        # name may hold `_`, LIKE's wildcard.
+        q = q.where(func.substr(Job.name, 1, len(f.name_prefix)) == f.name_prefix)
+    if f.statuses:
+        q = q.where(Job.status.in_(list(f.statuses)))
+    if f.created_after is not None:
+        q = q.where(Job.created_at >= f.created_after)
+    if f.created_before is not None:
+        q = q.where(Job.created_at < f.created_before)
+    for key, value in f.tags:
+        # JSON_EXTRACT on SQLite, ->> on PostgreSQL: the same expression on both stacks.
+        q = q.where(Job.tags[key].as_string() == value)
+    return q
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant: str,
+    limit: int,
+    cursor: str | None,
+    filters: JobFilter | None = None,
+) -> pagination.Page:
+    """Newest first; the cursor is (created_at, id) of the last item, so pages never skip or repeat."""
+    q = _filtered(select(Job).where(Job.tenant == tenant), filters or JobFilter())
+    if cursor is not None:
+        created, job_id = pagination.decode_cursor(cursor)
+        q = q.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    items = rows[:limit]
+    return pagination.Page(
+        items,
+        pagination.encode_cursor(items[-1].created_at, items[-1].id) if more and items else None,
+    )
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
+    now = utcnow()
+    done = rowcount(
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.queued.value)
+            .values(
+                status=JobStatus.cancelled.value,
+                cancel_requested=True,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+    )
+    if done:  # a preempted or requeued run's stages are already ended; this keeps it so
+        lease_store.close_stages(session, job.id, "cancelled", now)
+    else:
+        done = rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.running.value)
+                .values(cancel_requested=True, updated_at=now)
+            )
+        )
+    session.refresh(job)
+    if not done:
+        raise JobFinished(job.id, job.status)
+    return job
+
+
+RESUMABLE = (JobStatus.failed.value, JobStatus.cancelled.value)
+
+
+def resume_job(session: Session, job: Job, *, spec: dict[str, Any] | None = None) -> Job:
+    """A failed or cancelled job back to `queued` with a fresh attempt budget. Its checkpoints,
+    metrics, claims, preemptions and attempt log stay: the next run starts from the last good
+    checkpoint in its directory, and the history says what happened before. `spec` replaces the
+    stored one (the caller allows only fields a checkpoint does not depend on). Conditional, so
+    two resumes racing queue the job once; the caller commits, then publishes."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": JobStatus.queued.value,
+        "stage": None,
+        "attempts": 0,
+        "error": None,
+        "cancel_requested": False,
+        "finished_at": None,
+        "lease_owner": None,
+        "lease_until": None,
+        "queued_at": now,
+        "republishes": 0,
+        "updated_at": now,
+    }
+    if spec is not None:
+        values["spec"] = spec
+    done = rowcount(
+        session.execute(
+            update(Job).where(Job.id == job.id, Job.status.in_(RESUMABLE)).values(**values)
+        )
+    )
+    session.refresh(job)
+    if not done:
+        raise JobNotResumable(job.id, job.status)
+    return job
+
+
+def set_tags(session: Session, job: Job, changes: dict[str, str | None]) -> Job:
+    """Merge tag changes (a None value removes the key). The row is locked for the merge so two
+    PATCHes at once both land (PostgreSQL; SQLite serialises writers itself)."""
+    locked = session.scalars(
+        select(Job)
+        .where(Job.id == job.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    merged = dict(locked.tags or {})
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    problem = tag_count_problem(merged)
+    if problem:
+        raise InvalidInput([(("body", "tags"), problem)])
+    locked.tags = merged
+    locked.updated_at = utcnow()
+    session.flush()
+    return locked
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Drop a finished job's rows (stages, metrics and checkpoints go with it). Refused while it
+    can still run, or while a registered model version is served from its directory. The caller
+    commits, then removes the job's directory."""
+    if job.status not in FINISHED:
+        raise JobNotFinished(job.id, job.status)
+    mv = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
+    if mv is not None:
+        raise JobHasModel(job.id, mv.name, mv.version)
+    # The children explicitly, not only by ON DELETE CASCADE: a SQLite connection opened
+    # without foreign_keys=ON would otherwise leave them behind.
+    for child in (MetricRow, Checkpoint, JobStage):
+        session.execute(delete(child).where(child.job_id == job.id))
+    done = rowcount(session.execute(delete(Job).where(Job.id == job.id, Job.status.in_(FINISHED))))
+    if not done:  # resumed between the read and the delete
+        session.refresh(job)
+        raise JobNotFinished(job.id, job.status)
+    session.expunge(job)

@@ -1,0 +1,172 @@
+"""The model registry: versions registered from finished jobs, aliases, and model references."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from tas.errors import (
+    AliasNotFound,
+    ModelNotFound,
+    ModelNotReady,
+    ModelVersionNotFound,
+)
+from tas.store.engine import rowcount
+from tas.store.orm import (
+    Job,
+    JobStatus,
+    ModelAlias,
+    ModelVersion,
+    utcnow,
+)
+
+
+def register_model(
+    session: Session, job: Job, model_dir: str, card: dict[str, Any], metrics: dict[str, Any] | None
+) -> ModelVersion:
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
+    if existing is not None:
+        return existing
+    name = job.spec.get("model_name") or job.name
+    last = session.scalar(
+        select(func.max(ModelVersion.version)).where(
+            ModelVersion.tenant == job.tenant, ModelVersion.name == name
+        )
+    )
+    mv = ModelVersion(
+        tenant=job.tenant,
+        name=name,
+        version=(last or 0) + 1,
+        job_id=job.id,
+        model_dir=model_dir,
+        card=card,
+        metrics=metrics,
+    )
+    session.add(mv)
+    session.flush()
+    return mv
+
+
+# The model registry: versions and aliases (`name@alias` → a version). Moving an alias is the
+# deploy step; callers commit, then tell the serving cache (it re-resolves and warms the model).
+
+
+def model_versions(session: Session, name: str, *, tenant: str) -> list[ModelVersion]:
+    """A model's versions, newest first; ModelNotFound when it has none."""
+    versions = list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.tenant == tenant, ModelVersion.name == name)
+            .order_by(ModelVersion.version.desc())
+        )
+    )
+    if not versions:
+        raise ModelNotFound(name)
+    return versions
+
+
+def model_aliases(session: Session, *, tenant: str, name: str | None = None) -> list[ModelAlias]:
+    q = select(ModelAlias).where(ModelAlias.tenant == tenant)
+    if name is not None:
+        q = q.where(ModelAlias.name == name)
+    return list(session.scalars(q.order_by(ModelAlias.name, ModelAlias.alias)))
+
+
+def get_version(session: Session, name: str, version: int, *, tenant: str) -> ModelVersion:
+    mv = session.scalar(
+        select(ModelVersion).where(
+            ModelVersion.tenant == tenant,
+            ModelVersion.name == name,
+            ModelVersion.version == version,
+        )
+    )
+    if mv is None:
+        model_versions(session, name, tenant=tenant)  # an unknown model says so, not its version
+        raise ModelVersionNotFound(name, version)
+    return mv
+
+
+def set_alias(
+    session: Session, name: str, alias: str, version: int, *, tenant: str
+) -> tuple[ModelAlias, ModelVersion]:
+    """Point `name@alias` at `version` (created or moved); the version must exist."""
+    mv = get_version(session, name, version, tenant=tenant)
+    row = session.scalar(
+        select(ModelAlias).where(
+            ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
+        )
+    )
+    if row is None:
+        row = ModelAlias(tenant=tenant, name=name, alias=alias, version=version)
+        session.add(row)
+    else:
+        row.version = version
+        row.updated_at = utcnow()
+    session.flush()
+    return row, mv
+
+
+def delete_alias(session: Session, name: str, alias: str, *, tenant: str) -> None:
+    result = session.execute(
+        delete(ModelAlias).where(
+            ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
+        )
+    )
+    if rowcount(result) == 0:
+        raise AliasNotFound(name, alias)
+
+
+def delete_version(session: Session, name: str, version: int, *, tenant: str) -> ModelVersion:
+    """Drop a version and the aliases that point at it. The artifact stays with its job (the
+    job's record still names it); the caller evicts it from the serving cache."""
+    mv = get_version(session, name, version, tenant=tenant)
+    session.execute(
+        delete(ModelAlias).where(
+            ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.version == version
+        )
+    )
+    session.delete(mv)
+    session.flush()
+    return mv
+
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def resolve_model(session: Session, ref: str, *, tenant: str) -> ModelVersion:
+    """A job id, `name` (latest version), `name:version` or `name@alias`: how /predict and
+    `model.init_from` name a model. ModelNotFound, or ModelNotReady for an unfinished job."""
+    if JOB_ID.match(ref):
+        job = session.get(Job, ref)
+        if job is None or job.tenant != tenant:
+            raise ModelNotFound(ref)
+        if job.status != JobStatus.succeeded.value:
+            raise ModelNotReady(ref, job.status)
+        mv = session.scalar(select(ModelVersion).where(ModelVersion.job_id == ref))
+        if mv is None:
+            raise ModelNotFound(ref)
+        return mv
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        version_no = session.scalar(
+            select(ModelAlias.version).where(
+                ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
+            )
+        )
+        if version_no is None:
+            raise ModelNotFound(ref)
+        version = str(version_no)
+    else:
+        name, _, version = ref.partition(":")
+    q = select(ModelVersion).where(ModelVersion.tenant == tenant, ModelVersion.name == name)
+    if version:
+        if not version.isdigit():
+            raise ModelNotFound(ref)
+        q = q.where(ModelVersion.version == int(version))
+    mv = session.scalar(q.order_by(ModelVersion.version.desc()).limit(1))
+    if mv is None:
+        raise ModelNotFound(ref)
+    return mv

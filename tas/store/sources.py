@@ -1,0 +1,151 @@
+"""What `model.init_from` names, resolved to a safetensors file: shared by the API (checked before
+a job is queued) and the worker (read again when the job runs).
+
+A reference is a succeeded job's id, a registered model `name` (its latest version),
+`name:version`, `name@alias`, or `weights:<id>` (an upload to POST /weights). The API pins what it
+resolved to (`InitSource.pinned`: the model version's job, or the weights' hash) so that the job
+trains from what was checked even if `name` gets a newer version meanwhile; the worker resolves
+the pin, and a version deleted in between fails the job in `collect`, saying so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tas.errors import DomainError, ModelNotFound, ModelNotReady
+from tas.settings import Settings
+from tas.store import registry as registry_store
+from tas.store import weights as weights_store
+from tas.store.orm import Job, ModelVersion
+
+WEIGHTS_FILE = "model.safetensors"
+FORMS = (
+    "give a succeeded job's id, a model name, name:version, name@alias, or weights:<id>"
+    " (an upload to POST /weights)"
+)
+
+
+class InitSourceError(DomainError):
+    """`model.init_from` names nothing usable; the message says what was tried."""
+
+    status_code = 422
+
+
+@dataclass(frozen=True)
+class InitSource:
+    path: Path
+    #: JSON: what the reference resolved to (kept with the job, read again by the worker).
+    pinned: dict[str, Any]
+
+
+def resolve_init_source(session: Session, tenant: str, ref: str, settings: Settings) -> InitSource:
+    ref = ref.strip()
+    if ref.startswith("weights:"):
+        return _weights(session, tenant, ref, ref.partition(":")[2], settings)
+    return _model(_registered(session, tenant, ref), ref, settings)
+
+
+def resolve_pinned(
+    session: Session, tenant: str, pinned: dict[str, Any], settings: Settings
+) -> Path:
+    """The file a pin names, as the job runs (InitSourceError when it is gone)."""
+    ref = str(pinned.get("ref", ""))
+    if pinned.get("kind") == "weights":
+        return _weights(session, tenant, ref, str(pinned.get("id", "")), settings).path
+    mv = session.scalar(
+        select(ModelVersion).where(
+            ModelVersion.job_id == str(pinned.get("job_id", "")), ModelVersion.tenant == tenant
+        )
+    )
+    if mv is None:
+        raise InitSourceError(
+            f"init_from {ref!r} resolved to model {pinned.get('name')}:{pinned.get('version')}"
+            " when the job was submitted, and that version has been deleted since"
+        )
+    return _model(mv, ref, settings).path
+
+
+def _weights(
+    session: Session, tenant: str, ref: str, weights_id: str, settings: Settings
+) -> InitSource:
+    row = weights_store.find_weights(session, weights_id, tenant=tenant)
+    if row is None:
+        raise InitSourceError(
+            f"init_from {ref!r}: no uploaded weights with id {weights_id!r} (an id is the 16 hex"
+            " characters POST /weights answered)"
+        )
+    path = weights_store.weights_path(settings, row.sha256)
+    if not path.is_file():
+        raise InitSourceError(
+            f"init_from {ref!r}: the weights file is missing from the store; upload it again"
+        )
+    return InitSource(
+        path, {"ref": ref, "kind": "weights", "id": row.public_id, "sha256": row.sha256}
+    )
+
+
+def _registered(session: Session, tenant: str, ref: str) -> ModelVersion:
+    """The model version `ref` names, resolved as /predict resolves it; what went wrong, in terms
+    of init_from, when it names none."""
+    try:
+        return registry_store.resolve_model(session, ref, tenant=tenant)
+    except ModelNotReady:
+        job = session.get(Job, ref)
+        status = job.status if job is not None else "unfinished"
+        raise InitSourceError(
+            f"init_from {ref!r}: that job is {status}; only a succeeded job has weights to start"
+            " from"
+        ) from None
+    except ModelNotFound:
+        raise InitSourceError(_not_found(session, tenant, ref)) from None
+
+
+def _not_found(session: Session, tenant: str, ref: str) -> str:
+    if registry_store.JOB_ID.match(ref):
+        job = session.get(Job, ref)
+        if job is not None and job.tenant == tenant:
+            return (
+                f"init_from {ref!r}: that job's model is no longer registered (its version was"
+                " deleted)"
+            )
+    name = ref.partition("@")[0].partition(":")[0]
+    versions = session.scalars(
+        select(ModelVersion.version)
+        .where(ModelVersion.tenant == tenant, ModelVersion.name == name)
+        .order_by(ModelVersion.version.desc())
+        .limit(20)
+    ).all()
+    if not versions:
+        tried = "no job or model" if registry_store.JOB_ID.match(ref) else "no model"
+        return f"init_from {ref!r}: {tried} named {name!r}; {FORMS}"
+    if "@" in ref:
+        return f"init_from {ref!r}: model {name!r} has no alias {ref.partition('@')[2]!r}"
+    have = ", ".join(str(v) for v in versions)
+    return (
+        f"init_from {ref!r}: model {name!r} has no version {ref.partition(':')[2]!r}; its"
+        f" versions: {have}"
+    )
+
+
+def _model(mv: ModelVersion, ref: str, settings: Settings) -> InitSource:
+    root = settings.resolved_artifact_dir
+    path = (Path(mv.model_dir) / WEIGHTS_FILE).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise InitSourceError(
+            f"init_from {ref!r}: the weights of model {mv.name}:{mv.version} are missing from"
+            " the artifact store"
+        )
+    return InitSource(
+        path,
+        {
+            "ref": ref,
+            "kind": "model",
+            "name": mv.name,
+            "version": mv.version,
+            "job_id": mv.job_id,
+        },
+    )

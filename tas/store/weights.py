@@ -1,0 +1,81 @@
+"""Uploaded weights files (`model.init_from: "weights:<id>"`), the id being the sha256's first 16 hex."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tas.settings import Settings
+from tas.store import files as file_store
+from tas.store.orm import WeightsFile
+
+if TYPE_CHECKING:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files (`model.init_from: "weights:<id>"`), the id being the sha256's first 16 hex.
+
+WEIGHTS_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def weights_path(settings: Settings, sha256: str) -> Path:
+    return settings.resolved_uploads_dir / "weights" / f"{sha256}.safetensors"
+
+
+def find_weights(session: Session, weights_id: str, *, tenant: str) -> WeightsFile | None:
+    if not WEIGHTS_ID.match(weights_id):
+        return None
+    return session.scalar(
+        select(WeightsFile)
+        .where(WeightsFile.tenant == tenant, WeightsFile.sha256.startswith(weights_id))
+        .limit(1)
+    )
+
+
+def add_weights(
+    session: Session,
+    settings: Settings,
+    *,
+    tenant: str,
+    name: str,
+    spool: file_store.Spool,
+    tensors: Mapping[str, Sequence[int]],
+) -> tuple[WeightsFile, bool]:
+    """As `add_dataset`, for a checked safetensors file. The caller commits."""
+    dest = weights_path(settings, spool.sha256)
+    existing = _weights_by_sha(session, tenant, spool.sha256)
+    if existing is None:
+        row = WeightsFile(
+            tenant=tenant,
+            sha256=spool.sha256,
+            name=name,
+            size_bytes=spool.size,
+            tensors={k: list(v) for k, v in tensors.items()},
+        )
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            existing = _weights_by_sha(session, tenant, spool.sha256)
+            if existing is None:  # pragma: no cover
+                raise
+        else:
+            file_store.place(spool.path, dest)
+            return row, True
+    if not dest.exists():
+        file_store.place(spool.path, dest)
+    return existing, False
+
+
+def _weights_by_sha(session: Session, tenant: str, sha256: str) -> WeightsFile | None:
+    return session.scalar(
+        select(WeightsFile).where(WeightsFile.tenant == tenant, WeightsFile.sha256 == sha256)
+    )
