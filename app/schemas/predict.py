@@ -1,4 +1,4 @@
-"""Shapes of /predict and the model registry.
+"""Shapes of /predict (the registry's own are in app/schemas/models.py).
 
 `PredictRequest` documents the JSON body in the OpenAPI schema; the route itself parses the raw
 body with orjson and numpy (see app/services/inputs.py), which is several times faster for
@@ -6,12 +6,9 @@ arrays of floats and makes the same checks."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class PredictRequest(BaseModel):
@@ -72,35 +69,3 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     model: ModelRef
     predictions: list[Prediction]
-
-
-class ModelVersionOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    name: str
-    version: int
-    job_id: str = Field(description="The job that trained it.")
-    metrics: dict[str, Any] | None
-    created_at: datetime
-    aliases: list[str] = Field(default_factory=list)
-    card: dict[str, Any]
-
-
-class ModelOut(BaseModel):
-    name: str
-    latest_version: int
-    aliases: dict[str, int] = Field(default_factory=dict, description="alias → version")
-    versions: list[ModelVersionOut]
-
-
-class AliasIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: int = Field(ge=1, description="The version the alias should point at.")
-
-
-class AliasOut(BaseModel):
-    name: str
-    alias: str
-    version: int
-    updated_at: datetime

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServingDep, SessionDep, SettingsDep, TenantDep
 from app.api.query import StrictQuery
-from app.schemas.predict import NAME_PATTERN, AliasIn, AliasOut, ModelOut, ModelVersionOut
+from app.schemas.models import NAME_PATTERN, AliasIn, AliasOut, ModelOut, ModelVersionOut
 from app.services.serving import Serving, contained_artifact
 from tas.core import export
 from tas.core.artifact import read_card
