@@ -7,9 +7,18 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-import migrations
 
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+def _migrations_dir() -> Path:
+    """Alembic's folder: `tas/migrations` in an installed wheel (setuptools maps the repository's
+    top-level `migrations/` there, see pyproject.toml), the repository's own folder in a checkout."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"no Alembic migrations next to {package}")
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def alembic_config(url: str) -> Config:
