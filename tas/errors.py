@@ -124,6 +124,15 @@ class InvalidUpload(InvalidInput):
         self.status_code = status_code
 
 
+def body_error(loc: str | Sequence[str | int], msg: str, status_code: int = 422) -> InvalidUpload:
+    """One problem with a request body, located as FastAPI locates its own: `["body", ...loc]`.
+    `loc` is a form field's name, or a path into a JSON body (`("images", 3)`; `()` for the body
+    as a whole). The status is the one the problem calls for (413 too large, 415 an unsupported
+    type); a body's problem is a 422 otherwise."""
+    path = (loc,) if isinstance(loc, str) else tuple(loc)
+    return InvalidUpload([(("body", *path), msg)], status_code)
+
+
 class DatasetNotFound(NotFound):
     def __init__(self, dataset_id: str) -> None:
         super().__init__(

@@ -20,7 +20,7 @@ from tas.core.data.registry import BUILTIN_DATASETS, DatasetInfo
 from tas.core.data.uploads import UploadError, UploadLimits, UploadOptions, read_upload
 from tas.core.errors import DataError
 from tas.core.transfer import WeightsMismatch, safetensors_shapes
-from tas.errors import InvalidUpload
+from tas.errors import body_error
 from tas.settings import Settings
 from tas.store import datasets as dataset_store
 from tas.store import files as file_store
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 DATASET_FIELDS = ("name", "format", "target", "task", "size")
 MAX_TENSORS = 10_000
-
-
-def _bad(field: str, msg: str, status: int = 422) -> InvalidUpload:
-    return InvalidUpload([(("body", field), msg)], status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +104,7 @@ def upload_options(fields: dict[str, str]) -> UploadOptions:
             size=text("size"),  # type: ignore[arg-type]
         )
     except UploadError as exc:
-        raise _bad(exc.field, exc.message, exc.status) from exc
+        raise body_error(exc.field, exc.message, exc.status) from exc
 
 
 def dataset_name(value: str | None, file_name: str) -> str:
@@ -116,7 +112,7 @@ def dataset_name(value: str | None, file_name: str) -> str:
     if not name:
         return Path(file_name).stem or file_name
     if len(name) > 255 or not name.isprintable():
-        raise _bad("name", "a name is 1 to 255 printable characters")
+        raise body_error("name", "a name is 1 to 255 printable characters")
     return name
 
 
@@ -134,14 +130,16 @@ def _read(
         schema: dict[str, Any] = parsed.schema()
         return schema
     except UploadError as exc:
-        raise _bad(exc.field, exc.message, exc.status) from exc
+        raise body_error(exc.field, exc.message, exc.status) from exc
     except DataError as exc:
-        raise _bad("file", exc.message) from exc
+        raise body_error("file", exc.message) from exc
     except MemoryError as exc:
-        raise _bad("file", "the upload needs more memory than this server has", 413) from exc
+        raise body_error("file", "the upload needs more memory than this server has", 413) from exc
     except Exception as exc:
         log.exception("reading upload %s failed", file_name)
-        raise _bad("file", f"could not read the upload ({type(exc).__name__}: {exc})") from exc
+        raise body_error(
+            "file", f"could not read the upload ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _store_dataset(
@@ -200,15 +198,15 @@ def safetensors_tensors(path: Path) -> dict[str, list[int]]:
     try:
         shapes = safetensors_shapes(path)
     except WeightsMismatch as exc:
-        raise _bad(
+        raise body_error(
             "file",
             f"not a safetensors file ({exc.__cause__}); weights are read only from safetensors,"
             " never unpickled: save them with safetensors.torch.save_file(model.state_dict(), path)",
         ) from exc
     if len(shapes) > MAX_TENSORS:
-        raise _bad("file", f"{len(shapes)} tensors; at most {MAX_TENSORS}")
+        raise body_error("file", f"{len(shapes)} tensors; at most {MAX_TENSORS}")
     if not shapes:
-        raise _bad("file", "the safetensors file holds no tensors")
+        raise body_error("file", "the safetensors file holds no tensors")
     return {n: list(shape) for n, shape in shapes.items()}
 
 

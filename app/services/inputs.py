@@ -27,7 +27,7 @@ import orjson
 from tas.core.data.archive import UploadError
 from tas.core.data.images import decode_image
 from tas.core.predictor import InputShapeError, InputValueError, Predictor
-from tas.errors import InvalidInput, InvalidUpload, PayloadTooLarge
+from tas.errors import InvalidInput, PayloadTooLarge, body_error
 
 FIELDS = ("model", "inputs", "images", "top_k")
 MAX_IMAGE_PIXELS = 40_000_000  # far above any model's input; stops decompression bombs early
@@ -55,10 +55,6 @@ class PredictCall:
         return len(self.images or ())
 
 
-def _bad(loc: tuple[str | int, ...], msg: str) -> InvalidInput:
-    return InvalidInput([(("body", *loc), msg)])
-
-
 def _check_size(n: int, max_samples: int) -> None:
     if n > max_samples:
         raise PayloadTooLarge(
@@ -69,8 +65,8 @@ def _check_size(n: int, max_samples: int) -> None:
 
 def _model_ref(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 200:
-        raise _bad(
-            ("model",), "model must be a job id, a name, name:version or name@alias (a string)"
+        raise body_error(
+            "model", "model must be a job id, a name, name:version or name@alias (a string)"
         )
     return value
 
@@ -81,19 +77,19 @@ def _top_k(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-        raise _bad(("top_k",), "top_k must be an integer from 1 to 1000, or null")
+        raise body_error("top_k", "top_k must be an integer from 1 to 1000, or null")
     return value
 
 
 def _b64(value: Any, i: int) -> bytes:
     if not isinstance(value, str):
-        raise _bad(("images", i), "each image must be a base64 string (PNG or JPEG)")
+        raise body_error(("images", i), "each image must be a base64 string (PNG or JPEG)")
     if value.startswith("data:"):
         value = value.partition(",")[2]  # a data URL: data:image/png;base64,....
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise _bad(("images", i), f"not valid base64: {exc}") from exc
+        raise body_error(("images", i), f"not valid base64: {exc}") from exc
 
 
 def parse_json(body: bytes, *, max_samples: int) -> PredictCall:
@@ -101,11 +97,11 @@ def parse_json(body: bytes, *, max_samples: int) -> PredictCall:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise _bad(
+        raise body_error(
             (), f"the body is not valid JSON ({exc}); NaN and Infinity are not JSON"
         ) from exc
     if not isinstance(data, dict):
-        raise _bad((), 'the body must be a JSON object: {"model": ..., "inputs": [...]}')
+        raise body_error((), 'the body must be a JSON object: {"model": ..., "inputs": [...]}')
     problems: list[tuple[tuple[str | int, ...], str]] = [
         (("body", key), f"unknown field; allowed: {', '.join(FIELDS)}")
         for key in data
@@ -121,13 +117,15 @@ def parse_json(body: bytes, *, max_samples: int) -> PredictCall:
     if "images" in data:
         images = data["images"]
         if not isinstance(images, list) or not images:
-            raise _bad(("images",), "images must be a non-empty list of base64 PNG/JPEG strings")
+            raise body_error("images", "images must be a non-empty list of base64 PNG/JPEG strings")
         _check_size(len(images), max_samples)
         call.images = [_b64(v, i) for i, v in enumerate(images)]
         return call
     inputs = data["inputs"]
     if not isinstance(inputs, list) or not inputs:
-        raise _bad(("inputs",), "inputs must be a non-empty list of samples (a batch, even of one)")
+        raise body_error(
+            "inputs", "inputs must be a non-empty list of samples (a batch, even of one)"
+        )
     _check_size(len(inputs), max_samples)
     if type(inputs[0]) is dict:  # rows by feature name: an array once the card is known
         call.records = inputs
@@ -137,9 +135,9 @@ def parse_json(body: bytes, *, max_samples: int) -> PredictCall:
             call.inputs = np.asarray(inputs, dtype=np.float32)
     except (ValueError, TypeError, OverflowError) as exc:
         if any(type(sample) is dict for sample in inputs):
-            raise _bad(("inputs",), MIXED) from exc
-        raise _bad(
-            ("inputs",),
+            raise body_error("inputs", MIXED) from exc
+        raise body_error(
+            "inputs",
             f"inputs must be a batch of numeric samples, all of the same shape (ragged or"
             f" non-numeric values: {exc})",
         ) from exc
@@ -158,8 +156,8 @@ def records_array(
     """Rows keyed by feature name → an (N, F) float32 array in the card's column order, or a 422
     naming the row and the missing or unknown column (and listing the expected ones)."""
     if not feature_names or len(feature_names) != math.prod(input_shape):
-        raise _bad(
-            ("inputs",),
+        raise body_error(
+            "inputs",
             f"this model has no feature names (its samples are shaped {list(input_shape)}): send"
             " each sample as a list of numbers",
         )
@@ -168,10 +166,10 @@ def records_array(
     rows: list[Any] = []
     for i, row in enumerate(records):
         if type(row) is not dict:
-            raise _bad(("inputs", i), MIXED)
+            raise body_error(("inputs", i), MIXED)
         if row.keys() != expected:
             problem = _column_problem(row, feature_names, expected)
-            raise _bad(("inputs", i), f"{problem}; expected: {', '.join(feature_names)}")
+            raise body_error(("inputs", i), f"{problem}; expected: {', '.join(feature_names)}")
         rows.append(pick(row))
     # Only JSON numbers: numpy would read "59" as 59.0, and a bool or null is no feature value.
     # One pass over the value types (C speed); the culprit is looked for only when there is one.
@@ -180,7 +178,9 @@ def records_array(
             for name in feature_names:
                 if type(row[name]) not in _NUMBER_TYPES:
                     got = orjson.dumps(row[name]).decode()
-                    raise _bad(("inputs", i, name), f"column {name!r} must be a number, got {got}")
+                    raise body_error(
+                        ("inputs", i, name), f"column {name!r} must be a number, got {got}"
+                    )
     with np.errstate(over="ignore"):  # 1e39 → inf, rejected by the finiteness check
         return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(feature_names))
 
@@ -219,9 +219,9 @@ def parse_form(
             ]
         )
     if "model" not in values:
-        raise _bad(("model",), "field required")
+        raise body_error("model", "field required")
     if not files:
-        raise _bad(("file",), "attach at least one image file (PNG or JPEG)")
+        raise body_error("file", "attach at least one image file (PNG or JPEG)")
     _check_size(len(files), max_samples)
     return PredictCall(
         model=_model_ref(values["model"]),
@@ -238,8 +238,8 @@ def decode_images(
     image loaders' decoder. A bad image is a 4xx naming it: `names[i]` (a multipart file's name) or
     "images[i]". Blocking (Pillow): callers run it on a worker thread."""
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
-        raise _bad(
-            ("images",),
+        raise body_error(
+            "images",
             f"this model takes samples of shape {list(input_shape)}, not images; send inputs",
         )
     channels, height, width = input_shape
@@ -249,7 +249,7 @@ def decode_images(
         try:
             out[i] = decode_image(data, name, channels, (height, width), MAX_IMAGE_PIXELS)
         except UploadError as exc:
-            raise InvalidUpload([(("body", "images", i), exc.message)], exc.status) from exc
+            raise body_error(("images", i), exc.message, exc.status) from exc
     return out
 
 
@@ -258,4 +258,4 @@ def check(arr: np.ndarray, predictor: Predictor, field: str = "inputs") -> np.nd
     try:
         return predictor.check_array(arr)
     except (InputShapeError, InputValueError) as exc:
-        raise _bad((field,), str(exc)) from exc
+        raise body_error(field, str(exc)) from exc

@@ -18,17 +18,13 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from tas.errors import InvalidUpload
+from tas.errors import InvalidUpload, body_error
 from tas.store.files import WRITE_CHUNK, Spool, too_large
 
 #: Room for the form's boundaries, part headers and small fields beside the file itself.
 FORM_OVERHEAD = 64 * 1024
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 16
-
-
-def _bad(field: str, msg: str, status: int = 422) -> InvalidUpload:
-    return InvalidUpload([(("body", field), msg)], status)
 
 
 @dataclass
@@ -67,12 +63,12 @@ class _Receiver:
         try:
             return raw.decode(self.charset)
         except UnicodeDecodeError as exc:
-            raise _bad(what, f"not valid {self.charset} text") from exc
+            raise body_error(what, f"not valid {self.charset} text") from exc
 
     def on_part_begin(self) -> None:
         self.parts += 1
         if self.parts > MAX_PARTS:
-            raise _bad("file", f"too many form parts; at most {MAX_PARTS}")
+            raise body_error("file", f"too many form parts; at most {MAX_PARTS}")
         self.part = _Part()
         self.disposition = b""
 
@@ -91,24 +87,24 @@ class _Receiver:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self.disposition)
         if b"name" not in options:
-            raise _bad(
+            raise body_error(
                 "file", 'a form part without a name (Content-Disposition: form-data; name="…")'
             )
         name = self._decode(options[b"name"], "file")
         self.part.name = name
         if name == "file":
             if self.saw_file:
-                raise _bad("file", "send one file per upload, in the field 'file'")
+                raise body_error("file", "send one file per upload, in the field 'file'")
             self.saw_file = True
             self.part.is_file = True
             if b"filename" in options:
                 self.filename = self._decode(options[b"filename"], "file")
         elif b"filename" in options:
-            raise _bad(name, "a file in a field other than 'file'; send the upload as 'file'")
+            raise body_error(name, "a file in a field other than 'file'; send the upload as 'file'")
         elif name not in self.allowed:
-            raise _bad(name, f"unknown form field; allowed: file, {', '.join(self.allowed)}")
+            raise body_error(name, f"unknown form field; allowed: file, {', '.join(self.allowed)}")
         elif name in self.fields:
-            raise _bad(name, "given twice; send each field once")
+            raise body_error(name, "given twice; send each field once")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part.is_file:
@@ -116,7 +112,7 @@ class _Receiver:
             return
         self.part.data += data[start:end]
         if len(self.part.data) > MAX_FIELD_BYTES:
-            raise _bad(self.part.name or "file", f"longer than {MAX_FIELD_BYTES} bytes")
+            raise body_error(self.part.name or "file", f"longer than {MAX_FIELD_BYTES} bytes")
 
     def on_part_end(self) -> None:
         if not self.part.is_file and self.part.name is not None:
@@ -183,11 +179,11 @@ async def receive(request: Request, spool: Spool, *, allowed: tuple[str, ...]) -
                 await run_in_threadpool(spool.write, data)
         parser.finalize()
     except FormParserError as exc:
-        raise _bad("file", f"not valid multipart/form-data ({exc})") from exc
+        raise body_error("file", f"not valid multipart/form-data ({exc})") from exc
     if not r.ended:
-        raise _bad("file", "the multipart body ended early (no closing boundary)")
+        raise body_error("file", "the multipart body ended early (no closing boundary)")
     if not r.saw_file:
-        raise _bad("file", "field required: attach the upload as the form field 'file'")
+        raise body_error("file", "field required: attach the upload as the form field 'file'")
     tail = bytes(r.pending)
     r.pending = bytearray()
     await run_in_threadpool(_write_and_finish, spool, tail)

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
-from tas.errors import InvalidUpload
+from tas.errors import InvalidUpload, body_error
 from tas.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,14 +85,10 @@ class Spool:
 
 
 def too_large(field: str, max_bytes: int) -> InvalidUpload:
-    return InvalidUpload(
-        [
-            (
-                ("body", field),
-                f"the upload is over the limit of {max_bytes / 2**20:g} MiB (TAS_MAX_UPLOAD_MB);"
-                " send a smaller file or raise the limit",
-            )
-        ],
+    return body_error(
+        field,
+        f"the upload is over the limit of {max_bytes / 2**20:g} MiB (TAS_MAX_UPLOAD_MB);"
+        " send a smaller file or raise the limit",
         413,
     )
 

@@ -20,7 +20,7 @@ from app.api.deps import ServingDep, TenantDep
 from app.api.errors import is_json, send_json_message
 from app.schemas.predict import PredictForm, PredictRequest, PredictResponse
 from app.services import inputs
-from tas.errors import InvalidInput, InvalidUpload, PayloadTooLarge
+from tas.errors import InvalidUpload, PayloadTooLarge, body_error
 
 router = APIRouter(tags=["predict"])
 
@@ -106,7 +106,7 @@ async def predict(request: Request, serving: ServingDep, tenant: TenantDep) -> R
         arr, field = call.inputs, "inputs"
     batch = inputs.check(arr, predictor, field)
     if call.top_k is not None and predictor.card.output == "identity":
-        raise InvalidInput([(("body", "top_k"), "top_k applies to classification models only")])
+        raise body_error("top_k", "top_k applies to classification models only")
     observer = served.batcher.observer or serving.observer(model, served)
     rows = await served.batcher.predict(batch, call.top_k)
     if observer is not None:
