@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tas.queue import QUEUES
 from tas.settings import Settings
+from tas.store import jobs as job_store
 from tas.store import workers
-from tas.store.orm import Job, JobStage, JobStatus, MetricRow
+from tas.store.orm import Job, JobStage
 
 JOB_SECONDS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 WAIT_SECONDS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600, 21600)
@@ -100,16 +101,11 @@ class DatabaseCollector(Collector):
 
     def _jobs(self, s: Session) -> Iterator[Metric]:
         g = GaugeMetricFamily("tas_jobs", "Jobs by status", labels=["status"])
-        for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)):
+        for status, n in job_store.count_by_status(s).items():
             g.add_metric([status], n)
         yield g
         depth = dict.fromkeys(QUEUES, 0)
-        rows = s.execute(
-            select(Job.queue, func.count())
-            .where(Job.status == JobStatus.queued.value)
-            .group_by(Job.queue)
-        )
-        depth.update({q: int(n) for q, n in rows})
+        depth.update(job_store.queued_by_queue(s))
         q = GaugeMetricFamily("tas_queue_depth", "Queued jobs by queue", labels=["queue"])
         for name, n in sorted(depth.items()):
             q.add_metric([name], n)
@@ -168,37 +164,14 @@ class DatabaseCollector(Collector):
         )
 
     def _training(self, s: Session) -> Iterator[Metric]:
-        epochs = (
-            select(MetricRow.job_id, func.count().label("n"))
-            .where(MetricRow.step == -1)
-            .group_by(MetricRow.job_id)
-            .subquery()
-        )
-        train = (
-            select(
-                JobStage.job_id,
-                func.max(JobStage.outputs["train_samples"].as_integer()).label("samples"),
-            )
-            .where(JobStage.name == "preprocess")
-            .group_by(JobStage.job_id)
-            .subquery()
-        )
-        n_epochs = s.scalar(select(func.coalesce(func.sum(epochs.c.n), 0))) or 0
-        n_samples = (
-            s.scalar(
-                select(func.coalesce(func.sum(epochs.c.n * train.c.samples), 0)).join_from(
-                    epochs, train, epochs.c.job_id == train.c.job_id
-                )
-            )
-            or 0
-        )
+        totals = job_store.training_totals(s)
         yield CounterMetricFamily(
-            "tas_epochs_trained", "Epochs completed, over every job", value=int(n_epochs)
+            "tas_epochs_trained", "Epochs completed, over every job", value=totals.epochs
         )
         yield CounterMetricFamily(
             "tas_samples_trained",
             "Training samples seen in completed epochs, over every job",
-            value=int(n_samples),
+            value=totals.samples,
         )
 
 

@@ -25,11 +25,12 @@ from typing import TypeVar, TypeVarTuple
 import anyio
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session, joinedload, sessionmaker
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.schemas.jobs import JobOut
 from tas.errors import JobNotFound, TooManyRequests
+from tas.store import jobs as job_store
 from tas.store import workers
 from tas.store.orm import FINISHED, Job, Worker
 
@@ -249,7 +250,7 @@ class JobStreams:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def _read_one(self, job_id: str, tenant: str) -> Snapshot:
-        """The same single statement as a poll (`jobstore.get_job` would load stages apart)."""
+        """The same single statement as a poll (`job_store.get_job` would load stages apart)."""
         snap = self._read_many([job_id]).get(job_id)
         if snap is None or snap.tenant != tenant:  # another tenant's job is as unknown
             raise JobNotFound(job_id)
@@ -258,8 +259,7 @@ class JobStreams:
     def _read_many(self, job_ids: Sequence[str]) -> dict[str, Snapshot]:
         """Every watched job and its stages in one statement (a join, not one query per job)."""
         with self.sessions() as s:
-            q = select(Job).where(Job.id.in_(job_ids)).options(joinedload(Job.stages))
-            jobs = list(s.scalars(q).unique())
+            jobs = job_store.jobs_with_stages(s, job_ids)
             workers.annotate_with(jobs, lambda: self._live_workers(s))
             return {job.id: Snapshot.of(job) for job in jobs}
 

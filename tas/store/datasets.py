@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -133,32 +133,17 @@ def _heal(settings: Settings, row: Dataset, spool: file_store.Spool) -> None:
         file_store.place(spool.path, dest)
 
 
-@dataclass
-class DatasetPage:
-    items: list[Dataset]
-    next_cursor: str | None
-
-
-def list_datasets(session: Session, *, tenant: str, limit: int, cursor: str | None) -> DatasetPage:
+def list_datasets(
+    session: Session, *, tenant: str, limit: int, cursor: str | None
+) -> pagination.Page[Dataset]:
     """The tenant's uploads, newest first, by (created_at, id) so pages never skip or repeat."""
-    q = select(Dataset).where(Dataset.tenant == tenant)
-    if cursor is not None:
-        created, row_id = pagination.decode_cursor(cursor)
-        q = q.where(
-            or_(
-                Dataset.created_at < created,
-                and_(Dataset.created_at == created, Dataset.id < row_id),
-            )
-        )
-    rows = list(
-        session.scalars(q.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1))
-    )
-    items = rows[:limit]
-    return DatasetPage(
-        items,
-        pagination.encode_cursor(items[-1].created_at, items[-1].id)
-        if len(rows) > limit and items
-        else None,
+    return pagination.paginate(
+        session,
+        select(Dataset).where(Dataset.tenant == tenant),
+        created_col=Dataset.created_at,
+        id_col=Dataset.id,
+        limit=limit,
+        cursor=cursor,
     )
 
 

@@ -1,4 +1,5 @@
-"""Jobs as the API sees them: create, read, list, cancel, resume, tag, delete.
+"""Jobs as the API sees them: create, read, list, cancel, resume, tag, delete; a job's metrics and
+checkpoints; the counts /metrics reports.
 
 The database is the source of truth: the broker may deliver a job twice or lose it. Nothing here
 commits: the caller's unit of work (a request, a task) does."""
@@ -9,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.orm import Session, joinedload
 
 from tas.core.spec import tag_count_problem
 from tas.errors import (
@@ -80,7 +81,7 @@ class JobFilter:
     tags: Sequence[tuple[str, str]] = ()
 
 
-def _filtered(q: Any, f: JobFilter) -> Any:
+def _filtered(q: Select[Job], f: JobFilter) -> Select[Job]:
     if f.name_prefix:
         # substr rather than LIKE: SQLite's LIKE ignores case and PostgreSQL's does not, and a
         # name may hold `_`, LIKE's wildcard.
@@ -104,19 +105,95 @@ def list_jobs(
     limit: int,
     cursor: str | None,
     filters: JobFilter | None = None,
-) -> pagination.Page:
+) -> pagination.Page[Job]:
     """Newest first; the cursor is (created_at, id) of the last item, so pages never skip or repeat."""
     q = _filtered(select(Job).where(Job.tenant == tenant), filters or JobFilter())
-    if cursor is not None:
-        created, job_id = pagination.decode_cursor(cursor)
-        q = q.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    items = rows[:limit]
-    return pagination.Page(
-        items,
-        pagination.encode_cursor(items[-1].created_at, items[-1].id) if more and items else None,
+    return pagination.paginate(
+        session, q, created_col=Job.created_at, id_col=Job.id, limit=limit, cursor=cursor
     )
+
+
+def jobs_with_stages(session: Session, job_ids: Sequence[str]) -> list[Job]:
+    """The jobs among `job_ids` with their stages loaded in the same statement (a join, not a
+    query per job), for callers that read many jobs on every poll."""
+    q = select(Job).where(Job.id.in_(job_ids)).options(joinedload(Job.stages))
+    return list(session.scalars(q).unique())
+
+
+#: Which of a job's metric rows to read: one per epoch (a row with step -1), one per logged
+#: step, or both.
+MetricKind = Literal["epoch", "step", "all"]
+
+
+def metric_rows(session: Session, job_id: str, kind: MetricKind = "epoch") -> list[MetricRow]:
+    """A job's metric rows in training order (by epoch, an epoch's row before its steps')."""
+    q = select(MetricRow).where(MetricRow.job_id == job_id)
+    if kind == "epoch":
+        q = q.where(MetricRow.step == -1)
+    elif kind == "step":
+        q = q.where(MetricRow.step >= 0)
+    return list(session.scalars(q.order_by(MetricRow.epoch, MetricRow.step)))
+
+
+def checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
+    """A job's checkpoints still on disk (pruned ones keep a row marked deleted), oldest first."""
+    q = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False))
+    return list(session.scalars(q.order_by(Checkpoint.epoch, Checkpoint.step)))
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """Every tenant's jobs, counted by status (statuses with no job are absent)."""
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+    return {status: int(n) for status, n in rows}
+
+
+def queued_by_queue(session: Session) -> dict[str, int]:
+    """Queued jobs counted by the queue they wait in (queues with none are absent)."""
+    rows = session.execute(
+        select(Job.queue, func.count())
+        .where(Job.status == JobStatus.queued.value)
+        .group_by(Job.queue)
+    )
+    return {queue: int(n) for queue, n in rows}
+
+
+@dataclass(frozen=True)
+class TrainingTotals:
+    """What every job has trained, summed over completed epochs."""
+
+    epochs: int
+    samples: int
+
+
+def training_totals(session: Session) -> TrainingTotals:
+    """Epochs completed (one epoch metric row each) and the training samples they saw: a job's
+    epochs times the training-set size its preprocess stage reported (the largest, if it ran
+    more than once). Two aggregate queries; no rows leave the database."""
+    epochs = (
+        select(MetricRow.job_id, func.count().label("n"))
+        .where(MetricRow.step == -1)
+        .group_by(MetricRow.job_id)
+        .subquery()
+    )
+    train = (
+        select(
+            JobStage.job_id,
+            func.max(JobStage.outputs["train_samples"].as_integer()).label("samples"),
+        )
+        .where(JobStage.name == "preprocess")
+        .group_by(JobStage.job_id)
+        .subquery()
+    )
+    n_epochs = session.scalar(select(func.coalesce(func.sum(epochs.c.n), 0))) or 0
+    n_samples = (
+        session.scalar(
+            select(func.coalesce(func.sum(epochs.c.n * train.c.samples), 0)).join_from(
+                epochs, train, epochs.c.job_id == train.c.job_id
+            )
+        )
+        or 0
+    )
+    return TrainingTotals(epochs=int(n_epochs), samples=int(n_samples))
 
 
 def request_cancel(session: Session, job: Job) -> Job:

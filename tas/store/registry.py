@@ -68,6 +68,18 @@ def model_versions(session: Session, name: str, *, tenant: str) -> list[ModelVer
     return versions
 
 
+def versions_by_name(session: Session, *, tenant: str) -> dict[str, list[ModelVersion]]:
+    """Every model of the tenant, by name in name order, each with its versions (in no
+    particular order: callers sort them as they show them)."""
+    by_name: dict[str, list[ModelVersion]] = {}
+    rows = session.scalars(
+        select(ModelVersion).where(ModelVersion.tenant == tenant).order_by(ModelVersion.name)
+    )
+    for mv in rows:
+        by_name.setdefault(mv.name, []).append(mv)
+    return by_name
+
+
 def model_aliases(session: Session, *, tenant: str, name: str | None = None) -> list[ModelAlias]:
     q = select(ModelAlias).where(ModelAlias.tenant == tenant)
     if name is not None:

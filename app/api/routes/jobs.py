@@ -4,7 +4,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Response, status
-from sqlalchemy import select
 
 from app.api.deps import JobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
 from app.api.query import StrictQuery
@@ -24,7 +23,7 @@ from app.services import workers as worker_service
 from tas.core.spec import JobSpec
 from tas.store import jobs as job_store
 from tas.store import pagination
-from tas.store.orm import Checkpoint, Job, MetricRow
+from tas.store.orm import Checkpoint, Job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -74,7 +73,7 @@ def list_jobs(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> pagination.Page:
+) -> pagination.Page[Job]:
     """Newest first, filtered in the database, so the cursor pages through the filtered list."""
     filters = job_service.job_filter(
         name=name,
@@ -175,22 +174,16 @@ def clone_job(
 def get_metrics(
     job: JobDep,
     session: SessionDep,
-    kind: Annotated[Literal["epoch", "step", "all"], Query()] = "epoch",
+    kind: Annotated[job_store.MetricKind, Query()] = "epoch",
 ) -> list[dict[str, object]]:
     """A row per epoch (default), per logged step, or both, in training order."""
-    q = select(MetricRow).where(MetricRow.job_id == job.id)
-    if kind == "epoch":
-        q = q.where(MetricRow.step == -1)
-    elif kind == "step":
-        q = q.where(MetricRow.step >= 0)
-    rows = session.scalars(q.order_by(MetricRow.epoch, MetricRow.step))
+    rows = job_store.metric_rows(session, job.id, kind)
     return [{**r.values, "epoch": r.epoch, "step": None if r.step < 0 else r.step} for r in rows]
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
 def get_checkpoints(job: JobDep, session: SessionDep) -> list[Checkpoint]:
-    q = select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.deleted.is_(False))
-    return list(session.scalars(q.order_by(Checkpoint.epoch, Checkpoint.step)))
+    return job_store.checkpoints(session, job.id)
 
 
 @router.get(

@@ -8,11 +8,9 @@ registry row names, after a containment check (a path built from a request never
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import groupby
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -64,15 +62,12 @@ def _model(name: str, versions: list[ModelVersion], aliases: list[ModelAlias]) -
 
 @router.get("", response_model=list[ModelOut], dependencies=[StrictQuery])
 def list_models(session: SessionDep, tenant: TenantDep) -> list[ModelOut]:
-    rows = session.scalars(
-        select(ModelVersion).where(ModelVersion.tenant == tenant).order_by(ModelVersion.name)
-    )
     aliases: dict[str, list[ModelAlias]] = {}
     for a in registry_store.model_aliases(session, tenant=tenant):
         aliases.setdefault(a.name, []).append(a)
     return [
-        _model(name, list(vs), aliases.get(name, []))
-        for name, vs in groupby(rows, key=lambda v: v.name)
+        _model(name, versions, aliases.get(name, []))
+        for name, versions in registry_store.versions_by_name(session, tenant=tenant).items()
     ]
 
 
