@@ -92,8 +92,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_enable_remote_control": False,
         # A pool child killed under a job is reported (and its run settled) after this, not 10 s.
         "worker_lost_wait": 2.0,
-        # `--pool prefork` runs this pool: it replaces a child that exited within milliseconds.
-        "worker_pool": "worker.pool:TaskPool",
         "task_default_priority": PRIORITY_NEW,
     }
     if settings.resolved_broker_url.startswith("filesystem://"):
@@ -101,10 +99,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
-    app = Celery("tas", include=["worker.tasks"] if include_tasks else [])
-    app.conf.update(celery_config(settings))
-    return app
+class TasCelery(Celery):
+    """A Celery app with the settings it was made from. The worker's task, gate and presence
+    reach the settings through the app Celery hands each of them, so none of them imports the
+    module that makes the app (`worker.celery_app`, which imports them)."""
+
+    def __init__(self, settings: Settings, main: str = "tas", **kwargs: Any) -> None:
+        super().__init__(main, **kwargs)
+        self.settings = settings
+        self.conf.update(celery_config(settings))
+
+    def __reduce_keys__(self) -> dict[str, Any]:
+        # Celery rebuilds a pickled app by calling its class with these: the settings come along.
+        return {**super().__reduce_keys__(), "settings": self.settings}
+
+
+def make_celery(settings: Settings) -> TasCelery:
+    """The publisher's app (the API); the worker adds its pool and its task to its own."""
+    return TasCelery(settings)
 
 
 class Publisher:

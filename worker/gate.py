@@ -17,7 +17,7 @@ import re
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
@@ -29,7 +29,7 @@ from celery.worker.strategy import default as default_strategy
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas.queue import send_job
+from tas.queue import TasCelery, send_job
 from tas.store import leases as lease_store
 from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import FINISHED, Job, JobStatus, utcnow
@@ -135,16 +135,13 @@ class Gate:
 
 
 @cache
-def _main_sessions() -> sessionmaker[Session]:
-    from worker.celery_app import settings
-
-    return make_sessionmaker(make_engine(settings.resolved_database_url))
+def _main_sessions(url: str) -> sessionmaker[Session]:
+    return make_sessionmaker(make_engine(url))
 
 
-def _gate() -> Gate:
-    from worker.celery_app import app
-
-    return Gate(_main_sessions, app)
+def _gate(app: TasCelery) -> Gate:
+    """The gate for the worker's app (Celery hands the app to the strategy and to each request)."""
+    return Gate(partial(_main_sessions, app.settings.resolved_database_url), app)
 
 
 def _job_id(message: Any) -> str | None:
@@ -155,12 +152,12 @@ def _job_id(message: Any) -> str | None:
         return None
 
 
-def job_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
+def job_strategy(task: Any, app: TasCelery, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
     """Celery's own strategy for `tas.run_job`, behind the gate (Celery calls this once per task
     type in the main process; what it returns handles every message of that type)."""
     handle = default_strategy(task, app, consumer, **kwargs)
     errors = consumer.connection_errors
-    gate = _gate()
+    gate = _gate(app)
 
     def on_message(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
         job_id = _job_id(message)
@@ -206,7 +203,7 @@ class JobRequest(Request):
         if not pid or not args:
             return False
         try:
-            handled = _gate().child_lost(str(args[0]), self.hostname, int(pid), text)
+            handled = _gate(self.task.app).child_lost(str(args[0]), self.hostname, int(pid), text)
         except Exception:  # fall back to Celery's requeue; the lease runs out and says so
             log.exception("could not settle job %s after its pool child died", args[0])
             return False

@@ -188,8 +188,7 @@ def _keep_servable_queues(sender: str, instance: Any, **_: Any) -> None:
 @worker_ready.connect
 def _on_ready(sender: Any, **_: Any) -> None:
     global _presence
-    from worker.celery_app import settings
-
+    settings: Settings = sender.app.settings  # the worker's TasCelery app
     this = machine.detect_machine()
     controller = getattr(sender, "controller", None)
     info = workers.WorkerInfo(
