@@ -34,10 +34,13 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     settings.ensure_dirs()
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)
+    # Serving (model references, downloads), event streams and /metrics only read: on SQLite
+    # their transactions take no lock, so they never wait for a writer nor hold one up.
+    readers = make_sessionmaker(engine, read_only=True)
     publisher = Publisher(make_celery(settings))
-    serving = Serving(settings, sessions)
+    serving = Serving(settings, readers)
     job_streams = JobStreams(
-        sessions,
+        readers,
         max_streams=settings.max_event_streams,
         max_per_tenant=settings.max_event_streams_per_tenant,
         interval_s=settings.event_poll_s,
@@ -79,7 +82,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.serving = serving
     app.state.job_streams = job_streams
 
-    metrics = make_metrics(sessions, settings)
+    metrics = make_metrics(readers, settings)
     metrics.registry.register(StreamCollector(job_streams, engine))
     app.state.registry = metrics.registry
     serving.predict_metrics = metrics.predict

@@ -17,6 +17,7 @@ from tas.settings import Settings
 from tas.store import datasets as dataset_store
 from tas.store import jobs as job_store
 from tas.store.orm import Dataset, Job
+from tas.store.unit_of_work import unit_of_work
 
 
 def get_settings(request: Request) -> Settings:
@@ -24,10 +25,21 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+#: Methods whose routes only read: their SQLite transaction takes no lock.
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 def get_session(request: Request) -> Iterator[Session]:
-    """A session per request. Routes commit explicitly at their end (the boundary); anything
-    uncommitted when the request ends is rolled back."""
-    with request.app.state.sessions() as session:
+    """The request's unit of work (tas.store.unit_of_work): committed when the route returns,
+    rolled back when it raises; what the route queued with `after_commit` runs after the commit.
+    Routes and services never commit.
+
+    SessionDep declares scope "function": FastAPI then ends this dependency when the route has
+    returned and its response is built, before a byte is sent, so a client that has its 201 can
+    read the row at once (and a failed commit answers 500, never a 201 for a rolled-back row).
+    FastAPI's default for a dependency with `yield` ends it after the response is sent."""
+    read_only = request.method in READ_METHODS
+    with unit_of_work(request.app.state.sessions, read_only=read_only) as session:
         yield session
 
 
@@ -49,7 +61,7 @@ async def get_tenant() -> str:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ServingDep = Annotated[Serving, Depends(get_serving)]

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tas.errors import (
@@ -22,36 +23,54 @@ from tas.store.orm import (
     ModelVersion,
     utcnow,
 )
+from tas.store.unit_of_work import insert_or_get
+
+#: Tries at the next version number when jobs of one model finish at the same moment.
+VERSION_TRIES = 5
 
 
 def register_model(
     session: Session, job: Job, model_dir: str, card: dict[str, Any], metrics: dict[str, Any] | None
 ) -> ModelVersion:
-    existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
-    if existing is not None:
-        return existing
+    """The job's model version: the next number of its model name (the existing one when the job
+    is registered already). Two jobs of one name finishing at once compute the same number: the
+    loser's INSERT fails on the unique (tenant, name, version) key inside a SAVEPOINT and takes
+    the next, its transaction (the run's other writes) going on."""
     name = job.spec.get("model_name") or job.name
-    last = session.scalar(
-        select(func.max(ModelVersion.version)).where(
-            ModelVersion.tenant == job.tenant, ModelVersion.name == name
+
+    def registered() -> ModelVersion | None:
+        return session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
+
+    tries = 0
+    while True:
+        existing = registered()
+        if existing is not None:
+            return existing
+        last = session.scalar(
+            select(func.max(ModelVersion.version)).where(
+                ModelVersion.tenant == job.tenant, ModelVersion.name == name
+            )
         )
-    )
-    mv = ModelVersion(
-        tenant=job.tenant,
-        name=name,
-        version=(last or 0) + 1,
-        job_id=job.id,
-        model_dir=model_dir,
-        card=card,
-        metrics=metrics,
-    )
-    session.add(mv)
-    session.flush()
-    return mv
+        mv = ModelVersion(
+            tenant=job.tenant,
+            name=name,
+            version=(last or 0) + 1,
+            job_id=job.id,
+            model_dir=model_dir,
+            card=card,
+            metrics=metrics,
+        )
+        try:
+            return insert_or_get(session, mv, registered)[0]
+        except IntegrityError:  # the number went to another job: take the next one
+            tries += 1
+            if tries == VERSION_TRIES:
+                raise
 
 
 # The model registry: versions and aliases (`name@alias` → a version). Moving an alias is the
-# deploy step; callers commit, then tell the serving cache (it re-resolves and warms the model).
+# deploy step; the serving cache is told once the request's unit of work has committed (it
+# re-resolves and warms the model).
 
 
 def model_versions(session: Session, name: str, *, tenant: str) -> list[ModelVersion]:
@@ -104,17 +123,25 @@ def get_version(session: Session, name: str, version: int, *, tenant: str) -> Mo
 def set_alias(
     session: Session, name: str, alias: str, version: int, *, tenant: str
 ) -> tuple[ModelAlias, ModelVersion]:
-    """Point `name@alias` at `version` (created or moved); the version must exist."""
+    """Point `name@alias` at `version` (created or moved); the version must exist. Two requests
+    creating the same alias at once: the loser's INSERT fails on the unique (tenant, name, alias)
+    key inside a SAVEPOINT, and it moves the winner's alias instead, as a later request would."""
     mv = get_version(session, name, version, tenant=tenant)
-    row = session.scalar(
-        select(ModelAlias).where(
-            ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
+
+    def current() -> ModelAlias | None:
+        return session.scalar(
+            select(ModelAlias).where(
+                ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
+            )
         )
-    )
-    if row is None:
-        row = ModelAlias(tenant=tenant, name=name, alias=alias, version=version)
-        session.add(row)
+
+    existing = current()
+    if existing is None:
+        new = ModelAlias(tenant=tenant, name=name, alias=alias, version=version)
+        row, created = insert_or_get(session, new, current)
     else:
+        row, created = existing, False
+    if not created:
         row.version = version
         row.updated_at = utcnow()
     session.flush()

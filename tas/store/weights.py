@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tas.settings import Settings
 from tas.store import files as file_store
 from tas.store.orm import WeightsFile
+from tas.store.unit_of_work import insert_or_get
 
 if TYPE_CHECKING:
     pass
@@ -48,28 +48,25 @@ def add_weights(
     spool: file_store.Spool,
     tensors: Mapping[str, Sequence[int]],
 ) -> tuple[WeightsFile, bool]:
-    """As `add_dataset`, for a checked safetensors file. The caller commits."""
+    """As `add_dataset`, for a checked safetensors file: the race on the unique (tenant, sha256)
+    key is lost inside a SAVEPOINT. The caller's unit of work commits."""
     dest = weights_path(settings, spool.sha256)
     existing = _weights_by_sha(session, tenant, spool.sha256)
     if existing is None:
-        row = WeightsFile(
+        new = WeightsFile(
             tenant=tenant,
             sha256=spool.sha256,
             name=name,
             size_bytes=spool.size,
             tensors={k: list(v) for k, v in tensors.items()},
         )
-        session.add(row)
-        try:
-            session.flush()
-        except IntegrityError:
-            session.rollback()
-            existing = _weights_by_sha(session, tenant, spool.sha256)
-            if existing is None:  # pragma: no cover
-                raise
-        else:
+        row, created = insert_or_get(
+            session, new, lambda: _weights_by_sha(session, tenant, spool.sha256)
+        )
+        if created:
             file_store.place(spool.path, dest)
             return row, True
+        existing = row
     if not dest.exists():
         file_store.place(spool.path, dest)
     return existing, False

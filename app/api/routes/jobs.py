@@ -24,6 +24,7 @@ from tas.core.spec import JobSpec
 from tas.store import jobs as job_store
 from tas.store import pagination
 from tas.store.orm import Checkpoint, Job
+from tas.store.unit_of_work import after_commit
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -42,8 +43,7 @@ def create_job(
     job = job_service.submit(
         session, spec, tenant=tenant, max_attempts=settings.max_attempts, settings=settings
     )
-    session.commit()
-    publisher.publish(job.id, job.queue)
+    after_commit(session, publisher.publish, job.id, job.queue)
     response.headers["Location"] = f"/jobs/{job.id}"
     worker_service.warn_if_unservable(session, job, settings, response)
     return job
@@ -96,9 +96,7 @@ def get_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Job:
 @router.patch("/{job_id}", response_model=JobOut)
 def patch_job(job: JobDep, patch: JobPatch, session: SessionDep) -> Job:
     """Merge tags into the job's, on a job in any state (a null value removes that tag)."""
-    job = job_store.set_tags(session, job, patch.tags)
-    session.commit()
-    return job
+    return job_store.set_tags(session, job, patch.tags)
 
 
 @router.delete(
@@ -110,8 +108,7 @@ def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Respo
     """A finished job, its metrics, stages, checkpoints and files. A model version it trained
     is served from its files: delete that version first."""
     path = job_service.delete(session, job, settings)
-    session.commit()
-    job_service.remove_dir(path)
+    after_commit(session, job_service.remove_dir, path)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -131,8 +128,7 @@ def resume_job(
     """Queue a failed or cancelled job again with a fresh attempt budget; it continues from its
     last good checkpoint (a job with none starts over). Published after the commit."""
     job = job_service.resume(session, job, max_minutes=body.max_minutes if body else None)
-    session.commit()
-    publisher.publish(job.id, job.queue)
+    after_commit(session, publisher.publish, job.id, job.queue)
     worker_service.warn_if_unservable(session, job, settings, response)
     return job
 
@@ -163,8 +159,7 @@ def clone_job(
         max_attempts=settings.max_attempts,
         settings=settings,
     )
-    session.commit()
-    publisher.publish(new.id, new.queue)
+    after_commit(session, publisher.publish, new.id, new.queue)
     response.headers["Location"] = f"/jobs/{new.id}"
     worker_service.warn_if_unservable(session, new, settings, response)
     return new
@@ -215,5 +210,4 @@ def get_predictions(
 def cancel_job(job: JobDep, session: SessionDep) -> Job:
     """A queued job is cancelled at once; a running one stops at its next step (409 once finished)."""
     job_store.request_cancel(session, job)
-    session.commit()
     return job

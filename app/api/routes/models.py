@@ -23,6 +23,7 @@ from tas.core.artifact import read_card
 from tas.settings import Settings
 from tas.store import registry as registry_store
 from tas.store.orm import ModelAlias, ModelVersion
+from tas.store.unit_of_work import after_commit
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -89,11 +90,8 @@ def set_alias(
     """Point `name@alias` at a version — the deploy step. The version is loaded before this
     returns, and the next `/predict` for `name@alias` uses it; no restart."""
     row, mv = registry_store.set_alias(session, name, alias, body.version, tenant=tenant)
-    out = AliasOut(name=name, alias=alias, version=row.version, updated_at=row.updated_at)
-    model_dir = mv.model_dir
-    session.commit()
-    serving.registry_changed(warm=model_dir)
-    return out
+    after_commit(session, serving.registry_changed, warm=mv.model_dir)
+    return AliasOut(name=name, alias=alias, version=row.version, updated_at=row.updated_at)
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
@@ -101,8 +99,7 @@ def delete_alias(
     name: Name, alias: Alias, session: SessionDep, tenant: TenantDep, serving: ServingDep
 ) -> Response:
     registry_store.delete_alias(session, name, alias, tenant=tenant)
-    session.commit()
-    serving.registry_changed()
+    after_commit(session, serving.registry_changed)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -113,9 +110,7 @@ def delete_version(
     """Drop a version and its aliases, and evict it from the serving cache. The job (and its
     artifact) remain; `/predict` with its job id answers 404 from now on."""
     mv = registry_store.delete_version(session, name, version, tenant=tenant)
-    model_dir = mv.model_dir
-    session.commit()
-    serving.registry_changed(evict=model_dir)
+    after_commit(session, serving.registry_changed, evict=mv.model_dir)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
