@@ -1,4 +1,6 @@
-"""One handler for every domain error, and a last-resort handler so nothing leaks a traceback."""
+"""One handler for every domain error, and a last-resort handler so nothing leaks a traceback:
+an exception no handler expected is logged here and answered with a 500 in the same `detail`
+envelope as every other error, naming nothing of the server's internals."""
 
 from __future__ import annotations
 
@@ -75,6 +77,20 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return await request_validation_exception_handler(request, exc)
 
 
+#: What a client is told about an exception the API did not expect (the log has the rest).
+INTERNAL_ERROR = "internal server error: the request failed on the server and was logged"
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The last resort (Starlette runs it in its outermost middleware, after the request's
+    dependencies have rolled back): log the exception with the request it broke, answer 500."""
+    log.error(
+        "unhandled %s in %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc
+    )
+    return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)

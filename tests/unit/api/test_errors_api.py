@@ -86,3 +86,24 @@ def test_form_routes_keep_their_own_answers(client: TestClient) -> None:
     r = client.post("/datasets", json={"file": "iris.csv"})
     assert r.status_code == 415, r.text
     assert "multipart" in r.text
+
+
+def test_an_unexpected_exception_is_a_logged_json_500_that_names_no_internals(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.api.errors import INTERNAL_ERROR
+    from app.services import workers as worker_service
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("secret: /srv/tas/var/tas.db is locked")
+
+    monkeypatch.setattr(worker_service, "warn_if_unservable", broken)
+    with caplog.at_level("ERROR", logger="app.api.errors"):
+        r = client.post("/jobs", json=SPEC)
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"detail": INTERNAL_ERROR}
+    assert "secret" not in r.text and "Traceback" not in r.text
+    [record] = [rec for rec in caplog.records if rec.name == "app.api.errors"]
+    assert "RuntimeError in POST /jobs" in record.getMessage()
+    assert record.exc_info is not None and "secret" in str(record.exc_info[1])
