@@ -50,7 +50,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
-from tas.core.data.registry import Arrays, DatasetInfo, LoadContext, Loaded  # noqa: E402
+from tas.core.data.dataset import Arrays, DatasetInfo, LoadContext, Loaded  # noqa: E402
 from tas.core.hooks import NullHooks  # noqa: E402
 from tas.core.pipeline import RunContext, run_pipeline  # noqa: E402
 from tas.core.spec import JobSpec  # noqa: E402

@@ -16,8 +16,9 @@ from starlette.requests import Request
 
 from app.schemas.datasets import DatasetOut, DatasetSchemaOut, WeightsOut
 from app.services import uploads
-from tas.core.data.registry import BUILTIN_DATASETS, DatasetInfo
-from tas.core.data.uploads import UploadError, UploadLimits, UploadOptions, read_upload
+from tas.core.data.dataset import DatasetInfo
+from tas.core.data.formats.upload import UploadError, UploadLimits, UploadOptions, read_upload
+from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.errors import DataError
 from tas.core.transfer import WeightsMismatch, safetensors_shapes
 from tas.errors import body_error
@@ -98,7 +99,7 @@ def upload_options(fields: dict[str, str]) -> UploadOptions:
 
     try:
         return UploadOptions(
-            format=text("format"),  # type: ignore[arg-type]
+            format=text("format"),
             target=text("target"),
             task=text("task"),  # type: ignore[arg-type]
             size=text("size"),  # type: ignore[arg-type]

@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from tas.core.data.registry import BUILTIN_DATASETS, DatasetInfo
+from tas.core.data.dataset import DatasetInfo
+from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.losses import LOSSES
 from tas.core.spec import MAX_TAGS, TAG_KEY_PATTERN, JobSpec, resolved_loss, spec_problems
 from tas.errors import DatasetNotFound, InvalidInput, JobNotResumable

@@ -127,7 +127,7 @@ def as_training_error(exc: BaseException, stage: str | None = None) -> TrainingE
 
     Known library errors get a precise type and hint; anything else keeps its class name and message
     so that a bug is visible as itself, not as a vague "training failed"."""
-    from tas.core.data.registry import DatasetUnavailable
+    from tas.core.data.dataset import DatasetUnavailable
 
     if isinstance(exc, TrainingError):
         if exc.stage is None:

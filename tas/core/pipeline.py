@@ -25,8 +25,8 @@ from tas.core.artifact import ModelCard, count_parameters, save_model
 from tas.core.augment import build_augment
 from tas.core.checkpoint import CheckpointManager, CheckpointRecord
 from tas.core.data.cache import PreprocessCache, PrepSpec, cache_key
+from tas.core.data.dataset import DatasetInfo, LoadContext, Loaded
 from tas.core.data.prepare import Prepared, TargetScaler, prepare
-from tas.core.data.registry import DatasetInfo, LoadContext, Loaded
 from tas.core.device import resolve_device, resolve_precision
 from tas.core.errors import (
     CheckpointMismatch,

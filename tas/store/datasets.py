@@ -18,7 +18,7 @@ from tas.store import pagination
 from tas.store.orm import Dataset, Job, JobStatus
 
 if TYPE_CHECKING:
-    from tas.core.data.registry import DatasetInfo, LoadContext, Loaded
+    from tas.core.data.dataset import DatasetInfo, LoadContext, Loaded
     from tas.core.spec import DatasetSpec
 
 
@@ -57,8 +57,8 @@ def data_source(
 ) -> DataSource:
     """A built-in's source, or the tenant's upload's, read back from its stored schema (no file is
     read here); DatasetNotFound for an unknown upload. Shared by the API (submit) and the worker."""
+    from tas.core.data.formats.upload import info_from_schema, load_upload
     from tas.core.data.registry import BUILTIN_DATASETS
-    from tas.core.data.uploads import info_from_schema, load_upload
 
     if dataset.name is not None:
         builtin = BUILTIN_DATASETS[dataset.name]

@@ -27,7 +27,7 @@ from tas.errors import InvalidUpload, body_error
 from tas.settings import Settings
 
 if TYPE_CHECKING:
-    from tas.core.data.uploads import UploadLimits
+    from tas.core.data.archive import UploadLimits
 
 
 #: How much of a file is held in memory before it is written out.
@@ -111,7 +111,7 @@ def safe_file_name(filename: str | None, default: str = "upload") -> str:
 
 
 def upload_limits(settings: Settings) -> UploadLimits:
-    from tas.core.data.uploads import UploadLimits
+    from tas.core.data.archive import UploadLimits
 
     return UploadLimits(
         max_entries=settings.upload_max_entries,

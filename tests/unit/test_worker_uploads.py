@@ -47,7 +47,7 @@ def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
 
 def add_upload(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> Dataset:
     """What POST /datasets does, without HTTP."""
-    from tas.core.data.uploads import UploadOptions, read_upload
+    from tas.core.data.formats.upload import UploadOptions, read_upload
 
     spool = file_store.Spool(file_store.tmp_dir(settings), 1 << 20)
     spool.write(CSV)

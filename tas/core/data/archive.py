@@ -6,7 +6,8 @@ Why the declared sizes can be trusted: `zipfile` stops every read at the entry's
 of inflating past what was checked here.
 
 `UploadError` and `UploadLimits` live here, in the lowest of the upload modules, so that the archive,
-image and format readers share them without an import cycle; `tas.core.data.uploads` re-exports both."""
+image and format readers share them without an import cycle; `tas.core.data.formats.upload` re-exports
+both."""
 
 from __future__ import annotations
 

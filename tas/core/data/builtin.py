@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tas.core.data.registry import Arrays, DatasetUnavailable, LoadContext, Loaded
+from tas.core.data.dataset import Arrays, DatasetUnavailable, LoadContext, Loaded
 
 #: The XOR dataset's generator seed: the same 2,500 points on every machine, in every run.
 XOR_SEED = 4

@@ -43,8 +43,8 @@ import safetensors.torch
 import torch
 
 from tas.core import fsio
+from tas.core.data.dataset import Arrays, DatasetInfo
 from tas.core.data.prepare import Normalizer, Prepared
-from tas.core.data.registry import Arrays, DatasetInfo
 
 log = logging.getLogger(__name__)
 

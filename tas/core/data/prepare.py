@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from tas.core.data.registry import Arrays, DatasetInfo, Loaded
+from tas.core.data.dataset import Arrays, DatasetInfo, Loaded
 from tas.core.errors import DataError
 
 #: A standard deviation below this is treated as a constant feature: divide by 1, not by ~0.

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tas.core.checkpoint import CheckpointRecord
-from tas.core.data.registry import BUILTIN_DATASETS, LoadContext, Loaded
+from tas.core.data.dataset import LoadContext, Loaded
+from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.hooks import NullHooks, Progress
 from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
 from tas.core.spec import JobSpec

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tas.core.data import builtin
-from tas.core.data.registry import BUILTIN_DATASETS, DatasetUnavailable, LoadContext
+from tas.core.data.dataset import DatasetUnavailable, LoadContext
+from tas.core.data.registry import BUILTIN_DATASETS
 from tests.unit.core.conftest import RunJob
 
 MNIST_FILES = [

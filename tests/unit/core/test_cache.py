@@ -23,8 +23,9 @@ from tas.core.data.cache import (
     PrepSpec,
     cache_key,
 )
+from tas.core.data.dataset import Arrays, DatasetInfo, LoadContext, Loaded
 from tas.core.data.prepare import prepare
-from tas.core.data.registry import BUILTIN_DATASETS, Arrays, DatasetInfo, LoadContext, Loaded
+from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
 from tas.core.spec import JobSpec
 from tests.unit.core.conftest import RecordingHooks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tas.core.data.registry import DatasetUnavailable
+from tas.core.data.dataset import DatasetUnavailable
 from tas.core.errors import OutOfMemory, Stopped, TrainingError, as_training_error
 from tests.unit.core.conftest import RunJob
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tas.core.artifact import read_card
+from tas.core.data.formats.upload import info_from_schema
 from tas.core.data.registry import BUILTIN_DATASETS
-from tas.core.data.uploads import info_from_schema
 from tests.unit.core.conftest import RunJob
 
 

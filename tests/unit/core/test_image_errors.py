@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tas.core.data.formats.upload import UploadError
 from tas.core.data.images import decode_image
-from tas.core.data.uploads import UploadError
 from tests.unit.core.test_uploads import grey, image_bytes, make_zip, refused
 
 PNG = image_bytes(grey(16, 16))

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from tas.core import predictions
-from tas.core.data.registry import BUILTIN_DATASETS, LoadContext
+from tas.core.data.dataset import LoadContext
+from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.predictor import Predictor
 from tests.unit.core.conftest import RunJob
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tas.core.data.dataset import Arrays, DatasetInfo, Loaded
 from tas.core.data.prepare import Normalizer, prepare, split_indices
-from tas.core.data.registry import Arrays, DatasetInfo, Loaded
 
 IMG = DatasetInfo("img", "classification", (3, 4, 4), 3, kind="image")
 TAB = DatasetInfo("tab", "classification", (5,), 3)

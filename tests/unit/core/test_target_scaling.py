@@ -16,9 +16,9 @@ from sklearn.metrics import r2_score
 
 from tas.core import predictions
 from tas.core.artifact import ModelCard, save_model
+from tas.core.data.formats.upload import UploadOptions, load_upload, read_upload
 from tas.core.data.prepare import TargetScaler, split_indices
 from tas.core.data.registry import BUILTIN_DATASETS
-from tas.core.data.uploads import UploadOptions, load_upload, read_upload
 from tas.core.hooks import NullHooks
 from tas.core.models import build_model
 from tas.core.pipeline import RunContext, run_pipeline

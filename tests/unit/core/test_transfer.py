@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from tas.core.artifact import count_parameters
 from tas.core.data.builtin import load_digits
-from tas.core.data.registry import Arrays, DatasetInfo, LoadContext, Loaded
+from tas.core.data.dataset import Arrays, DatasetInfo, LoadContext, Loaded
 from tas.core.errors import TrainingError
 from tas.core.hooks import NullHooks
 from tas.core.models import ARCHS, build_model, head_name

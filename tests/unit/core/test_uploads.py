@@ -14,8 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tas.core.data.images import decode_image
-from tas.core.data.uploads import (
+from tas.core.data.formats.upload import (
     ParsedUpload,
     UploadError,
     UploadLimits,
@@ -24,6 +23,7 @@ from tas.core.data.uploads import (
     load_upload,
     read_upload,
 )
+from tas.core.data.images import decode_image
 from tas.core.errors import DataError
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,76 @@
+"""What a dataset is to the core: its schema (`DatasetInfo`, known without reading the data), its
+tensors (`Arrays`, `Loaded`) and how a loader is called (`LoadContext`, `DatasetSource`).
+
+These types sit below every producer of datasets (the built-in loaders in `tas.core.data.builtin`,
+the upload readers in `tas.core.data.formats`) and every consumer (the registry, preparation, the
+cache, the pipeline), so that none of them has to import another to share them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Task = Literal["classification", "regression"]
+Kind = Literal["tabular", "image"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset's schema: enough to validate a spec and size a model before any data is read."""
+
+    name: str
+    task: Task
+    input_shape: tuple[int, ...]
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    target_dim: int = 1
+    #: "image" for C×H×W samples, "tabular" for feature vectors.
+    kind: Kind = "tabular"
+    default_normalize: bool = True
+    #: Whether the source has an official test split (else evaluate uses a held-out fraction).
+    has_test_split: bool = False
+    samples: int | None = None
+    #: Tabular sets: the name of each input column, in order (what `/predict` rows are keyed by).
+    feature_names: list[str] | None = None
+
+
+@dataclass
+class Arrays:
+    """A whole dataset as two tensors: X float32 (N, *input_shape); y int64 (N,) or float32 (N, d)."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+@dataclass
+class LoadContext:
+    datasets_dir: Path
+    allow_download: bool = False
+
+
+@dataclass
+class Loaded:
+    train: Arrays
+    test: Arrays | None = None
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+class DatasetUnavailable(RuntimeError):
+    """The files are missing and downloading is off: the message says where to put which files."""
+
+
+#: A loader: whole tensors from where `LoadContext` says the files are.
+Loader = Callable[[LoadContext], Loaded]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    info: DatasetInfo
+    load: Loader

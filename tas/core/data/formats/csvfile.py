@@ -1,0 +1,227 @@
+"""CSV: a table of numeric features and one label column, the label column being `target`, else a
+column named "target" or "label"; every other column is a numeric feature (how the task is decided:
+`tas.core.data.formats.common`). The delimiter is whichever of `DELIMITERS` splits the header into
+the most fields.
+
+The text helpers here (`text_lines`, `sniff_delimiter`, `find_column`) also read the annotations
+CSV inside an image archive."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+
+from tas.core.data.archive import UploadError, UploadLimits
+from tas.core.data.dataset import Arrays
+from tas.core.data.formats.base import Contents, Format, Probe, ReadOptions
+from tas.core.data.formats.common import (
+    Codes,
+    check_classes,
+    check_samples,
+    encode_target,
+    listing,
+)
+
+#: Candidate CSV delimiters, in order of preference when the header splits equally well on several.
+DELIMITERS = (",", ";", "\t", "|")
+#: Target codes ride in the float32 table: exact up to 2**24 distinct values.
+_EXACT_CODES = 1 << 24
+#: File name extensions a text upload may have without `format` given ("" for none).
+TEXT_SUFFIXES = ("", ".csv", ".tsv", ".txt", ".dat")
+
+
+def text_lines(fh: IO[str]) -> Iterator[str]:
+    """Lines, with UnicodeDecodeError turned into an UploadError that says where."""
+    try:
+        yield from fh
+    except UnicodeDecodeError as exc:
+        raise UploadError(
+            f"the CSV is not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r});"
+            " save it as UTF-8"
+        ) from None
+
+
+def sniff_delimiter(first_line: str) -> str:
+    """The candidate that splits the header into the most fields (',' on a tie)."""
+    counts = [len(next(csv.reader([first_line], delimiter=d), [])) for d in DELIMITERS]
+    return DELIMITERS[counts.index(max(counts))]
+
+
+def _header(lines: Iterator[str], what: str) -> tuple[str, list[str], int]:
+    """(delimiter, column names, lines up to and with the header) from the first non-blank line;
+    blank names become column_<i>."""
+    for count, line in enumerate(lines, start=1):
+        if line.strip():
+            delimiter = sniff_delimiter(line)
+            cells = next(csv.reader([line], delimiter=delimiter))
+            return delimiter, [c.strip() or f"column_{i + 1}" for i, c in enumerate(cells)], count
+    raise UploadError(f"{what} is empty (no header row)")
+
+
+def find_column(names: list[str], wanted: str, what: str) -> int | None:
+    """The index of column `wanted` (exact, else a unique case-insensitive match); a name given twice
+    is ambiguous."""
+    if names.count(wanted) > 1:
+        raise UploadError(
+            f"column {wanted!r} appears {names.count(wanted)} times in {what}; rename all but one",
+            field="target",
+        )
+    if wanted in names:
+        return names.index(wanted)
+    folded = [i for i, n in enumerate(names) if n.casefold() == wanted.casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _target_index(names: list[str], target: str | None, what: str) -> int:
+    if target is not None:
+        t = find_column(names, target, what)
+        if t is None:
+            raise UploadError(
+                f"column {target!r} not found; columns: {listing(names)}", field="target"
+            )
+        return t
+    for default in ("target", "label"):
+        t = find_column(names, default, what)
+        if t is not None:
+            return t
+    raise UploadError(
+        f"no target given and no column named 'target' or 'label'; columns: {listing(names)}",
+        field="target",
+        hint="give target: the name of the label column",
+    )
+
+
+def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
+    """The header with the csv module, then the whole table in numpy's C parser (float32, the target
+    column interned to codes by a converter): a few passes over the file, never a list of lines."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        lines = text_lines(fh)
+        delimiter, names, skip = _header(lines, "the CSV")
+        if not any(line.strip() for line in lines):
+            raise UploadError("the CSV has a header row but no data rows")
+    t = _target_index(names, options.target, "the CSV")
+    features = [n for i, n in enumerate(names) if i != t]
+    if not features:
+        raise UploadError(
+            f"the CSV has only the target column {names[t]!r}; it needs feature columns too"
+        )
+    labels = Codes()
+    try:
+        with path.open(encoding="utf-8-sig") as fh:
+            table = np.loadtxt(
+                fh,
+                delimiter=delimiter,
+                quotechar='"',
+                skiprows=skip,
+                comments=None,
+                dtype=np.float32,
+                ndmin=2,
+                converters={t: labels},
+            )
+    except ValueError as exc:  # UnicodeDecodeError too: the diagnosis says where
+        raise _diagnose_csv(path, delimiter, names, t, exc) from None
+    if table.shape[1] != len(names):
+        raise _diagnose_csv(path, delimiter, names, t, ValueError("column count"))
+    check_samples(table.shape[0], limits, "the CSV")
+    if len(labels.index) > _EXACT_CODES:
+        raise UploadError(
+            f"the target column {names[t]!r} has over {_EXACT_CODES:,} distinct values"
+        )
+    codes = table[:, t].astype(np.int64)
+    X = np.ascontiguousarray(np.delete(table, t, axis=1))
+    del table
+    finite = np.isfinite(X)
+    if not finite.all():
+        r, c = divmod(int(np.argmin(finite.reshape(-1))), X.shape[1])
+        raise UploadError(
+            f"column {features[c]!r} has a missing or non-finite value ({X[r, c]}) in row {r + 1};"
+            " fill or drop it"
+        )
+    target = names[t]
+    empty = labels.first_row(codes, "")
+    if empty is not None:
+        raise UploadError(f"empty value in the target column {target!r}, row {empty}")
+    task, y, class_names = encode_target(
+        labels.keys(), codes, options.task, "count", f"target column {target!r}"
+    )
+    counts = (
+        check_classes(y, class_names, f"target column {target!r}", "target")
+        if class_names is not None
+        else None
+    )
+    return Contents(
+        arrays=Arrays(torch.from_numpy(X), y),
+        task=task,
+        kind="tabular",
+        class_names=class_names,
+        class_counts=counts,
+        feature_names=features,
+        target=target,
+    )
+
+
+def _diagnose_csv(
+    path: Path, delimiter: str, names: list[str], t: int, exc: ValueError
+) -> UploadError:
+    """The fast parser failed: read the file again with the csv module to say exactly where — a row
+    of the wrong length, then non-numeric feature columns (all of them), then empty cells."""
+    bad: dict[int, tuple[str, int]] = {}
+    empty: dict[int, int] = {}
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(text_lines(fh), delimiter=delimiter)
+        next((cells for cells in reader if cells), None)  # the header
+        row = 0
+        for cells in reader:
+            if not cells:  # an empty line, which numpy skips too
+                continue
+            row += 1
+            if len(cells) != len(names):
+                values = f"{len(cells)} value" + ("" if len(cells) == 1 else "s")
+                return UploadError(
+                    f"row {row} (line {reader.line_num}) has {values}; the header has"
+                    f" {len(names)} columns"
+                )
+            for i, cell in enumerate(cells):
+                if i == t or i in bad:
+                    continue
+                value = cell.strip()
+                if not value:
+                    empty.setdefault(i, row)
+                    continue
+                try:
+                    float(value)
+                except ValueError:
+                    bad[i] = (cell, row)
+    if bad:
+        first = min(bad.values(), key=lambda vr: vr[1])
+        return UploadError(
+            f"non-numeric feature columns: {listing([names[i] for i in sorted(bad)])} (first bad"
+            f" value {first[0]!r} in row {first[1]})",
+            hint="features must be numbers: encode text columns (e.g. one-hot) or drop them; if one"
+            " of them is the label, give it as target",
+        )
+    if empty:
+        where = ", ".join(f"{names[i]!r} (row {r})" for i, r in sorted(empty.items())[:10])
+        return UploadError(
+            f"empty values in feature columns: {where}", hint="fill or drop the missing values"
+        )
+    return UploadError(f"the CSV cannot be read: {exc}")
+
+
+def sniff(probe: Probe) -> bool:
+    """Text with a table's extension (or none): what is not a ZIP and not a known binary type."""
+    return probe.suffix in TEXT_SUFFIXES
+
+
+FORMAT = Format(
+    "csv",
+    container="text",
+    sniff=sniff,
+    read=read,
+    refuses={"size": "size applies to images; this upload is a CSV"},
+)

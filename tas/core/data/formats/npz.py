@@ -1,0 +1,166 @@
+"""NPZ: `np.savez(path, X=features, y=labels)`. X is N×F (features), N×H×W or N×C×H×W (images);
+y is N labels or N×d regression targets. X is kept as it is (cast to float32), so `/predict` inputs
+use the same scale; `size` resizes image arrays. Nothing is unpickled: each array's header (shape,
+dtype) is judged before its data is read, and object arrays are refused."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from tas.core.data.archive import UploadError, UploadLimits, files, nbytes, open_archive
+from tas.core.data.dataset import Arrays, Task
+from tas.core.data.formats.base import NO_TARGET, Contents, Format, Probe, ReadOptions
+from tas.core.data.formats.common import check_classes, check_samples, encode_target, listing
+from tas.core.data.images import resize
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> _NpyHeader:
+    """Shape and dtype from the .npy header, before any data is read: object arrays (pickles) and
+    headers that promise more data than the entry holds are refused here."""
+    fmt = np.lib.format
+    try:
+        with zf.open(info) as fp:
+            version = fmt.read_magic(fp)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _fortran, dtype = read(fp)
+            offset = fp.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UploadError(f"array {name!r} is not a valid .npy array: {exc}") from None
+    if dtype.hasobject:
+        raise UploadError(
+            f"array {name!r} holds Python objects (dtype object), which would need unpickling;"
+            " save numbers or strings (e.g. y.astype(str)) with np.savez"
+        )
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset + need > info.file_size:
+        raise UploadError(
+            f"array {name!r} is truncated: its header promises shape {tuple(shape)} ({nbytes(need)})"
+            f" but the entry holds {nbytes(info.file_size - offset)}"
+        )
+    return _NpyHeader(name, tuple(int(s) for s in shape), dtype)
+
+
+def _npy_read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.ndarray:
+    try:
+        with zf.open(info) as fp:
+            return np.lib.format.read_array(fp, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UploadError(f"array {name!r} cannot be read: {exc}") from None
+
+
+def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
+    """`np.load(path, allow_pickle=False)`, done by hand on the checked archive so that each array's
+    header (shape, dtype) is judged before its data is read."""
+    with open_archive(path, limits, "NPZ archive") as zf:
+        arrays = {i.filename[:-4]: i for i in files(zf) if i.filename.endswith(".npy")}
+        missing = [k for k in ("X", "y") if k not in arrays]
+        if missing:
+            raise UploadError(
+                f"the NPZ has no array {' or '.join(repr(m) for m in missing)}; arrays present:"
+                f" {listing(sorted(arrays)) or 'none'}",
+                hint="save features and labels as np.savez(path, X=features, y=labels)",
+            )
+        hx = _npy_header(zf, arrays["X"], "X")
+        hy = _npy_header(zf, arrays["y"], "y")
+        _check_npz_shapes(hx, hy, limits)
+        X_raw = _npy_read(zf, arrays["X"], "X")
+        y_raw = _npy_read(zf, arrays["y"], "y")
+    X = torch.from_numpy(np.asarray(X_raw, dtype=np.float32))
+    del X_raw
+    finite = torch.isfinite(X).reshape(X.shape[0], -1).all(dim=1)
+    if not bool(finite.all()):
+        raise UploadError(
+            f"array 'X' has a NaN or infinite value in sample {int((~finite).nonzero()[0, 0])}"
+        )
+    kind: Literal["tabular", "image"] = "tabular" if X.dim() == 2 else "image"
+    if X.dim() == 3:
+        X = X.unsqueeze(1)
+    if options.size is not None:
+        if kind != "image":
+            raise UploadError(
+                f"size applies to images; this NPZ's X is {X.shape[0]}×{X.shape[1]} features",
+                field="size",
+            )
+        X = resize(X, options.size)
+    task, y, class_names = _npz_target(y_raw, options.task)
+    counts = check_classes(y, class_names, "array 'y'", "file") if class_names else None
+    return Contents(
+        arrays=Arrays(X, y), task=task, kind=kind, class_names=class_names, class_counts=counts
+    )
+
+
+def _check_npz_shapes(hx: _NpyHeader, hy: _NpyHeader, limits: UploadLimits) -> None:
+    if hx.dtype.kind not in "biuf":
+        raise UploadError(f"array 'X' must hold numbers; its dtype is {hx.dtype}")
+    if hy.dtype.kind not in "biufUS":
+        raise UploadError(f"array 'y' must hold numbers or strings; its dtype is {hy.dtype}")
+    if len(hx.shape) not in (2, 3, 4) or 0 in hx.shape[1:]:
+        raise UploadError(
+            f"array 'X' has shape {hx.shape}; expected N×F (features), N×H×W or N×C×H×W (images)"
+        )
+    if len(hy.shape) not in (1, 2):
+        raise UploadError(f"array 'y' has shape {hy.shape}; expected N (labels) or N×d (targets)")
+    if hx.shape[0] != hy.shape[0]:
+        raise UploadError(
+            f"X has {hx.shape[0]:,} samples but y has {hy.shape[0]:,}; they must match row for row"
+        )
+    check_samples(hx.shape[0], limits, "the NPZ")
+    need = int(np.prod(hx.shape, dtype=np.int64)) * 4
+    if need > limits.max_array_bytes:
+        raise UploadError(
+            f"array 'X' {hx.shape} takes {nbytes(need)} as float32; the limit is"
+            f" {nbytes(limits.max_array_bytes)}",
+            status=413,
+        )
+
+
+def _npz_target(y: np.ndarray, task: Task | None) -> tuple[Task, torch.Tensor, list[str] | None]:
+    if y.dtype.kind == "S":
+        y = np.char.decode(y, "utf-8", errors="replace")
+    if y.ndim == 2 and y.shape[1] != 1:
+        if task == "classification":
+            raise UploadError(
+                f"class labels must be one per sample; y has shape {y.shape} (one-hot? use"
+                " y.argmax(1))",
+                field="task",
+            )
+        if y.dtype.kind not in "biuf":
+            raise UploadError(f"a {y.shape[1]}-column y must hold numbers; its dtype is {y.dtype}")
+        values = torch.from_numpy(np.asarray(y, dtype=np.float32))
+        bad = ~torch.isfinite(values).all(dim=1)
+        if bool(bad.any()):
+            raise UploadError(
+                f"array 'y' has a NaN or infinite value in sample {int(bad.nonzero()[0, 0])}"
+            )
+        return "regression", values, None
+    keys, codes = np.unique(y.reshape(-1), return_inverse=True)
+    return encode_target(keys, codes.reshape(-1), task, "dtype", "array 'y'")
+
+
+def sniff(probe: Probe) -> bool:
+    """A ZIP named .npz, or one that holds nothing but .npy arrays."""
+    return probe.suffix == ".npz" or (
+        bool(probe.entries) and all(n.endswith(".npy") for n in probe.entries)
+    )
+
+
+FORMAT = Format(
+    "npz",
+    container="zip",
+    sniff=sniff,
+    read=read,
+    refuses={"target": NO_TARGET.format(name="npz", labels="its array y")},
+)
