@@ -152,10 +152,6 @@ class PredictorCache:
     def get(self, model_dir: str) -> Predictor:
         return self.load(model_dir).predictor
 
-    def warm(self, model_dir: str) -> None:
-        """Load now (an alias moved to it): the first prediction after a deploy pays no load."""
-        self.load(model_dir)
-
     def evict(self, model_dir: str) -> bool:
         with self._lock:
             return self._items.pop(model_dir, None) is not None

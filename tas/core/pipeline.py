@@ -125,11 +125,6 @@ class PipelineResult:
     def parameters(self) -> dict[str, int]:
         return {"trainable": self.trainable_params, "total": self.total_params}
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["checkpoint"] = self.checkpoint.to_dict() if self.checkpoint else None
-        return d
-
 
 def spec_fingerprint(spec: JobSpec) -> str:
     """What a checkpoint must match to be resumed: the spec minus fields that don't change results."""

@@ -63,10 +63,6 @@ class JobStatus(enum.StrEnum):
     failed = "failed"
     cancelled = "cancelled"
 
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
-
 
 FINISHED = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
 
