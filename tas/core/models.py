@@ -6,7 +6,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -16,6 +16,31 @@ from tas.core.torchvision_models import Weights, torchvision_models
 from tas.core.torchvision_models import build as torchvision_build
 from tas.core.torchvision_models import head_path as torchvision_head
 
+
+class NetworkSpec(Protocol):
+    """What an arch builder reads: the spec's `model` section (`tas.core.spec.ModelSpec` has these
+    fields; a Protocol rather than that class, because the spec imports this registry to check arch
+    names against it)."""
+
+    @property
+    def arch(self) -> str: ...
+
+    @property
+    def hidden(self) -> list[int]: ...
+
+    @property
+    def activation(self) -> str: ...
+
+    @property
+    def dropout(self) -> float: ...
+
+    @property
+    def channels(self) -> list[int]: ...
+
+    @property
+    def pretrained(self) -> bool: ...
+
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -24,7 +49,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _mlp(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+def _mlp(spec: NetworkSpec, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
     for h in spec.hidden:
@@ -36,11 +61,11 @@ def _mlp(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _linear(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+def _linear(spec: NetworkSpec, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), out_dim))
 
 
-def _cnn(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+def _cnn(spec: NetworkSpec, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     """Conv blocks (conv-act-pool) while the image is big enough to halve, then a linear head."""
     c, h, w = input_shape
     layers: list[nn.Module] = []
@@ -77,7 +102,8 @@ NETWORK_OPTIONS = ("hidden", "activation", "dropout", "channels")
 
 @dataclass(frozen=True)
 class Arch:
-    build: Callable[[Any, tuple[int, ...], int], nn.Module]
+    #: (the model spec, the sample shape, the output width) → a freshly initialised model.
+    build: Callable[[NetworkSpec, tuple[int, ...], int], nn.Module]
     #: "image" archs need a C×H×W sample; "any" take whatever shape and flatten it.
     needs: str = "any"
     #: Whether torchvision publishes ImageNet weights for it (`model.pretrained`).
@@ -155,7 +181,7 @@ ARCHS = ArchRegistry(
 )
 
 
-def build_model(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+def build_model(spec: NetworkSpec, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     """A freshly initialised model (never pretrained weights: `tas.core.transfer.load_pretrained` does
     that, so rebuilding a trained model from its card reads nothing but its own weights)."""
     return ARCHS[spec.arch].build(spec, tuple(input_shape), out_dim)
@@ -179,7 +205,7 @@ class _EmptyOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def build_on_meta(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+def build_on_meta(spec: NetworkSpec, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     """The model on the meta device: its structure and shapes, no memory and no weights, so a spec
     check costs milliseconds even for a model of hundreds of millions of parameters."""
     try:
@@ -191,7 +217,7 @@ def build_on_meta(spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.M
         return model.to("meta")  # the few small buffers made with zeros/ones
 
 
-def input_problems(spec: Any, input_shape: tuple[int, ...]) -> list[str]:
+def input_problems(spec: NetworkSpec, input_shape: tuple[int, ...]) -> list[str]:
     """Why a torchvision model cannot take samples of `input_shape` ([] when it can, and for tas's
     own archs, which size themselves to the data). One forward of two samples on the meta device
     (shapes only, milliseconds) finds what the architecture itself refuses: ViT's fixed size, a
@@ -217,6 +243,6 @@ def input_problems(spec: Any, input_shape: tuple[int, ...]) -> list[str]:
     return []
 
 
-def head_name(spec: Any, model: nn.Module) -> str:
+def head_name(spec: NetworkSpec, model: nn.Module) -> str:
     """The name of `model`'s head module, as its arch declares it."""
     return ARCHS[spec.arch].head(model)

@@ -1,4 +1,4 @@
-"""Optimizer and scheduler registries (the seeds' SGD, momentum, Adam, Adagrad, and friends).
+"""Optimizer and scheduler registries (SGD, SGD with momentum, Adam, Adagrad, and friends).
 
 A builder takes what a torch optimizer takes: an iterable of parameters, or parameter groups (dicts
 with "params" and their own "lr"); `training.lr` is the default of a group that sets none.
@@ -8,34 +8,66 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-#: Parameters, or parameter groups: `[{"params": [...], "lr": 0.01, "name": "head"}, ...]`.
-Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
-OptimizerBuilder = Callable[[Params, Any], torch.optim.Optimizer]
+#: One parameter group: {"name": "head", "params": [...], "lr": 0.01}, torch's dict form of one.
+ParamGroup = dict[str, str | float | list[torch.nn.Parameter]]
+#: Parameters, or parameter groups.
+Params = Iterable[torch.nn.Parameter] | Iterable[ParamGroup]
 
 
-def _sgd(params: Params, t: Any) -> torch.optim.Optimizer:
+class OptimizerSettings(Protocol):
+    """What an optimizer builder reads: the spec's `training` section (`tas.core.spec.TrainingSpec`
+    has these fields; a Protocol rather than that class, because the spec imports this registry to
+    check names against it)."""
+
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def momentum(self) -> float | None: ...
+
+    @property
+    def weight_decay(self) -> float: ...
+
+
+class ScheduleSettings(Protocol):
+    """What a scheduler builder reads of the spec's `training` section."""
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def step_size(self) -> int: ...
+
+    @property
+    def gamma(self) -> float: ...
+
+
+OptimizerBuilder = Callable[[Params, OptimizerSettings], torch.optim.Optimizer]
+
+
+def _sgd(params: Params, t: OptimizerSettings) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum or 0.0, weight_decay=t.weight_decay)
 
 
-def _momentum(params: Params, t: Any) -> torch.optim.Optimizer:
+def _momentum(params: Params, t: OptimizerSettings) -> torch.optim.Optimizer:
     m = 0.9 if t.momentum is None else t.momentum
     return torch.optim.SGD(params, lr=t.lr, momentum=m, weight_decay=t.weight_decay)
 
 
-def _adam(params: Params, t: Any) -> torch.optim.Optimizer:
+def _adam(params: Params, t: OptimizerSettings) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def _adamw(params: Params, t: Any) -> torch.optim.Optimizer:
+def _adamw(params: Params, t: OptimizerSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def _adagrad(params: Params, t: Any) -> torch.optim.Optimizer:
+def _adagrad(params: Params, t: OptimizerSettings) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
@@ -51,7 +83,7 @@ def param_groups(model: torch.nn.Module, head: str, lr: float, backbone_lr: floa
         return list(model.parameters())
     prefix = head + "."
     named = list(model.named_parameters())
-    groups = [
+    groups: list[ParamGroup] = [
         {"name": "head", "params": [p for n, p in named if n.startswith(prefix)], "lr": lr},
         {
             "name": "backbone",
@@ -73,7 +105,8 @@ OPTIMIZERS: dict[str, OptimizerBuilder] = {
 
 @dataclass(frozen=True)
 class Scheduler:
-    build: Callable[[torch.optim.Optimizer, Any, int], LRScheduler]
+    #: (the optimizer, the training settings, optimizer steps per epoch) → the scheduler.
+    build: Callable[[torch.optim.Optimizer, ScheduleSettings, int], LRScheduler]
     #: Whether `step()` is called after every optimizer step or once per epoch.
     interval: Literal["step", "epoch"]
 

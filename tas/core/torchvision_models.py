@@ -24,12 +24,23 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
 #: Where a torchvision classifier keeps its head, in the order they are looked for.
 HEAD_CONTAINERS = ("fc", "classifier", "heads", "head")
+
+
+class TorchvisionOptions(Protocol):
+    """The model spec's fields a torchvision model is built from (`tas.core.spec.ModelSpec` has
+    them; a Protocol, because the spec imports the arch registry built on this module)."""
+
+    @property
+    def pretrained(self) -> bool: ...
+
+    @property
+    def dropout(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,9 @@ def input_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
     )
 
 
-def build(name: str, spec: Any, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+def build(
+    name: str, spec: TorchvisionOptions, input_shape: tuple[int, ...], out_dim: int
+) -> nn.Module:
     """torchvision's `name` for C×H×W samples and `out_dim` outputs, freshly initialised (the
     pretrained weights are loaded by `tas.core.transfer`, from TAS_WEIGHTS_DIR)."""
     import torchvision.models as tvm

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -77,7 +76,7 @@ def load_xor(ctx: LoadContext) -> Loaded:
     labels = (bits.sum(dim=1) == 1).to(torch.int64)
     X = bits + XOR_NOISE_STD * torch.randn(bits.shape, generator=g)
     return Loaded(
-        Arrays(X, labels), notes={"source": "generated (seed 004)", "generator_seed": XOR_SEED}
+        Arrays(X, labels), notes={"source": "generated (noisy XOR)", "generator_seed": XOR_SEED}
     )
 
 
@@ -87,7 +86,7 @@ def load_linear(ctx: LoadContext) -> Loaded:
         [[73, 80, 75], [93, 88, 93], [89, 91, 90], [96, 98, 100], [73, 66, 70]], dtype=torch.float32
     )
     y = torch.tensor([[152], [185], [180], [196], [142]], dtype=torch.float32)
-    return Loaded(Arrays(X, y), notes={"source": "seed 003"})
+    return Loaded(Arrays(X, y), notes={"source": "five samples of three scores and their total"})
 
 
 # --- torchvision ----------------------------------------------------------------------------------
@@ -116,7 +115,7 @@ def _load_mnist_like(name: str, cls_name: str, ctx: LoadContext) -> Loaded:
     import torchvision.datasets as tvd
     from torchvision.datasets.utils import extract_archive
 
-    cls: Any = getattr(tvd, cls_name)
+    cls: type[tvd.MNIST] = getattr(tvd, cls_name)  # FashionMNIST is an MNIST subclass
     root = Path(ctx.datasets_dir)
     raw = root / cls_name / "raw"
     expected = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]

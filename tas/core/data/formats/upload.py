@@ -251,6 +251,6 @@ def load_upload(
     )
 
 
-def _short(v: Any, limit: int = 120) -> str:
+def _short(v: object, limit: int = 120) -> str:
     s = repr(v)
     return s if len(s) <= limit else s[: limit - 1] + "…"
