@@ -2,7 +2,7 @@
 
 Both serve the same 784-512-512-10 MLP (written with `tas.core.artifact.save_model`, with per-feature
 normalisation, and registered like a succeeded job's model); LitServe loads the same safetensors
-file in plain torch and applies the same normalisation. LitServe is configured as the issue says:
+file in plain torch and applies the same normalisation. LitServe is configured with batching:
 `max_batch_size=64`, `batch_timeout=0.005`, its other settings at their defaults (one API server,
 one inference worker). `wrk` (Debian: `apt-get install -y wrk`) drives each with single-sample
 POSTs over 64 connections; rounds alternate between the servers so drift hits both alike.
@@ -10,7 +10,7 @@ Then tas alone with 256-sample requests, for samples/s.
 
     .venv/bin/python bench/predict_throughput.py [--duration 15] [--rounds 2] [--write]
 
-`--write` replaces the `## Predict throughput (issue 5)` section of BENCHMARKS.md."""
+`--write` replaces the `## Predict throughput` section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from tas.core.models import build_model  # noqa: E402
 from tas.core.spec import ModelSpec  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
-SECTION = "## Predict throughput (issue 5)"
+SECTION = "## Predict throughput"
 
 LITSERVE_APP = '''
 """LitServe serving the same MLP from the same safetensors file, in plain torch."""

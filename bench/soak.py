@@ -1,4 +1,4 @@
-"""Soak (issue 3): kill -9 workers at random while jobs train; nothing may be lost, nothing may run
+"""Soak: kill -9 workers at random while jobs train; nothing may be lost, nothing may run
 twice at once, and every resumed job must end with the weights of an uninterrupted run.
 
 Starts its own redis-server and PostgreSQL (tests/servers.py), `tas migrate`, `tas serve --no-worker`
@@ -6,7 +6,7 @@ and two `tas worker`s (tests/integration/stack.py), with short leases. Phase 1 r
 spec once with no kills (the reference weights). Phase 2 submits --jobs jobs and, while they run,
 SIGKILLs a random worker's whole process group --kills times at random moments, starting a fresh
 worker after each kill. Then it reads the workers' run journals (`claimed job … attempt … as …`,
-`settled job … as … (owner …)`) and the artifacts, prints a table, writes the `## Soak (issue 3)`
+`settled job … as … (owner …)`) and the artifacts, prints a table, writes the `## Soak`
 section of BENCHMARKS.md, and exits 1 if a must-be-0 figure is not 0.
 
     .venv/bin/python bench/soak.py [--jobs 12] [--kills 5] [--seed 0] [--timeout 240]
@@ -47,7 +47,7 @@ from bench.report import write_section  # noqa: E402
 from tests.integration.stack import FINISHED, Proc, Stack, distributed_stack  # noqa: E402
 from tests.servers import start_postgres, start_redis  # noqa: E402
 
-SECTION = "## Soak (issue 3)"
+SECTION = "## Soak"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 #: Short leases so that a killed worker's job is taken over within seconds.

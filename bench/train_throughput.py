@@ -1,22 +1,22 @@
-"""Training throughput: the seeds' DataLoader loop vs the service's loop vs the machine's matmul rate.
+"""Training throughput: PyTorch's quickstart loop vs the service's loop vs the machine's matmul rate.
 
-Same model (seed 000's 784-512-512-10 relu MLP), same data shape (60,000 × 1 × 28 × 28, 10 classes,
-synthetic), plain SGD (lr 0.01), one whole epoch per measurement, at batch sizes 64 and 256:
+Same model (the quickstart's 784-512-512-10 relu MLP), same data shape (60,000 × 1 × 28 × 28,
+10 classes, synthetic), plain SGD (lr 0.01), one whole epoch per measurement, at batch sizes 64 and 256:
 
-  (a) seed 000   the seeds' DataLoader loop as written: torchvision's `FashionMNIST(transform=
-                 ToTensor())` over the data written as FashionMNIST's idx files, `DataLoader(
+  (a) quickstart PyTorch's quickstart tutorial loop as written: torchvision's
+                 `FashionMNIST(transform=ToTensor())` over the data written as FashionMNIST's idx files, `DataLoader(
                  shuffle=True)`, then pred = model(X); loss = loss_fn(pred, y); loss.backward();
                  optimizer.step(); optimizer.zero_grad() (batches moved to the device per step, as
                  the PyTorch tutorial does)
   (b) service    `tas.core.pipeline.run_pipeline` on the same tensors (a custom `load`), timed by its own
                  hooks from the first step boundary to the epoch-end row, i.e. the training loop
                  exactly as a job runs it (hooks, loss buffer, epoch-end read-back included)
-  (c) tensors    a stricter baseline than any seed: the seeds' loop over a `TensorDataset` of the
-                 already-decoded float tensors (seed 003's data path), which removes the per-sample
+  (c) tensors    a stricter baseline: the quickstart's loop over a `TensorDataset` of the
+                 already-decoded float tensors, which removes the per-sample
                  PIL → tensor work and leaves only DataLoader's index/collate
   (d) limit      the GEMMs of one training step at that batch size, in a tight loop into preallocated
                  outputs: forward, grad-input and grad-weight of each of the 3 layers (9 GEMMs, the
-                 brief's definition), and the 8 autograd actually runs (layer 1 needs no grad-input:
+                 textbook count), and the 8 autograd actually runs (layer 1 needs no grad-input:
                  the data does not require grad). samples/s = an upper bound for any fp32 loop.
 
 Also timed: the TensorDataset DataLoader alone (no model), which bounds what any loop rewrite can gain
@@ -68,7 +68,7 @@ def synthetic(n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class NeuralNetwork(nn.Module):
-    """Seed 000's model, verbatim."""
+    """The quickstart's model, verbatim."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,7 +87,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _train_epoch(batches: Any, device: torch.device) -> float:
-    """The seeds' train_loop over any iterable of batches; samples/s (batches moved per step)."""
+    """The quickstart's train_loop over any iterable of batches; samples/s (batches moved per step)."""
     torch.manual_seed(0)
     model = NeuralNetwork().to(device)
     loss_fn = nn.CrossEntropyLoss()
@@ -104,14 +104,14 @@ def _train_epoch(batches: Any, device: torch.device) -> float:
         optimizer.step()
         optimizer.zero_grad()
         seen += len(Xb)
-        if batch % 100 == 0:  # the seed's progress print reads the loss back
+        if batch % 100 == 0:  # the quickstart's progress print reads the loss back
             loss.item()
     _sync(device)
     return seen / (time.perf_counter() - start)
 
 
-def seed000_loop(root: Path, bs: int, device: torch.device, limit: int | None = None) -> float:
-    """(a) Seed 000 as written: datasets.FashionMNIST(transform=ToTensor()) + DataLoader."""
+def quickstart_loop(root: Path, bs: int, device: torch.device, limit: int | None = None) -> float:
+    """(a) The quickstart as written: datasets.FashionMNIST(transform=ToTensor()) + DataLoader."""
     from torchvision import datasets
     from torchvision.transforms import ToTensor
 
@@ -124,12 +124,12 @@ def seed000_loop(root: Path, bs: int, device: torch.device, limit: int | None = 
 
 
 def tensors_loop(X: torch.Tensor, y: torch.Tensor, bs: int, device: torch.device) -> float:
-    """(c) The seeds' loop over a TensorDataset of decoded tensors (seed 003's data path)."""
+    """(c) The quickstart's loop over a TensorDataset of decoded tensors."""
     return _train_epoch(DataLoader(TensorDataset(X, y), batch_size=bs, shuffle=True), device)
 
 
 def bare_step(X: torch.Tensor, y: torch.Tensor, bs: int, device: torch.device) -> float:
-    """The seeds' step over contiguous slices already on the device: no data path at all, only
+    """The quickstart's step over contiguous slices already on the device: no data path at all, only
     PyTorch's forward / autograd / optimizer per step. No loop can beat it without changing the math."""
     Xd, yd = X.to(device), y.to(device)
     return _train_epoch(((Xd[i : i + bs], yd[i : i + bs]) for i in range(0, len(Xd), bs)), device)
@@ -144,7 +144,7 @@ def dataloader_only(X: torch.Tensor, y: torch.Tensor, bs: int) -> float:
 
 
 def write_fashion_mnist(root: Path, X: torch.Tensor, y: torch.Tensor) -> None:
-    """The synthetic data as FashionMNIST's raw idx files (uint8), for seed 000's own data path."""
+    """The synthetic data as FashionMNIST's raw idx files (uint8), for the quickstart's own data path."""
     import struct
 
     import numpy as np
@@ -287,19 +287,19 @@ def main() -> int:
     # Warm-up: first-touch allocations, MKL/OpenMP thread start, lazy imports, CUDA context.
     Xw, yw = X[:6400], y[:6400]
     for bs in sizes:
-        seed000_loop(fm_root, bs, device, limit=1280)
+        quickstart_loop(fm_root, bs, device, limit=1280)
         service_loop(Xw, yw, bs, device)
         tensors_loop(Xw, yw, bs, device)
         bare_step(Xw, yw, bs, device)
         gemm_limit(bs, 20, True, device)
 
-    cols = ("seed000", "service", "tensors", "bare", "gemm9", "gemm8", "dataloader")
+    cols = ("quickstart", "service", "tensors", "bare", "gemm9", "gemm8", "dataloader")
     results: dict[int, dict[str, list[float]]] = {bs: {c: [] for c in cols} for bs in sizes}
     for r in range(args.rounds):
         for bs in sizes:
             steps = -(-N // bs)
             res = results[bs]
-            res["seed000"].append(seed000_loop(fm_root, bs, device))
+            res["quickstart"].append(quickstart_loop(fm_root, bs, device))
             res["service"].append(service_loop(X, y, bs, device))
             res["tensors"].append(tensors_loop(X, y, bs, device))
             res["bare"].append(bare_step(X, y, bs, device))
@@ -317,7 +317,7 @@ def main() -> int:
     med = {bs: {c: statistics.median(v) for c, v in results[bs].items()} for bs in sizes}
     m = machine(device)
     header = (
-        "| batch | seed 000's loop | service loop | service ÷ seed 000 | TensorDataset loop |"
+        "| batch | quickstart loop | service loop | service ÷ quickstart | TensorDataset loop |"
         " service ÷ TensorDataset | bare step | service ÷ bare step | GEMM limit, 9 GEMMs |"
         " service ÷ limit (9) |"
         " GEMM limit, 8 GEMMs | service ÷ limit (8) |"
@@ -326,15 +326,15 @@ def main() -> int:
     for bs in sizes:
         d = best[bs]
         lines.append(
-            f"| {bs} | {d['seed000']:,.0f} | {d['service']:,.0f} |"
-            f" {d['service'] / d['seed000']:.2f}× | {d['tensors']:,.0f} |"
+            f"| {bs} | {d['quickstart']:,.0f} | {d['service']:,.0f} |"
+            f" {d['service'] / d['quickstart']:.2f}× | {d['tensors']:,.0f} |"
             f" {d['service'] / d['tensors']:.2f}× | {d['bare']:,.0f} | {d['service'] / d['bare']:.0%} |"
             f" {d['gemm9']:,.0f} |"
             f" {d['service'] / d['gemm9']:.0%} | {d['gemm8']:,.0f} | {d['service'] / d['gemm8']:.0%} |"
         )
     table = "\n".join(lines)
     medians = "; ".join(
-        f"batch {bs}: service ÷ seed 000 {med[bs]['service'] / med[bs]['seed000']:.2f}×,"
+        f"batch {bs}: service ÷ quickstart {med[bs]['service'] / med[bs]['quickstart']:.2f}×,"
         f" ÷ TensorDataset {med[bs]['service'] / med[bs]['tensors']:.2f}×, ÷ limit (9)"
         f" {med[bs]['service'] / med[bs]['gemm9']:.0%}, (8) {med[bs]['service'] / med[bs]['gemm8']:.0%}"
         for bs in sizes
@@ -351,12 +351,12 @@ def main() -> int:
     # What removing the DataLoader can gain at most over (c): its step minus its data time.
     ceiling = {bs: 1 / (1 - best[bs]["tensors"] / best[bs]["dataloader"]) for bs in sizes}
     b64, b256 = best[64], best[256]
-    t1 = b64["service"] / b64["seed000"]
+    t1 = b64["service"] / b64["quickstart"]
     t1_strict = b64["service"] / b64["tensors"]
     t2_9, t2_8 = b256["service"] / b256["gemm9"], b256["service"] / b256["gemm8"]
     verdict = f"""Targets:
-- service ≥ 1.3× the seeds' DataLoader loop at batch 64: **{"met" if t1 >= 1.3 else "not met"}**
-  ({t1:.2f}× seed 000's loop as written).
+- service ≥ 1.3× the quickstart's DataLoader loop at batch 64: **{"met" if t1 >= 1.3 else "not met"}**
+  ({t1:.2f}× the quickstart's loop as written).
   Against the stricter TensorDataset baseline it is {t1_strict:.2f}×: there the data is already
   decoded, and the DataLoader's index/collate is only {1 - 1 / ceiling[64]:.0%} of its step, so
   removing it can give at most {ceiling[64]:.2f}×. The service loop runs at
@@ -378,7 +378,7 @@ def main() -> int:
         code = "unknown"
     body = f"""
 Samples per second on {device.type}, best of {args.rounds} interleaved rounds (one whole
-60,000-sample epoch each), on seed 000's 784-512-512-10 relu MLP, 60,000 × 1 × 28 × 28 synthetic
+60,000-sample epoch each), on the quickstart's 784-512-512-10 relu MLP, 60,000 × 1 × 28 × 28 synthetic
 data, 10 classes, SGD lr {LR}, fp32.
 
 {table}
@@ -387,16 +387,16 @@ Medians of the same rounds: {medians}.
 
 {verdict.strip()}
 
-- **seed 000's loop**: the seeds' DataLoader loop as written in seed 000: torchvision's
+- **quickstart loop**: PyTorch's quickstart tutorial loop as written: torchvision's
   `FashionMNIST(transform=ToTensor())` over the same data written as FashionMNIST idx files,
   `DataLoader(batch_size, shuffle=True)`, forward / loss / backward / step / zero_grad, the loss read
-  back every 100 batches (the seed's print).
+  back every 100 batches (the tutorial's print).
 - **service loop**: `tas.core.pipeline.run_pipeline` on the same tensors, timed by its own hooks from
   the first step boundary to the epoch-end row (cancel check, progress clock, loss buffer and the
   epoch-end read-back included).
-- **TensorDataset loop**: the same loop over `TensorDataset(X, y)` of the decoded float tensors
-  (seed 003's data path): a stricter baseline than any seed runs on this data.
-- **bare step**: the seeds' step over contiguous slices of tensors already on the device, with no
+- **TensorDataset loop**: the same loop over `TensorDataset(X, y)` of the decoded float tensors:
+  a stricter baseline than the tutorial's own data path.
+- **bare step**: the quickstart's step over contiguous slices of tensors already on the device, with no
   shuffle and no data path: the fastest any loop can run this model with autograd and `torch.optim`.
 - **GEMM limit**: the step's GEMMs alone in a tight loop into preallocated outputs. "9 GEMMs" is
   forward + grad-input + grad-weight for each of the 3 layers; "8 GEMMs" leaves out layer 1's

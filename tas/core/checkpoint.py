@@ -4,7 +4,7 @@ One checkpoint is one directory `ckpt-e<epoch>-s<step>/`:
 - `model.safetensors`: the weights (safetensors: loading it runs no code);
 - `state.pt`: the rest (optimizer, scheduler, RNG states, epoch, step in epoch, partial-epoch
   accumulators, early-stopping state, metric history), `torch.save`d and read back ONLY with
-  `torch.load(weights_only=True)`, no fallback (RELIABILITY row 8);
+  `torch.load(weights_only=True)`, no fallback (a full unpickle could run any code);
 - `manifest.json`: position, monitored metric, and the sha256 of each file.
 
 Saved atomically (`tas.core.fsio`): a kill at any instant leaves the previous checkpoints intact, and a

@@ -1,7 +1,7 @@
 """Device and precision choice, without touching CUDA before a job asks for it.
 
 The worker forks its job processes. A CUDA context created in the parent does not survive `fork`
-(RELIABILITY row 5: pytorch#68861), and the default `torch.cuda.is_available()` calls `cuInit`, which is
+(pytorch/pytorch#68861), and the default `torch.cuda.is_available()` calls `cuInit`, which is
 enough to poison every later fork. So nothing here runs at import time, and "is there a GPU" is answered
 with `torch.cuda.device_count()`, which asks NVML and leaves the driver uninitialised."""
 

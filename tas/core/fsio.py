@@ -1,5 +1,5 @@
-"""Durable, atomic directory writes (RELIABILITY row 6: a kill during a save must not tear the last
-good copy). A directory is built under a temporary name, every file and the directory are fsynced,
+"""Durable, atomic directory writes: a kill during a save must not tear the last good copy.
+A directory is built under a temporary name, every file and the directory are fsynced,
 then one `os.replace` makes it visible under its final name: readers see all of it or none of it."""
 
 from __future__ import annotations

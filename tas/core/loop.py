@@ -1,7 +1,7 @@
-"""The training loop: the seeds' loop (forward, loss, backward, step), with the service's concerns
-beside it as small hooks.
+"""The training loop: the textbook PyTorch loop (forward, loss, backward, step), with the
+service's concerns beside it as small hooks.
 
-What differs from the seeds' `DataLoader` loop, and why:
+What differs from a plain `DataLoader` loop, and why:
 - The data stays on the device as two whole tensors. Each epoch draws a permutation from a generator
   seeded by (seed, epoch), and a batch is `X[order[i*bs:(i+1)*bs]]`: no per-sample `__getitem__`, no
   collate, and the data order is a pure function of (seed, epoch), so a run resumes mid-epoch at the

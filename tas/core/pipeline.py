@@ -1,4 +1,4 @@
-"""One training job, as the seeds' pipeline batch training pattern: collect → preprocess → train →
+"""One training job, as a batch training pipeline: collect → preprocess → train →
 evaluate → register, each stage reported through the hooks with its JSON-able outputs.
 
 A job directory holds its checkpoints (`checkpoints/`) and, at the end, its model (`model/`). If a

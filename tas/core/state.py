@@ -18,7 +18,8 @@ def capture_rng() -> dict[str, Any]:
     assert isinstance(np_state, tuple)
     name, keys, pos, has_gauss, cached = np_state
     cuda = None
-    # Only when this process already uses CUDA: asking would otherwise initialise it (RELIABILITY row 5).
+    # Only when this process already uses CUDA: asking would initialise it, and a process that
+    # forks must not have (`tas.core.device` says why).
     if torch.cuda.is_initialized():
         cuda = torch.cuda.get_rng_state_all()
     return {
@@ -40,7 +41,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """The seeds' `torch.manual_seed`, plus python's and numpy's generators."""
+    """`torch.manual_seed`, plus python's and numpy's generators."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

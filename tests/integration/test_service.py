@@ -1,5 +1,5 @@
 """The whole service with a real worker process, on the embedded stack and on Redis + PostgreSQL:
-the seeds' results reproduced through the API, the job's record, cancellation and /predict."""
+known results (a digits MLP, XOR, a linear fit) reproduced through the API, the job's record, cancellation and /predict."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A cache of preprocessed tensors: a second job on the same data and preprocessing spec skips the
-decode, the split and the normalisation (the reuse the seeds' pipeline pattern promises).
+decode, the split and the normalisation.
 
 An entry is the exact output of `prepare()`, so a job (or a resumed attempt) that reads it trains on
 bit-for-bit the tensors it would have computed itself:

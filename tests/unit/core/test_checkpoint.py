@@ -1,4 +1,5 @@
-"""Checkpoints: atomic, verified, weights-only, and retained as promised (RELIABILITY rows 6, 8)."""
+"""Checkpoints: atomic (a kill mid-save leaves the last good one), verified (a corrupt file is
+caught by its checksum), weights-only (loading runs no code), and retained as promised."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Device choice never initialises CUDA in the process that forks (RELIABILITY row 5)."""
+"""Device choice never initialises CUDA in the process that forks (a CUDA context does not survive
+a fork: every job the worker forks after it would fail on the GPU)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The source posts' results, reproduced through the service's pipeline (core level)."""
+"""Known results of small classic PyTorch examples (a digits MLP, XOR, a linear fit), reproduced
+through the service's pipeline (core level): each test says the example's set-up and its result."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tests.unit.core.conftest import RecordingHooks, RunJob
 
 
 def test_digits_mlp_adam_reaches_93_percent(run_job: RunJob) -> None:
-    """The pipeline pattern (seed 000) on scikit-learn's digits: adam, lr 1e-3, 15 epochs, batch 64."""
+    """An MLP on scikit-learn's digits: adam, lr 1e-3, 15 epochs, batch 64."""
     hooks = RecordingHooks()
     result = run_job(
         {
@@ -37,8 +38,9 @@ def test_digits_mlp_adam_reaches_93_percent(run_job: RunJob) -> None:
 
 
 def test_xor_bce_sgd_learns_xor(run_job: RunJob) -> None:
-    """Seed 004: 2,500 noisy XOR points, a 2-4-1 tanh MLP, BCE with logits, SGD lr 0.1, 100 epochs,
-    batch 128. The post evaluates on 500 fresh points: here a 20 % (500-point) validation split."""
+    """The classic XOR example: 2,500 noisy XOR points, a 2-4-1 tanh MLP, BCE with logits, SGD
+    lr 0.1, 100 epochs, batch 128. The example evaluates on 500 fresh points: here a 20 %
+    (500-point) validation split."""
     result = run_job(
         {
             "dataset": {"name": "xor", "val_fraction": 0.2},
@@ -63,8 +65,8 @@ def test_xor_bce_sgd_learns_xor(run_job: RunJob) -> None:
 
 
 def test_linear_regression_predicts_152(run_job: RunJob) -> None:
-    """Seed 003: nn.Linear(3, 1), SGD lr 1e-5, batch 2 over five samples, 2,000 epochs; the post's
-    model predicts 151.87 for [73, 80, 75]."""
+    """The classic linear regression example: nn.Linear(3, 1), SGD lr 1e-5, batch 2 over five
+    samples, 2,000 epochs; the example's model predicts 151.87 for [73, 80, 75]."""
     result = run_job(
         {
             "dataset": {"name": "linear", "val_fraction": 0.0, "normalize": False},

@@ -688,7 +688,7 @@ def test_count_parameters_with_a_frozen_backbone() -> None:
     assert state_shapes(model)["classifier.1.weight"] == (4, 1280)
 
 
-# --- the acceptance test -----------------------------------------------------------------
+# --- transfer pays: a frozen backbone and a new head beat training from scratch on 100 samples --
 
 
 def test_a_backbone_from_digits_0_to_4_helps_on_100_samples_of_5_to_9(

@@ -440,7 +440,7 @@ def test_pixel_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# ZIP with an annotations CSV (seed 000)
+# ZIP of images with an annotations CSV (one row per image: its file name and its label)
 
 
 def annotations(
