@@ -1,5 +1,10 @@
-"""Shapes of /datasets and /weights, and the multipart forms they take (documented in OpenAPI: the
-routes parse the body themselves, streaming, see app/services/uploads.py)."""
+"""Shapes of /datasets and /weights, and the multipart forms they take.
+
+The routes parse the form themselves, streaming (app/services/uploads.py: a pydantic form model
+would need the whole file spooled first), but from these models: `DatasetForm` and `WeightsForm`
+are what OpenAPI documents *and* the list of fields the parser accepts. The values are checked by
+the core (which names the field at fault); tests/unit/api/test_documented_bodies.py fails when the
+choices documented here and the core's differ."""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+#: The longest name a dataset or weights file may be given (the form's `name`).
+NAME_MAX_LENGTH = 255
 
 
 class DatasetSchemaOut(BaseModel):
@@ -58,6 +66,9 @@ class DatasetPage(BaseModel):
 class DatasetForm(BaseModel):
     """multipart/form-data body of POST /datasets."""
 
+    # The docstring is the schema's OpenAPI description. `file` is the upload; every other field
+    # is a small text field, accepted by the parser because it is listed here.
+
     model_config = ConfigDict(extra="forbid")
 
     file: bytes = Field(
@@ -65,7 +76,9 @@ class DatasetForm(BaseModel):
         description="CSV, NPZ (arrays X and y), or a ZIP of images (class folders, or an"
         " annotations CSV of file name and label beside the images).",
     )
-    name: str | None = Field(None, max_length=255, description="Default: the file's name stem.")
+    name: str | None = Field(
+        None, max_length=NAME_MAX_LENGTH, description="Default: the file's name stem."
+    )
     format: Literal["csv", "npz", "image_folder", "image_annotations"] | None = Field(
         None, description="Default: from the file name and contents."
     )
@@ -93,7 +106,9 @@ class WeightsForm(BaseModel):
         json_schema_extra={"format": "binary"},
         description="A safetensors file (never a pickle: .pt/.pth files are refused).",
     )
-    name: str | None = Field(None, max_length=255, description="Default: the file's name.")
+    name: str | None = Field(
+        None, max_length=NAME_MAX_LENGTH, description="Default: the file's name."
+    )
 
 
 class WeightsOut(BaseModel):

@@ -1,14 +1,18 @@
 """Shapes of /predict (the registry's own are in app/schemas/models.py).
 
-`PredictRequest` documents the JSON body in the OpenAPI schema; the route itself parses the raw
-body with orjson and numpy (see app/services/inputs.py), which is several times faster for
-arrays of floats and makes the same checks."""
+`PredictRequest` and `PredictForm` document the body in the OpenAPI schema. The route parses the
+raw body itself, with orjson and numpy (app/services/inputs.py: several times faster than pydantic
+for arrays of floats, with the same checks), but takes its field names and the bounds of `top_k`
+from these models, so the body documented is the body parsed."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+#: The most classes `top_k` may ask for (its lower bound is 1).
+TOP_K_MAX = 1000
 
 
 class PredictRequest(BaseModel):
@@ -31,15 +35,18 @@ class PredictRequest(BaseModel):
         "channels, resized to its H×W and scaled to [0, 1].",
     )
     top_k: int | None = Field(
-        None, ge=1, le=1000, description="Also return the k likeliest classes per sample."
+        None, ge=1, le=TOP_K_MAX, description="Also return the k likeliest classes per sample."
     )
 
 
 class PredictForm(BaseModel):
     """multipart/form-data: the same, with the images as files."""
 
+    # `file` stands for the images, which may come in any field; the other fields are the text
+    # fields the parser accepts.
+
     model: str = Field(description="A job id, a model name, name:version or name@alias.")
-    top_k: int | None = Field(None, ge=1, le=1000)
+    top_k: int | None = Field(None, ge=1, le=TOP_K_MAX)
     file: list[bytes] = Field(
         description="One or more PNG/JPEG files (any field name is accepted).",
         json_schema_extra={"items": {"type": "string", "format": "binary"}},

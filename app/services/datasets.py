@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from app.schemas.datasets import DatasetOut, DatasetSchemaOut, WeightsOut
+from app.schemas.datasets import (
+    NAME_MAX_LENGTH,
+    DatasetForm,
+    DatasetOut,
+    DatasetSchemaOut,
+    WeightsForm,
+    WeightsOut,
+)
 from app.services import uploads
 from tas.core.data.dataset import DatasetInfo
 from tas.core.data.formats.upload import UploadError, UploadLimits, UploadOptions, read_upload
@@ -30,7 +37,6 @@ from tas.store.orm import Dataset, WeightsFile
 
 log = logging.getLogger(__name__)
 
-DATASET_FIELDS = ("name", "format", "target", "task", "size")
 MAX_TENSORS = 10_000
 
 
@@ -112,8 +118,8 @@ def dataset_name(value: str | None, file_name: str) -> str:
     name = (value or "").strip()
     if not name:
         return Path(file_name).stem or file_name
-    if len(name) > 255 or not name.isprintable():
-        raise body_error("name", "a name is 1 to 255 printable characters")
+    if len(name) > NAME_MAX_LENGTH or not name.isprintable():
+        raise body_error("name", f"a name is 1 to {NAME_MAX_LENGTH} printable characters")
     return name
 
 
@@ -170,7 +176,7 @@ async def upload_dataset(
 ) -> tuple[Dataset, bool]:
     """Receive, read and store one dataset upload; (the dataset, whether it is new)."""
     with file_store.Spool(file_store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
-        got = await uploads.receive(request, spool, allowed=DATASET_FIELDS)
+        got = await uploads.receive(request, spool, form=DatasetForm)
         options = upload_options(got.fields)
         file_name = file_store.safe_file_name(got.filename)
         name = dataset_name(got.fields.get("name"), file_name)
@@ -230,7 +236,7 @@ async def upload_weights(
     request: Request, session: Session, settings: Settings, tenant: str
 ) -> tuple[WeightsFile, bool]:
     with file_store.Spool(file_store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
-        got = await uploads.receive(request, spool, allowed=("name",))
+        got = await uploads.receive(request, spool, form=WeightsForm)
         tensors = await run_in_threadpool(safetensors_tensors, spool.path)
         name = dataset_name(
             got.fields.get("name"), file_store.safe_file_name(got.filename, "weights")

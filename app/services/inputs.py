@@ -2,7 +2,8 @@
 
 The body is parsed with orjson and the samples become one float32 array with `np.asarray` — not
 float-by-float pydantic validation, which costs more than the forward pass for a 784-float sample.
-The checks pydantic would make are made here by hand, with FastAPI's error shape (`loc`, `msg`).
+The checks pydantic would make are made here by hand, with FastAPI's error shape (`loc`, `msg`),
+against the documented models' fields and bounds (`PredictRequest`, `PredictForm`).
 Tabular rows may also come keyed by feature name (`{"age": 59, ...}`): one type check of the first
 sample tells them apart, so the array path pays nothing for them, and they become an array once the
 model's card (its `feature_names`) is known. Images (base64 in `"images"`, or multipart files) are
@@ -24,12 +25,15 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.schemas.predict import TOP_K_MAX, PredictForm, PredictRequest
 from tas.core.data.archive import UploadError
 from tas.core.data.images import decode_image
 from tas.core.predictor import InputShapeError, InputValueError, Predictor
 from tas.errors import InvalidInput, PayloadTooLarge, body_error
 
-FIELDS = ("model", "inputs", "images", "top_k")
+#: The JSON body's fields and the form's text fields: the ones OpenAPI documents, in their order.
+FIELDS = tuple(PredictRequest.model_fields)
+FORM_FIELDS = tuple(name for name in PredictForm.model_fields if name != "file")
 MAX_IMAGE_PIXELS = 40_000_000  # far above any model's input; stops decompression bombs early
 
 
@@ -76,8 +80,8 @@ def _top_k(value: Any) -> int | None:
         return None
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-        raise body_error("top_k", "top_k must be an integer from 1 to 1000, or null")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= TOP_K_MAX:
+        raise body_error("top_k", f"top_k must be an integer from 1 to {TOP_K_MAX}, or null")
     return value
 
 
@@ -210,11 +214,11 @@ def parse_form(
     """A multipart form: `model` (and `top_k`) fields, one or more image files (any field name),
     `names` the files' own names (what a corrupt file is called in the 422)."""
     values = dict(fields)
-    unknown = [k for k in values if k not in ("model", "top_k")]
+    unknown = [k for k in values if k not in FORM_FIELDS]
     if unknown:
         raise InvalidInput(
             [
-                (("body", k), "unknown form field; allowed: model, top_k, image files")
+                (("body", k), f"unknown form field; allowed: {', '.join(FORM_FIELDS)}, image files")
                 for k in unknown
             ]
         )

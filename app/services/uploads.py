@@ -5,14 +5,17 @@ form fields are kept. Over the limit, reading stops and the answer is a 413 — 
 client sent a Content-Length, and before anything else is done with the bytes. (Starlette's own
 `request.form()` would first spool the whole file to /tmp, with no limit on its size.)
 
-Every problem is a 4xx in FastAPI's shape naming the field; the temp file is removed on every path
-that does not hand it on."""
+The form's fields are read from the pydantic model that documents it in OpenAPI (`DatasetForm`,
+`WeightsForm`): its `file` is the upload, its other fields the small text fields accepted, so a
+field documented is a field parsed. Every problem is a 4xx in FastAPI's shape naming the field; the
+temp file is removed on every path that does not hand it on."""
 
 from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
@@ -122,10 +125,18 @@ class _Receiver:
         self.ended = True
 
 
-async def receive(request: Request, spool: Spool, *, allowed: tuple[str, ...]) -> Received:
+def text_fields(form: type[BaseModel]) -> tuple[str, ...]:
+    """The small fields of a documented form: all of its fields but `file` (the upload), in their
+    order (the order an unknown field's 422 lists them in)."""
+    assert "file" in form.model_fields, f"{form.__name__} documents no 'file' field"
+    return tuple(name for name in form.model_fields if name != "file")
+
+
+async def receive(request: Request, spool: Spool, *, form: type[BaseModel]) -> Received:
     """Parse a multipart/form-data body into `spool` (which the caller owns and discards on error)
-    and the allowed small fields. 415 for another content type; 413 past the spool's limit; 422
-    for a malformed body, an unknown field or a missing `file`."""
+    and the small fields `form` documents. 415 for another content type; 413 past the spool's
+    limit; 422 for a malformed body, an unknown field or a missing `file`."""
+    allowed = text_fields(form)
     ctype = request.headers.get("content-type", "")
     media, params = parse_options_header(ctype)
     if media != b"multipart/form-data":
