@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Engine, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -68,3 +68,9 @@ def rowcount(result: Any) -> int:
     """Rows an UPDATE/DELETE matched (`Session.execute` is typed as returning a plain Result)."""
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
+
+
+def ping(session: Session) -> None:
+    """A round trip to the database (readiness): raises whatever the driver raises when it does
+    not answer."""
+    session.execute(text("SELECT 1"))

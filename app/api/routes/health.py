@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from app.api.deps import SessionDep
+from tas.store.engine import ping
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,7 @@ def readyz(session: SessionDep, request: Request, response: Response) -> dict[st
     """Readiness: the database answers and the broker accepts a connection."""
     checks: dict[str, str] = {}
     try:
-        session.execute(text("SELECT 1"))
+        ping(session)
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
