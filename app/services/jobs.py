@@ -88,7 +88,8 @@ def _checked(loc: tuple[str, ...], check: Callable[[], list[str]]) -> Problems:
 def submit(
     session: Session, spec: JobSpec, *, tenant: str, max_attempts: int, settings: Settings
 ) -> Job:
-    """Validate against the dataset's schema and add the job. The caller commits, then publishes.
+    """Validate against the dataset's schema and add the job; the route queues its message for
+    after the request's commit.
 
     What `model.init_from` resolved to is kept in the job's `result.init_from` (the worker trains
     from exactly that, and GET /jobs/{id} shows it)."""

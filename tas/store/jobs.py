@@ -235,7 +235,8 @@ def resume_job(session: Session, job: Job, *, spec: dict[str, Any] | None = None
     metrics, claims, preemptions and attempt log stay: the next run starts from the last good
     checkpoint in its directory, and the history says what happened before. `spec` replaces the
     stored one (the caller allows only fields a checkpoint does not depend on). Conditional, so
-    two resumes racing queue the job once; the caller commits, then publishes."""
+    two resumes racing queue the job once; it is published once the caller's unit of work has
+    committed."""
     now = utcnow()
     values: dict[str, Any] = {
         "status": JobStatus.queued.value,
