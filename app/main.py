@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     )
     app.state.settings = settings
     app.state.sessions = sessions
+    app.state.readers = readers
     app.state.publisher = publisher
     app.state.serving = serving
     app.state.job_streams = job_streams

@@ -25,7 +25,8 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-#: Methods whose routes only read: their SQLite transaction takes no lock.
+#: Methods whose routes only read: their sessions come from the read-only factory (on SQLite
+#: their transaction takes no lock).
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -38,8 +39,9 @@ def get_session(request: Request) -> Iterator[Session]:
     returned and its response is built, before a byte is sent, so a client that has its 201 can
     read the row at once (and a failed commit answers 500, never a 201 for a rolled-back row).
     FastAPI's default for a dependency with `yield` ends it after the response is sent."""
-    read_only = request.method in READ_METHODS
-    with unit_of_work(request.app.state.sessions, read_only=read_only) as session:
+    state = request.app.state
+    sessions = state.readers if request.method in READ_METHODS else state.sessions
+    with unit_of_work(sessions) as session:
         yield session
 
 

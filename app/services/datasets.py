@@ -6,6 +6,7 @@ upload answers 201, a repeat 200 with the existing dataset (its first name kept)
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tas.store import datasets as dataset_store
 from tas.store import files as file_store
 from tas.store import weights as weights_store
 from tas.store.orm import Dataset, WeightsFile
+from tas.store.unit_of_work import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -149,28 +151,6 @@ def _read(
         ) from exc
 
 
-def _store_dataset(
-    session: Session,
-    settings: Settings,
-    tenant: str,
-    name: str,
-    file_name: str,
-    spool: file_store.Spool,
-    schema: dict[str, Any],
-) -> tuple[Dataset, bool]:
-    row, created = dataset_store.add_dataset(
-        session,
-        settings,
-        tenant=tenant,
-        name=name,
-        file_name=file_name,
-        spool=spool,
-        schema=schema,
-    )
-    session.commit()
-    return row, created
-
-
 async def upload_dataset(
     request: Request, session: Session, settings: Settings, tenant: str
 ) -> tuple[Dataset, bool]:
@@ -184,15 +164,24 @@ async def upload_dataset(
             _read, spool.path, file_name, options, file_store.upload_limits(settings)
         )
         return await run_in_threadpool(
-            _store_dataset, session, settings, tenant, name, file_name, spool, schema
+            functools.partial(
+                dataset_store.add_dataset,
+                session,
+                settings,
+                tenant=tenant,
+                name=name,
+                file_name=file_name,
+                spool=spool,
+                schema=schema,
+            )
         )
 
 
 def delete_dataset(session: Session, settings: Settings, row: Dataset) -> None:
+    """Drop the row; its file goes once the deletion is committed (if no other row uses it)."""
     path = dataset_store.delete_dataset(session, settings, row)
-    session.commit()
     if path is not None:
-        file_store.remove_file(path)
+        after_commit(session, file_store.remove_file, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,21 +206,6 @@ def safetensors_tensors(path: Path) -> dict[str, list[int]]:
     return {n: list(shape) for n, shape in shapes.items()}
 
 
-def _store_weights(
-    session: Session,
-    settings: Settings,
-    tenant: str,
-    name: str,
-    spool: file_store.Spool,
-    tensors: dict[str, list[int]],
-) -> tuple[WeightsFile, bool]:
-    row, created = weights_store.add_weights(
-        session, settings, tenant=tenant, name=name, spool=spool, tensors=tensors
-    )
-    session.commit()
-    return row, created
-
-
 async def upload_weights(
     request: Request, session: Session, settings: Settings, tenant: str
 ) -> tuple[WeightsFile, bool]:
@@ -242,5 +216,13 @@ async def upload_weights(
             got.fields.get("name"), file_store.safe_file_name(got.filename, "weights")
         )
         return await run_in_threadpool(
-            _store_weights, session, settings, tenant, name, spool, tensors
+            functools.partial(
+                weights_store.add_weights,
+                session,
+                settings,
+                tenant=tenant,
+                name=name,
+                spool=spool,
+                tensors=tensors,
+            )
         )

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tas.errors import DatasetInUse, DatasetNotFound
@@ -16,6 +15,7 @@ from tas.settings import Settings
 from tas.store import files as file_store
 from tas.store import pagination
 from tas.store.orm import Dataset, Job, JobStatus
+from tas.store.unit_of_work import insert_or_get
 
 if TYPE_CHECKING:
     from tas.core.data.dataset import DatasetInfo, LoadContext, Loaded
@@ -86,10 +86,11 @@ def add_dataset(
     schema: dict[str, Any],
 ) -> tuple[Dataset, bool]:
     """The tenant's dataset for these bytes read with these options: the existing one (False) or
-    a new row whose file is now in place (True). The spool must be finished. The caller commits.
+    a new row whose file is now in place (True). The spool must be finished. The caller's unit of
+    work commits.
 
     Two identical uploads racing: the loser's INSERT fails on the unique (tenant, fingerprint)
-    key; its transaction is rolled back and the winner's row returned."""
+    key inside a SAVEPOINT, and the winner's row is returned; the loser's transaction goes on."""
     fp = file_store.fingerprint(spool.sha256, schema.get("options") or {})
     existing = _by_fingerprint(session, tenant, fp)
     if existing is not None:
@@ -106,16 +107,10 @@ def add_dataset(
         path=relative,
         schema=schema,
     )
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        existing = _by_fingerprint(session, tenant, fp)
-        if existing is None:  # pragma: no cover - the conflicting row was deleted meanwhile
-            raise
-        _heal(settings, existing, spool)
-        return existing, False
+    row, created = insert_or_get(session, row, lambda: _by_fingerprint(session, tenant, fp))
+    if not created:
+        _heal(settings, row, spool)
+        return row, False
     file_store.place(spool.path, file_store.contained(settings.resolved_uploads_dir, relative))
     return row, True
 

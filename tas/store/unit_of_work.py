@@ -26,8 +26,6 @@ from typing import ParamSpec, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas.store.engine import READ_ONLY
-
 P = ParamSpec("P")
 Row = TypeVar("Row")
 
@@ -38,15 +36,12 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def unit_of_work(sessions: sessionmaker[Session], *, read_only: bool = False) -> Iterator[Session]:
+def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session that is committed when the block ends and rolled back when it raises; the
-    actions queued with `after_commit` run after a successful commit, never otherwise.
-    `read_only`: the block never writes (on SQLite its transaction takes no lock)."""
+    actions queued with `after_commit` run after a successful commit, never otherwise."""
     pending: list[Callable[[], object]] = []
     with sessions(info={_PENDING: pending}) as session:
         try:
-            if read_only:  # the option must be on the connection before its BEGIN
-                session.connection(execution_options={READ_ONLY: True})
             yield session
             session.commit()
         except BaseException:
