@@ -147,7 +147,7 @@ def _quiet_logging(loglevel: str) -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for name in ("tas", "app", "worker", "core"):
+    for name in ("tas", "app", "worker"):
         logging.getLogger(name).setLevel(loglevel.upper())
 
 

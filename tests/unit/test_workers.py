@@ -72,7 +72,7 @@ def test_detecting_the_machine_does_not_initialise_cuda() -> None:
     """A worker's main process forks a child per job; a CUDA context would not survive it."""
     code = (
         "import torch\n"
-        "from tas.store.workers import detect_machine\n"
+        "from worker.machine import detect_machine\n"
         "m = detect_machine()\n"
         "assert m.devices[0]['id'] == 'cpu' and m.capacity['cpus'] >= 1, m\n"
         "assert m.capacity['memory_mb'] > 0, m\n"
