@@ -5,10 +5,13 @@ only after a commit that succeeded."""
 from __future__ import annotations
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.types import Message, Receive, Scope, Send
 
+from app.main import create_app
 from app.services import workers as worker_service
 from tas.settings import Settings
 from tas.store.jobs import job_dir
@@ -17,9 +20,32 @@ from tests.unit.api.conftest import RecordingPublisher
 from tests.unit.api.test_jobs_api import spec
 
 
-def jobs_in_db(client: TestClient) -> int:
-    with client.app.state.sessions() as s:  # type: ignore[attr-defined]
+def jobs_in_db(app: FastAPI) -> int:
+    """Counted through a read-only session: it sees only committed rows, and waits for no lock."""
+    with app.state.readers() as s:
         return int(s.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def test_the_commit_and_the_publish_come_before_the_response_starts(
+    settings: Settings, published: RecordingPublisher
+) -> None:
+    """FastAPI ends a `yield` dependency after the response is sent unless its scope is
+    "function": the first byte of a 201 must find the row committed and its message sent."""
+    app = create_app(settings, reaper=False)
+    app.state.publisher = published
+    at_start: list[tuple[int, int]] = []
+
+    async def watched(scope: Scope, receive: Receive, send: Send) -> None:
+        async def spy(message: Message) -> None:
+            if message["type"] == "http.response.start" and scope["method"] == "POST":
+                at_start.append((jobs_in_db(app), len(published.published)))
+            await send(message)
+
+        await app(scope, receive, spy)
+
+    with TestClient(watched) as client:
+        assert client.post("/jobs", json=spec()).status_code == 201
+    assert at_start == [(1, 1)]
 
 
 def test_a_failure_after_the_row_is_added_publishes_nothing_and_keeps_no_row(
@@ -34,7 +60,7 @@ def test_a_failure_after_the_row_is_added_publishes_nothing_and_keeps_no_row(
     r = client.post("/jobs", json=spec())
     assert r.status_code == 500
     assert published.published == []
-    assert jobs_in_db(client) == 0
+    assert jobs_in_db(client.app) == 0  # type: ignore[arg-type]
     assert client.get("/jobs").json()["items"] == []
 
 
