@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.json import dumps
 
@@ -45,7 +46,7 @@ class _PriorityChannel(filesystem.Channel):
                 f.write(dumps(message).encode())
             os.replace(partial, final)
         except OSError as exc:
-            raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
 
 
 class FilesystemTransport(filesystem.Transport):

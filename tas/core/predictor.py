@@ -138,7 +138,8 @@ class Predictor:
             if self.normalizer is not None:
                 t = self.normalizer(t)
             if t.shape[0] <= self.batch_size:
-                return self.model(t).float()
+                out: torch.Tensor = self.model(t)
+                return out.float()
             return torch.cat(
                 [
                     self.model(t[i : i + self.batch_size]).float()

@@ -136,7 +136,7 @@ def head_path(model: nn.Module) -> str:
     for container in HEAD_CONTAINERS:
         if not hasattr(model, container):
             continue
-        found = [
+        found: list[str] = [
             name
             for name, m in model.get_submodule(container).named_modules(prefix=container)
             if isinstance(m, nn.Linear | nn.Conv2d)
@@ -153,7 +153,7 @@ def input_conv_path(model: nn.Module) -> str | None:
     is the order torchvision's models run their stem in."""
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d) and m.in_channels == 3:
-            return name
+            return str(name)
     return None
 
 
@@ -205,6 +205,7 @@ def build(
         assert isinstance(conv, nn.Conv2d)
         _set(model, stem, input_conv(conv, input_shape[0]))
     _set_dropout(model, spec.dropout)
+    assert isinstance(model, nn.Module)  # torchvision's builders are untyped
     return model
 
 

@@ -234,8 +234,9 @@ def pretrained_file(
             f" directory is configured (TAS_WEIGHTS_DIR); get the file from {url} and put it there"
         )
     for candidate in entry.weight_files:
-        if (Path(weights_dir) / candidate).is_file():
-            return Path(weights_dir) / candidate
+        path = Path(weights_dir) / str(candidate)
+        if path.is_file():
+            return path
     if allow_download:
         return download_weights(url, Path(weights_dir))
     raise PretrainedWeightsMissing(
