@@ -27,12 +27,17 @@ from typing import Any, Literal
 
 import safetensors.torch
 import torch
+from torch import nn
 
 from tas.core import fsio
+from tas.core.errors import CheckpointMismatch
+from tas.core.state import capture_rng, restore_rng
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 MANIFEST = "manifest.json"
+#: The layout of `state.pt`, as `save_training` writes it and `restore_training` reads it.
+STATE_FORMAT = 1
 _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)$")
 
 
@@ -279,3 +284,74 @@ class CheckpointManager:
         if len(keep) < len(records):
             fsio.fsync_dir(self.dir)
         return [r for r in records if r.path in keep]
+
+
+# --- a training run's checkpoint: what is written, and read back, in one place ---------------------
+
+
+@dataclass
+class Resumable:
+    """The live objects of a run whose state a checkpoint carries beside the loop's own."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+
+def save_training(
+    manager: CheckpointManager,
+    live: Resumable,
+    loop: dict[str, Any],
+    *,
+    metrics: dict[str, float] | None,
+    seed: int,
+    batch_size: int,
+    spec_sha256: str,
+    job: str,
+) -> CheckpointRecord:
+    """Checkpoint a run: the weights, `state.pt` (every key `restore_training` reads) and, in the
+    manifest, the fingerprint of the spec a resume must match. `loop` is the loop's state as
+    `LoopState.to_dict` gives it; `metrics` the epoch's row (None mid-epoch: never the best)."""
+    epoch, step = int(loop["epoch"]), int(loop["step"])
+    state = {
+        "format": STATE_FORMAT,
+        "loop": loop,
+        "optimizer": live.optimizer.state_dict(),
+        "scheduler": live.scheduler.state_dict() if live.scheduler is not None else None,
+        "scaler": live.scaler.state_dict() if live.scaler is not None else None,
+        "rng": capture_rng(),
+        # For a reader of the file: the data order is a pure function of (seed, epoch), and a
+        # resume starts at `step` of it; nothing reads this back.
+        "data_order": {"seed": seed, "epoch": epoch, "step": step, "batch_size": batch_size},
+    }
+    return manager.save(
+        live.model.state_dict(),
+        state,
+        epoch=epoch,
+        step=step,
+        metrics=metrics,
+        extra={"spec_sha256": spec_sha256, "job": job},
+    )
+
+
+def restore_training(
+    loaded: LoadedCheckpoint, live: Resumable, *, spec_sha256: str
+) -> dict[str, Any]:
+    """Put what `save_training` wrote back into the live objects and the random generators; return
+    the loop's state (for `LoopState.from_dict`). A checkpoint of another spec is refused: its
+    weights and optimizer state would continue a different run."""
+    if loaded.manifest.get("extra", {}).get("spec_sha256") != spec_sha256:
+        raise CheckpointMismatch(
+            f"the checkpoint at {loaded.record.path} was written for another spec"
+        )
+    state = loaded.state
+    live.model.load_state_dict(loaded.weights)
+    live.optimizer.load_state_dict(state["optimizer"])
+    if live.scheduler is not None and state.get("scheduler") is not None:
+        live.scheduler.load_state_dict(state["scheduler"])
+    if live.scaler is not None and state.get("scaler") is not None:
+        live.scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"])
+    loop: dict[str, Any] = state["loop"]
+    return loop

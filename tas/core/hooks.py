@@ -27,6 +27,17 @@ class Progress:
         return asdict(self)
 
 
+class EpochRow(dict[str, Any]):
+    """An epoch's metrics row as `Hooks.epoch_end` gets it: the row itself (what is stored and
+    shown) and `is_best`, whether this epoch is the run's best so far by the checkpoint's monitored
+    metric (the loop decides it once, so a live "best" never needs computing again). The flag is
+    an attribute, not a key: the row's keys stay the epoch's metrics."""
+
+    def __init__(self, row: dict[str, Any], *, is_best: bool = False) -> None:
+        super().__init__(row)
+        self.is_best = is_best
+
+
 @runtime_checkable
 class Hooks(Protocol):
     def stage_started(self, name: str) -> None: ...
@@ -35,7 +46,7 @@ class Hooks(Protocol):
 
     def progress(self, progress: Progress) -> None: ...
 
-    def epoch_end(self, row: dict[str, Any]) -> None: ...
+    def epoch_end(self, row: EpochRow) -> None: ...
 
     def step_logged(self, row: dict[str, Any]) -> None: ...
 
@@ -56,7 +67,7 @@ class NullHooks:
     def progress(self, progress: Progress) -> None:
         pass
 
-    def epoch_end(self, row: dict[str, Any]) -> None:
+    def epoch_end(self, row: EpochRow) -> None:
         pass
 
     def step_logged(self, row: dict[str, Any]) -> None:

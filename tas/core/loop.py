@@ -30,7 +30,8 @@ from torch import nn
 from tas.core.augment import step_generator
 from tas.core.checkpoint import CheckpointRecord
 from tas.core.errors import NonFiniteLoss, OutOfMemory, Stopped, TimeLimitExceeded
-from tas.core.hooks import Hooks, NullHooks, Progress
+from tas.core.hooks import EpochRow, Hooks, NullHooks, Progress
+from tas.core.metrics import predict, summary_metrics
 
 Target = Literal["index", "binary", "value"]
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -72,7 +73,8 @@ class LoopConfig:
     progress_interval_s: float = 0.5
     eval_batch_size: int | None = None
     #: The checkpoint's monitored metric and its direction: the epoch that improves it most is
-    #: the run's best (strictly better than every earlier epoch; the first of equals wins).
+    #: the run's best (strictly better than every earlier epoch; the first of equals wins), and
+    #: its row reaches `Hooks.epoch_end` with `is_best` set.
     monitor: str | None = None
     monitor_mode: Literal["min", "max"] = "min"
     #: Keep the best epoch's weights: a copy in memory, and a checkpoint of that epoch even off
@@ -156,55 +158,27 @@ def evaluate(
     autocast: AutocastFactory = contextlib.nullcontext,
     inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy (classes) or MAE/RMSE/R² (values) over whole tensors, batched, under
-    `inference_mode`, with one read-back at the end. The model is left in eval mode. `inverse`
-    maps scaled regression targets and outputs back to their units: the loss is the training
-    criterion (scaled, comparable with train_loss), MAE/RMSE/R² are in the data's units."""
-    model.eval()
-    n = int(X.shape[0])
-    dev = X.device
-    with torch.inference_mode():
-        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-        hits = torch.zeros((), device=dev, dtype=torch.float64)
-        abs_sum = torch.zeros((), device=dev, dtype=torch.float64)
-        sq_sum = torch.zeros((), device=dev, dtype=torch.float64)
-        # For R²: per target column, the sums of y and y² (total variance around the mean).
-        y_sum = torch.zeros(
-            y.shape[1:] if target == "value" else (), device=dev, dtype=torch.float64
-        )
-        y_sq = torch.zeros_like(y_sum)
-        for start in range(0, n, batch_size):
-            xb, yb = X[start : start + batch_size], y[start : start + batch_size]
-            with autocast():
-                out = model(xb)
-            out = out.float()
-            loss_sum += loss_fn(out, yb).double() * xb.shape[0]
-            if target == "index":
-                hits += (out.argmax(dim=1) == yb).sum()
-            elif target == "binary":
-                hits += ((out > 0).to(yb.dtype) == yb).sum()
-            else:
-                if inverse is not None:
-                    out, yb = inverse(out), inverse(yb)
-                diff = out - yb
-                abs_sum += diff.abs().sum()
-                sq_sum += diff.square().sum()
-                y_sum += yb.double().sum(dim=0)
-                y_sq += yb.double().square().sum(dim=0)
-        ss_tot = (y_sq - y_sum.square() / max(n, 1)).sum()
-        loss, correct, abs_total, sq_total, tot = torch.stack(
-            [loss_sum, hits, abs_sum, sq_sum, ss_tot]
-        ).tolist()
-    if target == "value":
-        elems = max(1, y.numel())
-        r2 = 1.0 - sq_total / tot if tot > 0 else float("nan")
-        return {
-            "loss": loss / n,
-            "mae": abs_total / elems,
-            "rmse": math.sqrt(sq_total / elems),
-            "r2": r2,
-        }
-    return {"loss": loss / n, "accuracy": correct / n}
+    """A split's mean loss and accuracy (classes) or MAE/RMSE/R² (values): the numbers an epoch row
+    carries as val_*, by the same computation as the evaluate stage (`tas.core.metrics`), so the
+    two never disagree. The model is left in eval mode. `inverse` maps scaled regression targets
+    and outputs back to their units: the loss is the training criterion (scaled, comparable with
+    train_loss), MAE/RMSE/R² are in the data's units."""
+    out = predict(model, X, batch_size, autocast)
+    return summary_metrics(out, y, loss_fn, target, batch_size=batch_size, inverse=inverse)
+
+
+def best_row(
+    history: list[dict[str, Any]], name: str | None, mode: Literal["min", "max"]
+) -> dict[str, Any] | None:
+    """The epoch row with the best finite `name` (the first of equals), None when no row has one:
+    the run's best epoch by the checkpoint's monitored metric."""
+    if name is None:
+        return None
+    finite = [r for r in history if isinstance(r.get(name), float | int) and math.isfinite(r[name])]
+    if not finite:
+        return None
+    pick = max if mode == "max" else min
+    return pick(finite, key=lambda r: r[name])
 
 
 class Trainer:
@@ -401,30 +375,17 @@ class Trainer:
         if state.epoch >= cfg.epochs:
             state.finished, state.stop_reason = True, state.stop_reason or "completed"
 
-        best = cfg.keep_best and self._is_best(state.history)
+        is_best = best_row(state.history, cfg.monitor, cfg.monitor_mode) is row
+        best = cfg.keep_best and is_best
         if best:
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.best_epoch = epoch + 1
 
-        self.hooks.epoch_end(row)
+        self.hooks.epoch_end(EpochRow(row, is_best=is_best))
         if state.finished or state.epoch % cfg.checkpoint_every == 0 or best:
             metrics = {k: float(v) for k, v in row.items() if isinstance(v, int | float)}
             self._checkpoint(state, metrics)
         self._clock.resume()
-
-    def _is_best(self, history: list[dict[str, Any]]) -> bool:
-        """Whether the last row beats every earlier one on the monitored metric (finite values)."""
-        name = self.cfg.monitor
-        if name is None:
-            return False
-        values = [r.get(name) for r in history]
-        last = values[-1]
-        if not isinstance(last, int | float) or not math.isfinite(last):
-            return False
-        earlier = [v for v in values[:-1] if isinstance(v, int | float) and math.isfinite(v)]
-        if not earlier:
-            return True
-        return last > max(earlier) if self.cfg.monitor_mode == "max" else last < min(earlier)
 
     def _checkpoint(
         self, state: LoopState, metrics: dict[str, float] | None

@@ -1,4 +1,5 @@
-"""The evaluate stage's metrics, computed from whole-tensor predictions.
+"""The evaluate stage's metrics, and their flat part as every epoch's validation row
+(`summary_metrics`), computed from whole-tensor predictions.
 
 One batched forward pass under `inference_mode` gives every output (`predict`); the metrics are then
 a few tensor ops over all of them: a `bincount` of `true * K + predicted` is the confusion matrix,
@@ -31,6 +32,14 @@ AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 
 #: Above this many classes the confusion matrix (K² numbers in the job's JSON) is left out.
 MAX_CONFUSION_CLASSES = 256
+
+#: The flat metrics of a split, by target form: what an epoch row carries (as `val_<key>`) and
+#: what the rest of the service reads from the evaluate stage.
+SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "index": ("loss", "accuracy"),
+    "binary": ("loss", "accuracy"),
+    "value": ("loss", "mae", "rmse", "r2"),
+}
 
 
 def predict(
@@ -212,3 +221,18 @@ def output_metrics(
             pred = out.argmax(dim=1)
             k = num_classes if num_classes is not None else int(out.shape[1])
         return {"loss": loss, **classification_metrics(y.reshape(-1).long(), pred, k, class_names)}
+
+
+def summary_metrics(
+    out: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: nn.Module,
+    target: Target,
+    *,
+    batch_size: int = 1024,
+    inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """The flat metrics of `output_metrics` (`SUMMARY_KEYS`), by that very computation: the
+    per-epoch validation row and the evaluate stage report the same numbers for the same weights."""
+    full = output_metrics(out, y, loss_fn, target, batch_size=batch_size, inverse=inverse)
+    return {key: float(full[key]) for key in SUMMARY_KEYS[target]}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,34 +21,44 @@ from torch import nn
 
 from tas.core import predictions
 from tas.core.artifact import ModelCard, count_parameters, save_model
-from tas.core.augment import build_augment
-from tas.core.checkpoint import CheckpointManager, CheckpointRecord
+from tas.core.augment import BatchAugment, build_augment
+from tas.core.checkpoint import (
+    CheckpointManager,
+    CheckpointRecord,
+    LoadedCheckpoint,
+    Resumable,
+    restore_training,
+    save_training,
+)
 from tas.core.data.cache import PreprocessCache, PrepSpec, cache_key
 from tas.core.data.dataset import DatasetInfo, LoadContext, Loaded
 from tas.core.data.prepare import Prepared, TargetScaler, prepare
-from tas.core.device import resolve_device, resolve_precision
-from tas.core.errors import (
-    CheckpointMismatch,
-    DeviceUnavailable,
-    Stopped,
-    TrainingError,
-    as_training_error,
-)
+from tas.core.device import Precision, resolve_device, resolve_precision
+from tas.core.errors import DeviceUnavailable, Stopped, TrainingError, as_training_error
 from tas.core.hooks import Hooks
-from tas.core.loop import EarlyStopping, LoopConfig, LoopState, TrainData, Trainer
+from tas.core.loop import (
+    CheckpointFn,
+    EarlyStopping,
+    LoopConfig,
+    LoopState,
+    TrainData,
+    Trainer,
+    best_row,
+)
 from tas.core.losses import LOSSES, Loss
 from tas.core.metrics import output_metrics, predict
 from tas.core.models import build_model
 from tas.core.optim import OPTIMIZERS, SCHEDULERS, param_groups
 from tas.core.spec import (
     JobSpec,
+    available_metric,
+    check_spec,
     metric_mode,
     resolved_loss,
     resolved_monitor,
     resolved_target_scaling,
-    spec_problems,
 )
-from tas.core.state import capture_rng, restore_rng, seed_everything
+from tas.core.state import seed_everything
 from tas.core.transfer import (
     Transfer,
     prepare_transfer,
@@ -144,26 +153,6 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, repr(d))]
 
 
-def _pick_device(spec: JobSpec, ctx: RunContext) -> torch.device:
-    wanted = spec.resources.device
-    if wanted == "auto":
-        return resolve_device(ctx.device)
-    if ctx.device not in ("auto", wanted):
-        raise DeviceUnavailable(
-            f"resources.device is {wanted!r} but this worker runs on {ctx.device!r}"
-        )
-    return resolve_device(wanted)
-
-
-def _targets(y: torch.Tensor, loss: Loss) -> torch.Tensor:
-    """Labels in the form the loss takes: int64 indices, a float 0/1 column (bce), float values."""
-    if loss.target == "index":
-        return y.long()
-    if loss.target == "binary":
-        return y.to(torch.float32).reshape(-1, 1)
-    return y.to(torch.float32).reshape(y.shape[0], -1)
-
-
 class _Stages:
     """Reports each stage's start and end; an exception inside a stage leaves with the stage's name.
     A stop request is also honoured between stages (a cancel during a long dataset load need not
@@ -224,181 +213,65 @@ def _run(
     load: Callable[[LoadContext], Loaded],
     stage: _Stages,
 ) -> PipelineResult:
-    problems = spec_problems(spec, info)
-    if problems:
-        raise TrainingError(
-            "; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems),
-            hint="fix the job spec",
-            stage="collect",
-            type="InvalidSpec",
-        )
+    """The job, one named step after another: check the spec against the dataset, collect and
+    preprocess the data, train (model, optimizer, a resume from the latest checkpoint), evaluate
+    the kept weights, register them as the job's model."""
+    check_spec(spec, info)
     loss_name = resolved_loss(spec, info)
-    loss_entry = LOSSES[loss_name]
-    t = spec.training
+    loss = LOSSES[loss_name]
 
-    # A cached entry of the preprocessed tensors skips the load (decode) and the preprocessing.
-    d = spec.dataset
-    load_ctx = LoadContext(Path(ctx.datasets_dir), ctx.allow_download)
-    cache = PreprocessCache(ctx.cache_dir) if ctx.cache_dir and ctx.data_fingerprint else None
-    # Pretrained torchvision weights expect their own normalisation (ImageNet's mean/std).
-    norm_stats = (
-        pretrained_normalization(spec.model, info.input_shape[0]) if info.kind == "image" else None
-    )
-    prep = PrepSpec.of(d, info, norm_stats)
-    key = _cache_key(ctx, info, prep) if cache is not None else None
+    data = _DataSteps(spec, info, ctx, load)
     with stage("collect") as out:
-        cached = cache.lookup(key) if cache is not None and key is not None else None
-        loaded: Loaded | None = None
-        collected: dict[str, Any] = {}
-        if cached is not None:  # the source is known from the entry: nothing is read
-            out.update({**cached.get("collect", {}), "cached": True})
-        else:
-            loaded = load(load_ctx)
-            collected = _collect_outputs(info, loaded)
-            out.update({**collected, "cached": False})
-
+        out.update(data.collect())
     with stage("preprocess") as out:
-        hit = cache.load(key) if cache is not None and key is not None and cached else None
-        if hit is not None:
-            prepared = hit.prepared
-            cache_out: dict[str, Any] | None = {
-                "hit": True,
-                "key": key,
-                "seconds": round(hit.seconds, 3),
-            }
-        else:
-            if loaded is None:  # the entry went bad after collect looked at it: decode after all
-                loaded = load(load_ctx)
-                collected = _collect_outputs(info, loaded)
-            prepared = prepare(
-                loaded,
-                info,
-                d.val_fraction,
-                d.test_fraction,
-                d.split_seed,
-                d.stratify,
-                d.normalize,
-                norm_stats,
-            )
-            del loaded
-            cache_out = None
-            if cache is not None:
-                cache_out = _cache_store(cache, ctx, info, prep, prepared, collected)
-        out.update(prepared.outputs())
-        if cache_out is not None:
-            out["cache"] = cache_out
-
-    # Regression targets standardised with the training split's statistics (predictions and
-    # metrics go back to the data's units); fitted again on a resume: the split is the same.
-    scaler = None
-    if loss_entry.target == "value" and resolved_target_scaling(spec, info) == "standard":
-        scaler = TargetScaler.fit(prepared.train.y)
+        prepared = data.preprocess(out)
+    target_scaler = _target_scaler(spec, info, loss, prepared)
 
     with stage("train") as out:
-        device = _pick_device(spec, ctx)
-        trained = _train(spec, info, ctx, hooks, prepared, loss_entry, device, scaler)
-        model, state = trained.model, trained.state
-        params = count_parameters(model)
-        best = _best(state, trained.monitor)
-        out.update(
-            {
-                "device": str(device),
-                "precision": trained.precision,
-                "epochs_run": state.epoch,
-                "stop_reason": state.stop_reason,
-                "resumed_from": trained.resumed_from,
-                "best": best,
-                "final": _final_row(state),
-                "parameters": params,
-                "transfer": trained.transfer.outputs(),
-                "augment": aug.describe() if (aug := build_augment(d.augment)) else None,
-                "weights": trained.weights,
-                "target_scaling": scaler.to_dict() if scaler is not None else None,
-            }
-        )
+        trained = _train(spec, info, ctx, hooks, prepared, loss, target_scaler)
+        out.update(_train_outputs(trained, target_scaler))
 
     with stage("evaluate") as out:
-        # One forward pass per held-out split gives both the metrics of the evaluated split and
-        # the per-sample predictions, so they come from the very weights that are registered.
-        split, part = _eval_split(prepared)
-        eval_bs = max(t.batch_size, 1024)
-        inverse = scaler.inverse if scaler is not None else None
-        outputs: dict[str, torch.Tensor] = {}
-        for name in (*predictions.SPLITS, split):
-            held: Any = getattr(prepared, name)
-            if held is not None and name not in outputs:
-                outputs[name] = predict(model, held.X.to(device), eval_bs)
-        metrics = output_metrics(
-            outputs[split],
-            _scaled(_targets(part.y, loss_entry), scaler).to(device),
-            loss_entry.build(),
-            loss_entry.target,
-            batch_size=eval_bs,
-            num_classes=info.num_classes,
-            class_names=info.class_names,
-            inverse=inverse,
-        )
-        evaluation = {"split": split, "samples": len(part), "metrics": metrics}
-        written_predictions = predictions.write_all(
-            ctx.job_dir,
-            {
-                name: predictions.per_sample(
-                    prepared.indices.get(name, torch.arange(len(held))),
-                    outputs[name],
-                    held.y,
-                    loss_entry.target,
-                    info.class_names,
-                    inverse,
-                )
-                for name in predictions.SPLITS
-                if (held := getattr(prepared, name)) is not None
-            },
+        evaluation, written_predictions = _evaluate(
+            ctx, info, prepared, trained, loss, target_scaler, spec.training.batch_size
         )
         out.update({**evaluation, "weights": trained.weights, "predictions": written_predictions})
 
     with stage("register") as out:
-        card = ModelCard(
-            arch=spec.model.model_dump(mode="json"),
-            input_shape=list(info.input_shape),
-            task=info.task,
-            output=loss_entry.output,
-            out_dim=loss_entry.out_dim(info.num_classes, info.target_dim),
-            num_classes=info.num_classes,
-            class_names=info.class_names,
-            feature_names=info.feature_names,
-            target_dim=info.target_dim,
-            normalization=prepared.normalizer.to_dict() if prepared.normalizer else None,
-            metrics={f"{split}_{k}": v for k, v in metrics.items()}
-            | {"best": best, "final": _final_row(state)},
-            dataset=info.name,
-            loss=loss_name,
-            parameters=params,
-            weights=trained.weights,
-            target_scaling=scaler.to_dict() if scaler is not None else None,
-            pretrained=pretrained_card(spec.model, trained.transfer.report),
-        )
-        written = save_model(ctx.model_dir, model, card)
+        card = _model_card(spec, info, prepared, trained, evaluation, loss_name, target_scaler)
+        sha256 = save_model(ctx.model_dir, trained.model, card).weights_sha256
         out.update(
             {
                 "path": str(ctx.model_dir),
-                "sha256": written.weights_sha256,
+                "sha256": sha256,
                 "files": ["model.safetensors", "card.json"],
             }
         )
 
+    return _succeeded(ctx, trained, evaluation, written_predictions, sha256)
+
+
+def _succeeded(
+    ctx: RunContext,
+    trained: _Trained,
+    evaluation: dict[str, Any],
+    written_predictions: dict[str, int],
+    model_sha256: str | None,
+) -> PipelineResult:
+    state = trained.state
     return PipelineResult(
         status="succeeded",
         epochs_run=state.epoch,
         stop_reason=state.stop_reason,
         stopped_early=state.stop_reason == "early_stopped",
-        best=best,
-        best_metrics=_best_row(state, best),
+        best=trained.best,
+        best_metrics=_best_row(state, trained.best),
         final_metrics=_final_row(state),
         evaluation=evaluation,
         model_dir=str(ctx.model_dir),
-        model_sha256=written.weights_sha256,
-        trainable_params=params["trainable"],
-        total_params=params["total"],
+        model_sha256=model_sha256,
+        trainable_params=trained.parameters["trainable"],
+        total_params=trained.parameters["total"],
         resumed_from=trained.resumed_from,
         history=state.history,
         weights=trained.weights,
@@ -406,8 +279,84 @@ def _run(
     )
 
 
-def _scaled(y: torch.Tensor, scaler: TargetScaler | None) -> torch.Tensor:
-    return scaler(y) if scaler is not None else y
+# --- collect, preprocess ---------------------------------------------------------------------
+
+
+class _DataSteps:
+    """The collect and preprocess stages, through the preprocessing cache when the context has
+    one: a cached entry of the preprocessed tensors skips the load (decode) and the preprocessing.
+    What collect read is kept for preprocess (and for the cache entry it writes)."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        info: DatasetInfo,
+        ctx: RunContext,
+        load: Callable[[LoadContext], Loaded],
+    ) -> None:
+        self.spec, self.info, self.ctx, self.load = spec, info, ctx, load
+        self.load_ctx = LoadContext(Path(ctx.datasets_dir), ctx.allow_download)
+        self.cache = (
+            PreprocessCache(ctx.cache_dir) if ctx.cache_dir and ctx.data_fingerprint else None
+        )
+        # Pretrained torchvision weights expect their own normalisation (ImageNet's mean/std).
+        self.norm_stats = (
+            pretrained_normalization(spec.model, info.input_shape[0])
+            if info.kind == "image"
+            else None
+        )
+        self.prep = PrepSpec.of(spec.dataset, info, self.norm_stats)
+        self.key = _cache_key(ctx, info, self.prep) if self.cache is not None else None
+        self.entry: dict[str, Any] | None = None  # the cache entry's description, when found
+        self.loaded: Loaded | None = None
+        self.collected: dict[str, Any] = {}
+
+    def collect(self) -> dict[str, Any]:
+        """The collect stage's outputs. A cache entry knows the source: nothing is read then."""
+        if self.cache is not None and self.key is not None:
+            self.entry = self.cache.lookup(self.key)
+        if self.entry is not None:
+            return {**self.entry.get("collect", {}), "cached": True}
+        self._load()
+        return {**self.collected, "cached": False}
+
+    def _load(self) -> None:
+        self.loaded = self.load(self.load_ctx)
+        self.collected = _collect_outputs(self.info, self.loaded)
+
+    def preprocess(self, out: dict[str, Any]) -> Prepared:
+        """The split, normalised tensors (from the cache entry, or prepared and then stored in
+        the cache); the stage's outputs go into `out`."""
+        cache, key = self.cache, self.key
+        hit = cache.load(key) if cache is not None and key is not None and self.entry else None
+        cache_out: dict[str, Any] | None = None
+        if hit is not None:
+            prepared = hit.prepared
+            cache_out = {"hit": True, "key": key, "seconds": round(hit.seconds, 3)}
+        else:
+            if self.loaded is None:  # the entry went bad after collect looked at it: decode now
+                self._load()
+            assert self.loaded is not None
+            d = self.spec.dataset
+            prepared = prepare(
+                self.loaded,
+                self.info,
+                d.val_fraction,
+                d.test_fraction,
+                d.split_seed,
+                d.stratify,
+                d.normalize,
+                self.norm_stats,
+            )
+            self.loaded = None  # the raw arrays are not needed any more: free them
+            if cache is not None:
+                cache_out = _cache_store(
+                    cache, self.ctx, self.info, self.prep, prepared, self.collected
+                )
+        out.update(prepared.outputs())
+        if cache_out is not None:
+            out["cache"] = cache_out
+        return prepared
 
 
 def _collect_outputs(info: DatasetInfo, loaded: Loaded) -> dict[str, Any]:
@@ -454,44 +403,54 @@ def _cache_store(
     }
 
 
-def _final_row(state: LoopState) -> dict[str, Any]:
-    return dict(state.history[-1]) if state.history else {}
+def _target_scaler(
+    spec: JobSpec, info: DatasetInfo, loss: Loss, prepared: Prepared
+) -> TargetScaler | None:
+    """Regression targets standardised with the training split's statistics (predictions and
+    metrics go back to the data's units); fitted again on a resume: the split is the same."""
+    if loss.target == "value" and resolved_target_scaling(spec, info) == "standard":
+        return TargetScaler.fit(prepared.train.y)
+    return None
 
 
-def _best_row(state: LoopState, best: dict[str, Any] | None) -> dict[str, Any]:
-    if best is None:
-        return {}
-    return dict(next(r for r in state.history if r["epoch"] == best["epoch"]))
+def _targets(y: torch.Tensor, loss: Loss) -> torch.Tensor:
+    """Labels in the form the loss takes: int64 indices, a float 0/1 column (bce), float values."""
+    if loss.target == "index":
+        return y.long()
+    if loss.target == "binary":
+        return y.to(torch.float32).reshape(-1, 1)
+    return y.to(torch.float32).reshape(y.shape[0], -1)
 
 
-def _eval_split(p: Prepared) -> tuple[str, Any]:
-    if p.test is not None:
-        return "test", p.test
-    if p.val is not None:
-        return "val", p.val
-    return "train", p.train
+def _scaled(y: torch.Tensor, scaler: TargetScaler | None) -> torch.Tensor:
+    return scaler(y) if scaler is not None else y
 
 
-def _best(state: LoopState, monitor: tuple[str, str]) -> dict[str, Any] | None:
-    name, mode = monitor
-    rows = [r for r in state.history if isinstance(r.get(name), float | int)]
-    finite = [r for r in rows if math.isfinite(r[name])]
-    if not finite:
-        return None
-    pick = max if mode == "max" else min
-    row = pick(finite, key=lambda r: r[name])  # the first of equals, as the loop's best
-    return {"metric": name, "value": row[name], "epoch": row["epoch"]}
+# --- train -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Optimization:
+    """What updates the weights: the optimizer, its schedule and the fp16 gradient scaler (all of
+    which a checkpoint carries), and the precision the forward pass runs in."""
+
+    live: Resumable
+    precision: Precision
+    scheduler_interval: Literal["step", "epoch"] | None
 
 
 @dataclass
 class _Trained:
     model: nn.Module
+    device: torch.device
     state: LoopState
-    monitor: tuple[str, str]
+    best: dict[str, Any] | None  # {"metric", "value", "epoch"} by the checkpoint monitor
     precision: str
     resumed_from: dict[str, Any] | None
     transfer: Transfer
+    augment: BatchAugment | None
     weights: dict[str, Any]
+    parameters: dict[str, int]
 
 
 def _train(
@@ -500,86 +459,153 @@ def _train(
     ctx: RunContext,
     hooks: Hooks,
     prepared: Prepared,
-    loss_entry: Loss,
-    device: torch.device,
-    target_scaler: TargetScaler | None = None,
+    loss: Loss,
+    target_scaler: TargetScaler | None,
 ) -> _Trained:
+    """nanoGPT's set-up, step by step: the device, the monitored metric and the checkpoints, the
+    model, the optimizer, a resume from the latest valid checkpoint, the loop; then the weights
+    to keep are loaded into the model."""
     t = spec.training
-    seed_everything(t.seed)
-    model = build_model(
-        spec.model, info.input_shape, loss_entry.out_dim(info.num_classes, info.target_dim)
-    )
+    device = _pick_device(spec, ctx)
     has_val = prepared.val is not None
+    # Resolved once: the checkpoints' best, the loop's `is_best` rows and `keep: best` all use it.
     monitor = resolved_monitor(spec, info, has_val)
-    manager = CheckpointManager(ctx.checkpoints_dir, spec.checkpoint.keep_last, *monitor)
+    checkpoints = CheckpointManager(ctx.checkpoints_dir, spec.checkpoint.keep_last, *monitor)
+    latest = checkpoints.load_latest_valid(map_location=device)
+    model, transfer = _build_model(spec, info, ctx, loss, device, resuming=latest is not None)
+    opt = _build_optimization(spec, model, transfer, len(prepared.train), device)
     fingerprint = spec_fingerprint(spec)
-    ckpt = manager.load_latest_valid(map_location=device)
-    # Pretrained / init_from weights (not when resuming: the checkpoint holds the run's own), then
-    # the freeze; the optimizer gets the head and the backbone as groups (model.backbone_lr).
+    state, resumed_from = _resume(latest, opt.live, fingerprint, device)
+    transfer.at_epoch(state.epoch)  # resumed after unfreeze_after epochs: everything trains
+
+    augment = build_augment(spec.dataset.augment)
+    trainer = Trainer(
+        model,
+        opt.live.optimizer,
+        loss.build(),
+        _loop_config(spec, ctx, state, loss, monitor, has_val, opt.scheduler_interval),
+        hooks,
+        scheduler=opt.live.scheduler,
+        scaler=opt.live.scaler,
+        autocast=opt.precision.autocast(device),
+        on_checkpoint=_checkpointer(spec, fingerprint, checkpoints, opt.live, hooks),
+        augment=augment,
+        on_epoch_start=transfer.at_epoch,
+    )
+    state = trainer.fit(_train_data(prepared, loss, target_scaler, device), state)
+    weights = _keep_weights(t.keep, has_val, model, trainer, checkpoints, state, monitor, device)
+    model.eval()
+    return _Trained(
+        model=model,
+        device=device,
+        state=state,
+        best=_best(state, monitor),
+        precision=opt.precision.name,
+        resumed_from=resumed_from,
+        transfer=transfer,
+        augment=augment,
+        weights=weights,
+        parameters=count_parameters(model),
+    )
+
+
+def _pick_device(spec: JobSpec, ctx: RunContext) -> torch.device:
+    wanted = spec.resources.device
+    if wanted == "auto":
+        return resolve_device(ctx.device)
+    if ctx.device not in ("auto", wanted):
+        raise DeviceUnavailable(
+            f"resources.device is {wanted!r} but this worker runs on {ctx.device!r}"
+        )
+    return resolve_device(wanted)
+
+
+def _build_model(
+    spec: JobSpec,
+    info: DatasetInfo,
+    ctx: RunContext,
+    loss: Loss,
+    device: torch.device,
+    *,
+    resuming: bool,
+) -> tuple[nn.Module, Transfer]:
+    """The seeded model, with pretrained / init_from weights (not when resuming: the checkpoint
+    holds the run's own) and the freeze, on the device."""
+    seed_everything(spec.training.seed)
+    model = build_model(
+        spec.model, info.input_shape, loss.out_dim(info.num_classes, info.target_dim)
+    )
     transfer = prepare_transfer(
         spec.model,
         model,
         ctx.weights_dir,
         ctx.init_weights,
-        resuming=ckpt is not None,
+        resuming=resuming,
         class_names=info.class_names,
         allow_download=ctx.allow_download,
     )
     model.to(device)
-    loss_fn = loss_entry.build()
+    return model, transfer
+
+
+def _build_optimization(
+    spec: JobSpec, model: nn.Module, transfer: Transfer, train_samples: int, device: torch.device
+) -> _Optimization:
+    """The optimizer over the head and the backbone as groups (model.backbone_lr), the schedule
+    over the run's steps, and the precision (fp16 brings its gradient scaler)."""
+    t = spec.training
     optimizer = OPTIMIZERS[t.optimizer](
         param_groups(model, transfer.head, t.lr, spec.model.backbone_lr), t
     )
-    n = len(prepared.train)
-    steps = -(-n // t.batch_size)
+    steps = -(-train_samples // t.batch_size)
     sched_entry = SCHEDULERS[t.scheduler] if t.scheduler else None
     scheduler = sched_entry.build(optimizer, t, steps) if sched_entry else None
     precision = resolve_precision(t.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
+    return _Optimization(
+        Resumable(model, optimizer, scheduler, scaler),
+        precision,
+        sched_entry.interval if sched_entry else None,
+    )
 
-    state = LoopState()
-    resumed_from = None
-    if ckpt is not None:
-        if ckpt.manifest.get("extra", {}).get("spec_sha256") != fingerprint:
-            raise CheckpointMismatch(
-                f"the checkpoint at {ckpt.record.path} was written for another spec"
-            )
-        model.load_state_dict(ckpt.weights)
-        optimizer.load_state_dict(ckpt.state["optimizer"])
-        if scheduler is not None and ckpt.state.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt.state["scheduler"])
-        if scaler is not None and ckpt.state.get("scaler") is not None:
-            scaler.load_state_dict(ckpt.state["scaler"])
-        state = LoopState.from_dict(ckpt.state["loop"], device)
-        restore_rng(ckpt.state["rng"])
-        resumed_from = {
-            "epoch": ckpt.record.epoch,
-            "step": ckpt.record.step,
-            "path": ckpt.record.path,
-        }
-    transfer.at_epoch(state.epoch)  # resumed after unfreeze_after epochs: everything trains
 
-    es = None
-    if t.early_stopping is not None:
-        es_name = t.early_stopping.monitor
-        if not has_val and es_name.startswith("val_"):
-            es_name = "train_loss"
-        es = EarlyStopping(
-            es_name, metric_mode(es_name), t.early_stopping.patience, t.early_stopping.min_delta
-        )
+def _resume(
+    latest: LoadedCheckpoint | None, live: Resumable, fingerprint: str, device: torch.device
+) -> tuple[LoopState, dict[str, Any] | None]:
+    """A fresh loop state, or the latest checkpoint's with everything else it holds restored
+    (and where the run resumed from)."""
+    if latest is None:
+        return LoopState(), None
+    loop = restore_training(latest, live, spec_sha256=fingerprint)
+    record = latest.record
+    resumed_from = {"epoch": record.epoch, "step": record.step, "path": record.path}
+    return LoopState.from_dict(loop, device), resumed_from
+
+
+def _loop_config(
+    spec: JobSpec,
+    ctx: RunContext,
+    state: LoopState,
+    loss: Loss,
+    monitor: tuple[str, Literal["min", "max"]],
+    has_val: bool,
+    scheduler_interval: Literal["step", "epoch"] | None,
+) -> LoopConfig:
+    t = spec.training
+    # max_minutes counts this attempt and the training time of the earlier ones.
     deadline = ctx.started_monotonic + t.max_minutes * 60.0 - state.elapsed_seconds
     if ctx.deadline is not None:
         deadline = min(deadline, ctx.deadline)
-    cfg = LoopConfig(
+    return LoopConfig(
         epochs=t.epochs,
         batch_size=t.batch_size,
         seed=t.seed,
-        target=loss_entry.target,
+        target=loss.target,
         log_every_steps=t.log_every_steps,
         grad_clip=t.grad_clip,
-        scheduler_interval=sched_entry.interval if sched_entry else None,
+        scheduler_interval=scheduler_interval,
         checkpoint_every=spec.checkpoint.every_epochs,
-        early_stopping=es,
+        early_stopping=_early_stopping(spec, has_val),
         deadline=deadline,
         max_minutes=t.max_minutes,
         monitor=monitor[0],
@@ -587,58 +613,57 @@ def _train(
         keep_best=t.keep == "best" and has_val,
     )
 
-    def save_checkpoint(s: LoopState, metrics: dict[str, float] | None) -> CheckpointRecord:
-        train_state = {
-            "format": 1,
-            "loop": s.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": capture_rng(),
-            "data_order": {
-                "seed": t.seed,
-                "epoch": s.epoch,
-                "step": s.step,
-                "batch_size": t.batch_size,
-            },
-        }
-        record = manager.save(
-            model.state_dict(),
-            train_state,
-            epoch=s.epoch,
-            step=s.step,
+
+def _early_stopping(spec: JobSpec, has_val: bool) -> EarlyStopping | None:
+    es = spec.training.early_stopping
+    if es is None:
+        return None
+    name = available_metric(es.monitor, has_val)
+    return EarlyStopping(name, metric_mode(name), es.patience, es.min_delta)
+
+
+def _checkpointer(
+    spec: JobSpec,
+    fingerprint: str,
+    checkpoints: CheckpointManager,
+    live: Resumable,
+    hooks: Hooks,
+) -> CheckpointFn:
+    """The loop's `on_checkpoint`: one checkpoint of the run (`save_training`), told to the hooks."""
+
+    def save(state: LoopState, metrics: dict[str, float] | None) -> CheckpointRecord:
+        record = save_training(
+            checkpoints,
+            live,
+            state.to_dict(),
             metrics=metrics,
-            extra={"spec_sha256": fingerprint, "job": spec.name},
+            seed=spec.training.seed,
+            batch_size=spec.training.batch_size,
+            spec_sha256=fingerprint,
+            job=spec.name,
         )
         hooks.checkpoint_saved(record)
         return record
 
-    data = TrainData(
+    return save
+
+
+def _train_data(
+    prepared: Prepared, loss: Loss, target_scaler: TargetScaler | None, device: torch.device
+) -> TrainData:
+    """The training and validation tensors on the device, targets in the loss's form (scaled)."""
+
+    def targets(y: torch.Tensor) -> torch.Tensor:
+        return _scaled(_targets(y, loss), target_scaler).to(device)
+
+    val = prepared.val
+    return TrainData(
         prepared.train.X.to(device),
-        _scaled(_targets(prepared.train.y, loss_entry), target_scaler).to(device),
-        prepared.val.X.to(device) if prepared.val is not None else None,
-        _scaled(_targets(prepared.val.y, loss_entry), target_scaler).to(device)
-        if prepared.val is not None
-        else None,
+        targets(prepared.train.y),
+        val.X.to(device) if val is not None else None,
+        targets(val.y) if val is not None else None,
         target_inverse=target_scaler.inverse if target_scaler is not None else None,
     )
-    trainer = Trainer(
-        model,
-        optimizer,
-        loss_fn,
-        cfg,
-        hooks,
-        scheduler=scheduler,
-        scaler=scaler,
-        autocast=precision.autocast(device),
-        on_checkpoint=save_checkpoint,
-        augment=build_augment(spec.dataset.augment),
-        on_epoch_start=transfer.at_epoch,
-    )
-    state = trainer.fit(data, state)
-    weights = _keep_weights(t.keep, has_val, model, trainer, manager, state, monitor, device)
-    model.eval()
-    return _Trained(model, state, monitor, precision.name, resumed_from, transfer, weights)
 
 
 def _keep_weights(
@@ -692,3 +717,132 @@ def _keep_weights(
         "reason": f"the checkpoint of the best epoch ({best['epoch']}) is missing or corrupt:"
         " the last epoch's weights",
     }
+
+
+def _best(state: LoopState, monitor: tuple[str, str]) -> dict[str, Any] | None:
+    """The best epoch by the monitored metric (the loop's `best_row`), as the job reports it."""
+    name, mode = monitor
+    row = best_row(state.history, name, "max" if mode == "max" else "min")
+    return None if row is None else {"metric": name, "value": row[name], "epoch": row["epoch"]}
+
+
+def _final_row(state: LoopState) -> dict[str, Any]:
+    return dict(state.history[-1]) if state.history else {}
+
+
+def _best_row(state: LoopState, best: dict[str, Any] | None) -> dict[str, Any]:
+    if best is None:
+        return {}
+    return dict(next(r for r in state.history if r["epoch"] == best["epoch"]))
+
+
+def _train_outputs(trained: _Trained, target_scaler: TargetScaler | None) -> dict[str, Any]:
+    state = trained.state
+    return {
+        "device": str(trained.device),
+        "precision": trained.precision,
+        "epochs_run": state.epoch,
+        "stop_reason": state.stop_reason,
+        "resumed_from": trained.resumed_from,
+        "best": trained.best,
+        "final": _final_row(state),
+        "parameters": trained.parameters,
+        "transfer": trained.transfer.outputs(),
+        "augment": trained.augment.describe() if trained.augment is not None else None,
+        "weights": trained.weights,
+        "target_scaling": target_scaler.to_dict() if target_scaler is not None else None,
+    }
+
+
+# --- evaluate, register ----------------------------------------------------------------------
+
+
+def _evaluate(
+    ctx: RunContext,
+    info: DatasetInfo,
+    prepared: Prepared,
+    trained: _Trained,
+    loss: Loss,
+    target_scaler: TargetScaler | None,
+    batch_size: int,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The evaluated split's metrics and the per-sample predictions of every held-out split. One
+    forward pass per split gives both, so they come from the very weights that are registered."""
+    model, device = trained.model, trained.device
+    split, part = _eval_split(prepared)
+    eval_bs = max(batch_size, 1024)
+    inverse = target_scaler.inverse if target_scaler is not None else None
+    outputs: dict[str, torch.Tensor] = {}
+    for name in (*predictions.SPLITS, split):
+        held: Any = getattr(prepared, name)
+        if held is not None and name not in outputs:
+            outputs[name] = predict(model, held.X.to(device), eval_bs)
+    metrics = output_metrics(
+        outputs[split],
+        _scaled(_targets(part.y, loss), target_scaler).to(device),
+        loss.build(),
+        loss.target,
+        batch_size=eval_bs,
+        num_classes=info.num_classes,
+        class_names=info.class_names,
+        inverse=inverse,
+    )
+    written = predictions.write_all(
+        ctx.job_dir,
+        {
+            name: predictions.per_sample(
+                prepared.indices.get(name, torch.arange(len(held))),
+                outputs[name],
+                held.y,
+                loss.target,
+                info.class_names,
+                inverse,
+            )
+            for name in predictions.SPLITS
+            if (held := getattr(prepared, name)) is not None
+        },
+    )
+    return {"split": split, "samples": len(part), "metrics": metrics}, written
+
+
+def _eval_split(p: Prepared) -> tuple[str, Any]:
+    if p.test is not None:
+        return "test", p.test
+    if p.val is not None:
+        return "val", p.val
+    return "train", p.train
+
+
+def _model_card(
+    spec: JobSpec,
+    info: DatasetInfo,
+    prepared: Prepared,
+    trained: _Trained,
+    evaluation: dict[str, Any],
+    loss_name: str,
+    target_scaler: TargetScaler | None,
+) -> ModelCard:
+    """What the registered model says about itself: the architecture, the data it takes, how its
+    outputs read, and the metrics it was registered with."""
+    loss = LOSSES[loss_name]
+    split, metrics = evaluation["split"], evaluation["metrics"]
+    return ModelCard(
+        arch=spec.model.model_dump(mode="json"),
+        input_shape=list(info.input_shape),
+        task=info.task,
+        output=loss.output,
+        out_dim=loss.out_dim(info.num_classes, info.target_dim),
+        num_classes=info.num_classes,
+        class_names=info.class_names,
+        feature_names=info.feature_names,
+        target_dim=info.target_dim,
+        normalization=prepared.normalizer.to_dict() if prepared.normalizer else None,
+        metrics={f"{split}_{k}": v for k, v in metrics.items()}
+        | {"best": trained.best, "final": _final_row(trained.state)},
+        dataset=info.name,
+        loss=loss_name,
+        parameters=trained.parameters,
+        weights=trained.weights,
+        target_scaling=target_scaler.to_dict() if target_scaler is not None else None,
+        pretrained=pretrained_card(spec.model, trained.transfer.report),
+    )

@@ -21,7 +21,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from tas.core.data.dataset import DatasetInfo
 from tas.core.data.registry import BUILTIN_DATASETS
+from tas.core.errors import TrainingError
 from tas.core.losses import LOSSES
 from tas.core.models import ARCHS, input_problems
 from tas.core.optim import OPTIMIZERS, SCHEDULERS
@@ -345,10 +347,15 @@ class JobSpec(StrictModel):
         return v
 
 
-def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]:
+#: A problem with a spec: the field to blame (its path in the spec) and what is wrong with it.
+SpecProblem = tuple[tuple[str, ...], str]
+
+
+def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
     """What stops this spec from training on a dataset with this `DatasetInfo`, each with the field
-    to blame. Checked before a job is queued (the API answers 422) and again by the worker."""
-    problems: list[tuple[tuple[str, ...], str]] = []
+    to blame. The API answers them as a 422 before a job is queued; a job that runs checks them
+    once more with `check_spec` (the dataset it reads then is the one that counts)."""
+    problems: list[SpecProblem] = []
     loss_name = resolved_loss(spec, info)
     loss = LOSSES[loss_name]
     fitting = ", ".join(
@@ -437,6 +444,20 @@ def spec_problems(spec: JobSpec, info: Any) -> list[tuple[tuple[str, ...], str]]
     return problems
 
 
+def check_spec(spec: JobSpec, info: DatasetInfo) -> None:
+    """Refuse to run a spec with `spec_problems` on the dataset the job actually reads, as the
+    job's collect-stage error (a job queued before its dataset or the service changed can have
+    passed the API's check and still not fit)."""
+    problems = spec_problems(spec, info)
+    if problems:
+        raise TrainingError(
+            "; ".join(message for _, message in problems),
+            hint="fix the spec and submit it again",
+            type="InvalidSpec",
+            stage="collect",
+        )
+
+
 def metric_names(task: str) -> list[str]:
     """The metrics an epoch row carries for this task (val_* only when there is a validation split)."""
     if task == "classification":
@@ -448,13 +469,13 @@ def metric_mode(name: str) -> Literal["min", "max"]:
     return "max" if name.endswith(("accuracy", "r2")) else "min"
 
 
-def resolved_loss(spec: JobSpec, info: Any) -> str:
+def resolved_loss(spec: JobSpec, info: DatasetInfo) -> str:
     if spec.training.loss is not None:
         return spec.training.loss
     return "cross_entropy" if info.task == "classification" else "mse"
 
 
-def resolved_target_scaling(spec: JobSpec, info: Any) -> Literal["standard", "none"]:
+def resolved_target_scaling(spec: JobSpec, info: DatasetInfo) -> Literal["standard", "none"]:
     """Standardised regression targets unless asked otherwise; a spec that keeps its inputs raw
     (a recipe tuned in the data's own units) keeps its targets raw too, unless it asks for both."""
     if info.task != "regression":
@@ -465,11 +486,18 @@ def resolved_target_scaling(spec: JobSpec, info: Any) -> Literal["standard", "no
     return "standard" if normalize else "none"
 
 
-def resolved_monitor(spec: JobSpec, info: Any, has_val: bool) -> tuple[str, Literal["min", "max"]]:
+def resolved_monitor(
+    spec: JobSpec, info: DatasetInfo, has_val: bool
+) -> tuple[str, Literal["min", "max"]]:
     """The checkpoint's monitored metric and its direction."""
     name = spec.checkpoint.monitor
     if name is None:
         name = "val_accuracy" if info.task == "classification" else "val_loss"
-    if not has_val and name.startswith("val_"):
-        name = "train_loss"
+    name = available_metric(name, has_val)
     return name, metric_mode(name)
+
+
+def available_metric(name: str, has_val: bool) -> str:
+    """`name`, or `train_loss` when it is a validation metric and there is no validation split
+    (the epoch rows carry no val_* then)."""
+    return "train_loss" if not has_val and name.startswith("val_") else name
