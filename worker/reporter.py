@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas.core.hooks import NullHooks, Progress
+from tas.core.hooks import EpochRow, NullHooks, Progress
 from tas.store import leases as lease_store
 from tas.store.leases import Lease
 
@@ -41,20 +41,17 @@ class DbReporter(NullHooks):
         *,
         lease_seconds: float,
         interval: float,
-        monitor: tuple[str, str] | None = None,
         preempted: threading.Event | None = None,
     ) -> None:
         self.sessions = sessions
         self.lease = lease
         self.lease_seconds = lease_seconds
         self.interval = interval
-        self.monitor = monitor
         self._preempted = preempted or threading.Event()
         self._lock = threading.Lock()
         self._rows: list[dict[str, Any]] = []
         self._checkpoints: list[tuple[dict[str, Any], list[str]]] = []
         self._changes: dict[str, Any] = {}
-        self._best: dict[str, Any] | None = None
         self._stop_reason: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat_loop, name="tas-heartbeat", daemon=True)
@@ -120,13 +117,14 @@ class DbReporter(NullHooks):
         with self._lock:
             self._changes["progress"] = dataclasses.asdict(progress)
 
-    def epoch_end(self, row: dict[str, Any]) -> None:
+    def epoch_end(self, row: EpochRow) -> None:
+        """The epoch's row, and the job's best metrics when the loop says this epoch is the best
+        so far by the checkpoint's monitored metric."""
         with self._lock:
             self._rows.append(dict(row, step=-1))
-            self._changes["latest_metrics"] = row
-            if self._is_better(row):
-                self._best = row
-                self._changes["best_metrics"] = row
+            self._changes["latest_metrics"] = dict(row)
+            if row.is_best:
+                self._changes["best_metrics"] = dict(row)
 
     def step_logged(self, row: dict[str, Any]) -> None:
         with self._lock:
@@ -138,15 +136,3 @@ class DbReporter(NullHooks):
         rec["path"] = str(rec["path"])
         with self._lock:
             self._checkpoints.append((rec, kept))
-
-    def _is_better(self, row: dict[str, Any]) -> bool:
-        if self.monitor is None:
-            return True
-        name, mode = self.monitor
-        value = row.get(name)
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            return self._best is None
-        if self._best is None or not isinstance(self._best.get(name), int | float):
-            return True
-        best = self._best[name]
-        return value > best if mode == "max" else value < best

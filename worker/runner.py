@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tas.core.data.cache import PreprocessCache
 from tas.core.errors import Stopped, TrainingError
 from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
-from tas.core.spec import JobSpec, resolved_monitor, spec_problems
+from tas.core.spec import JobSpec
 from tas.errors import DatasetNotFound
 from tas.settings import Settings
 from tas.store import datasets as dataset_store
@@ -130,20 +130,13 @@ def _run_job(
     try:
         data = job_data(sessions, spec, tenant, pinned, settings)
         info = data.source.info
-        problems = spec_problems(spec, info)
-        if problems:
-            raise TrainingError(
-                "; ".join(m for _, m in problems),
-                hint="fix the spec and submit it again",
-                type="InvalidSpec",
-                stage="collect",
-            )
+        # The spec is checked against this dataset by the pipeline (`check_spec`), and the
+        # reporter's best metrics follow the loop's own verdict on each epoch row.
         reporter = DbReporter(
             sessions,
             lease,
             lease_seconds=settings.lease_seconds,
             interval=settings.heartbeat_seconds,
-            monitor=resolved_monitor(spec, info, has_val=spec.dataset.val_fraction > 0),
             preempted=PREEMPT,
         )
         reporter.start()
