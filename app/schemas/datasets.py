@@ -9,9 +9,18 @@ choices documented here and the core's differ."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tas.core.data.formats.registry import FORMATS
+
+if TYPE_CHECKING:
+    FormatName = str
+else:
+    #: The `format` choices, in the order of the core's format registry: a new format is one
+    #: entry there and appears here (and in OpenAPI) by itself.
+    FormatName = Literal[tuple(FORMATS)]
 
 #: The longest name a dataset or weights file may be given (the form's `name`).
 NAME_MAX_LENGTH = 255
@@ -79,9 +88,7 @@ class DatasetForm(BaseModel):
     name: str | None = Field(
         None, max_length=NAME_MAX_LENGTH, description="Default: the file's name stem."
     )
-    format: Literal["csv", "npz", "image_folder", "image_annotations"] | None = Field(
-        None, description="Default: from the file name and contents."
-    )
+    format: FormatName | None = Field(None, description="Default: from the file name and contents.")
     target: str | None = Field(
         None,
         description="The label column. CSV default: a column named 'target' or 'label'; annotations"
