@@ -2,8 +2,9 @@
 its commit.
 
 Routes, services and the store add, change and flush rows; they never commit. Whoever opened the
-unit ends it: the HTTP request (`app/api/deps.py`: committed when the route returns, rolled back
-when it raises), a worker's step, a reaper pass.
+session ends it: the HTTP request through `unit_of_work` (`app/api/deps.py`: committed when the
+route returns, rolled back when it raises); a worker's task step, a report flush and a reaper pass
+commit their own sessions at their end.
 
 Some effects must not happen before the commit, and not at all after a rollback: a job id on the
 broker must name a row a worker can read, files must stay while a row that names them may yet
