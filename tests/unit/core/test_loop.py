@@ -18,6 +18,7 @@ from tas.core.loop import (
     LoopState,
     TrainData,
     Trainer,
+    best_row,
     epoch_order,
     evaluate,
 )
@@ -249,3 +250,21 @@ def test_a_short_run_ends_with_a_measured_throughput() -> None:
     assert len(hooks.progress_calls) == 2 and first.samples_per_second == 0.0
     assert (last.fraction, last.epoch, last.step, last.eta_seconds) == (1.0, 2, 6, 0.0)
     assert last.samples_per_second > 0
+
+
+def test_each_epoch_row_says_whether_it_is_the_best_so_far() -> None:
+    """By the checkpoint's monitored metric: strictly better than every earlier epoch (the first
+    of equals), the row `best_row` picks; the flag is an attribute, the row's keys stay."""
+    hooks = RecordingHooks()
+    cfg = LoopConfig(epochs=6, batch_size=8, monitor="val_accuracy", monitor_mode="max")
+    state = trainer(cfg, hooks, lr=0.05).fit(toy())
+    values = [r["val_accuracy"] for r in state.history]
+    expected = [v > max(values[:i], default=-1.0) for i, v in enumerate(values)]
+    assert [r.is_best for r in hooks.epochs] == expected
+    assert [r for r in hooks.epochs if r.is_best][-1] == best_row(
+        state.history, "val_accuracy", "max"
+    )
+    assert hooks.epochs == state.history and all("is_best" not in r for r in hooks.epochs)
+    unmonitored = RecordingHooks()
+    trainer(LoopConfig(epochs=2, batch_size=8), unmonitored).fit(toy())
+    assert not any(r.is_best for r in unmonitored.epochs)
