@@ -258,7 +258,7 @@ def _completed(
 
 
 def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
-    return jsonable(
+    out: dict[str, Any] = jsonable(
         {
             "evaluation": result.evaluation,
             "parameters": {"trainable": result.trainable_params, "total": result.total_params},
@@ -269,6 +269,7 @@ def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
             **extra,
         }
     )
+    return out
 
 
 def _failed(
