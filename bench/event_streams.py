@@ -6,7 +6,7 @@ keep-alive connection) while they stay open.
         [--postgres | --database-url postgresql+psycopg://...] [--max-streams 256]
         [--checkout PATH]
 
-`--postgres` starts a throwaway PostgreSQL (tests/servers.py), a fresh database per row.
+`--postgres` starts a throwaway PostgreSQL (tests/helpers/servers.py), a fresh database per row.
 
 `--checkout` runs the server from another checkout of the repository (e.g. a `git worktree` of an
 older commit) to compare before and after. A request that takes longer than `--timeout` counts as
@@ -28,8 +28,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.stack import base_env  # noqa: E402
-from tests.servers import free_port, http_process, start_postgres  # noqa: E402
+from tests.helpers.servers import free_port, http_process, start_postgres  # noqa: E402
+from tests.helpers.stack import base_env  # noqa: E402
 
 SPEC = {
     "name": "watched",

@@ -42,7 +42,7 @@ from tas.core.artifact import ModelCard, save_model  # noqa: E402
 from tas.core.data.prepare import Normalizer  # noqa: E402
 from tas.core.models import build_model  # noqa: E402
 from tas.core.spec import ModelSpec  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from tests.helpers.servers import free_port  # noqa: E402
 
 SECTION = "## Predict throughput"
 

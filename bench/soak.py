@@ -1,8 +1,8 @@
 """Soak: kill -9 workers at random while jobs train; nothing may be lost, nothing may run
 twice at once, and every resumed job must end with the weights of an uninterrupted run.
 
-Starts its own redis-server and PostgreSQL (tests/servers.py), `tas migrate`, `tas serve --no-worker`
-and two `tas worker`s (tests/integration/stack.py), with short leases. Phase 1 runs each distinct
+Starts its own redis-server and PostgreSQL (tests/helpers/servers.py), `tas migrate`, `tas serve --no-worker`
+and two `tas worker`s (tests/helpers/stack.py), with short leases. Phase 1 runs each distinct
 spec once with no kills (the reference weights). Phase 2 submits --jobs jobs and, while they run,
 SIGKILLs a random worker's whole process group --kills times at random moments, starting a fresh
 worker after each kill. Then it reads the workers' run journals (`claimed job … attempt … as …`,
@@ -44,8 +44,8 @@ from rich.table import Table  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
-from tests.integration.stack import FINISHED, Proc, Stack, distributed_stack  # noqa: E402
-from tests.servers import start_postgres, start_redis  # noqa: E402
+from tests.helpers.servers import start_postgres, start_redis  # noqa: E402
+from tests.helpers.stack import FINISHED, Proc, Stack, distributed_stack  # noqa: E402
 
 SECTION = "## Soak"
 BENCHMARKS = ROOT / "BENCHMARKS.md"

@@ -2,7 +2,7 @@
 on each stack, for an idle worker.
 
 Starts the stack (the embedded `tas serve`, and/or Redis + PostgreSQL with `tas serve --no-worker`
-and one `tas worker`, servers from tests/servers.py), runs one warm-up job, then submits --jobs
+and one `tas worker`, servers from tests/helpers/servers.py), runs one warm-up job, then submits --jobs
 1-epoch iris jobs one at a time, each --gap seconds after the previous one finished, and reports
 p50/p95/max of started_at − created_at. `--poll 1.0` sets the embedded broker's polling interval
 to kombu's default, the old behaviour, for comparison.
@@ -35,8 +35,8 @@ if str(ROOT) not in sys.path:  # `python bench/start_latency.py` puts bench/ fir
 import typer  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
-from tests.integration.stack import Stack, distributed_stack, embedded_stack  # noqa: E402
-from tests.servers import start_postgres, start_redis  # noqa: E402
+from tests.helpers.servers import start_postgres, start_redis  # noqa: E402
+from tests.helpers.stack import Stack, distributed_stack, embedded_stack  # noqa: E402
 
 SECTION = "## Job start latency"
 

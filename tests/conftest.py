@@ -1,4 +1,4 @@
-"""Fixtures shared by every test. Server helpers live in tests/servers.py."""
+"""Fixtures shared by every test. Server helpers live in tests/helpers/servers.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import servers
+from tests.helpers import servers
 
 
 @pytest.fixture(scope="session")

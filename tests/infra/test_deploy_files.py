@@ -298,7 +298,7 @@ def test_wheel_migrates_serves_and_trains(wheel_venv: Path, tmp_path: Path) -> N
     outside the source tree: a job submitted to that server is trained by that worker and predicts."""
     import httpx
 
-    from tests.servers import free_port, http_process
+    from tests.helpers.servers import free_port, http_process
 
     tas = str(wheel_venv / "bin" / "tas")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAS_")}

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import servers
+from tests.helpers import servers
 
 # Closes the network to everything but loopback by IP (hostnames, CDNs included, do not resolve).
 OFFLINE_RULES = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"

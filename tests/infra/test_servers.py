@@ -9,7 +9,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from tests import servers
+from tests.helpers import servers
 
 
 def test_free_port_is_bindable() -> None:

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.stack import Stack, distributed_stack, embedded_stack
-from tests.servers import PostgresServer, RedisServer
+from tests.helpers.servers import PostgresServer, RedisServer
+from tests.helpers.stack import Stack, distributed_stack, embedded_stack
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis_pg"])

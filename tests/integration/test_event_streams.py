@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.stack import base_env
-from tests.servers import PostgresServer, free_port, http_process
+from tests.helpers.servers import PostgresServer, free_port, http_process
+from tests.helpers.stack import base_env
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.stack import Stack, distributed_stack
-from tests.servers import PostgresServer, RedisServer
+from tests.helpers.servers import PostgresServer, RedisServer
+from tests.helpers.specs import at_epoch, digits_mlp_spec
+from tests.helpers.stack import Stack, distributed_stack
 
 pytestmark = pytest.mark.integration
 
@@ -46,24 +47,6 @@ def make_stack(
         yield make
 
 
-def spec(name: str, **training: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "dataset": {"name": "digits", "val_fraction": 0.2},
-        "model": {"arch": "mlp", "hidden": [256, 256], "dropout": 0.1},
-        "training": {
-            "epochs": 30,
-            "batch_size": 16,
-            "optimizer": "adam",
-            "lr": 0.001,
-            "scheduler": "cosine",
-            "seed": 7,
-            **training,
-        },
-        "checkpoint": {"every_epochs": 1, "keep_last": 2},
-    }
-
-
 def job_dir(stack: Stack, job: dict[str, Any]) -> Path:
     return stack.data_dir / "artifacts" / "jobs" / job["id"]
 
@@ -84,16 +67,12 @@ def final_row(stack: Stack, job_id: str) -> dict[str, Any]:
     return {k: row[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy")}
 
 
-def at_epoch(n: int) -> Callable[[dict[str, Any]], bool]:
-    return lambda j: j["status"] == "running" and (j["progress"] or {}).get("epoch", 0) >= n
-
-
 def test_kill_9_mid_training_resumes_to_identical_weights(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(workers=1)
-    ref = stack.wait(stack.submit(spec("reference"))["id"], timeout=300)
+    ref = stack.wait(stack.submit(digits_mlp_spec("reference"))["id"], timeout=300)
     assert ref["status"] == "succeeded", stack.logs()
 
-    job = stack.submit(spec("victim"))
+    job = stack.submit(digits_mlp_spec("victim"))
     stack.wait(job["id"], predicate=at_epoch(4), timeout=120)
     stack.procs[-1].stop(signal.SIGKILL)  # the whole worker, children included: a lost machine
     stack.start_worker("worker-b")
@@ -114,8 +93,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
     make_stack: Callable[..., Stack],
 ) -> None:
     stack = make_stack(workers=1)
-    ref = stack.wait(stack.submit(spec("reference", epochs=12))["id"], timeout=300)
-    job = stack.submit(spec("victim", epochs=12))
+    ref = stack.wait(stack.submit(digits_mlp_spec("reference", epochs=12))["id"], timeout=300)
+    job = stack.submit(digits_mlp_spec("victim", epochs=12))
     stack.wait(job["id"], predicate=at_epoch(5), timeout=120)
     stack.procs[-1].stop(signal.SIGKILL)
     ckpts = sorted(
@@ -136,7 +115,7 @@ def test_the_same_message_delivered_twice_runs_once(
     from celery import Celery
 
     stack = make_stack(workers=2)
-    job = stack.submit(spec("twice", epochs=6))
+    job = stack.submit(digits_mlp_spec("twice", epochs=6))
     producer = Celery(broker=redis_url)
     for _ in range(2):
         producer.send_task("tas.run_job", args=[job["id"]], queue="default")
@@ -155,7 +134,7 @@ def test_redis_restarted_empty_loses_no_queued_job(
     make_stack: Callable[..., Stack], redis_server: RedisServer
 ) -> None:
     stack = make_stack(workers=0)
-    ids = [stack.submit(spec(f"q{i}", epochs=2))["id"] for i in range(3)]
+    ids = [stack.submit(digits_mlp_spec(f"q{i}", epochs=2))["id"] for i in range(3)]
     redis_server.restart(empty=True)  # the messages are gone; the rows are not
     stack.start_worker()
     for job_id in ids:
@@ -166,7 +145,7 @@ def test_sigterm_hands_the_job_back_and_another_worker_resumes_it(
     make_stack: Callable[..., Stack],
 ) -> None:
     stack = make_stack(workers=1)
-    job = stack.submit(spec("handback", epochs=20))
+    job = stack.submit(digits_mlp_spec("handback", epochs=20))
     stack.wait(job["id"], predicate=at_epoch(3), timeout=120)
     worker = stack.procs[-1]
     worker.stop(signal.SIGTERM, grace=30)
@@ -200,7 +179,7 @@ def test_nan_loss_fails_with_epoch_step_and_hint(make_stack: Callable[..., Stack
 
 def test_cancel_running_job_within_two_seconds(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(workers=1)
-    job = stack.submit(spec("long", epochs=500))
+    job = stack.submit(digits_mlp_spec("long", epochs=500))
     stack.wait(job["id"], predicate=at_epoch(2), timeout=120)
     t0 = time.monotonic()
     assert stack.http.post(f"/jobs/{job['id']}/cancel").status_code == 200

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.stack import Stack, distributed_stack, embedded_stack
-from tests.servers import PostgresServer, RedisServer
+from tests.helpers.servers import PostgresServer, RedisServer
+from tests.helpers.specs import at_epoch, digits_mlp_spec
+from tests.helpers.stack import Stack, distributed_stack, embedded_stack
 
 pytestmark = pytest.mark.integration
 
@@ -38,23 +39,6 @@ def stack(
             yield s
 
 
-def spec(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "dataset": {"name": "digits", "val_fraction": 0.2},
-        "model": {"arch": "mlp", "hidden": [256, 256], "dropout": 0.1},
-        "training": {
-            "epochs": 12,
-            "batch_size": 16,
-            "optimizer": "adam",
-            "lr": 0.001,
-            "scheduler": "cosine",
-            "seed": 7,
-        },
-        "checkpoint": {"every_epochs": 1, "keep_last": 2},
-    }
-
-
 def job_dir(stack: Stack, job_id: str) -> Path:
     return stack.data_dir / "artifacts" / "jobs" / job_id
 
@@ -74,14 +58,10 @@ def epoch_rows(stack: Stack, job_id: str) -> list[dict[str, Any]]:
     return [{k: r[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy")} for r in rows]
 
 
-def at_epoch(n: int) -> Callable[[dict[str, Any]], bool]:
-    return lambda j: j["status"] == "running" and (j["progress"] or {}).get("epoch", 0) >= n
-
-
 @pytest.fixture(scope="module")
 def reference(stack: Stack) -> str:
     """The same spec, never interrupted."""
-    done = stack.wait(stack.submit(spec("reference"))["id"], timeout=400)
+    done = stack.wait(stack.submit(digits_mlp_spec("reference", epochs=12))["id"], timeout=400)
     assert done["status"] == "succeeded", (done, stack.logs())
     return str(done["id"])
 
@@ -96,7 +76,7 @@ def resume_to_success(stack: Stack, job_id: str) -> dict[str, Any]:
 
 
 def test_a_cancelled_job_resumes_to_the_uninterrupted_weights(stack: Stack, reference: str) -> None:
-    job = stack.submit(spec("cancelled"))["id"]
+    job = stack.submit(digits_mlp_spec("cancelled", epochs=12))["id"]
     stack.wait(job, predicate=at_epoch(3), timeout=200)
     assert stack.http.post(f"/jobs/{job}/cancel").status_code == 200
     stopped = stack.wait(job, timeout=60)
@@ -113,7 +93,7 @@ def test_a_cancelled_job_resumes_to_the_uninterrupted_weights(stack: Stack, refe
 def test_a_job_failed_by_a_killed_worker_resumes_to_the_uninterrupted_weights(
     stack: Stack, reference: str
 ) -> None:
-    job = stack.submit(spec("killed"))["id"]
+    job = stack.submit(digits_mlp_spec("killed", epochs=12))["id"]
     running = stack.wait(job, predicate=at_epoch(3), timeout=200)
     owner = running["attempt_log"][-1]["owner"]  # host/pid/token of the pool child running it
     os.kill(int(owner.split("/")[1]), signal.SIGKILL)

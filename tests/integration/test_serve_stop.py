@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tas.proc import alive, descendants
-from tests.integration.stack import Stack, base_env, spawn, wait_http
-from tests.servers import free_port
+from tests.helpers.servers import free_port
+from tests.helpers.stack import Stack, base_env, spawn, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

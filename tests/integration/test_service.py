@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.stack import Stack
+from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.stack import Stack, embedded_stack
+from tests.helpers.stack import Stack, embedded_stack
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.stack import Stack
+from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.integration
 

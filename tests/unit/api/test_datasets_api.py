@@ -25,7 +25,7 @@ from tas.settings import Settings
 from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.migrate import upgrade
 from tas.store.orm import Job, JobStatus, ModelVersion
-from tests.unit.api.conftest import RecordingPublisher
+from tests.helpers.api import RecordingPublisher
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: small limits, so the limit tests stay small.

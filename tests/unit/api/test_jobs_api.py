@@ -7,23 +7,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.api.conftest import RecordingPublisher
-
-
-def spec(**parts: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "t",
-        "dataset": {"name": "iris"},
-        "model": {"arch": "mlp", "hidden": [8]},
-        "training": {"epochs": 1, "batch_size": 16, "optimizer": "adam", "lr": 0.01},
-    }
-    for key, value in parts.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return base
+from tests.helpers.api import RecordingPublisher
+from tests.helpers.specs import iris_spec
 
 
 def test_post_job_queues_it_after_commit(client: TestClient, published: RecordingPublisher) -> None:
-    r = client.post("/jobs", json=spec(resources={"device": "cpu"}))
+    r = client.post("/jobs", json=iris_spec(resources={"device": "cpu"}))
     assert r.status_code == 201, r.text
     job = r.json()
     assert r.headers["location"] == f"/jobs/{job['id']}"
@@ -35,48 +24,64 @@ def test_post_job_queues_it_after_commit(client: TestClient, published: Recordin
 
 
 BAD = [
-    (spec(surprise=1), ["body", "surprise"], "extra"),
+    (iris_spec(surprise=1), ["body", "surprise"], "extra"),
     (
-        spec(training={"batch_size": 0}),
+        iris_spec(training={"batch_size": 0}),
         ["body", "training", "batch_size"],
         "greater than or equal to 1",
     ),
-    (spec(training={"lr": 0}), ["body", "training", "lr"], "greater than 0"),
-    (spec(training={"lr": -1}), ["body", "training", "lr"], "greater than 0"),
-    (spec(training={"epochs": 0}), ["body", "training", "epochs"], "greater than or equal to 1"),
-    (spec(training={"optimizer": "rmsprop"}), ["body", "training", "optimizer"], "adam"),
-    (spec(training={"loss": "hinge"}), ["body", "training", "loss"], "cross_entropy"),
-    (spec(training={"scheduler": "warm"}), ["body", "training", "scheduler"], "cosine"),
-    (spec(training={"typo_lr": 1}), ["body", "training", "typo_lr"], "extra"),
-    (spec(dataset={"name": "imagenet"}), ["body", "dataset", "name"], "digits"),
-    (spec(model={"arch": "vgg"}), ["body", "model", "arch"], "mlp"),
+    (iris_spec(training={"lr": 0}), ["body", "training", "lr"], "greater than 0"),
+    (iris_spec(training={"lr": -1}), ["body", "training", "lr"], "greater than 0"),
     (
-        spec(dataset={"name": "digits"}, training={"loss": "bce"}),
+        iris_spec(training={"epochs": 0}),
+        ["body", "training", "epochs"],
+        "greater than or equal to 1",
+    ),
+    (iris_spec(training={"optimizer": "rmsprop"}), ["body", "training", "optimizer"], "adam"),
+    (iris_spec(training={"loss": "hinge"}), ["body", "training", "loss"], "cross_entropy"),
+    (iris_spec(training={"scheduler": "warm"}), ["body", "training", "scheduler"], "cosine"),
+    (iris_spec(training={"typo_lr": 1}), ["body", "training", "typo_lr"], "extra"),
+    (iris_spec(dataset={"name": "imagenet"}), ["body", "dataset", "name"], "digits"),
+    (iris_spec(model={"arch": "vgg"}), ["body", "model", "arch"], "mlp"),
+    (
+        iris_spec(dataset={"name": "digits"}, training={"loss": "bce"}),
         ["body", "training", "loss"],
         "at most 2 classes",
     ),
     (
-        spec(dataset={"name": "digits"}, training={"loss": "mse"}),
+        iris_spec(dataset={"name": "digits"}, training={"loss": "mse"}),
         ["body", "training", "loss"],
         "allowed for classification",
     ),
     (
-        spec(dataset={"name": "diabetes"}, training={"loss": "cross_entropy"}),
+        iris_spec(dataset={"name": "diabetes"}, training={"loss": "cross_entropy"}),
         ["body", "training", "loss"],
         "allowed for regression: mse",
     ),
-    (spec(dataset={"name": "wine"}, model={"arch": "cnn"}), ["body", "model", "arch"], "C×H×W"),
+    (
+        iris_spec(dataset={"name": "wine"}, model={"arch": "cnn"}),
+        ["body", "model", "arch"],
+        "C×H×W",
+    ),
     (  # 8×8 digits: ViT takes 224×224 only
-        spec(dataset={"name": "digits"}, model={"arch": "vit_b_16"}),
+        iris_spec(dataset={"name": "digits"}, model={"arch": "vit_b_16"}),
         ["body", "model", "arch"],
         "cannot take samples of shape [1, 8, 8] (Wrong image height! Expected 224",
     ),
-    (spec(model={"arch": "mlp", "pretrained": True}), ["body", "model", "pretrained"], "vit_b_16"),
-    (spec(name="bad name/../x"), ["body", "name"], "pattern"),
-    (spec(dataset={"val_fraction": 1.5}), ["body", "dataset", "val_fraction"], "less than 1"),
-    (spec(model={"dropout": 1.0}), ["body", "model", "dropout"], "less than 1"),
-    (spec(model={"hidden": [0]}), ["body", "model", "hidden", 0], "greater than or equal to 1"),
-    (spec(dataset={"id": "abc"}), ["body", "dataset"], "exactly one"),
+    (
+        iris_spec(model={"arch": "mlp", "pretrained": True}),
+        ["body", "model", "pretrained"],
+        "vit_b_16",
+    ),
+    (iris_spec(name="bad name/../x"), ["body", "name"], "pattern"),
+    (iris_spec(dataset={"val_fraction": 1.5}), ["body", "dataset", "val_fraction"], "less than 1"),
+    (iris_spec(model={"dropout": 1.0}), ["body", "model", "dropout"], "less than 1"),
+    (
+        iris_spec(model={"hidden": [0]}),
+        ["body", "model", "hidden", 0],
+        "greater than or equal to 1",
+    ),
+    (iris_spec(dataset={"id": "abc"}), ["body", "dataset"], "exactly one"),
 ]
 
 
@@ -102,7 +107,7 @@ def test_bad_spec_is_422_naming_the_field(
 
 
 def test_uploaded_dataset_id_unknown_is_422(client: TestClient) -> None:
-    body = spec()
+    body = iris_spec()
     body["dataset"] = {"id": "nope"}
     r = client.post("/jobs", json=body)
     assert r.status_code == 422
@@ -130,7 +135,7 @@ def test_unknown_job_is_404_everywhere(client: TestClient) -> None:
 
 
 def test_cancel_queued_job_then_conflict(client: TestClient) -> None:
-    job = client.post("/jobs", json=spec()).json()
+    job = client.post("/jobs", json=iris_spec()).json()
     r = client.post(f"/jobs/{job['id']}/cancel")
     assert r.status_code == 200
     assert r.json()["status"] == "cancelled" and r.json()["finished_at"]
@@ -140,7 +145,7 @@ def test_cancel_queued_job_then_conflict(client: TestClient) -> None:
 
 
 def test_list_pages_without_gaps_or_repeats(client: TestClient) -> None:
-    ids = [client.post("/jobs", json=spec(name=f"j{i}")).json()["id"] for i in range(7)]
+    ids = [client.post("/jobs", json=iris_spec(name=f"j{i}")).json()["id"] for i in range(7)]
     seen: list[str] = []
     cursor = None
     while True:
@@ -163,7 +168,7 @@ def test_predict_rejections(client: TestClient) -> None:
     assert client.post("/predict", json={"model": "x", "inputs": []}).status_code == 422
     assert client.post("/predict", json={"model": "x"}).status_code == 422
     assert client.post("/predict", json={"model": "x", "inputs": [[1]]}).status_code == 404
-    job = client.post("/jobs", json=spec()).json()
+    job = client.post("/jobs", json=iris_spec()).json()
     r = client.post("/predict", json={"model": job["id"], "inputs": [[1, 2, 3, 4]]})
     assert r.status_code == 409 and "queued" in r.json()["detail"]
 

@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 
 from tas.settings import Settings
 from tas.store.orm import Checkpoint, Job, JobStage, MetricRow, ModelVersion
-from tests.unit.api.conftest import RecordingPublisher
-from tests.unit.api.test_jobs_api import spec
+from tests.helpers.api import RecordingPublisher
+from tests.helpers.specs import iris_spec
 
 
 def submit(client: TestClient, **parts: Any) -> dict[str, Any]:
-    r = client.post("/jobs", json=spec(**parts))
+    r = client.post("/jobs", json=iris_spec(**parts))
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -92,7 +92,7 @@ def test_tags_are_kept_on_the_job_and_patch_merges_them(client: TestClient) -> N
 def test_bad_tags_are_422_naming_them(
     client: TestClient, tags: dict[str, Any], loc: list[Any], says: str
 ) -> None:
-    body = spec(tags=tags)
+    body = iris_spec(tags=tags)
     assert says in detail_at(client.post("/jobs", json=body), loc)
     job = submit(client)
     assert says in detail_at(client.patch(f"/jobs/{job['id']}", json={"tags": tags}), loc)

@@ -16,8 +16,8 @@ from app.services import workers as worker_service
 from tas.settings import Settings
 from tas.store.jobs import job_dir
 from tas.store.orm import Job
-from tests.unit.api.conftest import RecordingPublisher
-from tests.unit.api.test_jobs_api import spec
+from tests.helpers.api import RecordingPublisher
+from tests.helpers.specs import iris_spec
 
 
 def jobs_in_db(app: FastAPI) -> int:
@@ -44,7 +44,7 @@ def test_the_commit_and_the_publish_come_before_the_response_starts(
         await app(scope, receive, spy)
 
     with TestClient(watched) as client:
-        assert client.post("/jobs", json=spec()).status_code == 201
+        assert client.post("/jobs", json=iris_spec()).status_code == 201
     assert at_start == [(1, 1)]
 
 
@@ -57,7 +57,7 @@ def test_a_failure_after_the_row_is_added_publishes_nothing_and_keeps_no_row(
         raise RuntimeError("a step after the job's row was added")
 
     monkeypatch.setattr(worker_service, "warn_if_unservable", fails)
-    r = client.post("/jobs", json=spec())
+    r = client.post("/jobs", json=iris_spec())
     assert r.status_code == 500
     assert published.published == []
     assert jobs_in_db(client.app) == 0  # type: ignore[arg-type]
@@ -69,7 +69,7 @@ def test_a_failed_commit_answers_500_and_removes_nothing(
 ) -> None:
     """DELETE /jobs/{id} queues the removal of the job's directory for after the commit: a commit
     that fails leaves the row and the files."""
-    job_id = client.post("/jobs", json=spec()).json()["id"]
+    job_id = client.post("/jobs", json=iris_spec()).json()["id"]
     assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
     files = job_dir(settings.resolved_artifact_dir, job_id)
     files.mkdir(parents=True)

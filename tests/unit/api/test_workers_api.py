@@ -16,7 +16,7 @@ from tas.store import jobs as job_store
 from tas.store import workers
 from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import Worker, utcnow
-from tests.unit.api.test_jobs_api import spec
+from tests.helpers.specs import iris_spec
 
 CPU_WORKER = workers.WorkerInfo(
     "cpu1@box",
@@ -73,7 +73,7 @@ def test_a_cuda_job_with_no_gpu_worker_is_accepted_with_a_warning(
     client: TestClient, settings: Settings
 ) -> None:
     add_worker(settings, CPU_WORKER)
-    r = client.post("/jobs", json=spec(resources={"device": "cuda"}))
+    r = client.post("/jobs", json=iris_spec(resources={"device": "cuda"}))
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["queue"] == "gpu" and job["status"] == "queued"
@@ -95,7 +95,7 @@ def test_a_cuda_job_with_no_gpu_worker_is_accepted_with_a_warning(
 
 def test_a_servable_job_has_no_warning(client: TestClient, settings: Settings) -> None:
     add_worker(settings, CPU_WORKER)
-    r = client.post("/jobs", json=spec(resources={"device": "cpu"}))
+    r = client.post("/jobs", json=iris_spec(resources={"device": "cpu"}))
     assert r.status_code == 201 and r.json()["warnings"] == [] and r.json()["waiting_for"] is None
     assert "warning" not in r.headers
 
@@ -104,7 +104,7 @@ def test_with_no_live_worker_every_queued_job_says_so(
     client: TestClient, settings: Settings
 ) -> None:
     add_worker(settings, CPU_WORKER, silent_s=16)  # three 5 s beats missed
-    job = client.post("/jobs", json=spec()).json()
+    job = client.post("/jobs", json=iris_spec()).json()
     assert "no worker is live" in job["waiting_for"]["reason"]
     assert client.post(f"/jobs/{job['id']}/cancel").status_code == 200
     assert client.get(f"/jobs/{job['id']}").json()["waiting_for"] is None
@@ -136,7 +136,7 @@ def test_an_event_stream_shows_waiting_for_and_its_end(settings: Settings) -> No
 
 def test_clone_and_resume_warn_too(client: TestClient, settings: Settings) -> None:
     add_worker(settings, CPU_WORKER)
-    job = client.post("/jobs", json=spec(resources={"device": "cpu"})).json()
+    job = client.post("/jobs", json=iris_spec(resources={"device": "cpu"})).json()
     clone = client.post(f"/jobs/{job['id']}/clone", json={"resources": {"device": "cuda"}})
     assert clone.status_code == 201, clone.text
     assert "queue 'gpu'" in clone.json()["warnings"][0] and "warning" in clone.headers
@@ -148,7 +148,7 @@ def test_clone_and_resume_warn_too(client: TestClient, settings: Settings) -> No
 
 def test_a_non_ascii_worker_name_still_gives_a_201(client: TestClient, settings: Settings) -> None:
     add_worker(settings, workers.WorkerInfo("w@東京", "東京", 1, ["cpu"], [], {}, 1))
-    r = client.post("/jobs", json=spec(resources={"device": "cuda"}))
+    r = client.post("/jobs", json=iris_spec(resources={"device": "cuda"}))
     assert r.status_code == 201, r.text
     assert "w@東京" in r.json()["warnings"][0]  # the body keeps the name as it is
     assert "w@??" in r.headers["warning"]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI
 
-from tests.unit.serving.conftest import IMAGE_SHAPE, Registry
+from tests.helpers.registry import IMAGE_SHAPE, Registry
 
 
 def client(app: FastAPI) -> httpx.AsyncClient:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from app.services.predictors import PredictorCache
-from tests.unit.serving.conftest import Registry
+from tests.helpers.registry import Registry
 
 
 def test_lru_by_count(registry: Registry) -> None:

@@ -14,7 +14,7 @@ from safetensors.torch import load as load_torch
 from tas.core.artifact import card_arch
 from tas.core.models import build_model
 from tas.core.spec import ModelSpec
-from tests.unit.serving.conftest import IMAGE_SHAPE, Registry
+from tests.helpers.registry import IMAGE_SHAPE, Registry
 
 
 def card_of_safetensors(data: bytes) -> dict[str, Any]:

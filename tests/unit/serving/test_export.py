@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from safetensors.numpy import load as load_numpy
 from safetensors.torch import load as load_torch
 
-from tests.unit.serving.conftest import IMAGE_SHAPE, Registry
+from tests.helpers.registry import IMAGE_SHAPE, Registry
 
 
 def card_of_safetensors(data: bytes) -> dict:

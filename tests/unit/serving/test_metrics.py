@@ -18,7 +18,7 @@ from tas.store import jobs as job_store
 from tas.store import leases as lease_store
 from tas.store import workers
 from tas.store.orm import Job, JobStage, MetricRow, utcnow
-from tests.unit.serving.conftest import IMAGE_SHAPE, Registry
+from tests.helpers.registry import IMAGE_SHAPE, Registry
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tests.unit.serving.conftest import IMAGE_SHAPE, Registry, b64, png
+from tests.helpers.images import b64, png
+from tests.helpers.registry import IMAGE_SHAPE, Registry
 
 
 def probs(r: Any) -> np.ndarray:

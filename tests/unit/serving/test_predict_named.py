@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.serving.conftest import Registry, b64, png
+from tests.helpers.images import b64, png
+from tests.helpers.registry import Registry
 
 FEATURES = ["age", "sex", "bmi"]
 

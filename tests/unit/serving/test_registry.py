@@ -7,7 +7,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.unit.serving.conftest import IMAGE_SHAPE, Registry
+from tests.helpers.registry import IMAGE_SHAPE, Registry
 
 X = np.random.default_rng(0).random((1, *IMAGE_SHAPE)).tolist()
 

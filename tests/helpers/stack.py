@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
