@@ -3,8 +3,8 @@
 The routes parse the form themselves, streaming (app/services/uploads.py: a pydantic form model
 would need the whole file spooled first), but from these models: `DatasetForm` and `WeightsForm`
 are what OpenAPI documents *and* the list of fields the parser accepts. The values are checked by
-the core (which names the field at fault); tests/unit/api/test_documented_bodies.py fails when the
-choices documented here and the core's differ."""
+the core (which names the field at fault); tests/unit/app/api/test_documented_bodies.py fails when
+the choices documented here and the core's differ."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from torch import nn
 from tas.core.augment import BatchAugment, build_augment, step_generator, step_seed
 from tas.core.loop import LoopConfig, TrainData, Trainer
 from tas.core.spec import AugmentSpec
-from tests.unit.core.conftest import RecordingHooks, RunJob
+from tests.helpers.pipeline import RecordingHooks, RunJob
 
 
 def batch(n: int = 256, c: int = 3, h: int = 8, w: int = 8) -> torch.Tensor:

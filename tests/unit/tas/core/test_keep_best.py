@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.unit.core.conftest import RecordingHooks, RunJob
+from tests.helpers.pipeline import RecordingHooks, RunJob
 
 PATIENCE = 2
 STEPS_PER_EPOCH = 24  # digits: 1527 training samples at batch size 64

@@ -40,7 +40,7 @@ from tas.core.transfer import (
     safetensors_shapes,
     state_shapes,
 )
-from tests.unit.core.conftest import RecordingHooks
+from tests.helpers.pipeline import RecordingHooks
 
 DIGITS = [str(i) for i in range(10)]
 INFO10 = DatasetInfo("digits", "classification", (1, 8, 8), 10, DIGITS, kind="image")

@@ -14,7 +14,7 @@ from tas.core import predictions
 from tas.core.data.dataset import LoadContext
 from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.predictor import Predictor
-from tests.unit.core.conftest import RunJob
+from tests.helpers.pipeline import RunJob
 
 
 def test_held_out_predictions_by_source_index(run_job: RunJob, tmp_path: Path) -> None:

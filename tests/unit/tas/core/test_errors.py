@@ -7,7 +7,7 @@ import torch
 
 from tas.core.data.dataset import DatasetUnavailable
 from tas.core.errors import OutOfMemory, Stopped, TrainingError, as_training_error
-from tests.unit.core.conftest import RunJob
+from tests.helpers.pipeline import RunJob
 
 
 def test_missing_dataset_fails_in_collect_with_where_to_put_files(run_job: RunJob) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from tas.core.loop import evaluate
 from tas.core.metrics import classification_metrics, evaluate_model, regression_metrics
-from tests.unit.core.conftest import RunJob
+from tests.helpers.pipeline import RunJob
 
 NAMES = ["ant", "bee", "cat", "dog", "eel", "fox"]
 

@@ -1,12 +1,11 @@
-"""Helpers for the core's tests: a job runner over a temp job directory and hooks that record."""
+"""The core's pipeline under test: hooks that record every call, and a job runner over a temp job
+directory on the CPU."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tas.core.checkpoint import CheckpointRecord
 from tas.core.data.dataset import LoadContext, Loaded
@@ -68,9 +67,9 @@ class RecordingHooks(NullHooks):
 RunJob = Callable[..., PipelineResult]
 
 
-@pytest.fixture
-def run_job(tmp_path: Path) -> RunJob:
-    """run_job(spec_dict, job="a", hooks=None, load=None, **ctx) → PipelineResult, on the CPU."""
+def job_runner(tmp_path: Path) -> RunJob:
+    """run(spec_dict, job="a", hooks=None, load=None, **ctx) → PipelineResult, on the CPU, each job
+    in its own directory under `tmp_path` and the datasets under `tmp_path/datasets`."""
 
     def run(
         spec: dict[str, Any],

@@ -13,7 +13,7 @@ import torch
 from tas.core.data import builtin
 from tas.core.data.dataset import DatasetUnavailable, LoadContext
 from tas.core.data.registry import BUILTIN_DATASETS
-from tests.unit.core.conftest import RunJob
+from tests.helpers.pipeline import RunJob
 
 MNIST_FILES = [
     "train-images-idx3-ubyte",

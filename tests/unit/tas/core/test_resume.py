@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tas.core.errors import Stopped, TimeLimitExceeded
-from tests.unit.core.conftest import RecordingHooks, RunJob
+from tests.helpers.pipeline import RecordingHooks, RunJob
 
 TIMING = ("epoch_seconds", "samples_per_second")
 

@@ -10,7 +10,7 @@ import pytest
 from tas.core.artifact import read_card
 from tas.core.data.formats.upload import info_from_schema
 from tas.core.data.registry import BUILTIN_DATASETS
-from tests.unit.core.conftest import RunJob
+from tests.helpers.pipeline import RunJob
 
 
 @pytest.mark.parametrize(

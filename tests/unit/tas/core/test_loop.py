@@ -22,7 +22,7 @@ from tas.core.loop import (
     epoch_order,
     evaluate,
 )
-from tests.unit.core.conftest import RecordingHooks, RunJob
+from tests.helpers.pipeline import RecordingHooks, RunJob
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from tas.core.predictor import Predictor
-from tests.unit.core.conftest import RecordingHooks, RunJob
+from tests.helpers.pipeline import RecordingHooks, RunJob
 
 
 def test_digits_mlp_adam_reaches_93_percent(run_job: RunJob) -> None:
