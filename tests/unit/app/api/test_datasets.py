@@ -1,5 +1,5 @@
-"""Dataset and weights uploads over HTTP: every format, every refusal (the archive attacks built
-here), dedupe by content, the listing, and jobs on uploads and on `init_from` weights."""
+"""/datasets over HTTP: every upload format, every refusal (the archive attacks built here),
+dedupe by content, the listing, jobs on uploads, and uploads of other tenants."""
 
 from __future__ import annotations
 
@@ -14,42 +14,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-import safetensors.torch
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tas.core.models import build_model
-from tas.core.spec import ModelSpec
 from tas.settings import Settings
 from tas.store.engine import make_engine, make_sessionmaker
-from tas.store.migrate import upgrade
-from tas.store.orm import Job, JobStatus, ModelVersion
 from tests.helpers.api import RecordingPublisher
-
-# ---------------------------------------------------------------------------------------------
-# Fixtures: small limits, so the limit tests stay small.
+from tests.helpers.uploads import leftovers, locs, msgs, small_upload_settings
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = Settings(
-        data_dir=tmp_path / "var",
-        max_upload_mb=1,
-        upload_max_uncompressed_mb=4,
-        upload_max_ratio=50.0,
-        upload_max_entries=50,
-        upload_max_pixels=250_000,
-    )
-    s.ensure_dirs()
-    upgrade(s.resolved_database_url)
-    return s
-
-
-def leftovers(settings: Settings) -> list[Path]:
-    """Temp files of uploads: none may outlive its request."""
-    tmp = settings.resolved_uploads_dir / ".tmp"
-    return list(tmp.iterdir()) if tmp.exists() else []
+    """Small upload limits, so the limit tests stay small."""
+    return small_upload_settings(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,15 +137,6 @@ def upload(
     **fields: str,
 ) -> Any:
     return client.post("/datasets", files={"file": (file_name, data, ctype)}, data=fields)
-
-
-def msgs(r: Any) -> str:
-    detail = r.json()["detail"]
-    return " ".join(d["msg"] for d in detail) if isinstance(detail, list) else str(detail)
-
-
-def locs(r: Any) -> list[list[Any]]:
-    return [d["loc"] for d in r.json()["detail"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,270 +544,6 @@ def test_job_on_unknown_upload_is_422(client: TestClient) -> None:
     assert r.status_code == 422
     assert locs(r) == [["body", "dataset", "id"]]
     assert "GET /datasets" in msgs(r)
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights and init_from.
-
-
-def st_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    return safetensors.torch.save(tensors)
-
-
-def mlp_state(hidden: list[int], inputs: int, out: int) -> dict[str, torch.Tensor]:
-    model = build_model(ModelSpec(arch="mlp", hidden=hidden), (inputs,), out)
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-
-
-def post_weights(client: TestClient, data: bytes, name: str = "w.safetensors") -> Any:
-    return client.post("/weights", files={"file": (name, data, "application/octet-stream")})
-
-
-def test_weights_upload_and_get(client: TestClient, settings: Settings) -> None:
-    data = st_bytes({"a.weight": torch.zeros(3, 4), "a.bias": torch.zeros(3)})
-    r = post_weights(client, data)
-    assert r.status_code == 201, r.text
-    w = r.json()
-    assert w["tensors"] == {"a.weight": [3, 4], "a.bias": [3]}
-    assert w["id"] == w["sha256"][:16] and w["size_bytes"] == len(data)
-    assert r.headers["location"] == f"/weights/{w['id']}"
-    assert (settings.resolved_uploads_dir / "weights" / f"{w['sha256']}.safetensors").exists()
-    assert client.get(f"/weights/{w['id']}").json() == w
-    assert post_weights(client, data).status_code == 200
-    assert client.get("/weights/" + "0" * 16).status_code == 404
-    assert client.get("/weights/nope").status_code == 404
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"garbage, not safetensors",
-        b"",
-        struct.pack("<Q", 10**9) + b"{}",
-        struct.pack("<Q", 60)
-        + b'{"x":{"dtype":"F32","shape":[100,100],"data_offsets":[0,40000]}}'[:60],
-    ],
-    ids=["garbage", "empty", "huge-header", "truncated"],
-)
-def test_weights_that_are_not_safetensors_are_422(
-    client: TestClient, settings: Settings, data: bytes
-) -> None:
-    r = post_weights(client, data)
-    assert r.status_code == 422, r.text
-    assert locs(r) == [["body", "file"]]
-    assert "safetensors" in msgs(r)
-    assert leftovers(settings) == []
-
-
-def test_a_pickle_is_never_loaded(client: TestClient, tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self) -> tuple[Any, ...]:
-            return (Path.touch, (marker,))
-
-    buf = io.BytesIO()
-    torch.save({"w": Evil()}, buf)
-    r = post_weights(client, buf.getvalue(), "model.pt")
-    assert r.status_code == 422
-    assert not marker.exists()
-
-
-def test_init_from_unknown_is_422(client: TestClient) -> None:
-    for ref, says in [
-        ("no-such-model", "no model named 'no-such-model'"),
-        ("no-such-model:3", "no model"),
-        ("weights:0123456789abcdef", "no uploaded weights"),
-        ("a" * 32, "no job or model"),
-    ]:
-        r = client.post(
-            "/jobs",
-            json={
-                "name": "t",
-                "dataset": {"name": "iris"},
-                "model": {"arch": "mlp", "hidden": [8], "init_from": ref},
-            },
-        )
-        assert r.status_code == 422, r.text
-        assert locs(r) == [["body", "model", "init_from"]]
-        assert says in msgs(r) and ref in msgs(r)
-
-
-def test_init_from_weights_that_fit_is_queued_and_pinned(client: TestClient) -> None:
-    w = post_weights(client, st_bytes(mlp_state([8], 4, 3))).json()
-    r = client.post(
-        "/jobs",
-        json={
-            "name": "ft",
-            "dataset": {"name": "iris"},
-            "model": {"arch": "mlp", "hidden": [8], "init_from": f"weights:{w['id']}"},
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert r.json()["result"]["init_from"] == {
-        "ref": f"weights:{w['id']}",
-        "kind": "weights",
-        "id": w["id"],
-        "sha256": w["sha256"],
-    }
-
-
-def test_init_from_weights_of_another_shape_names_the_layer(client: TestClient) -> None:
-    """Weights of an MLP with 16 hidden units, for a job that builds one with 8."""
-    w = post_weights(client, st_bytes(mlp_state([16], 4, 3))).json()
-    r = client.post(
-        "/jobs",
-        json={
-            "name": "ft",
-            "dataset": {"name": "iris"},
-            "model": {"arch": "mlp", "hidden": [8], "init_from": f"weights:{w['id']}"},
-        },
-    )
-    assert r.status_code == 422, r.text
-    assert ["body", "model", "init_from"] in locs(r)
-    text = msgs(r)
-    first = next(iter(mlp_state([8], 4, 3)))  # the first layer's weight: [8, 4] here, [16, 4] there
-    assert f"'{first}'" in text and "[8, 4]" in text and "[16, 4]" in text
-
-
-def test_freeze_of_an_unknown_layer_is_422(client: TestClient) -> None:
-    r = client.post(
-        "/jobs",
-        json={
-            "name": "t",
-            "dataset": {"name": "iris"},
-            "model": {"arch": "mlp", "hidden": [8], "freeze": ["nope"]},
-        },
-    )
-    assert r.status_code == 422, r.text
-    assert locs(r) == [["body", "model", "freeze"]]
-    assert "nope" in msgs(r)
-
-
-@pytest.fixture
-def registered(settings: Settings) -> Iterator[str]:
-    """A succeeded job whose model (an MLP 4→8→3 on iris) is registered as digits-base:1 and :2."""
-    engine = make_engine(settings.resolved_database_url)
-    sessions = make_sessionmaker(engine)
-    with sessions() as s:
-        for version in (1, 2):
-            job = Job(name="base", spec={"name": "base"}, status=JobStatus.succeeded.value)
-            s.add(job)
-            s.flush()
-            model_dir = settings.resolved_artifact_dir / "jobs" / job.id / "model"
-            model_dir.mkdir(parents=True)
-            safetensors.torch.save_file(mlp_state([8], 4, 3), str(model_dir / "model.safetensors"))
-            s.add(
-                ModelVersion(
-                    name="base",
-                    version=version,
-                    job_id=job.id,
-                    model_dir=str(model_dir),
-                    card={},
-                    metrics=None,
-                )
-            )
-        s.commit()
-        job_id = job.id
-    yield job_id
-    engine.dispose()
-
-
-def test_init_from_a_registered_model(client: TestClient, registered: str) -> None:
-    def submit(ref: str) -> Any:
-        return client.post(
-            "/jobs",
-            json={
-                "name": "ft",
-                "dataset": {"name": "iris"},
-                "model": {"arch": "mlp", "hidden": [8], "init_from": ref, "freeze": "backbone"},
-            },
-        )
-
-    for ref in ("base", "base:2", registered):
-        r = submit(ref)
-        assert r.status_code == 201, r.text
-        pinned = r.json()["result"]["init_from"]
-        assert pinned["kind"] == "model" and pinned["name"] == "base" and pinned["version"] == 2
-        assert pinned["job_id"] == registered
-    assert submit("base:1").json()["result"]["init_from"]["version"] == 1
-    r = submit("base:7")
-    assert r.status_code == 422
-    assert "no version '7'" in msgs(r) and "2, 1" in msgs(r)
-
-
-# ---------------------------------------------------------------------------------------------
-# Storage: identical uploads racing.
-
-
-def test_identical_uploads_racing_give_one_dataset(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Eight threads store the same bytes at once: one row, one file, no error, no temp file. Then
-    the lost-race branch on purpose: the check finds nothing, the INSERT hits the unique key."""
-    import threading
-
-    from tas.store import datasets as dataset_store
-    from tas.store import files as file_store
-
-    engine = make_engine(settings.resolved_database_url)
-    sessions = make_sessionmaker(engine)
-    schema = {"format": "csv", "options": {"target": "y"}}
-
-    def spool() -> file_store.Spool:
-        sp = file_store.Spool(file_store.tmp_dir(settings), 1 << 20)
-        sp.write(b"x,y\n1,2\n3,4\n")
-        sp.finish()
-        return sp
-
-    barrier = threading.Barrier(8)
-    results: list[tuple[str, bool]] = []
-    errors: list[BaseException] = []
-
-    def store() -> None:
-        try:
-            with spool() as sp, sessions() as s:
-                barrier.wait()
-                row, created = dataset_store.add_dataset(
-                    s,
-                    settings,
-                    tenant="default",
-                    name="r",
-                    file_name="r.csv",
-                    spool=sp,
-                    schema=schema,
-                )
-                s.commit()
-                results.append((row.id, created))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=store) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert len({i for i, _ in results}) == 1 and sum(c for _, c in results) == 1
-    stored = list((settings.resolved_uploads_dir / "datasets").rglob("*.csv"))
-    assert len(stored) == 1 and stored[0].read_bytes() == b"x,y\n1,2\n3,4\n"
-
-    real = dataset_store._by_fingerprint
-    calls: list[str] = []
-
-    def blind(session: Any, tenant: str, fp: str) -> Any:
-        calls.append(fp)
-        return None if len(calls) == 1 else real(session, tenant, fp)
-
-    monkeypatch.setattr(dataset_store, "_by_fingerprint", blind)
-    with spool() as sp, sessions() as s:
-        row, created = dataset_store.add_dataset(
-            s, settings, tenant="default", name="r", file_name="r.csv", spool=sp, schema=schema
-        )
-        s.commit()
-    assert not created and row.id == results[0][0] and len(calls) == 2
-    assert leftovers(settings) == []
-    engine.dispose()
 
 
 def test_random_garbage_is_never_a_500(client: TestClient, settings: Settings) -> None:
