@@ -1,4 +1,5 @@
-"""Image payloads for /predict: encoded files and their base64 text."""
+"""Image payloads: encoded files and their base64 text for /predict, and the exact-pixel images the
+upload readers are fed."""
 
 from __future__ import annotations
 
@@ -19,3 +20,14 @@ def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def image_bytes(a: np.ndarray, fmt: str = "PNG") -> bytes:
+    """uint8 H×W (grey) or H×W×3 (colour) → PNG/JPEG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, fmt)
+    return buf.getvalue()
+
+
+def grey(h: int = 6, w: int = 5, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)

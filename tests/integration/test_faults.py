@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
+from tests.helpers.artifacts import job_dir, model_file, same_weights
 from tests.helpers.servers import PostgresServer, RedisServer
 from tests.helpers.specs import at_epoch, digits_mlp_spec
 from tests.helpers.stack import Stack, distributed_stack
@@ -45,21 +44,6 @@ def make_stack(
             )
 
         yield make
-
-
-def job_dir(stack: Stack, job: dict[str, Any]) -> Path:
-    return stack.data_dir / "artifacts" / "jobs" / job["id"]
-
-
-def model_file(stack: Stack, job: dict[str, Any]) -> Path:
-    path = job_dir(stack, job) / "model" / "model.safetensors"
-    assert path.is_file(), list(job_dir(stack, job).rglob("*"))
-    return path
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    ta, tb = load_file(str(a)), load_file(str(b))
-    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def final_row(stack: Stack, job_id: str) -> dict[str, Any]:

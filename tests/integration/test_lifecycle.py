@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.artifacts import model_file, same_weights
 from tests.helpers.servers import PostgresServer, RedisServer, free_port
 from tests.helpers.stack import Proc, Stack, base_env, spawn, wait_http
-from tests.integration.test_faults import model_file, same_weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import torch
 from tas.core.data import builtin
 from tas.core.data.dataset import DatasetUnavailable, LoadContext
 from tas.core.data.registry import BUILTIN_DATASETS
+from tests.helpers.datasets import write_mnist
 from tests.helpers.pipeline import RunJob
 
 MNIST_FILES = [
@@ -21,35 +20,6 @@ MNIST_FILES = [
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 ]
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """The IDX format torchvision's MNIST reads: magic (0, 0, type 0x08 = ubyte, ndim), big-endian
-    dimensions, then the raw bytes."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_mnist(
-    root: Path, folder: str, n_train: int, n_test: int, gz: bool = False
-) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
-    }
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
-    for name, arr in arrays.items():
-        if gz:
-            (raw / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(arr)))
-        else:
-            (raw / name).write_bytes(idx_bytes(arr))
-    return arrays
 
 
 @pytest.mark.parametrize(

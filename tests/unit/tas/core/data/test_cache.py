@@ -28,8 +28,8 @@ from tas.core.data.prepare import prepare
 from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
 from tas.core.spec import JobSpec
+from tests.helpers.datasets import write_mnist
 from tests.helpers.pipeline import RecordingHooks
-from tests.unit.tas.core.data.test_builtin import write_mnist
 
 INFO = DatasetInfo(
     "digits32", "classification", (1, 32, 32), 10, [str(i) for i in range(10)], kind="image"

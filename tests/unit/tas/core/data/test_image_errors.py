@@ -10,7 +10,8 @@ import pytest
 
 from tas.core.data.formats.upload import UploadError
 from tas.core.data.images import decode_image
-from tests.unit.tas.core.data.test_uploads import grey, image_bytes, make_zip, refused
+from tests.helpers.images import grey, image_bytes
+from tests.helpers.uploads import make_zip, refused
 
 PNG = image_bytes(grey(16, 16))
 JPEG = image_bytes(np.stack([grey(16, 16)] * 3, axis=-1), "JPEG")

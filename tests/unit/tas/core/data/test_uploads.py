@@ -7,7 +7,6 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,9 +14,7 @@ import torch
 from PIL import Image
 
 from tas.core.data.formats.upload import (
-    ParsedUpload,
     UploadError,
-    UploadLimits,
     UploadOptions,
     info_from_schema,
     load_upload,
@@ -25,55 +22,20 @@ from tas.core.data.formats.upload import (
 )
 from tas.core.data.images import decode_image
 from tas.core.errors import DataError
+from tests.helpers.images import grey, image_bytes
+from tests.helpers.uploads import make_zip, read, refused
 
 # ---------------------------------------------------------------------------------------------
 # Builders
-
-
-def image_bytes(a: np.ndarray, fmt: str = "PNG") -> bytes:
-    """uint8 H×W (grey) or H×W×3 (colour) → PNG/JPEG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, fmt)
-    return buf.getvalue()
-
-
-def grey(h: int = 6, w: int = 5, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
 
 
 def colour(h: int = 6, w: int = 5, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def make_zip(path: Path, entries: dict[str, bytes], compress: int = zipfile.ZIP_DEFLATED) -> Path:
-    with zipfile.ZipFile(path, "w", compress) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return path
-
-
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
     path.write_text(text, encoding=encoding)
     return path
-
-
-def read(path: Path, options: UploadOptions | None = None, **limits: Any) -> ParsedUpload:
-    return read_upload(path, path.name, options or UploadOptions(), UploadLimits(**limits))
-
-
-def refused(
-    path: Path,
-    options: UploadOptions | None = None,
-    *,
-    field: str = "file",
-    status: int = 422,
-    **limits: Any,
-) -> str:
-    with pytest.raises(UploadError) as err:
-        read(path, options, **limits)
-    assert (err.value.field, err.value.status) == (field, status), err.value.message
-    assert isinstance(err.value, DataError)
-    return err.value.message
 
 
 def folder_zip(path: Path, per_class: int = 3, prefix: str = "") -> Path:
