@@ -6,7 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import servers
+# The helpers assert too (a refused upload, a model file that must exist): rewritten like a test
+# module's asserts, a failure shows the values. Registered before the first import of them.
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers import servers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
