@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import email.message
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request, params
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -74,7 +76,19 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
             }
         ]
         return JSONResponse({"detail": detail}, status_code=415)
-    return await request_validation_exception_handler(request, exc)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _json_safe(value: Any) -> Any:
+    """The errors echo the input they refused, and strict JSON has no number for a non-finite
+    float (a body's `1e999` parses as infinity): such a value is echoed as its string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 #: What a client is told about an exception the API did not expect (the log has the rest).

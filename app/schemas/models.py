@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tas.store.registry import MAX_VERSION
+
 #: A model's name or an alias, as job names are spelled: checked in the path, so `../`, encoded
 #: slashes and backslashes never reach a query or a file path.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -34,7 +36,7 @@ class ModelOut(BaseModel):
 class AliasIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1, description="The version the alias should point at.")
+    version: int = Field(ge=1, le=MAX_VERSION, description="The version the alias should point at.")
 
 
 class AliasOut(BaseModel):

@@ -30,6 +30,7 @@ from tas.core.data.archive import UploadError
 from tas.core.data.images import decode_image
 from tas.core.predictor import InputShapeError, InputValueError, Predictor
 from tas.errors import InvalidInput, PayloadTooLarge, body_error
+from tas.store import registry as registry_store
 
 #: The JSON body's fields and the form's text fields: the ones OpenAPI documents, in their order.
 FIELDS = tuple(PredictRequest.model_fields)
@@ -72,6 +73,8 @@ def _model_ref(value: Any) -> str:
         raise body_error(
             "model", "model must be a job id, a name, name:version or name@alias (a string)"
         )
+    if (problem := registry_store.version_problem(value)) is not None:
+        raise body_error("model", problem)
     return value
 
 

@@ -28,6 +28,9 @@ from tas.core.losses import LOSSES
 from tas.core.models import ARCHS, input_problems
 from tas.core.optim import OPTIMIZERS, SCHEDULERS
 
+#: Seeds are stored in JSON and handed to torch and numpy, which take at most 64 bits.
+SEED_MAX = 2**63 - 1
+
 
 class StrictModel(BaseModel):
     """The spec is typed and closed, so a mistake is a 422 naming the field, never a silently
@@ -40,7 +43,7 @@ class StrictModel(BaseModel):
     - the choices of a `Literal` field (precision, device, activation, freeze, …) are matched
       case-insensitively and stored in their canonical spelling, so `"FP16"` trains as `"fp16"`."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     #: field name → {lower-case spelling → canonical spelling}, for the fields with `Literal` choices.
     _spellings: ClassVar[dict[str, dict[str, str]]] = {}
@@ -164,7 +167,7 @@ class DatasetSpec(StrictModel):
     test_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="Uploads only: held out for evaluate."
     )
-    split_seed: int = 42
+    split_seed: int = Field(42, ge=0, le=SEED_MAX)
     stratify: bool = True
     normalize: bool | None = Field(
         None,
@@ -253,14 +256,14 @@ class TrainingSpec(StrictModel):
     momentum: float | None = Field(
         None, ge=0.0, lt=1.0, description="null: 0 for sgd, 0.9 for momentum."
     )
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     loss: str | None = Field(
         None, description="null: cross_entropy for classes, mse for regression."
     )
     scheduler: str | None = None
     step_size: int = Field(10, ge=1, description="step scheduler: epochs between decays.")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step scheduler: decay factor.")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     early_stopping: EarlyStoppingSpec | None = None
     max_minutes: float = Field(60.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -174,6 +174,21 @@ def delete_version(session: Session, name: str, version: int, *, tenant: str) ->
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
+#: The largest version a reference can name: versions are a 64-bit integer column, and a larger
+#: number in a query is an overflow in the driver, not a version that does not exist.
+MAX_VERSION = 2**63 - 1
+
+
+def version_problem(ref: str) -> str | None:
+    """What is wrong with the `:version` part of a `name:version` reference, if anything that no
+    registry could hold (a number beyond MAX_VERSION)."""
+    if "@" in ref or ":" not in ref:
+        return None
+    version = ref.partition(":")[2]
+    if version.isdigit() and int(version) > MAX_VERSION:
+        return f"a model version is at most {MAX_VERSION}; {ref!r} names {version}"
+    return None
+
 
 def resolve_model(session: Session, ref: str, *, tenant: str) -> ModelVersion:
     """A job id, `name` (latest version), `name:version` or `name@alias`: how /predict and
@@ -202,7 +217,7 @@ def resolve_model(session: Session, ref: str, *, tenant: str) -> ModelVersion:
         name, _, version = ref.partition(":")
     q = select(ModelVersion).where(ModelVersion.tenant == tenant, ModelVersion.name == name)
     if version:
-        if not version.isdigit():
+        if not version.isdigit() or int(version) > MAX_VERSION:
             raise ModelNotFound(ref)
         q = q.where(ModelVersion.version == int(version))
     mv = session.scalar(q.order_by(ModelVersion.version.desc()).limit(1))
