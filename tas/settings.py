@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     upload_max_pixels: int = Field(
         40_000_000, ge=1, description="Pixels (width × height) of one uploaded image."
     )
+    upload_max_columns: int = Field(
+        100_000, ge=2, description="Columns of an uploaded CSV (features and the target)."
+    )
     upload_max_samples: int = Field(
         10_000_000, ge=1, description="Samples (rows, images) in one uploaded dataset."
     )

@@ -119,6 +119,7 @@ def upload_limits(settings: Settings) -> UploadLimits:
         max_ratio=settings.upload_max_ratio,
         max_pixels=settings.upload_max_pixels,
         max_samples=settings.upload_max_samples,
+        max_columns=settings.upload_max_columns,
     )
 
 

@@ -42,6 +42,8 @@ class UploadLimits:
     #: One image, from its header, before it is decoded.
     max_pixels: int = 50_000_000
     max_samples: int = 5_000_000
+    #: Columns of a CSV, counted on its header line before any field is parsed.
+    max_columns: int = 100_000
     #: The decoded float32 X (N × sample size × 4 bytes), known before it is allocated: a few MB of
     #: PNGs can decode to hundreds of GB, which no per-entry zip ratio sees.
     max_array_bytes: int = 16 << 30

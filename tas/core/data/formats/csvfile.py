@@ -48,17 +48,36 @@ def text_lines(fh: IO[str]) -> Iterator[str]:
 
 def sniff_delimiter(first_line: str) -> str:
     """The candidate that splits the header into the most fields (',' on a tie)."""
-    counts = [len(next(csv.reader([first_line], delimiter=d), [])) for d in DELIMITERS]
+    counts = [_fields(first_line, d) for d in DELIMITERS]
     return DELIMITERS[counts.index(max(counts))]
 
 
-def _header(lines: Iterator[str], what: str) -> tuple[str, list[str], int]:
+def _fields(line: str, delimiter: str) -> int:
+    """How many fields `delimiter` splits the line into; 1 for a line it leaves as one field
+    longer than the csv module takes (a wide header, tried with a delimiter it does not hold)."""
+    try:
+        return len(next(csv.reader([line], delimiter=delimiter), []))
+    except csv.Error:
+        return 1
+
+
+def _header(lines: Iterator[str], what: str, max_columns: int) -> tuple[str, list[str], int]:
     """(delimiter, column names, lines up to and with the header) from the first non-blank line;
-    blank names become column_<i>."""
+    blank names become column_<i>. The columns are counted before the line is parsed: a header of
+    a million names is refused as what it is, not as one field over the csv module's limit."""
     for count, line in enumerate(lines, start=1):
         if line.strip():
-            delimiter = sniff_delimiter(line)
-            cells = next(csv.reader([line], delimiter=delimiter))
+            columns = max(line.count(d) for d in DELIMITERS) + 1
+            if columns > max_columns:
+                raise UploadError(
+                    f"{what} has {columns:,} columns; at most {max_columns:,}"
+                    " (TAS_UPLOAD_MAX_COLUMNS)"
+                )
+            try:
+                delimiter = sniff_delimiter(line)
+                cells = next(csv.reader([line], delimiter=delimiter))
+            except csv.Error as exc:
+                raise UploadError(f"{what}'s header row cannot be read: {exc}") from None
             return delimiter, [c.strip() or f"column_{i + 1}" for i, c in enumerate(cells)], count
     raise UploadError(f"{what} is empty (no header row)")
 
@@ -101,7 +120,7 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
     column interned to codes by a converter): a few passes over the file, never a list of lines."""
     with path.open(encoding="utf-8-sig", newline="") as fh:
         lines = text_lines(fh)
-        delimiter, names, skip = _header(lines, "the CSV")
+        delimiter, names, skip = _header(lines, "the CSV", limits.max_columns)
         if not any(line.strip() for line in lines):
             raise UploadError("the CSV has a header row but no data rows")
     t = _target_index(names, options.target, "the CSV")

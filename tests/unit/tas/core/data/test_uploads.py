@@ -106,6 +106,23 @@ def test_csv_bom_semicolons_quotes_and_blank_lines(tmp_path: Path) -> None:
     assert read(tabs).arrays.X.shape == (4, 2)
 
 
+def test_csv_columns_are_counted_before_the_header_is_parsed(tmp_path: Path) -> None:
+    """A header of a million names is refused as too many columns (not as a field over the csv
+    module's limit, with a traceback); a wide header under the limit reads, whatever delimiter the
+    sniffer tries first."""
+    huge = write(tmp_path / "huge.csv", ",".join(f"f{i}" for i in range(10**6)) + ",label\n")
+    msg = refused(huge, max_columns=100_000)
+    assert msg == "the CSV has 1,000,001 columns; at most 100,000 (TAS_UPLOAD_MAX_COLUMNS)"
+
+    n = 30_000  # a 200 KB header line: one field over csv's 128 KiB limit under a wrong delimiter
+    header = ";".join([*(f"feature_{i}" for i in range(n)), "label"])
+    rows = "\n".join(";".join([*(str(r + i % 3) for i in range(n)), str(r % 2)]) for r in range(4))
+    wide = write(tmp_path / "wide.csv", f"{header}\n{rows}\n")
+    parsed = read(wide)
+    assert parsed.arrays.X.shape == (4, n)
+    assert refused(wide, max_columns=n)  # n features and the label: one over
+
+
 def test_csv_target_column_refusals(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", "a,b,c\n1,2,3\n4,5,6\n")
     msg = refused(path, UploadOptions(target="price"), field="target")
