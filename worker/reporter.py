@@ -49,6 +49,7 @@ class DbReporter(NullHooks):
         self.interval = interval
         self._preempted = preempted or threading.Event()
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._rows: list[dict[str, Any]] = []
         self._checkpoints: list[tuple[dict[str, Any], list[str]]] = []
         self._changes: dict[str, Any] = {}
@@ -73,7 +74,12 @@ class DbReporter(NullHooks):
                 log.exception("heartbeat for job %s failed", self.lease.job_id)
 
     def flush(self) -> bool:
-        """Write everything pending and renew the lease. False when the lease is lost."""
+        """Write everything pending and renew the lease. False when the lease is lost. Flushes are
+        serialised: one that returns has seen every earlier one committed."""
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
             rows, self._rows = self._rows, []
             checkpoints, self._checkpoints = self._checkpoints, []
@@ -125,6 +131,12 @@ class DbReporter(NullHooks):
             self._changes["latest_metrics"] = dict(row)
             if row.is_best:
                 self._changes["best_metrics"] = dict(row)
+        # Written now, before the loop saves this epoch's checkpoint: a run killed after that save
+        # resumes past this epoch, so its row must already be in the database, not in a buffer.
+        try:
+            self.flush()
+        except Exception:  # a DB hiccup must not kill the job; the next beat retries
+            log.exception("epoch row of job %s not written yet", self.lease.job_id)
 
     def step_logged(self, row: dict[str, Any]) -> None:
         with self._lock:
