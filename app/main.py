@@ -11,16 +11,19 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import errors
 from app.api.routes import (
+    audit,
     datasets,
     health,
     job_events,
     jobs,
+    keys,
     models,
     predict,
     weights,
     workers,
 )
 from app.metrics import Observe, make_metrics
+from app.services.auth import Authenticator
 from app.services.job_stream import JobStreams, StreamCollector
 from app.services.serving import Serving
 from tas.queue import Publisher, make_celery
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.publisher = publisher
     app.state.serving = serving
     app.state.job_streams = job_streams
+    app.state.auth = Authenticator(settings, readers, sessions)
 
     metrics = make_metrics(readers, settings)
     metrics.registry.register(StreamCollector(job_streams, engine))
@@ -101,6 +105,8 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
         models.router,
         health.router,
         workers.router,
+        keys.router,
+        audit.router,
     ):
         app.include_router(router)
     return app

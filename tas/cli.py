@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
+from tas.errors import DomainError
 from tas.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 cli = typer.Typer(help="tas — training as a service.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -48,6 +54,14 @@ def serve(
     loglevel: Annotated[
         str, typer.Option(help="tas's own log level; libraries log warnings and above.")
     ] = "info",
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve beyond loopback with no API key: anyone who reaches the port can do"
+            " anything. Without it, such a server refuses to start until `tas keys create`.",
+        ),
+    ] = False,
 ) -> None:
     """The API and (unless --no-worker) an embedded Celery worker: one command, no other server.
 
@@ -63,9 +77,17 @@ def serve(
     settings = _settings()
     host = host or settings.host
     port = port or settings.port
-    if host not in LOOPBACK and not settings.api_keys:
-        console.print("[yellow]warning[/yellow]: binding beyond loopback with no TAS_API_KEYS set")
     upgrade(settings.resolved_database_url)
+    if host not in LOOPBACK and not _keys_exist(settings):
+        if not insecure:
+            console.print(
+                f"[red]error[/red]: refusing to serve on {host} with no API key: anyone who"
+                " reaches the port could read, change or delete everything. Create one first"
+                " (tas keys create --tenant NAME --scopes SCOPE,...), bind to 127.0.0.1, or pass"
+                " --insecure."
+            )
+            raise typer.Exit(2)
+        console.print(f"[yellow]warning[/yellow]: serving on {host} with no API key (--insecure)")
 
     def ready(pid: int) -> None:
         console.print(f"worker ready (pid {pid}, concurrency {concurrency})")
@@ -115,6 +137,19 @@ def serve(
             console.print("stopping the worker (a running job checkpoints and is requeued)")
             embedded.stop()
     console.print("stopped")
+
+
+def _keys_exist(settings: Settings) -> bool:
+    from tas.store import keys as key_store
+    from tas.store.engine import make_engine, make_sessionmaker
+    from tas.store.unit_of_work import unit_of_work
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine, read_only=True)) as session:
+            return key_store.any_key(session)
+    finally:
+        engine.dispose()
 
 
 def _server(
@@ -219,6 +254,140 @@ def _servable(queues: str) -> str:
         console.print(f"[red]error[/red]: no queue in {queues!r} that this machine can serve")
         raise typer.Exit(2)
     return ",".join(servable.queues)
+
+
+keys_cli = typer.Typer(
+    help="API keys: who may call the API, as which tenant, with which scopes.",
+    no_args_is_help=True,
+)
+cli.add_typer(keys_cli, name="keys")
+
+
+@contextmanager
+def _key_session() -> Iterator[tuple[Settings, Session]]:
+    """A unit of work on an up-to-date database (the key table may be new)."""
+    from tas.store.engine import make_engine, make_sessionmaker
+    from tas.store.migrate import upgrade
+    from tas.store.unit_of_work import unit_of_work
+
+    settings = _settings()
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            yield settings, session
+    finally:
+        engine.dispose()
+
+
+def _fail(exc: DomainError) -> NoReturn:
+    console.print(f"[red]error[/red]: {exc.message}")
+    raise typer.Exit(2)
+
+
+@keys_cli.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Whose objects the key sees.")],
+    scopes: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: jobs:read, jobs:write, datasets:read, datasets:write,"
+            " models:read, models:write, predict, metrics:read, admin."
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
+    expires: Annotated[
+        float | None, typer.Option(help="Days until the key stops working.", min=0.0001)
+    ] = None,
+) -> None:
+    """Create a key. The key is printed once, as the last line of standard output: only a
+    keyed hash of it is stored."""
+    from tas.store import audit as audit_store
+    from tas.store import keys as key_store
+
+    try:
+        with _key_session() as (settings, session):
+            row, token = key_store.create_key(
+                session,
+                key_store.server_secret(settings),
+                tenant=tenant,
+                scopes=[s.strip() for s in scopes.split(",") if s.strip()],
+                name=name,
+                expires_days=expires,
+            )
+            audit_store.record(
+                session,
+                tenant=row.tenant,
+                key_id=None,
+                action="cli keys create",
+                route="tas keys create",
+                target=f"/keys/{row.id}",
+            )
+            key_id, held, until = row.id, ", ".join(row.scopes), row.expires_at
+    except DomainError as exc:
+        _fail(exc)
+    console.print(
+        f"created key [bold]{key_id}[/bold] for tenant {tenant!r} (scopes: {held};"
+        f" expires: {until.isoformat() if until else 'never'}). It is shown once: keep it."
+    )
+    print(token)
+
+
+@keys_cli.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+) -> None:
+    """Every key with its tenant, scopes and state; never a secret."""
+    from rich.table import Table
+
+    from tas.store import keys as key_store
+
+    table = Table("id", "tenant", "name", "scopes", "created", "expires", "last used", "state")
+    with _key_session() as (_, session):
+        now = datetime.now(UTC)
+        for k in key_store.list_keys(session, tenant):
+            state = (
+                "revoked"
+                if k.revoked_at
+                else "expired"
+                if k.expires_at and k.expires_at <= now
+                else "active"
+            )
+            table.add_row(
+                k.id,
+                k.tenant,
+                k.name or "",
+                ",".join(k.scopes),
+                f"{k.created_at:%Y-%m-%d %H:%M}",
+                f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "never",
+                f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never",
+                state,
+            )
+    Console(width=200).print(table)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (tas keys list).")],
+) -> None:
+    """Revoke a key: refused from now on (by a running API within TAS_AUTH_CACHE_S)."""
+    from tas.store import audit as audit_store
+    from tas.store import keys as key_store
+
+    try:
+        with _key_session() as (_, session):
+            row = key_store.revoke_key(session, key_id)
+            audit_store.record(
+                session,
+                tenant=row.tenant,
+                key_id=None,
+                action="cli keys revoke",
+                route="tas keys revoke",
+                target=f"/keys/{row.id}",
+            )
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"revoked key {key_id}")
 
 
 def _redact(url: str) -> str:

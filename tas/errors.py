@@ -174,3 +174,29 @@ class SplitNotFound(NotFound):
                 else ""
             )
         )
+
+
+class Unauthorized(DomainError):
+    """No key, or one that is not valid. Unknown, revoked, expired and malformed keys all get
+    the same answer, so a caller learns nothing about which keys exist."""
+
+    status_code = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"WWW-Authenticate": 'Bearer realm="tas"'}
+
+
+class MissingScope(DomainError):
+    status_code = 403
+
+    def __init__(self, needed: Sequence[str], held: Sequence[str]) -> None:
+        wanted = " or ".join(repr(s) for s in needed)
+        super().__init__(
+            f"this API key lacks the scope {wanted} (it has: {', '.join(sorted(held)) or 'none'})"
+        )
+
+
+class KeyNotFound(NotFound):
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"API key {key_id!r} not found")

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     upload_max_pixels: int = Field(
         40_000_000, ge=1, description="Pixels (width × height) of one uploaded image."
     )
+    upload_max_total_pixels: int = Field(
+        200_000_000,
+        ge=1,
+        description="Pixels (width × height) of all of an upload's images together, read from their"
+        " headers before any is decoded: a few MB of PNGs can decode to billions of pixels.",
+    )
     upload_max_columns: int = Field(
         100_000, ge=2, description="Columns of an uploaded CSV (features and the target)."
     )
@@ -69,7 +75,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Preprocessed-tensor cache bound (MiB); least recently used entries go first.",
     )
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    secret_key: SecretStr | None = Field(
+        None,
+        description="The server secret API keys are hashed with (HMAC-SHA256); default: a random"
+        " one created (mode 0600) in data_dir/secret.key. Every API process and `tas keys` must"
+        " share it.",
+    )
+    auth_cache_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long an API process reuses a checked key before reading it again; a key"
+        " revoked through another process is refused within this time (at once through this one).",
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -131,6 +148,24 @@ class Settings(BaseSettings):
     predict_max_samples: int = Field(
         4096, ge=1, description="Samples one /predict request may send; more is a 413."
     )
+    predict_max_body_mb: int = Field(
+        32,
+        ge=1,
+        description="Bytes one /predict body may have (MiB; never more than max_upload_mb): refused"
+        " by its Content-Length before it is read, or while it streams in once past the limit.",
+    )
+    predict_max_values: int = Field(
+        4_194_304,
+        ge=1,
+        description="Numbers one /predict JSON body may hold, all samples together, counted before"
+        " it is parsed (each costs a Python float while parsing); more is a 413.",
+    )
+    predict_max_pixels: int = Field(
+        25_000_000,
+        ge=1,
+        description="Pixels (width × height, all images together) one /predict request's images may"
+        " decode to, read from their headers before any is decoded; more is a 413.",
+    )
     predict_resolve_ttl_s: float = Field(
         1.0,
         ge=0,
@@ -141,6 +176,39 @@ class Settings(BaseSettings):
         None, ge=1, description="torch intra-op threads in the API process; null: torch's default."
     )
 
+    # Per-tenant quotas (see README, "Security").
+    max_active_jobs_per_tenant: int = Field(
+        100,
+        ge=1,
+        description="Queued and running jobs one tenant may have at once; a submit, clone or"
+        " resume beyond it is a 429 with Retry-After.",
+    )
+    max_stored_mb_per_tenant: int | None = Field(
+        51_200,
+        ge=1,
+        description="Bytes one tenant may store (MiB): its uploaded datasets and weights and its"
+        " jobs' files (checkpoints, models, predictions). An upload past it is a 413, a job"
+        " submitted while over it a 429; null: no bound.",
+    )
+
+    # What one job may ask a worker for, checked at submit before anything is allocated.
+    max_parameters: int = Field(
+        150_000_000,
+        ge=1,
+        description="Parameters of a job's model, counted at submit on the meta device (no memory):"
+        " above it is a 422 naming the layer sizes. The default takes every torchvision"
+        " classifier up to VGG (144 million); it also bounds how long one training step, and so"
+        " a cancel waiting for it, can take.",
+    )
+    max_training_memory_mb: int = Field(
+        16_384,
+        ge=1,
+        description="Training memory (MiB: parameters, gradients, optimizer state, one batch's"
+        " activations, estimated at submit) a job may need when no live worker of its queue"
+        " reports its memory; with one, the largest such worker's memory (GPU memory for a job"
+        " that trains on CUDA) is the bound.",
+    )
+
     # Live job updates (GET /jobs/{id}/events).
     max_event_streams: int = Field(
         256,
@@ -149,7 +217,10 @@ class Settings(BaseSettings):
         " Retry-After. Each costs a socket and a little memory, never a database connection.",
     )
     max_event_streams_per_tenant: int | None = Field(
-        None, ge=1, description="The same bound per tenant; null: only the process-wide one."
+        64,
+        ge=1,
+        description="The same bound per tenant (a quarter of the process-wide one by default, so"
+        " one tenant cannot take every slot); null: only the process-wide one.",
     )
     event_poll_s: float = Field(
         0.5,

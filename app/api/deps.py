@@ -6,16 +6,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, Response, params
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from app.services.auth import Authenticator
 from app.services.serving import Serving
 from tas.core.data.registry import BUILTIN_DATASETS
 from tas.errors import Conflict
 from tas.queue import Publisher
 from tas.settings import Settings
+from tas.store import audit as audit_store
 from tas.store import datasets as dataset_store
 from tas.store import jobs as job_store
+from tas.store.keys import Principal
 from tas.store.orm import Dataset, Job
 from tas.store.unit_of_work import unit_of_work
 
@@ -56,10 +60,24 @@ async def get_serving(request: Request) -> Serving:
     return serving
 
 
-async def get_tenant() -> str:
-    """Until API keys land, every caller is the default tenant (the server binds to loopback).
-    async for the same reason as `get_serving`."""
-    return "default"
+async def get_principal(request: Request) -> Principal:
+    """The caller, from `Authorization: Bearer <key>` (401 without a valid one once any key
+    exists). A key checked recently is answered from memory, so /predict does not wait on the
+    database; async for the same reason as `get_serving`."""
+    auth: Authenticator = request.app.state.auth
+    header = request.headers.get("authorization")
+    principal = auth.cached(header)
+    if principal is None:
+        principal = await run_in_threadpool(auth.authenticate, header)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_tenant(principal: PrincipalDep) -> str:
+    """The tenant whose objects the caller sees: every store query filters by it in SQL."""
+    return principal.tenant
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -67,6 +85,48 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
+
+
+def requires(read: str | tuple[str, ...], write: str | None = None) -> params.Depends:
+    """A router's scopes: `read` for GET/HEAD, `write` for every other method (403 naming the
+    scope a key lacks). Declared once per router, so a new route is covered by its router."""
+    reads = (read,) if isinstance(read, str) else read
+
+    async def check(request: Request, principal: PrincipalDep) -> None:
+        if request.method in READ_METHODS or write is None:
+            principal.require(*reads)
+        else:
+            principal.require(write)
+
+    dependency: params.Depends = Depends(check)
+    return dependency
+
+
+def record_write(
+    request: Request, response: Response, session: SessionDep, principal: PrincipalDep
+) -> Iterator[None]:
+    """Writes leave an audit row in their own unit of work: after the route returned (a write
+    that raised is rolled back and leaves none), naming the key, the route and the target: the
+    path's ids, or for a create the `Location` the route answered with."""
+    yield
+    if request.method in READ_METHODS:
+        return
+    route = request.scope.get("route")
+    template = getattr(route, "path", request.url.path)
+    target = "/".join(str(v) for v in request.path_params.values()) or None
+    location = response.headers.get("location")
+    audit_store.record(
+        session,
+        tenant=principal.tenant,
+        key_id=principal.key_id,
+        action=f"{request.method} {template}",
+        route=request.url.path,
+        target=location or target,
+    )
+
+
+#: Router dependency: audit every write the router's routes make.
+Audited = Depends(record_write, scope="function")
 
 
 def load_job(

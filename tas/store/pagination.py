@@ -27,7 +27,7 @@ class Keyed(Protocol):
     def created_at(self) -> datetime: ...
 
     @property
-    def id(self) -> str: ...
+    def id(self) -> str | int: ...
 
 
 T = TypeVar("T")
@@ -45,7 +45,7 @@ def paginate(
     query: Select[K],
     *,
     created_col: InstrumentedAttribute[datetime],
-    id_col: InstrumentedAttribute[str],
+    id_col: InstrumentedAttribute[str] | InstrumentedAttribute[int],
     limit: int,
     cursor: str | None,
 ) -> Page[K]:
@@ -53,7 +53,12 @@ def paginate(
     `id_col` are the columns the rows' `created_at` and `id` come from. One row past `limit` is
     read to tell whether a next page exists, so the last page carries no cursor."""
     if cursor is not None:
-        created, row_id = decode_cursor(cursor)
+        created, raw_id = decode_cursor(cursor)
+        row_id: str | int = raw_id
+        if id_col.type.python_type is int:
+            if not raw_id.isdigit():
+                raise _bad_cursor()
+            row_id = int(raw_id)
         query = query.where(
             or_(created_col < created, and_(created_col == created, id_col < row_id))
         )
@@ -65,7 +70,7 @@ def paginate(
     )
 
 
-def encode_cursor(created_at: datetime, row_id: str) -> str:
+def encode_cursor(created_at: datetime, row_id: str | int) -> str:
     """A page cursor for lists ordered by (created_at, id) descending (jobs, datasets)."""
     raw = f"{created_at.isoformat()}|{row_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -77,6 +82,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         created, row_id = raw.split("|", 1)
         return datetime.fromisoformat(created), row_id
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(
-            [(("query", "cursor"), "not a cursor this server issued; pass next_cursor back as is")]
-        ) from exc
+        raise _bad_cursor() from exc
+
+
+def _bad_cursor() -> InvalidInput:
+    return InvalidInput(
+        [(("query", "cursor"), "not a cursor this server issued; pass next_cursor back as is")]
+    )

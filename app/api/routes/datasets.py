@@ -7,14 +7,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DatasetDep, SessionDep, SettingsDep, TenantDep
+from app.api.deps import Audited, DatasetDep, SessionDep, SettingsDep, TenantDep, requires
 from app.api.query import StrictQuery
 from app.schemas.datasets import DatasetForm, DatasetOut, DatasetPage
 from app.services import datasets as service
 from tas.core.data.registry import BUILTIN_DATASETS
 from tas.store import datasets as dataset_store
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/datasets",
+    tags=["datasets"],
+    dependencies=[requires("datasets:read", "datasets:write"), Audited],
+)
 
 _FORM: dict[str, Any] = {
     "requestBody": {

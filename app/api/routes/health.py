@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, requires
 from tas.store.engine import ping
 
 router = APIRouter(tags=["health"])
@@ -15,7 +15,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {"description": "The database or the broker does not answer", "model": dict[str, str]}
+    },
+)
 def readyz(session: SessionDep, request: Request, response: Response) -> dict[str, str]:
     """Readiness: the database answers and the broker accepts a connection."""
     checks: dict[str, str] = {}
@@ -35,7 +40,7 @@ def readyz(session: SessionDep, request: Request, response: Response) -> dict[st
     return {"status": "ok" if ok else "unavailable", **checks}
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[requires(("admin", "metrics:read"))])
 def metrics(request: Request) -> Response:
     """Prometheus exposition: request counts and latencies, jobs by status."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

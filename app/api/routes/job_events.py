@@ -10,10 +10,10 @@ from fastapi import APIRouter, Path, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.deps import TenantDep
+from app.api.deps import TenantDep, requires
 from app.services.job_stream import JobStreams, Watch
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[requires("jobs:read")])
 
 
 class _EndOnShutdown:

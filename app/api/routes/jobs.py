@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from app.api.deps import JobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
+from app.api.deps import Audited, JobDep, PublisherDep, SessionDep, SettingsDep, TenantDep, requires
 from app.api.query import StrictQuery
 from app.schemas.jobs import (
     CheckpointOut,
@@ -26,7 +26,9 @@ from tas.store import pagination
 from tas.store.orm import Checkpoint, Job
 from tas.store.unit_of_work import after_commit
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/jobs", tags=["jobs"], dependencies=[requires("jobs:read", "jobs:write"), Audited]
+)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SubmittedJobOut)
@@ -127,7 +129,9 @@ def resume_job(
 ) -> Job:
     """Queue a failed or cancelled job again with a fresh attempt budget; it continues from its
     last good checkpoint (a job with none starts over). Published after the commit."""
-    job = job_service.resume(session, job, max_minutes=body.max_minutes if body else None)
+    job = job_service.resume(
+        session, job, max_minutes=body.max_minutes if body else None, settings=settings
+    )
     after_commit(session, publisher.publish, job.id, job.queue)
     worker_service.warn_if_unservable(session, job, settings, response)
     return job

@@ -4,25 +4,34 @@ The route reads the raw body (orjson + numpy, see app/services/inputs.py) instea
 body model, and writes the response with orjson, so a single-sample request costs little besides
 HTTP. The body's schema is still documented (`openapi_extra`, from `PredictRequest` and
 `PredictForm`). Order of checks: the body, then the model (404 / 409), then the samples against
-the model's input shape (422)."""
+the model's input shape (422).
+
+What a request may cost is bounded before it is paid: the body's bytes (TAS_PREDICT_MAX_BODY_MB) by
+its Content-Length before a byte is read, and, for a body without one (chunked), as it streams in —
+reading stops once it passes the limit, so at most the limit is ever held; a large JSON body is
+parsed on a worker thread, not on the event loop; the numbers in it and the pixels of its images are
+counted before they are made (app/services/inputs.py)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import Message, Receive
 
-from app.api.deps import ServingDep, TenantDep
+from app.api.deps import ServingDep, TenantDep, requires
 from app.api.errors import is_json, send_json_message
 from app.schemas.predict import PredictForm, PredictRequest, PredictResponse
 from app.services import inputs
 from tas.errors import InvalidUpload, PayloadTooLarge, body_error
+from tas.settings import Settings
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], dependencies=[requires("predict")])
 
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -35,12 +44,56 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
-async def _read_call(request: Request, max_bytes: int, max_samples: int) -> inputs.PredictCall:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
-        raise PayloadTooLarge(
-            f"the body is {int(length)} bytes; at most {max_bytes} (TAS_MAX_UPLOAD_MB)"
+#: A JSON body larger than this is parsed on a worker thread; a smaller one (a few samples, the hot
+#: path) on the event loop, where a thread hop would cost more than the parse.
+PARSE_INLINE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """The most bytes a /predict body may have, and the setting that says so: /predict's own, or
+    the upload limit when that is the smaller (no body is ever larger than an upload may be)."""
+
+    max_bytes: int
+    setting: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> BodyLimit:
+        if settings.max_upload_mb < settings.predict_max_body_mb:
+            return cls(settings.max_upload_mb * 2**20, "TAS_MAX_UPLOAD_MB")
+        return cls(settings.predict_max_body_mb * 2**20, "TAS_PREDICT_MAX_BODY_MB")
+
+    def refuse(self, what: str) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"{what}; the limit is {self.max_bytes:,} bytes ({self.max_bytes / 2**20:g} MiB,"
+            f" {self.setting})"
         )
+
+
+def _bounded(receive: Receive, limit: BodyLimit) -> Receive:
+    """`receive` that refuses the body (413) as soon as the bytes received pass the limit, so a
+    body without a Content-Length (chunked) is never read, nor held, past it."""
+    seen = 0
+
+    async def bounded() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit.max_bytes:
+                raise limit.refuse(f"the body passed {limit.max_bytes:,} bytes while streaming in")
+        return message
+
+    return bounded
+
+
+async def _read_call(request: Request, settings: Settings) -> inputs.PredictCall:
+    limit = BodyLimit.of(settings)
+    max_samples = settings.predict_max_samples
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit.max_bytes:
+        raise limit.refuse(f"the body is {int(length):,} bytes")
+    request = Request(request.scope, _bounded(request.receive, limit))
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         fields: list[tuple[str, str]] = []
@@ -65,9 +118,14 @@ async def _read_call(request: Request, max_bytes: int, max_samples: int) -> inpu
             status_code=415,
         )
     body = await request.body()
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(f"the body is {len(body)} bytes; at most {max_bytes}")
-    return inputs.parse_json(body, max_samples=max_samples)
+    if len(body) > PARSE_INLINE_BYTES:
+        return await run_in_threadpool(
+            inputs.parse_json,
+            body,
+            max_samples=max_samples,
+            max_values=settings.predict_max_values,
+        )
+    return inputs.parse_json(body, max_samples=max_samples, max_values=settings.predict_max_values)
 
 
 @router.post(
@@ -77,7 +135,7 @@ async def _read_call(request: Request, max_bytes: int, max_samples: int) -> inpu
     responses={
         404: {"description": "Unknown model"},
         409: {"description": "The job has not succeeded"},
-        413: {"description": "More samples (or bytes) than allowed"},
+        413: {"description": "More bytes, samples, numbers or pixels than allowed"},
         415: {"description": "Neither JSON nor multipart/form-data"},
         422: {"description": "A bad body, shape, value or image; `detail` says what is expected"},
     },
@@ -87,13 +145,17 @@ async def predict(request: Request, serving: ServingDep, tenant: TenantDep) -> R
     requests for one model share a forward pass."""
     start = time.perf_counter()
     settings = serving.settings
-    call = await _read_call(request, settings.max_upload_mb * 2**20, settings.predict_max_samples)
+    call = await _read_call(request, settings)
     model = await serving.resolve(call.model, tenant)
     served = await serving.load(model)
     predictor = served.predictor
     if call.images is not None:
         arr = await run_in_threadpool(
-            inputs.decode_images, call.images, predictor.input_shape, call.image_names
+            inputs.decode_images,
+            call.images,
+            predictor.input_shape,
+            call.image_names,
+            settings.predict_max_pixels,
         )
         field = "images"
     elif call.records is not None:

@@ -7,13 +7,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response, status
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import Audited, SessionDep, SettingsDep, TenantDep, requires
 from app.schemas.datasets import WeightsForm, WeightsOut
 from app.services import datasets as service
 from tas.errors import WeightsNotFound
 from tas.store import weights as weights_store
 
-router = APIRouter(prefix="/weights", tags=["weights"])
+router = APIRouter(
+    prefix="/weights",
+    tags=["weights"],
+    dependencies=[requires("datasets:read", "datasets:write"), Audited],
+)
 
 _FORM: dict[str, Any] = {
     "requestBody": {

@@ -4,12 +4,12 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import SessionDep, SettingsDep, requires
 from app.api.query import StrictQuery
 from app.schemas.workers import WorkerOut
 from app.services import workers as worker_service
 
-router = APIRouter(prefix="/workers", tags=["workers"])
+router = APIRouter(prefix="/workers", tags=["workers"], dependencies=[requires("jobs:read")])
 
 
 @router.get("", response_model=list[WorkerOut], dependencies=[StrictQuery])

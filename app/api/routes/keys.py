@@ -1,0 +1,59 @@
+"""`/keys`: API keys of every tenant, managed by `admin` keys (the same as `tas keys` does)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response, status
+
+from app.api.deps import Audited, SessionDep, requires
+from app.api.query import StrictQuery
+from app.schemas.keys import CreatedKeyOut, KeyIn, KeyOut
+from app.services.auth import Authenticator
+from tas.store import keys as key_store
+from tas.store.keys import TENANT_PATTERN
+from tas.store.unit_of_work import after_commit
+
+router = APIRouter(
+    prefix="/keys", tags=["keys"], dependencies=[requires("admin", "admin"), Audited]
+)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CreatedKeyOut)
+def create_key(
+    body: KeyIn, session: SessionDep, request: Request, response: Response
+) -> CreatedKeyOut:
+    """A new key for `tenant` with `scopes`. The answer holds the key itself, once: keep it."""
+    auth: Authenticator = request.app.state.auth
+    row, token = key_store.create_key(
+        session,
+        auth.secret,
+        tenant=body.tenant,
+        scopes=body.scopes,
+        name=body.name,
+        expires_days=body.expires_days,
+    )
+    after_commit(session, auth.keys_created)
+    response.headers["Location"] = f"/keys/{row.id}"
+    return CreatedKeyOut(**KeyOut.model_validate(row).model_dump(), key=token)
+
+
+@router.get("", response_model=list[KeyOut], dependencies=[StrictQuery])
+def list_keys(
+    session: SessionDep,
+    tenant: Annotated[str | None, Query(pattern=TENANT_PATTERN, max_length=63)] = None,
+) -> list[KeyOut]:
+    """Every key (never a secret), newest first; `tenant` narrows to one tenant's."""
+    return [KeyOut.model_validate(k) for k in key_store.list_keys(session, tenant)]
+
+
+@router.delete("/{key_id}", response_model=KeyOut)
+def revoke_key(
+    session: SessionDep, request: Request, key_id: Annotated[str, Path(max_length=32)]
+) -> KeyOut:
+    """Revoke a key: from now on it is refused like an unknown one (by other API processes
+    within TAS_AUTH_CACHE_S)."""
+    auth: Authenticator = request.app.state.auth
+    row = key_store.revoke_key(session, key_id)
+    after_commit(session, auth.forget, row.id)
+    return KeyOut.model_validate(row)
