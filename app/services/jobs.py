@@ -15,13 +15,17 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app.services import quotas
 from tas.core.data.dataset import DatasetInfo
 from tas.core.data.registry import BUILTIN_DATASETS
+from tas.core.footprint import Limit
+from tas.core.footprint import size_problems as footprint_problems
 from tas.core.losses import LOSSES
 from tas.core.spec import MAX_TAGS, TAG_KEY_PATTERN, JobSpec, resolved_loss, spec_problems
 from tas.errors import DatasetNotFound, InvalidInput, JobNotResumable
 from tas.settings import Settings
 from tas.store import jobs as job_store
+from tas.store import workers as worker_store
 from tas.store.datasets import data_source
 from tas.store.orm import Job, JobStatus
 from tas.store.sources import InitSourceError, resolve_init_source
@@ -76,6 +80,71 @@ def transfer_problems(
     return problems, pinned
 
 
+def size_problems(
+    session: Session, spec: JobSpec, info: DatasetInfo, settings: Settings
+) -> Problems:
+    """A model or a training run too big for this deployment, refused before anything is
+    allocated or queued: the parameters are counted on the meta device (milliseconds, no memory,
+    even for billions of them), and the training footprint (`tas.core.footprint.Footprint`) is
+    held against `training_memory_limit`.
+
+    The parameter limit is also what bounds one training step: a cancel is seen between steps,
+    so a job whose step runs for seconds would make its cancel wait that long."""
+    loss = LOSSES[resolved_loss(spec, info)]
+    out_dim = loss.out_dim(info.num_classes, info.target_dim)
+    memory = training_memory_limit(session, spec, settings)
+    try:
+        found = footprint_problems(
+            spec,
+            tuple(info.input_shape),
+            out_dim,
+            max_parameters=Limit(settings.max_parameters, "TAS_MAX_PARAMETERS"),
+            max_memory_mb=memory,
+        )
+    except Exception as exc:  # a spec the model builder refuses: a 422 there, never a 500
+        return [(("body", "model"), f"this model cannot be built: {exc}")]
+    return [(("body", *loc), msg) for loc, msg in found]
+
+
+def training_memory_limit(session: Session, spec: JobSpec, settings: Settings) -> Limit:
+    """The most memory a job of `spec` can train in: the largest of the live workers that consume
+    its queue (their GPU memory where the job trains on CUDA: `device` cuda, or auto on a worker
+    with a GPU), or TAS_MAX_TRAINING_MEMORY_MB when none of them is live or reports its memory.
+    The largest, not the smallest: a job is refused only when no worker could ever run it."""
+    device = spec.resources.device
+    queue = job_store.queue_for(device)
+    best: Limit | None = None
+    for w in worker_store.live(session, heartbeat_s=settings.worker_heartbeat_s):
+        if queue not in (w.queues or []):
+            continue
+        found = _training_memory_mb(w.capacity or {}, device)
+        if found is not None and (best is None or found[0] > best.value):
+            mb, kind = found
+            best = Limit(
+                mb, f"the {kind} of worker {w.id}, the largest live one on queue {queue!r}"
+            )
+    return best or Limit(settings.max_training_memory_mb, "TAS_MAX_TRAINING_MEMORY_MB")
+
+
+def _numbers(value: object) -> list[float]:
+    if not isinstance(value, list):
+        return []
+    return [float(v) for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def _training_memory_mb(capacity: dict[str, Any], device: str) -> tuple[float, str] | None:
+    """What a worker with this `capacity` (its row's JSON) gives a job's training, in MiB, and
+    which memory that is: its largest GPU's when the job trains on CUDA there, else its main
+    memory; None if unknown."""
+    gpus = _numbers(capacity.get("gpu_memory_mb"))
+    if device != "cpu" and gpus:
+        return max(gpus), "GPU memory"
+    if device == "cuda":
+        return None
+    found = _numbers([capacity.get("memory_mb")])
+    return (found[0], "memory") if found else None
+
+
 def _checked(loc: tuple[str, ...], check: Callable[[], list[str]]) -> Problems:
     """A core check's messages at `loc`; a check that cannot even build the model (a spec the
     model builder refuses) is reported there too, never as a 500."""
@@ -92,9 +161,14 @@ def submit(
     after the request's commit.
 
     What `model.init_from` resolved to is kept in the job's `result.init_from` (the worker trains
-    from exactly that, and GET /jobs/{id} shows it)."""
+    from exactly that, and GET /jobs/{id} shows it). The tenant's quotas are checked first, so a
+    refused submit costs two queries."""
+    quotas.admit_job(session, settings, tenant)
     info = dataset_info(session, spec, tenant, settings)
     problems: Problems = [(("body", *loc), msg) for loc, msg in spec_problems(spec, info)]
+    if problems:
+        raise InvalidInput(problems)
+    problems = size_problems(session, spec, info, settings)
     if problems:
         raise InvalidInput(problems)
     problems, pinned = transfer_problems(session, spec, info, tenant, settings)
@@ -205,9 +279,10 @@ def clone(
     return submit(session, spec, tenant=tenant, max_attempts=max_attempts, settings=settings)
 
 
-def resume(session: Session, job: Job, *, max_minutes: float | None) -> Job:
+def resume(session: Session, job: Job, *, max_minutes: float | None, settings: Settings) -> Job:
     """Queue a failed or cancelled job again (the worker starts from its last good checkpoint).
-    Only `max_minutes` may change: the checkpoint is bound to the rest of the spec."""
+    Only `max_minutes` may change: the checkpoint is bound to the rest of the spec. It takes one
+    of the tenant's job slots, as a submit does."""
     if job.status not in job_store.RESUMABLE:
         raise JobNotResumable(job.id, job.status)
     limit = float(job.spec["training"]["max_minutes"])
@@ -224,6 +299,7 @@ def resume(session: Session, job: Job, *, max_minutes: float | None) -> Job:
                 )
             ]
         )
+    quotas.admit_job(session, settings, job.tenant)
     spec = None
     if max_minutes is not None:
         spec = {**job.spec, "training": {**job.spec["training"], "max_minutes": max_minutes}}
@@ -234,7 +310,7 @@ def delete(session: Session, job: Job, settings: Settings) -> Path:
     """Delete a finished job's rows; returns its directory, removed by the caller after the
     commit (files go only once nothing in the database points at them)."""
     job_store.delete_job(session, job)
-    return job_store.job_dir(settings.resolved_artifact_dir, job.id)
+    return job_store.job_dir(settings.resolved_artifact_dir, job.id, tenant=job.tenant)
 
 
 def remove_dir(path: Path) -> None:

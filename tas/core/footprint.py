@@ -1,0 +1,330 @@
+"""What a job's model and its training cost, estimated from the spec before anything is allocated.
+
+The model is built on the meta device (`tas.core.models.build_on_meta`): its layers and shapes
+exist, no weight does, so a spec asking for billions of parameters is counted in milliseconds and
+refused without a byte of them ever being allocated. The limits are passed in (the service reads
+them from its settings): this module knows nothing of the service.
+
+Bounding the parameter count also bounds the work of one optimizer step, and so how long a cancel
+(checked between steps) or a heartbeat can wait on one: the worker has no way to interrupt a step
+half-way, so a model-size limit is the bound on the step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from tas.core.models import ARCHS, NetworkSpec, build_on_meta
+
+#: Bytes per number: parameters, gradients, optimizer state and activations are kept in fp32 (with
+#: mixed precision the weights, gradients and optimizer state stay fp32; activations may be half,
+#: which this estimate ignores, erring on the large side).
+BYTES_PER_VALUE = 4
+
+
+class TrainingSettings(Protocol):
+    """The spec's `training` fields the estimate reads (`tas.core.spec.TrainingSpec` has them)."""
+
+    @property
+    def optimizer(self) -> str: ...
+
+    @property
+    def momentum(self) -> float | None: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+
+#: Optimizer name → how many tensors of state it keeps per parameter (torch's optimizers: SGD's
+#: momentum buffer, Adam's two moments, Adagrad's sum of squares). An optimizer missing here is
+#: counted as 2, the most any of torch's built-in ones keeps.
+OPTIMIZER_STATE: dict[str, Callable[[TrainingSettings], int]] = {
+    "sgd": lambda t: 1 if t.momentum else 0,
+    "momentum": lambda t: 0 if t.momentum == 0 else 1,
+    "adam": lambda t: 2,
+    "adamw": lambda t: 2,
+    "adagrad": lambda t: 1,
+}
+
+
+def optimizer_state_copies(training: TrainingSettings) -> int:
+    rule = OPTIMIZER_STATE.get(training.optimizer)
+    return 2 if rule is None else rule(training)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """An estimate of what training a model takes, in bytes, counting:
+
+    - the parameters, every one of them (a frozen backbone may be unfrozen later, `unfreeze_after`);
+    - their gradients (one per parameter);
+    - the optimizer's state (`OPTIMIZER_STATE` copies per parameter);
+    - the activations of one batch: `batch_size` × the sum of every leaf layer's output size per
+      sample (what autograd keeps for the backward pass, roughly), plus the input batch.
+
+    Not counted: the dataset in memory, the data loader's buffers, the framework itself and the
+    allocator's slack; so it is a lower bound of what a run needs: a job over a worker's memory
+    by this estimate cannot run there at all. `activations_per_sample` is None when it was not
+    computed (the parameter count was already over its limit)."""
+
+    parameters: int
+    #: The largest parameter tensor: its name in the model's state_dict and its shape.
+    largest: tuple[str, tuple[int, ...]]
+    optimizer_copies: int
+    batch_size: int
+    activations_per_sample: int | None = None
+
+    @property
+    def weight_bytes(self) -> int:
+        """Parameters + gradients + optimizer state."""
+        return self.parameters * (2 + self.optimizer_copies) * BYTES_PER_VALUE
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.batch_size * (self.activations_per_sample or 0) * BYTES_PER_VALUE
+
+    @property
+    def training_bytes(self) -> int:
+        return self.weight_bytes + self.activation_bytes
+
+
+def parameter_count(model: nn.Module) -> tuple[int, tuple[str, tuple[int, ...]]]:
+    """The number of parameters of a (meta) model and its largest parameter tensor."""
+    total, best = 0, -1
+    largest: tuple[str, tuple[int, ...]] = ("", ())
+    for name, p in model.named_parameters():
+        n = p.numel()
+        total += n
+        if n > best:
+            best, largest = n, (name, tuple(p.shape))
+    return total, largest
+
+
+# --- activations ---------------------------------------------------------------------------------
+# tas's own archs are `nn.Sequential`s of a few layer kinds: their output shapes follow from each
+# layer's settings, with no forward pass at all. Anything else (torchvision's models) runs one
+# forward of a single sample on the meta device, which costs shapes only, but whose first call in
+# a process loads torch's meta kernels (seconds): the spec check of those archs pays that already.
+
+Shape = tuple[int, ...]
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+def _conv2d(m: nn.Module, s: Shape) -> Shape | None:
+    assert isinstance(m, nn.Conv2d)
+    if len(s) != 3 or isinstance(m.padding, str):
+        return None
+    k, st, p, d = (_pair(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation))
+    h = _conv_out(s[1], k[0], st[0], p[0], d[0])
+    w = _conv_out(s[2], k[1], st[1], p[1], d[1])
+    return (m.out_channels, h, w)
+
+
+def _maxpool2d(m: nn.Module, s: Shape) -> Shape | None:
+    assert isinstance(m, nn.MaxPool2d)
+    if len(s) != 3 or m.ceil_mode:
+        return None
+    k, st, p, d = (
+        _pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation)
+    )
+    return (
+        s[0],
+        _conv_out(s[1], k[0], st[0], p[0], d[0]),
+        _conv_out(s[2], k[1], st[1], p[1], d[1]),
+    )
+
+
+def _linear(m: nn.Module, s: Shape) -> Shape | None:
+    assert isinstance(m, nn.Linear)
+    return (*s[:-1], m.out_features) if s and s[-1] == m.in_features else None
+
+
+def _flatten(m: nn.Module, s: Shape) -> Shape | None:
+    assert isinstance(m, nn.Flatten)
+    # per sample: a Flatten from the first dimension after the batch to the last
+    return (math.prod(s),) if (m.start_dim, m.end_dim) == (1, -1) else None
+
+
+def _same(m: nn.Module, s: Shape) -> Shape:
+    return s
+
+
+#: Layer type → (the layer, its input shape per sample) → its output shape, or None when this rule
+#: does not cover that layer's settings (a forward pass on the meta device sizes it instead).
+SHAPE_RULES: dict[type[nn.Module], Callable[[nn.Module, Shape], Shape | None]] = {
+    nn.Linear: _linear,
+    nn.Conv2d: _conv2d,
+    nn.MaxPool2d: _maxpool2d,
+    nn.Flatten: _flatten,
+    nn.Dropout: _same,
+    nn.ReLU: _same,
+    nn.Tanh: _same,
+    nn.GELU: _same,
+    nn.Sigmoid: _same,
+}
+
+
+def _sequential_outputs(model: nn.Module, input_shape: Shape) -> list[int] | None:
+    """Each layer's output size per sample, from `SHAPE_RULES` alone; None when the model is not a
+    Sequential of layers those rules cover."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    sizes: list[int] = []
+    shape: Shape | None = tuple(input_shape)
+    for layer in model:
+        rule = SHAPE_RULES.get(type(layer))
+        shape = None if rule is None or shape is None else rule(layer, shape)
+        if shape is None:
+            return None
+        sizes.append(math.prod(shape))
+    return sizes
+
+
+def _forward_outputs(model: nn.Module, input_shape: Shape) -> list[int]:
+    """Each leaf module's output size per sample, from one forward of one sample on the meta device
+    (eval mode: BatchNorm takes a single sample then; the output shapes are the same)."""
+    sizes: list[int] = []
+
+    def record(_m: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.device("meta"), torch.no_grad():
+            model(torch.empty(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sizes
+
+
+def activations_per_sample(model: nn.Module, input_shape: Shape) -> int:
+    """The sum of every layer's output size for one sample, plus the sample itself."""
+    sizes = _sequential_outputs(model, input_shape)
+    if sizes is None:
+        sizes = _forward_outputs(model, input_shape)
+    return math.prod(input_shape) + sum(sizes)
+
+
+# --- the check -----------------------------------------------------------------------------------
+
+
+class JobShape(Protocol):
+    """The spec's sections the estimate reads (`tas.core.spec.JobSpec` has them)."""
+
+    @property
+    def model(self) -> NetworkSpec: ...
+
+    @property
+    def training(self) -> TrainingSettings: ...
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A bound and how a message names where it comes from, e.g. `(100_000_000,
+    "TAS_MAX_PARAMETERS")` or `(16_000, "worker w1's memory")`."""
+
+    value: float
+    source: str
+
+
+#: A problem with a spec: the field to blame (its path in the spec) and what is wrong.
+Problem = tuple[tuple[str, ...], str]
+
+
+def estimate(
+    spec: JobShape, input_shape: Shape, out_dim: int, *, max_parameters: int | None = None
+) -> Footprint:
+    """The footprint of training `spec`'s model on samples of `input_shape` with `out_dim`
+    outputs. The activations are left out (None) when the parameters already exceed
+    `max_parameters`: that answer is enough, and it needs no forward pass."""
+    model = build_on_meta(spec.model, tuple(input_shape), out_dim)
+    count, largest = parameter_count(model)
+    fp = Footprint(count, largest, optimizer_state_copies(spec.training), spec.training.batch_size)
+    if max_parameters is not None and count > max_parameters:
+        return fp
+    return Footprint(
+        count,
+        largest,
+        fp.optimizer_copies,
+        fp.batch_size,
+        activations_per_sample(model, tuple(input_shape)),
+    )
+
+
+def model_field(spec: NetworkSpec) -> tuple[tuple[str, ...], str]:
+    """The spec field that sizes the model, and how a message shows it: `model.hidden [512, 512]`
+    for an mlp, `model.channels [...]` for a cnn, `model.arch 'resnet18'` for the others."""
+    options = ARCHS[spec.arch].options or ()
+    for name in ("hidden", "channels"):
+        if name in options:
+            return ("model", name), f"model.{name} {list(getattr(spec, name))}"
+    return ("model", "arch"), f"model.arch {spec.arch!r}"
+
+
+def size_problems(
+    spec: JobShape,
+    input_shape: Shape,
+    out_dim: int,
+    *,
+    max_parameters: Limit,
+    max_memory_mb: Limit | None,
+) -> list[Problem]:
+    """Why this job's model is too big to train here: more parameters than `max_parameters`, or a
+    training footprint (see `Footprint`) above `max_memory_mb` (None: not checked). Each problem
+    names the layer sizes and the limit. Costs milliseconds at any size: nothing is allocated."""
+    fp = estimate(spec, input_shape, out_dim, max_parameters=int(max_parameters.value))
+    where, shown = model_field(spec.model)
+    name, shape = fp.largest
+    layer = f"largest layer {name!r}: {'×'.join(str(d) for d in shape)}" if name else "no layers"
+    if fp.parameters > max_parameters.value:
+        return [
+            (
+                where,
+                f"{shown}: {human_count(fp.parameters)} parameters ({layer}); at most"
+                f" {int(max_parameters.value):,} ({max_parameters.source})",
+            )
+        ]
+    if max_memory_mb is None or fp.training_bytes <= max_memory_mb.value * 2**20:
+        return []
+    batch = fp.batch_size
+    blame = ("training", "batch_size") if fp.activation_bytes > fp.weight_bytes else where
+    return [
+        (
+            blame,
+            f"{shown} with training.batch_size {batch}: training needs about"
+            f" {_mb(fp.training_bytes)} ({human_count(fp.parameters)} parameters with their"
+            f" gradients and optimizer state: {_mb(fp.weight_bytes)}; activations of a batch of"
+            f" {batch}: {_mb(fp.activation_bytes)}); at most {max_memory_mb.value:,.0f} MB"
+            f" ({max_memory_mb.source}): use a smaller model or training.batch_size",
+        )
+    ]
+
+
+def human_count(n: int) -> str:
+    """`8.6 billion`, `11.2 million`, `4,096`."""
+    for size, word in ((10**12, "trillion"), (10**9, "billion"), (10**6, "million")):
+        if n >= size:
+            return f"{n / size:.1f} {word}"
+    return f"{n:,}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB"
