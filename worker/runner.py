@@ -141,7 +141,7 @@ def _run_job(
         )
         reporter.start()
         ctx = RunContext(
-            job_dir=job_store.job_dir(settings.resolved_artifact_dir, job_id),
+            job_dir=job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant=tenant),
             datasets_dir=settings.resolved_datasets_dir,
             allow_download=settings.allow_download,
             device=settings.device if spec.resources.device == "auto" else spec.resources.device,

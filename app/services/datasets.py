@@ -23,7 +23,7 @@ from app.schemas.datasets import (
     WeightsForm,
     WeightsOut,
 )
-from app.services import uploads
+from app.services import quotas, uploads
 from tas.core.data.dataset import DatasetInfo
 from tas.core.data.formats.upload import UploadError, UploadLimits, UploadOptions, read_upload
 from tas.core.data.registry import BUILTIN_DATASETS
@@ -129,6 +129,15 @@ def dataset_name(value: str | None, file_name: str) -> str:
 # Uploads.
 
 
+async def _spool(session: Session, settings: Settings, tenant: str) -> file_store.Spool:
+    """A spool bounded by TAS_MAX_UPLOAD_MB and by the room left in the tenant's storage quota
+    (a 413 naming the quota before a byte of the body is read when there is none). An upload is
+    counted at its full size even when it turns out to repeat one the tenant has (it is refused
+    before anyone knows)."""
+    bound = await run_in_threadpool(quotas.upload_bound, session, settings, tenant)
+    return file_store.Spool(file_store.tmp_dir(settings), bound.max_bytes, refusal=bound.refusal)
+
+
 def _read(
     path: Path, file_name: str, options: UploadOptions, limits: UploadLimits
 ) -> dict[str, Any]:
@@ -155,7 +164,7 @@ async def upload_dataset(
     request: Request, session: Session, settings: Settings, tenant: str
 ) -> tuple[Dataset, bool]:
     """Receive, read and store one dataset upload; (the dataset, whether it is new)."""
-    with file_store.Spool(file_store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
+    with await _spool(session, settings, tenant) as spool:
         got = await uploads.receive(request, spool, form=DatasetForm)
         options = upload_options(got.fields)
         file_name = file_store.safe_file_name(got.filename)
@@ -209,7 +218,7 @@ def safetensors_tensors(path: Path) -> dict[str, list[int]]:
 async def upload_weights(
     request: Request, session: Session, settings: Settings, tenant: str
 ) -> tuple[WeightsFile, bool]:
-    with file_store.Spool(file_store.tmp_dir(settings), settings.max_upload_mb * 2**20) as spool:
+    with await _spool(session, settings, tenant) as spool:
         got = await uploads.receive(request, spool, form=WeightsForm)
         tensors = await run_in_threadpool(safetensors_tensors, spool.path)
         name = dataset_name(

@@ -18,7 +18,7 @@ Format = Literal["json", "csv"]
 
 
 def available_splits(job: Job, settings: Settings) -> list[str]:
-    directory = job_store.job_dir(settings.resolved_artifact_dir, job.id)
+    directory = job_store.job_dir(settings.resolved_artifact_dir, job.id, tenant=job.tenant)
     return [s for s in predictions.SPLITS if predictions.path_for(directory, s).is_file()]
 
 
@@ -36,7 +36,7 @@ def job_predictions(
         name = evaluated if evaluated in available else (available[-1] if available else "test")
     if name not in available:
         raise SplitNotFound(job.id, name, available)
-    directory = job_store.job_dir(settings.resolved_artifact_dir, job.id)
+    directory = job_store.job_dir(settings.resolved_artifact_dir, job.id, tenant=job.tenant)
     arrays = predictions.read(predictions.path_for(directory, name))
     if fmt == "csv":
         return Response(

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from tas.errors import InvalidUpload, body_error
-from tas.store.files import WRITE_CHUNK, Spool, too_large
+from tas.store.files import WRITE_CHUNK, Spool
 
 #: Room for the form's boundaries, part headers and small fields beside the file itself.
 FORM_OVERHEAD = 64 * 1024
@@ -157,7 +157,7 @@ async def receive(request: Request, spool: Spool, *, form: type[BaseModel]) -> R
     max_body = spool.max_bytes + FORM_OVERHEAD
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_body:
-        raise too_large("file", spool.max_bytes)
+        raise spool.refused()
     charset = params.get(b"charset", b"utf-8").decode("latin-1")
     try:
         charset = codecs.lookup(charset).name
@@ -183,7 +183,7 @@ async def receive(request: Request, spool: Spool, *, form: type[BaseModel]) -> R
         async for chunk in request.stream():
             seen += len(chunk)
             if seen > max_body:
-                raise too_large("file", spool.max_bytes)
+                raise spool.refused()
             parser.write(chunk)
             if len(r.pending) >= WRITE_CHUNK:
                 data, r.pending = bytes(r.pending), bytearray()

@@ -96,7 +96,8 @@ def add_dataset(
     if existing is not None:
         _heal(settings, existing, spool)
         return existing, False
-    relative = f"datasets/{spool.sha256}/{file_name}"
+    # Under the tenant's prefix: the same bytes from two tenants are two files (see files.py).
+    relative = f"{file_store.tenant_prefix(tenant)}datasets/{spool.sha256}/{file_name}"
     row = Dataset(
         tenant=tenant,
         name=name,
@@ -155,7 +156,8 @@ def jobs_using(session: Session, row: Dataset) -> list[str]:
 
 def delete_dataset(session: Session, settings: Settings, row: Dataset) -> Path | None:
     """Drop the row (409 while a queued or running job uses it). Returns the file to remove once
-    the caller has committed — None while another row (another tenant, other options) uses it."""
+    the caller has committed — None while another row uses it (the same bytes read with other
+    options; or, for a file stored before tenants had their own prefix, another tenant's row)."""
     using = jobs_using(session, row)
     if using:
         raise DatasetInUse(row.id, using)

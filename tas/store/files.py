@@ -5,8 +5,13 @@ Layout under the uploads directory (`TAS_UPLOADS_DIR`, default `artifact_dir/upl
 on other machines read them from the shared artifact store):
 
     .tmp/upload-*.part                 files being received (removed on every error path)
-    datasets/<sha256>/<file name>      an uploaded dataset, stored once per content hash
-    weights/<sha256>.safetensors       an uploaded weights file
+    <prefix>datasets/<sha256>/<name>   an uploaded dataset, stored once per tenant and content hash
+    <prefix>weights/<sha256>.safetensors   an uploaded weights file
+
+`<prefix>` is the tenant's (`tenant_prefix`): `tenants/<tenant>/`, or nothing for the tenant
+`default`, whose files keep the layout they had before there were tenants. Two tenants uploading
+the same bytes get a file each: deleting one tenant's never touches the other's, and neither
+tenant's quota depends on the other.
 
 Files land by `os.replace` from `.tmp` (same filesystem: atomic), so two identical uploads racing
 each other write the same bytes to the same name and neither can see a half-written file. Paths
@@ -20,6 +25,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
@@ -35,15 +41,76 @@ WRITE_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
+# Where a tenant's files live.
+
+#: The tenant whose files stay at the roots of the artifact and uploads directories: every row
+#: written before there were tenants belongs to it, and job directories and weights files are
+#: found by id and hash, not by a stored path, so moving them would orphan them.
+ROOT_TENANT = "default"
+
+#: A tenant name is one path component: no separator, no `..`, nothing a filesystem treats
+#: specially (tenant names are checked where keys are created; this guards every path built).
+_PATH_SAFE_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def tenant_prefix(tenant: str) -> str:
+    """The tenant's prefix below the artifact and uploads directories, as a relative POSIX path
+    ending in `/` (empty for ROOT_TENANT). ValueError for a name that is not one path component."""
+    if tenant == ROOT_TENANT:
+        return ""
+    if not _PATH_SAFE_TENANT.fullmatch(tenant):
+        raise ValueError(f"tenant {tenant!r} cannot name a directory")
+    return f"tenants/{tenant}/"
+
+
+def tenant_root(root: Path, tenant: str) -> Path:
+    """The tenant's directory under `root` (the artifact or the uploads directory)."""
+    prefix = tenant_prefix(tenant)
+    return root / prefix if prefix else root
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the regular files under `path` (0 when it does not exist), without following
+    links. A file removed while the tree is walked is skipped, never an error."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
 # Receiving: a temp file, hashed and counted as it is written.
 
 
 class Spool:
     """A file being received into `<uploads>/.tmp`: hashed (sha256) and counted as it is written,
     refused (413, naming `field`) the moment it passes `max_bytes`. Blocking writes: call `write`
-    from a worker thread. Use as a context manager, or call `discard` on every error path."""
+    from a worker thread. Use as a context manager, or call `discard` on every error path.
 
-    def __init__(self, tmp_dir: Path, max_bytes: int, *, field: str = "file") -> None:
+    `refusal` is the error for a file past `max_bytes` when that bound is not TAS_MAX_UPLOAD_MB
+    (the room left in the tenant's storage quota), so the 413 names the limit that was hit."""
+
+    def __init__(
+        self,
+        tmp_dir: Path,
+        max_bytes: int,
+        *,
+        field: str = "file",
+        refusal: Callable[[], InvalidUpload] | None = None,
+    ) -> None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
         self.path = Path(name)
@@ -52,11 +119,18 @@ class Spool:
         self.size = 0
         self.max_bytes = max_bytes
         self.field = field
+        self._refusal = refusal
+
+    def refused(self) -> InvalidUpload:
+        """The 413 for a file past `max_bytes`, naming the limit behind it."""
+        if self._refusal is not None:
+            return self._refusal()
+        return too_large(self.field, self.max_bytes)
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.max_bytes:
-            raise too_large(self.field, self.max_bytes)
+            raise self.refused()
         self._hash.update(data)
         self._fh.write(data)
 

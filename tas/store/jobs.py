@@ -24,6 +24,7 @@ from tas.errors import (
     JobNotFound,
     JobNotResumable,
 )
+from tas.store import files as file_store
 from tas.store import leases as lease_store
 from tas.store import pagination
 from tas.store.engine import rowcount
@@ -57,9 +58,17 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant: str, max_attem
     return job
 
 
-def job_dir(artifact_dir: Path, job_id: str) -> Path:
-    """A job's checkpoints and model (`settings.resolved_artifact_dir` is the root)."""
-    return artifact_dir / "jobs" / job_id
+def jobs_root(artifact_dir: Path, tenant: str) -> Path:
+    """The directory of the tenant's job directories: `<artifact_dir>/tenants/<tenant>/jobs`, or
+    `<artifact_dir>/jobs` for the tenant `default` (the layout from before there were tenants,
+    which its jobs keep: a job's directory is found from its id, never from a stored path)."""
+    return file_store.tenant_root(artifact_dir, tenant) / "jobs"
+
+
+def job_dir(artifact_dir: Path, job_id: str, *, tenant: str) -> Path:
+    """A job's checkpoints, model and predictions (`settings.resolved_artifact_dir` is the
+    root), under its tenant's prefix."""
+    return jobs_root(artifact_dir, tenant) / job_id
 
 
 def get_job(session: Session, job_id: str, *, tenant: str | None = None) -> Job:
@@ -139,6 +148,37 @@ def checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
     """A job's checkpoints still on disk (pruned ones keep a row marked deleted), oldest first."""
     q = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False))
     return list(session.scalars(q.order_by(Checkpoint.epoch, Checkpoint.step)))
+
+
+#: Statuses that hold one of a tenant's job slots (`TAS_MAX_ACTIVE_JOBS_PER_TENANT`).
+ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
+
+#: First key of the PostgreSQL advisory lock that serialises one tenant's job admissions (a
+#: constant, so the lock never collides with another use of advisory locks on the database).
+_ADMIT_LOCK = 0x7A5
+
+
+def active_jobs(session: Session, tenant: str) -> int:
+    """The tenant's queued and running jobs, counted in the database (an index on
+    (tenant, created_at) narrows it to the tenant's rows)."""
+    n = session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(ACTIVE))
+    )
+    return int(n or 0)
+
+
+def lock_admissions(session: Session, tenant: str) -> None:
+    """Serialise the tenant's job admissions (submit, clone, resume) until the caller's
+    transaction ends, so a count taken after this is still true when the job is added: two
+    submits racing at the limit admit one job, not two.
+
+    SQLite needs nothing: every writing transaction begins IMMEDIATE, so writers already run one
+    at a time. PostgreSQL runs them side by side under READ COMMITTED, where two submits would
+    both count N-1 and both insert; a transaction-scoped advisory lock keyed by the tenant's name
+    makes the second wait for the first's commit. It is released by the commit or the rollback,
+    so a failed request never leaves it held, and other tenants' submits never wait on it."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_ADMIT_LOCK, func.hashtext(tenant))))
 
 
 def count_by_status(session: Session) -> dict[str, int]:

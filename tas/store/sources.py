@@ -78,7 +78,7 @@ def _weights(
             f"init_from {ref!r}: no uploaded weights with id {weights_id!r} (an id is the 16 hex"
             " characters POST /weights answered)"
         )
-    path = weights_store.weights_path(settings, row.sha256)
+    path = weights_store.weights_path(settings, row.sha256, tenant=row.tenant)
     if not path.is_file():
         raise InitSourceError(
             f"init_from {ref!r}: the weights file is missing from the store; upload it again"

@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 WEIGHTS_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
-def weights_path(settings: Settings, sha256: str) -> Path:
-    return settings.resolved_uploads_dir / "weights" / f"{sha256}.safetensors"
+def weights_path(settings: Settings, sha256: str, *, tenant: str) -> Path:
+    """Where the tenant's weights file with this hash is stored (found by hash: the row keeps no
+    path), under the tenant's prefix in the uploads directory."""
+    root = file_store.tenant_root(settings.resolved_uploads_dir, tenant)
+    return root / "weights" / f"{sha256}.safetensors"
 
 
 def find_weights(session: Session, weights_id: str, *, tenant: str) -> WeightsFile | None:
@@ -50,7 +53,7 @@ def add_weights(
 ) -> tuple[WeightsFile, bool]:
     """As `add_dataset`, for a checked safetensors file: the race on the unique (tenant, sha256)
     key is lost inside a SAVEPOINT. The caller's unit of work commits."""
-    dest = weights_path(settings, spool.sha256)
+    dest = weights_path(settings, spool.sha256, tenant=tenant)
     existing = _weights_by_sha(session, tenant, spool.sha256)
     if existing is None:
         new = WeightsFile(

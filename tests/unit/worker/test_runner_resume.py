@@ -78,7 +78,10 @@ def run(sessions: sessionmaker[Session], settings: Settings, job_id: str) -> Job
 
 def weights(settings: Settings, job_id: str) -> dict[str, torch.Tensor]:
     return load_file(
-        str(job_store.job_dir(settings.resolved_artifact_dir, job_id) / "model/model.safetensors")
+        str(
+            job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant="default")
+            / "model/model.safetensors"
+        )
     )
 
 
@@ -93,15 +96,18 @@ def test_a_time_limited_job_resumes_with_a_larger_limit_to_the_same_weights(
     assert stopped.status == "failed"
     assert stopped.error and stopped.error["type"] == "TimeLimitExceeded", stopped.error
     checkpoints = list(
-        (job_store.job_dir(settings.resolved_artifact_dir, job_id) / "checkpoints").rglob("*")
+        (
+            job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant="default")
+            / "checkpoints"
+        ).rglob("*")
     )
     assert checkpoints  # the limit saves one before failing the job
 
     with sessions() as s:
         job = job_store.get_job(s, job_id)
         with pytest.raises(InvalidInput, match="larger one"):
-            job_service.resume(s, job, max_minutes=None)
-        job_service.resume(s, job, max_minutes=60)
+            job_service.resume(s, job, max_minutes=None, settings=settings)
+        job_service.resume(s, job, max_minutes=60, settings=settings)
         s.commit()
     done = run(sessions, settings, job_id)
     assert done.status == "succeeded", done.error

@@ -71,7 +71,7 @@ def test_a_failed_commit_answers_500_and_removes_nothing(
     that fails leaves the row and the files."""
     job_id = client.post("/jobs", json=iris_spec()).json()["id"]
     assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
-    files = job_dir(settings.resolved_artifact_dir, job_id)
+    files = job_dir(settings.resolved_artifact_dir, job_id, tenant="default")
     files.mkdir(parents=True)
 
     def refused(self: Session) -> None:
