@@ -49,9 +49,11 @@ class Registry:
         self.settings = settings
         self.sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
 
-    def job(self, name: str, status: JobStatus = JobStatus.succeeded) -> str:
+    def job(
+        self, name: str, status: JobStatus = JobStatus.succeeded, *, tenant: str = "default"
+    ) -> str:
         with self.sessions() as s:
-            job = job_store.create_job(s, {"name": name}, tenant="default", max_attempts=1)
+            job = job_store.create_job(s, {"name": name}, tenant=tenant, max_attempts=1)
             job.status = status.value
             s.commit()
             return job.id
@@ -69,6 +71,7 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         feature_names: list[str] | None = None,
         arch: dict[str, Any] | None = None,
+        tenant: str = "default",
     ) -> Registered:
         torch.manual_seed(seed)
         spec = ModelSpec.model_validate(arch or {"arch": "mlp", "hidden": list(hidden)})
@@ -100,7 +103,7 @@ class Registry:
             normalization=norm,
             metrics=metrics or {"val_accuracy": 0.5 + seed / 100},
         )
-        job_id = self.job(name)
+        job_id = self.job(name, tenant=tenant)
         model_dir = self.settings.resolved_artifact_dir / job_id / "model"
         card = save_model(model_dir, model, card)
         with self.sessions() as s:
