@@ -9,13 +9,19 @@ sample tells them apart, so the array path pays nothing for them, and they becom
 model's card (its `feature_names`) is known. Images (base64 in `"images"`, or multipart files) are
 decoded by the image loaders' own decoder (`tas.core.data.images.decode_image`: the model's channels,
 its H×W, [0, 1]), so a served image is prepared exactly as a training image was; the model's own
-normalisation is applied later, by the predictor."""
+normalisation is applied later, by the predictor.
+
+What a body may cost is bounded before the cost is paid: the numbers in a JSON body are counted on its
+bytes before orjson makes a Python float of each (`max_values`), and the images' pixels, all images
+together, are read from their headers before any is decoded (`max_pixels`: a small PNG can decode to
+tens of millions of pixels). The body's bytes are bounded by the route, as they stream in."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import difflib
+import io
 import math
 import operator
 from dataclasses import dataclass
@@ -26,8 +32,8 @@ import numpy as np
 import orjson
 
 from app.schemas.predict import TOP_K_MAX, PredictForm, PredictRequest
-from tas.core.data.archive import UploadError
-from tas.core.data.images import decode_image
+from tas.core.data.archive import UploadError, num
+from tas.core.data.images import decode_image, open_image
 from tas.core.predictor import InputShapeError, InputValueError, Predictor
 from tas.errors import InvalidInput, PayloadTooLarge, body_error
 from tas.store import registry as registry_store
@@ -36,6 +42,10 @@ from tas.store import registry as registry_store
 FIELDS = tuple(PredictRequest.model_fields)
 FORM_FIELDS = tuple(name for name in PredictForm.model_fields if name != "file")
 MAX_IMAGE_PIXELS = 40_000_000  # far above any model's input; stops decompression bombs early
+#: Defaults of the bounds the route passes from the settings (TAS_PREDICT_MAX_VALUES,
+#: TAS_PREDICT_MAX_PIXELS), for callers that parse without settings.
+MAX_VALUES = 4_194_304
+MAX_PIXELS = 25_000_000
 
 
 @dataclass(slots=True)
@@ -65,6 +75,21 @@ def _check_size(n: int, max_samples: int) -> None:
         raise PayloadTooLarge(
             f"{n} samples in one request; at most {max_samples} (TAS_PREDICT_MAX_SAMPLES) —"
             " split the batch"
+        )
+
+
+def _check_values(body: bytes, max_values: int) -> None:
+    """Refuse a body that may hold more than `max_values` numbers, before it is parsed. Values in
+    JSON are separated by commas, so commas + 1 bound their count from above (a comma inside a
+    string only makes the bound looser); a body shorter than 2 × max_values bytes cannot hold that
+    many (each value and its comma take two bytes at least), so the small request is not scanned."""
+    if len(body) < 2 * max_values:
+        return
+    count = body.count(b",") + 1
+    if count > max_values:
+        raise PayloadTooLarge(
+            f"the body holds up to {count:,} values; at most {max_values:,} in one request"
+            " (TAS_PREDICT_MAX_VALUES) — split the batch"
         )
 
 
@@ -99,8 +124,10 @@ def _b64(value: Any, i: int) -> bytes:
         raise body_error(("images", i), f"not valid base64: {exc}") from exc
 
 
-def parse_json(body: bytes, *, max_samples: int) -> PredictCall:
-    """`{"model": ..., "inputs": [...] | "images": [...], "top_k": k}` → a PredictCall."""
+def parse_json(body: bytes, *, max_samples: int, max_values: int = MAX_VALUES) -> PredictCall:
+    """`{"model": ..., "inputs": [...] | "images": [...], "top_k": k}` → a PredictCall. Blocking
+    (orjson and numpy): the route runs it on a worker thread when the body is large."""
+    _check_values(body, max_values)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -238,21 +265,59 @@ def parse_form(
     )
 
 
+def _image_name(names: list[str] | None, i: int) -> str:
+    return names[i] if names is not None and names[i] else f"images[{i}]"
+
+
+def _check_pixels(images: list[bytes], names: list[str] | None, max_pixels: int) -> int:
+    """The images' pixels, all together, from their headers alone (nothing is decoded), or a 413
+    naming the limit as soon as the running total passes it; the per-image bound is the smaller of
+    `MAX_IMAGE_PIXELS` and `max_pixels`."""
+    per_image = min(MAX_IMAGE_PIXELS, max_pixels)
+    total = 0
+    for i, data in enumerate(images):
+        name = _image_name(names, i)
+        try:
+            with open_image(io.BytesIO(data), name, per_image) as im:
+                width, height = im.size
+        except UploadError as exc:
+            if exc.status == 413 and per_image == max_pixels:  # one image past the whole budget
+                raise body_error(
+                    ("images", i), f"{exc.message} in one request (TAS_PREDICT_MAX_PIXELS)", 413
+                ) from exc
+            raise body_error(("images", i), exc.message, exc.status) from exc
+        total += width * height
+        if total > max_pixels:
+            raise body_error(
+                ("images", i),
+                f"the images decode to more than {num(max_pixels)} pixels (reached at {name!r},"
+                f" {height}×{width}); the limit is {num(max_pixels)} pixels in one request"
+                " (TAS_PREDICT_MAX_PIXELS) — send smaller images or fewer",
+                413,
+            )
+    return total
+
+
 def decode_images(
-    images: list[bytes], input_shape: tuple[int, ...], names: list[str] | None = None
+    images: list[bytes],
+    input_shape: tuple[int, ...],
+    names: list[str] | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
     """(N, C, H, W) float32 in [0, 1]: each image converted to C channels and resized to H×W by the
     image loaders' decoder. A bad image is a 4xx naming it: `names[i]` (a multipart file's name) or
-    "images[i]". Blocking (Pillow): callers run it on a worker thread."""
+    "images[i]"; all headers are read and the pixels counted (`max_pixels`, all images together)
+    before the first is decoded. Blocking (Pillow): callers run it on a worker thread."""
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
         raise body_error(
             "images",
             f"this model takes samples of shape {list(input_shape)}, not images; send inputs",
         )
     channels, height, width = input_shape
+    _check_pixels(images, names, max_pixels)
     out = np.empty((len(images), channels, height, width), dtype=np.float32)
     for i, data in enumerate(images):
-        name = names[i] if names is not None and names[i] else f"images[{i}]"
+        name = _image_name(names, i)
         try:
             out[i] = decode_image(data, name, channels, (height, width), MAX_IMAGE_PIXELS)
         except UploadError as exc:
