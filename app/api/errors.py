@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from app.schemas.errors import ErrorOut
 from tas.errors import DomainError, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,53 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
 
 
+#: Answers every operation of a kind can give, whatever its route: a path names an object that
+#: may not exist (or belong to another tenant); a body that cannot be parsed at all (not UTF-8,
+#: a broken multipart body) is FastAPI's and Starlette's 400; a JSON body sent as something else
+#: is a 415 (`validation_error_handler`).
+_PATH_ERRORS = {"404": "No such object: the `detail` names it."}
+_BODY_ERRORS = {"400": "The body could not be parsed (not UTF-8, or a broken multipart body)."}
+_JSON_BODY_ERRORS = {
+    "415": "The body was not sent as JSON: the `detail` says which header to send."
+}
+_ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorOut"}
+
+
+def document_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with the errors every route can answer (their status codes from the
+    operation's own parameters and body, so a new route is covered without listing it), and the
+    error body's schema on each error response a route documents without one."""
+    for operation in (op for item in document.get("paths", {}).values() for op in item.values()):
+        responses: dict[str, Any] = operation.setdefault("responses", {})
+        body_types = operation.get("requestBody", {}).get("content", {})
+        kinds = (
+            (_PATH_ERRORS, any(p.get("in") == "path" for p in operation.get("parameters", []))),
+            (_BODY_ERRORS, bool(body_types)),
+            (_JSON_BODY_ERRORS, "application/json" in body_types),
+        )
+        for errors, applies in kinds:
+            for code, description in errors.items() if applies else ():
+                responses.setdefault(code, {"description": description})
+        for code, response in responses.items():
+            if code.startswith(("4", "5")) and "content" not in response:
+                response["content"] = {"application/json": {"schema": _ERROR_SCHEMA}}
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    error_schema = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error_schema.pop("$defs", {}))
+    schemas["ErrorOut"] = error_schema
+    return document
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
+    # Built on the first request for it, once every router is included.
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
