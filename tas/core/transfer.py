@@ -74,17 +74,36 @@ def state_shapes(model: nn.Module) -> Shapes:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def safetensors_shapes(path: Path | str) -> Shapes:
+def source_label(source: Path | str, label: str | None) -> str:
+    """How an error names a weights file: the caller's `label` (the `init_from` reference a user
+    wrote: `weights:<id>`, `digits-mlp:2`, a job id), else the file's own name; never its
+    directory, which is the server's (a job's error is shown to whoever submitted it)."""
+    return label if label else Path(source).name
+
+
+def _scrubbed(exc: BaseException, path: Path | str, label: str) -> str:
+    """A library's error text with the file's server path replaced by `label` (an OSError or a
+    loader's message may quote the path it was given)."""
+    text = str(exc) or type(exc).__name__
+    for form in {str(path), str(Path(path).resolve())}:
+        text = text.replace(form, label)
+    return text
+
+
+def safetensors_shapes(path: Path | str, label: str | None = None) -> Shapes:
     """The tensor shapes of a safetensors file, from its header only (no tensor is read, nothing
-    is unpickled)."""
+    is unpickled). Errors name it by `source_label(path, label)`."""
+    name = source_label(path, label)
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except FileNotFoundError as exc:
-        raise WeightsMismatch(f"no weights file at {path}", type="InitWeightsUnreadable") from exc
+        raise WeightsMismatch(
+            f"the weights of {name} are gone (no file)", type="InitWeightsUnreadable"
+        ) from exc
     except Exception as exc:  # safetensors raises its own SafetensorError on a bad header
         raise WeightsMismatch(
-            f"{path} is not a readable safetensors file: {exc}",
+            f"{name} is not a readable safetensors file: {_scrubbed(exc, path, name)}",
             hint="init_from takes safetensors weights (a job's or model's model.safetensors)",
             type="InitWeightsUnreadable",
         ) from exc
@@ -133,12 +152,15 @@ def meta_model(spec: Any, info: Any, out_dim: int) -> nn.Module:
     return build_on_meta(spec.model, tuple(info.input_shape), out_dim)
 
 
-def init_problems(spec: Any, info: Any, out_dim: int, source: Path | str) -> list[str]:
+def init_problems(
+    spec: Any, info: Any, out_dim: int, source: Path | str, label: str | None = None
+) -> list[str]:
     """Why `source` (a safetensors file) cannot initialise this job's model; [] when it can. Reads
-    the file's header only and builds the model on the meta device: fast, touches no weights."""
+    the file's header only and builds the model on the meta device: fast, touches no weights.
+    The file is named by `label`, by default the spec's `model.init_from`."""
     model = meta_model(spec, info, out_dim)
     try:
-        shapes = safetensors_shapes(source)
+        shapes = safetensors_shapes(source, label or getattr(spec.model, "init_from", None))
     except WeightsMismatch as exc:
         return [exc.message]
     problems, _ = compare_shapes(state_shapes(model), shapes, head_name(spec.model, model))
@@ -160,31 +182,39 @@ def source_class_names(source: Path | str) -> list[str] | None:
 
 
 def apply_init(
-    model: nn.Module, source: Path | str, head: str, class_names: list[str] | None = None
+    model: nn.Module,
+    source: Path | str,
+    head: str,
+    class_names: list[str] | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Load `source` (safetensors) into `model`: everything outside `head`, and the head when it
     predicts the same classes: same shapes, and the same class names where both are known (the
     job's `class_names`, the source's from its model card). Digits 0-4 and digits 5-9 have the
     same number of classes, but a head trained on one is no start for the other: it is new then.
-    Raises `WeightsMismatch` when the source does not fit (nothing is loaded then)."""
+    Raises `WeightsMismatch` when the source does not fit (nothing is loaded then). The source is
+    named by `label` (the `init_from` reference), never by its server path, in errors and in the
+    report alike."""
     path = Path(source)
+    name = source_label(path, label)
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise WeightsMismatch(
-            f"the init_from weights file {path} is gone", type="InitWeightsUnreadable"
+            f"the init_from weights of {name} are gone (no file)", type="InitWeightsUnreadable"
         ) from exc
     try:
         tensors = safetensors.torch.load(data)
     except Exception as exc:
         raise WeightsMismatch(
-            f"{path} is not a readable safetensors file: {exc}", type="InitWeightsUnreadable"
+            f"{name} is not a readable safetensors file: {_scrubbed(exc, path, name)}",
+            type="InitWeightsUnreadable",
         ) from exc
     problems, head_fits = compare_shapes(
         state_shapes(model), {k: tuple(v.shape) for k, v in tensors.items()}, head
     )
     if problems:
-        raise WeightsMismatch(f"init_from {path.name} does not fit: " + "; ".join(problems))
+        raise WeightsMismatch(f"init_from {name} does not fit: " + "; ".join(problems))
     theirs = source_class_names(path)
     if not head_fits:
         head_loads, why = False, "the source's head has other shapes (another number of outputs)"
@@ -196,7 +226,7 @@ def apply_init(
     keep = {k: v for k, v in tensors.items() if k in own and (head_loads or not _under(k, head))}
     model.load_state_dict(keep, strict=False)
     return {
-        "source": str(path),
+        "source": name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "loaded_tensors": len(keep),
         "head": "loaded" if head_loads else "new",
@@ -263,15 +293,16 @@ def download_weights(url: str, weights_dir: Path) -> Path:
     except Exception as exc:
         if "invalid hash value" in str(exc):
             raise WeightsMismatch(
-                f"the weights downloaded from {url} fail torchvision's hash check ({exc});"
+                f"the weights downloaded from {url} fail torchvision's hash check"
+                f" ({_scrubbed(exc, weights_dir, 'TAS_WEIGHTS_DIR')});"
                 " nothing was kept",
                 hint="a proxy or mirror may have altered the file; retry, or put the file in"
                 " TAS_WEIGHTS_DIR by hand",
                 type="PretrainedWeightsUnreadable",
             ) from exc
         raise PretrainedWeightsMissing(
-            f"model.pretrained: downloading {url} into {weights_dir} (TAS_WEIGHTS_DIR) failed:"
-            f" {type(exc).__name__}: {exc}",
+            f"model.pretrained: downloading {url} into TAS_WEIGHTS_DIR failed:"
+            f" {type(exc).__name__}: {_scrubbed(exc, weights_dir, 'TAS_WEIGHTS_DIR')}",
             hint="check that this worker reaches download.pytorch.org, or put the file in"
             " TAS_WEIGHTS_DIR by hand under that name",
         ) from exc
@@ -343,11 +374,13 @@ def load_pretrained(
     `torch.load(weights_only=True)`; fetched first when missing and `allow_download`. A first conv
     that takes other than 3 channels is initialised from the RGB one."""
     path = pretrained_file(arch, weights_dir, allow_download)
+    # Named by its file name in TAS_WEIGHTS_DIR: the job's error is shown to its submitter.
+    name = f"{path.name} (in TAS_WEIGHTS_DIR)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsMismatch(
-            f"{path} is not a readable torchvision weights file: {exc}",
+            f"{name} is not a readable torchvision weights file: {_scrubbed(exc, path, name)}",
             hint="download the file again from torchvision's address",
             type="PretrainedWeightsUnreadable",
         ) from exc
@@ -355,7 +388,7 @@ def load_pretrained(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise WeightsMismatch(
-            f"{path} does not hold a state_dict of tensors", type="PretrainedWeightsUnreadable"
+            f"{name} does not hold a state_dict of tensors", type="PretrainedWeightsUnreadable"
         )
     own = model.state_dict()
     keep: dict[str, torch.Tensor] = {}
@@ -376,7 +409,7 @@ def load_pretrained(
             wrong.append(f"layer '{k}': the model has {list(t.shape)}, the file {list(src.shape)}")
     if wrong:
         raise WeightsMismatch(
-            f"{path} does not hold torchvision's {arch} weights: {'; '.join(wrong[:_SHOW])}",
+            f"{name} does not hold torchvision's {arch} weights: {'; '.join(wrong[:_SHOW])}",
             hint="download the file again from torchvision's address",
             type="PretrainedWeightsUnreadable",
         )
@@ -384,7 +417,6 @@ def load_pretrained(
     used = next(w for w in ARCHS[arch].weights if w.file == path.name)
     return {
         "file": path.name,
-        "path": str(path),
         "weights": used.name,
         "url": used.url,
         "loaded_tensors": len(keep),
@@ -557,7 +589,9 @@ def prepare_transfer(
             )
             report["start"] = "pretrained"
         if init_weights is not None:
-            report["init"] = apply_init(model, init_weights, head, class_names)
+            report["init"] = apply_init(
+                model, init_weights, head, class_names, label=model_spec.init_from
+            )
             report["start"] = "init_from"
     frozen = apply_freeze(model, model_spec.freeze, head)
     params = count_parameters(model)
