@@ -7,7 +7,7 @@ write, so a job is never left `running` by a worker that is still alive."""
 from __future__ import annotations
 
 import logging
-import traceback
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,21 +155,25 @@ def _run_job(
     except Stopped as stop:
         return _stopped(sessions, lease, reporter, stop.reason)
     except TrainingError as exc:
-        return _failed(sessions, lease, reporter, exc.to_error_dict())
+        return _failed(sessions, lease, reporter, public_error(exc.to_error_dict(), settings))
     except Exception as exc:
         stage = reporter.stage if reporter else None
         log.exception("job %s failed in stage %s", job_id, stage)
+        # The traceback stays in the worker's log: its file paths are the server's.
         return _failed(
             sessions,
             lease,
             reporter,
-            {
-                "type": type(exc).__name__,
-                "message": f"{stage or 'setup'} stage failed: {exc}",
-                "hint": "this looks like a bug in tas or the environment; the traceback is in the worker log",
-                "stage": stage,
-                "traceback": traceback.format_exc(limit=8)[-4000:],
-            },
+            public_error(
+                {
+                    "type": type(exc).__name__,
+                    "message": f"{stage or 'setup'} stage failed: {exc}",
+                    "hint": "this looks like a bug in tas or the environment; the traceback is in"
+                    f" the worker log (job {job_id})",
+                    "stage": stage,
+                },
+                settings,
+            ),
         )
     finally:
         if reporter is not None:
@@ -177,6 +181,30 @@ def _run_job(
     if result.status != "succeeded":
         return _stopped(sessions, lease, reporter, result.status)
     return _succeeded(sessions, lease, reporter, result)
+
+
+def public_error(error: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A job's error as its submitter sees it: the server's directories in its text (an OSError
+    quoting the file it failed on, a library's message) replaced by the setting that names each
+    one, e.g. `TAS_UPLOADS_DIR/…`; the innermost directory first (uploads live in artifacts)."""
+    roots = {
+        str(settings.resolved_uploads_dir): "TAS_UPLOADS_DIR",
+        str(settings.cache_dir): "TAS_ARTIFACT_DIR/cache",
+        str(settings.resolved_artifact_dir): "TAS_ARTIFACT_DIR",
+        str(settings.resolved_datasets_dir): "TAS_DATASETS_DIR",
+        str(settings.resolved_weights_dir): "TAS_WEIGHTS_DIR",
+        str(settings.data_dir.resolve()): "TAS_DATA_DIR",
+    }
+    ordered = sorted(roots.items(), key=lambda kv: len(kv[0]), reverse=True)
+    out = dict(error)
+    for key in ("message", "hint"):
+        text = out.get(key)
+        if isinstance(text, str):
+            for root, name in ordered:
+                if len(root) > 1:  # never "/" itself; a root matches whole names only
+                    text = re.sub(re.escape(root) + r"(?![\w.-])", name, text)
+            out[key] = text
+    return out
 
 
 def _trim_cache(settings: Settings) -> None:

@@ -343,7 +343,8 @@ def restore_training(
     weights and optimizer state would continue a different run."""
     if loaded.manifest.get("extra", {}).get("spec_sha256") != spec_sha256:
         raise CheckpointMismatch(
-            f"the checkpoint at {loaded.record.path} was written for another spec"
+            f"the checkpoint of epoch {loaded.record.epoch} step {loaded.record.step} was"
+            " written for another spec"
         )
     state = loaded.state
     live.model.load_state_dict(loaded.weights)
