@@ -192,6 +192,7 @@ def upload_limits(settings: Settings) -> UploadLimits:
         max_uncompressed_bytes=settings.upload_max_uncompressed_mb * 2**20,
         max_ratio=settings.upload_max_ratio,
         max_pixels=settings.upload_max_pixels,
+        max_total_pixels=settings.upload_max_total_pixels,
         max_samples=settings.upload_max_samples,
         max_columns=settings.upload_max_columns,
     )

@@ -41,6 +41,10 @@ class UploadLimits:
     max_ratio: float = 200.0
     #: One image, from its header, before it is decoded.
     max_pixels: int = 50_000_000
+    #: All of an upload's images together, from their headers, before the first is decoded: PNG's
+    #: own compression hides from the zip ratio check, so a sub-MB archive of eight 6000×6000 PNGs
+    #: would otherwise cost seconds of CPU and a GB of memory per image decoded.
+    max_total_pixels: int = 250_000_000
     max_samples: int = 5_000_000
     #: Columns of a CSV, counted on its header line before any field is parsed.
     max_columns: int = 100_000

@@ -204,18 +204,28 @@ def read_images(
     limits: UploadLimits,
 ) -> np.ndarray:
     """The entries as one float32 N×C×H×W array, row i from entries[i] (an entry listed twice is
-    decoded once). Headers are checked first, then the array's bytes, then images are decoded in
-    archive order (the zip is read front to back)."""
+    decoded once). Headers are checked first (each image's pixels, then all images' together), then
+    the array's bytes, then images are decoded in archive order (the zip is read front to back)."""
     unique: dict[str, zipfile.ZipInfo] = {}
     for info in entries:
         unique.setdefault(info.filename, info)
     headers: dict[str, ImageHeader] = {}
+    pixels = 0
     for name, info in unique.items():
         try:
             with zf.open(info) as fp:
-                headers[name] = probe_image(fp, name, limits.max_pixels)
+                header = headers[name] = probe_image(fp, name, limits.max_pixels)
         except _BROKEN as exc:
             raise UploadError(f"entry {name!r} cannot be read: {_reason(exc)}") from None
+        pixels += header.height * header.width
+        if pixels > limits.max_total_pixels:
+            raise UploadError(
+                f"the images decode to more than {num(limits.max_total_pixels)} pixels (passed at"
+                f" {name!r}, {header.height}×{header.width}); the limit is"
+                f" {num(limits.max_total_pixels)} pixels in one upload (TAS_UPLOAD_MAX_TOTAL_PIXELS)",
+                status=413,
+                hint="downscale the images before uploading, or upload fewer",
+            )
     channels, height, width = common_shape(list(headers.values()), size)
     total = len(entries) * channels * height * width * 4
     if total > limits.max_array_bytes:
