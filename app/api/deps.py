@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Request, Response, params
+from fastapi import Depends, Path, Request, Response, Security, params
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -60,7 +61,18 @@ async def get_serving(request: Request) -> Serving:
     return serving
 
 
-async def get_principal(request: Request) -> Principal:
+#: Documents the scheme (OpenAPI's `securitySchemes`, the Authorize button of /docs); the header
+#: itself is read raw below, so every malformed variant gets the same 401.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key, `tas_<id>_<secret>` (`tas keys create`), as a bearer token.",
+)
+
+
+async def get_principal(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+) -> Principal:
     """The caller, from `Authorization: Bearer <key>` (401 without a valid one once any key
     exists). A key checked recently is answered from memory, so /predict does not wait on the
     database; async for the same reason as `get_serving`."""
