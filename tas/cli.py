@@ -62,6 +62,12 @@ def serve(
             " anything. Without it, such a server refuses to start until `tas keys create`.",
         ),
     ] = False,
+    ssl_certfile: Annotated[
+        str | None, typer.Option(help="Serve HTTPS with this certificate (PEM, chain included).")
+    ] = None,
+    ssl_keyfile: Annotated[
+        str | None, typer.Option(help="The certificate's private key (PEM).")
+    ] = None,
 ) -> None:
     """The API and (unless --no-worker) an embedded Celery worker: one command, no other server.
 
@@ -103,8 +109,12 @@ def serve(
         else None
     )
 
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        console.print("[red]error[/red]: --ssl-certfile and --ssl-keyfile go together")
+        raise typer.Exit(2)
+
     def started() -> None:
-        url = f"http://{host}:{port}"
+        url = f"{'https' if ssl_certfile else 'http'}://{host}:{port}"
         console.print(f"tas serving on [bold]{url}[/bold]  (API docs: {url}/docs)")
         console.print(f"data dir {settings.data_dir.resolve()}")
         console.print(f"database {_redact(settings.resolved_database_url)}")
@@ -119,6 +129,8 @@ def serve(
             log_level="warning",
             access_log=settings.access_log,
             timeout_graceful_shutdown=5,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         ),
         on_started=started,
         on_exit=embedded.request_stop if embedded is not None else None,

@@ -174,3 +174,65 @@ def test_serve_refuses_a_public_bind_with_no_key(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "--insecure" in err
+
+
+def test_serve_speaks_tls_with_a_certificate(tmp_path: Path) -> None:
+    """`tas serve --ssl-certfile --ssl-keyfile`: HTTPS from tas itself, no proxy needed."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    port = str(free_port())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tas",
+            "serve",
+            "--port",
+            port,
+            "--no-worker",
+            "--ssl-certfile",
+            str(cert),
+            "--ssl-keyfile",
+            str(key),
+        ],
+        env={"TAS_DATA_DIR": str(tmp_path / "var"), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline, answered = time.monotonic() + 60, None
+        while time.monotonic() < deadline and answered is None:
+            try:
+                answered = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=str(cert)).json()
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert answered == {"status": "ok"}
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"https://127.0.0.1:{port}" in err
