@@ -155,10 +155,11 @@ class Settings(BaseSettings):
         " by its Content-Length before it is read, or while it streams in once past the limit.",
     )
     predict_max_values: int = Field(
-        4_194_304,
+        1_048_576,
         ge=1,
         description="Numbers one /predict JSON body may hold, all samples together, counted before"
-        " it is parsed (each costs a Python float while parsing); more is a 413.",
+        " it is parsed: each costs a Python float while parsing (1 Mi of them: ~60 MiB and ~0.1 s"
+        " of the interpreter, which the event loop waits on too); more is a 413.",
     )
     predict_max_pixels: int = Field(
         25_000_000,
@@ -199,6 +200,20 @@ class Settings(BaseSettings):
         " above it is a 422 naming the layer sizes. The default takes every torchvision"
         " classifier up to VGG (144 million); it also bounds how long one training step, and so"
         " a cancel waiting for it, can take.",
+    )
+    default_job_minutes: float = Field(
+        60.0,
+        gt=0,
+        le=525_600,
+        description="The training time limit (training.max_minutes) of a job whose spec gives"
+        " none, set at submit: every job has one.",
+    )
+    max_job_minutes: float = Field(
+        10_080.0,
+        gt=0,
+        le=525_600,
+        description="The largest training.max_minutes a submit, clone or resume may ask for (a week"
+        " by default); more is a 422.",
     )
     max_training_memory_mb: int = Field(
         16_384,

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.schemas.workers import WaitingFor
-from tas.core.spec import TagKey, TagValue
+from tas.core.spec import MAX_MINUTES, TagKey, TagValue
 
 
 class ProgressOut(BaseModel):
@@ -148,6 +148,8 @@ class ResumeIn(BaseModel):
     max_minutes: float | None = Field(
         None,
         gt=0.0,
+        le=MAX_MINUTES,
+        allow_inf_nan=False,
         description="A new training.max_minutes (training time over all runs); required, and"
         " larger, when the job stopped at its time limit.",
     )

@@ -80,6 +80,32 @@ def transfer_problems(
     return problems, pinned
 
 
+def with_time_limit(spec: JobSpec, settings: Settings) -> JobSpec:
+    """Every job has a training time limit: a spec that gives no `training.max_minutes` gets
+    TAS_DEFAULT_JOB_MINUTES (stored with the job, so the worker and a later clone see it), and
+    one above TAS_MAX_JOB_MINUTES is a 422."""
+    most = settings.max_job_minutes
+    if "max_minutes" not in spec.training.model_fields_set:
+        minutes = min(settings.default_job_minutes, most)
+        training = spec.training.model_copy(update={"max_minutes": minutes})
+        spec = spec.model_copy(update={"training": training})
+    if spec.training.max_minutes > most:
+        raise InvalidInput(
+            [minutes_problem(("body", "training", "max_minutes"), spec.training.max_minutes, most)]
+        )
+    return spec
+
+
+def minutes_problem(
+    loc: tuple[str, ...], minutes: float, most: float
+) -> tuple[tuple[str, ...], str]:
+    return (
+        loc,
+        f"{minutes:g} minutes is above this deployment's time limit; allowed: above 0, at most"
+        f" {most:g} minutes (TAS_MAX_JOB_MINUTES)",
+    )
+
+
 def size_problems(
     session: Session, spec: JobSpec, info: DatasetInfo, settings: Settings
 ) -> Problems:
@@ -164,6 +190,7 @@ def submit(
     from exactly that, and GET /jobs/{id} shows it). The tenant's quotas are checked first, so a
     refused submit costs two queries."""
     quotas.admit_job(session, settings, tenant)
+    spec = with_time_limit(spec, settings)
     info = dataset_info(session, spec, tenant, settings)
     problems: Problems = [(("body", *loc), msg) for loc, msg in spec_problems(spec, info)]
     if problems:
@@ -285,6 +312,10 @@ def resume(session: Session, job: Job, *, max_minutes: float | None, settings: S
     of the tenant's job slots, as a submit does."""
     if job.status not in job_store.RESUMABLE:
         raise JobNotResumable(job.id, job.status)
+    if max_minutes is not None and max_minutes > settings.max_job_minutes:
+        raise InvalidInput(
+            [minutes_problem(("body", "max_minutes"), max_minutes, settings.max_job_minutes)]
+        )
     limit = float(job.spec["training"]["max_minutes"])
     if (job.error or {}).get("type") == "TimeLimitExceeded" and (
         max_minutes is None or max_minutes <= limit

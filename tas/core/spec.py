@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
+import annotated_types
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +31,9 @@ from tas.core.optim import OPTIMIZERS, SCHEDULERS
 
 #: Seeds are stored in JSON and handed to torch and numpy, which take at most 64 bits.
 SEED_MAX = 2**63 - 1
+#: The longest time limit a spec can state (a year, in minutes); a deployment sets a lower one
+#: (TAS_MAX_JOB_MINUTES), checked at submit.
+MAX_MINUTES = 525_600
 
 
 class StrictModel(BaseModel):
@@ -97,6 +101,10 @@ class StrictModel(BaseModel):
 
 
 _SCALAR_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false"}
+#: pydantic's error types for a number or a list outside its field's bounds.
+_BOUND_ERRORS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_long", "too_short"}
+)
 
 
 def _explained(error: Any, model: type[BaseModel]) -> str | None:
@@ -109,7 +117,56 @@ def _explained(error: Any, model: type[BaseModel]) -> str | None:
             f"expected {_SCALAR_TYPES[kind]}, got the string {value!r}: the spec is typed, send"
             " the value unquoted"
         )
+    if kind in _BOUND_ERRORS and "allowed:" not in error["msg"]:
+        allowed = _allowed_range(model, loc, lengths=kind in ("too_long", "too_short"))
+        if allowed:
+            return f"{error['msg']}; allowed: {allowed}"
     return None
+
+
+def _allowed_range(model: type[BaseModel], loc: tuple[Any, ...], *, lengths: bool) -> str | None:
+    """The whole range of the field at `loc` (a field of `model`, or an item of its list field),
+    e.g. `1 to 65536` or `at most 32 items`, so a 422 says what is allowed, not only which bound
+    was crossed; None when the field declares no bounds there."""
+    field = model.model_fields.get(str(loc[0])) if loc else None
+    if field is None or len(loc) > 2:
+        return None
+    metadata: list[Any] = list(field.metadata)
+    if len(loc) == 2:  # an item of a list: its bounds are on the item type
+        if not isinstance(loc[1], int) or lengths:
+            return None
+        items = get_args(field.annotation)
+        if not items or get_origin(items[0]) is not Annotated:
+            return None
+        metadata = [m for info in get_args(items[0])[1:] for m in getattr(info, "metadata", [])]
+    if lengths:
+        low = next((m.min_length for m in metadata if isinstance(m, annotated_types.MinLen)), 0)
+        high = next((m.max_length for m in metadata if isinstance(m, annotated_types.MaxLen)), None)
+        if high is None:
+            return f"at least {low} items" if low else None
+        return f"{low} to {high} items" if low else f"at most {high} items"
+    ge = next((m.ge for m in metadata if isinstance(m, annotated_types.Ge)), None)
+    gt = next((m.gt for m in metadata if isinstance(m, annotated_types.Gt)), None)
+    le = next((m.le for m in metadata if isinstance(m, annotated_types.Le)), None)
+    lt = next((m.lt for m in metadata if isinstance(m, annotated_types.Lt)), None)
+    if ge is not None and le is not None:
+        return f"{_num(ge)} to {_num(le)}"
+    if ge is not None and le is None and lt is None:
+        return f"{_num(ge)} or more"
+    parts = [
+        f"from {_num(ge)}" if ge is not None else f"above {_num(gt)}" if gt is not None else ""
+    ]
+    parts.append(
+        f"at most {_num(le)}" if le is not None else f"below {_num(lt)}" if lt is not None else ""
+    )
+    return ", ".join(p for p in parts if p) or None
+
+
+def _num(v: Any) -> str:
+    """`100,000`, `0.5`, `10` (a float bound that is whole reads as an integer)."""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
 
 
 def unknown_field_message(key: str, fields: list[str]) -> str:
@@ -265,7 +322,13 @@ class TrainingSpec(StrictModel):
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step scheduler: decay factor.")
     seed: int = Field(0, ge=0, le=SEED_MAX)
     early_stopping: EarlyStoppingSpec | None = None
-    max_minutes: float = Field(60.0, gt=0.0)
+    max_minutes: float = Field(
+        60.0,
+        gt=0.0,
+        le=MAX_MINUTES,
+        description="Training time limit over all runs of the job (minutes); not given: the"
+        " deployment's default (TAS_DEFAULT_JOB_MINUTES), at most TAS_MAX_JOB_MINUTES.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: float | None = Field(
         None, gt=0.0, description="Clip the gradient norm to this value."

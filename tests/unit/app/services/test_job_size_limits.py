@@ -155,3 +155,64 @@ def test_a_clone_is_checked_as_a_submit(
                 max_attempts=3,
                 settings=settings,
             )
+
+
+# --- the time limit every job has ---------------------------------------------------------------
+
+
+def submitted(sessions: sessionmaker[Session], settings: Settings, body: dict[str, Any]) -> Job:
+    with sessions() as s:
+        job = job_service.submit(
+            s, JobSpec.model_validate(body), tenant="default", max_attempts=3, settings=settings
+        )
+        s.commit()
+        s.expunge(job)
+        return job
+
+
+def iris(**training: Any) -> dict[str, Any]:
+    return {"name": "t", "dataset": {"name": "iris"}, "training": {"epochs": 1, **training}}
+
+
+def test_a_spec_without_a_time_limit_gets_the_deployment_s_default(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    short = settings.model_copy(update={"default_job_minutes": 15.0})
+    assert submitted(sessions, short, iris()).spec["training"]["max_minutes"] == 15
+    assert submitted(sessions, short, iris(max_minutes=90)).spec["training"]["max_minutes"] == 90
+
+
+def test_a_time_limit_above_the_deployment_s_is_a_422(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    strict = settings.model_copy(update={"max_job_minutes": 120.0})
+    with sessions() as s, pytest.raises(InvalidInput) as caught:
+        job_service.submit(
+            s,
+            JobSpec.model_validate(iris(max_minutes=121)),
+            tenant="default",
+            max_attempts=3,
+            settings=strict,
+        )
+    [(loc, message)] = caught.value.problems
+    assert loc == ("body", "training", "max_minutes")
+    assert "at most 120 minutes (TAS_MAX_JOB_MINUTES)" in message
+    # a default above the limit is held to the limit rather than refusing every plain spec
+    odd = strict.model_copy(update={"default_job_minutes": 600.0})
+    assert submitted(sessions, odd, iris()).spec["training"]["max_minutes"] == 120
+
+
+def test_a_resume_cannot_raise_the_time_limit_past_the_deployment_s(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    job_id = submitted(sessions, settings, iris(max_minutes=5)).id
+    strict = settings.model_copy(update={"max_job_minutes": 60.0})
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.status = "failed"
+        s.flush()
+        with pytest.raises(InvalidInput, match="TAS_MAX_JOB_MINUTES") as caught:
+            job_service.resume(s, job, max_minutes=61, settings=strict)
+        assert caught.value.problems[0][0] == ("body", "max_minutes")
+        assert job_service.resume(s, job, max_minutes=60, settings=strict).status == "queued"
