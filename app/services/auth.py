@@ -8,11 +8,13 @@ While no key exists the server is open: every caller is the default tenant with 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tas.errors import Unauthorized
@@ -21,6 +23,8 @@ from tas.store import keys as key_store
 from tas.store.keys import OPEN, Principal
 from tas.store.orm import utcnow
 from tas.store.unit_of_work import unit_of_work
+
+log = logging.getLogger(__name__)
 
 #: How often a key's `last_used_at` is written at most: a write per request would serialise
 #: /predict behind SQLite's write lock for a timestamp nobody needs to the millisecond.
@@ -109,8 +113,13 @@ class Authenticator:
         if last is not None and now - last < TOUCH_EVERY.total_seconds():
             return
         self._touched[principal.key_id] = now
-        with unit_of_work(self.writers) as session:
-            key_store.touch(session, principal.key_id)
+        try:
+            with unit_of_work(self.writers) as session:
+                key_store.touch(session, principal.key_id)
+        except SQLAlchemyError:
+            # A timestamp is not worth failing the request over (a writer holding SQLite's
+            # lock past the busy timeout): the next minute's request writes it.
+            log.warning("could not record the use of key %s", principal.key_id, exc_info=True)
 
     def forget(self, key_id: str) -> None:
         """Drop a revoked key from this process's cache at once."""
