@@ -44,7 +44,7 @@ FORM_FIELDS = tuple(name for name in PredictForm.model_fields if name != "file")
 MAX_IMAGE_PIXELS = 40_000_000  # far above any model's input; stops decompression bombs early
 #: Defaults of the bounds the route passes from the settings (TAS_PREDICT_MAX_VALUES,
 #: TAS_PREDICT_MAX_PIXELS), for callers that parse without settings.
-MAX_VALUES = 4_194_304
+MAX_VALUES = 1_048_576
 MAX_PIXELS = 25_000_000
 
 

@@ -9,7 +9,7 @@ the model's input shape (422).
 What a request may cost is bounded before it is paid: the body's bytes (TAS_PREDICT_MAX_BODY_MB) by
 its Content-Length before a byte is read, and, for a body without one (chunked), as it streams in —
 reading stops once it passes the limit, so at most the limit is ever held; a large JSON body is
-parsed on a worker thread, not on the event loop; the numbers in it and the pixels of its images are
+parsed on a worker thread (`PARSE_INLINE_BYTES`); the numbers in it and the pixels of its images are
 counted before they are made (app/services/inputs.py)."""
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ _BODY_DOC: dict[str, Any] = {
 
 
 #: A JSON body larger than this is parsed on a worker thread; a smaller one (a few samples, the hot
-#: path) on the event loop, where a thread hop would cost more than the parse.
+#: path) on the event loop, where a thread hop would cost more than the parse. On the thread the
+#: loop runs between the parse's steps (validation, the records' Python loops, image decoding, which
+#: Pillow does without the GIL); orjson's and numpy's own C calls hold the GIL while they run, and
+#: what bounds them is the count of numbers (TAS_PREDICT_MAX_VALUES: ~0.1 s at the default).
 PARSE_INLINE_BYTES = 1 << 20
+#: Rows by feature name beyond this many are made an array on a worker thread (the same reason).
+RECORDS_INLINE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +164,11 @@ async def predict(request: Request, serving: ServingDep, tenant: TenantDep) -> R
         )
         field = "images"
     elif call.records is not None:
-        arr = inputs.records_array(
-            call.records, predictor.card.feature_names, predictor.input_shape
-        )
+        names, shape = predictor.card.feature_names, predictor.input_shape
+        if len(call.records) > RECORDS_INLINE:  # a Python loop per row: off the event loop
+            arr = await run_in_threadpool(inputs.records_array, call.records, names, shape)
+        else:
+            arr = inputs.records_array(call.records, names, shape)
         field = "inputs"
     else:
         assert call.inputs is not None

@@ -172,6 +172,28 @@ def test_a_large_body_is_parsed_off_the_event_loop(
     assert "worker" in large_thread.lower(), large_thread
 
 
+def test_many_rows_by_feature_name_are_made_an_array_off_the_event_loop(
+    settings: Settings, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.add("tab", input_shape=(2,), feature_names=["a", "b"])
+    threads: list[str] = []
+    real = inputs.records_array
+
+    def records_array(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(inputs, "records_array", records_array)
+    monkeypatch.setattr(predict_route, "RECORDS_INLINE", 3)
+    with running_client(make_app(settings)) as c:
+        few = c.post("/predict", json={"model": "tab", "inputs": [{"a": 1, "b": 2}] * 3})
+        many = c.post("/predict", json={"model": "tab", "inputs": [{"a": 1, "b": 2}] * 4})
+    assert few.status_code == 200 and many.status_code == 200, (few.text, many.text)
+    assert few.json()["predictions"][0] == many.json()["predictions"][0]
+    few_thread, many_thread = threads
+    assert many_thread != few_thread and "worker" in many_thread.lower(), threads
+
+
 def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kw: object) -> None:
         raise AssertionError("an image was decoded before the pixels were counted")
