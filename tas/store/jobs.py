@@ -134,14 +134,28 @@ def jobs_with_stages(session: Session, job_ids: Sequence[str]) -> list[Job]:
 MetricKind = Literal["epoch", "step", "all"]
 
 
-def metric_rows(session: Session, job_id: str, kind: MetricKind = "epoch") -> list[MetricRow]:
-    """A job's metric rows in training order (by epoch, an epoch's row before its steps')."""
+def metric_rows(
+    session: Session,
+    job_id: str,
+    kind: MetricKind = "epoch",
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[MetricRow]:
+    """A job's metric rows in training order (by epoch, an epoch's row before its steps'), at
+    most `limit` of them from `offset` on. Offsets page exactly through a finished job's rows
+    (a resumed run rewrites its replayed epoch's rows in place); while a job trains, new rows
+    come after the ones there, except that with kind "all" an epoch's own row, written when the
+    epoch ends, sorts before that epoch's step rows."""
     q = select(MetricRow).where(MetricRow.job_id == job_id)
     if kind == "epoch":
         q = q.where(MetricRow.step == -1)
     elif kind == "step":
         q = q.where(MetricRow.step >= 0)
-    return list(session.scalars(q.order_by(MetricRow.epoch, MetricRow.step)))
+    q = q.order_by(MetricRow.epoch, MetricRow.step).offset(offset)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
 
 
 def checkpoints(session: Session, job_id: str) -> list[Checkpoint]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -73,36 +74,87 @@ def register_model(
 # re-resolves and warms the model).
 
 
-def model_versions(session: Session, name: str, *, tenant: str) -> list[ModelVersion]:
-    """A model's versions, newest first; ModelNotFound when it has none."""
-    versions = list(
-        session.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.tenant == tenant, ModelVersion.name == name)
-            .order_by(ModelVersion.version.desc())
-        )
-    )
-    if not versions:
+def model_versions(
+    session: Session,
+    name: str,
+    *,
+    tenant: str,
+    before: int | None = None,
+    limit: int | None = None,
+) -> list[ModelVersion]:
+    """A model's versions, newest first: those below `before`, at most `limit` of them (a page);
+    ModelNotFound when the model has no version at all."""
+    q = select(ModelVersion).where(ModelVersion.tenant == tenant, ModelVersion.name == name)
+    if before is not None:
+        q = q.where(ModelVersion.version < before)
+    q = q.order_by(ModelVersion.version.desc())
+    if limit is not None:
+        q = q.limit(limit)
+    versions = list(session.scalars(q))
+    if not versions and (before is None or latest_version(session, name, tenant=tenant) is None):
         raise ModelNotFound(name)
     return versions
 
 
-def versions_by_name(session: Session, *, tenant: str) -> dict[str, list[ModelVersion]]:
-    """Every model of the tenant, by name in name order, each with its versions (in no
-    particular order: callers sort them as they show them)."""
-    by_name: dict[str, list[ModelVersion]] = {}
-    rows = session.scalars(
-        select(ModelVersion).where(ModelVersion.tenant == tenant).order_by(ModelVersion.name)
+def latest_version(session: Session, name: str, *, tenant: str) -> int | None:
+    return session.scalar(
+        select(func.max(ModelVersion.version)).where(
+            ModelVersion.tenant == tenant, ModelVersion.name == name
+        )
     )
-    for mv in rows:
+
+
+def versions_by_name(
+    session: Session,
+    *,
+    tenant: str,
+    after: str | None = None,
+    limit: int | None = None,
+    per_name: int | None = None,
+) -> dict[str, list[ModelVersion]]:
+    """The tenant's models in name order, each with its versions, newest first: the models named
+    after `after`, at most `limit` of them (a page), and at most `per_name` versions of each (its
+    newest), so one answer stays bounded however many versions a model has."""
+    names = (select(ModelVersion.name).where(ModelVersion.tenant == tenant).distinct()).order_by(
+        ModelVersion.name
+    )
+    if after is not None:
+        names = names.where(ModelVersion.name > after)
+    if limit is not None:
+        names = names.limit(limit)
+    wanted = (ModelVersion.tenant == tenant, ModelVersion.name.in_(names.scalar_subquery()))
+    q = select(ModelVersion).where(*wanted)
+    if per_name is not None:
+        ranked = (
+            select(
+                ModelVersion.id,
+                func.row_number()
+                .over(partition_by=ModelVersion.name, order_by=ModelVersion.version.desc())
+                .label("rank"),
+            )
+            .where(*wanted)
+            .subquery()
+        )
+        q = q.join(ranked, ranked.c.id == ModelVersion.id).where(ranked.c.rank <= per_name)
+    by_name: dict[str, list[ModelVersion]] = {}
+    for mv in session.scalars(q.order_by(ModelVersion.name, ModelVersion.version.desc())):
         by_name.setdefault(mv.name, []).append(mv)
     return by_name
 
 
-def model_aliases(session: Session, *, tenant: str, name: str | None = None) -> list[ModelAlias]:
+def model_aliases(
+    session: Session,
+    *,
+    tenant: str,
+    name: str | None = None,
+    names: Sequence[str] | None = None,
+) -> list[ModelAlias]:
+    """The tenant's aliases (of the model `name`, or of the models `names`)."""
     q = select(ModelAlias).where(ModelAlias.tenant == tenant)
     if name is not None:
         q = q.where(ModelAlias.name == name)
+    if names is not None:
+        q = q.where(ModelAlias.name.in_(list(names)))
     return list(session.scalars(q.order_by(ModelAlias.name, ModelAlias.alias)))
 
 
@@ -115,7 +167,7 @@ def get_version(session: Session, name: str, version: int, *, tenant: str) -> Mo
         )
     )
     if mv is None:
-        model_versions(session, name, tenant=tenant)  # an unknown model says so, not its version
+        model_versions(session, name, tenant=tenant, limit=1)  # an unknown model says so
         raise ModelVersionNotFound(name, version)
     return mv
 

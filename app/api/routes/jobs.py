@@ -169,14 +169,41 @@ def clone_job(
     return new
 
 
-@router.get("/{job_id}/metrics", response_model=list[MetricRowOut])
+#: Metric rows one GET /jobs/{id}/metrics answers at most (a long job logs many step rows).
+MAX_METRIC_ROWS = 10_000
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=list[MetricRowOut],
+    responses={
+        200: {
+            "headers": {
+                "Link": {
+                    "description": 'The next page (rel="next"), when there are more rows',
+                    "schema": {"type": "string"},
+                }
+            }
+        }
+    },
+)
 def get_metrics(
     job: JobDep,
     session: SessionDep,
+    response: Response,
     kind: Annotated[job_store.MetricKind, Query()] = "epoch",
+    limit: Annotated[int, Query(ge=1, le=MAX_METRIC_ROWS)] = MAX_METRIC_ROWS,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[dict[str, object]]:
-    """A row per epoch (default), per logged step, or both, in training order."""
-    rows = job_store.metric_rows(session, job.id, kind)
+    """A row per epoch (default), per logged step, or both, in training order: at most `limit`
+    rows from `offset`; when there are more, a `Link` header (rel="next") names the next page."""
+    rows = job_store.metric_rows(session, job.id, kind, limit=limit + 1, offset=offset)
+    if len(rows) > limit:
+        rows = rows[:limit]
+        response.headers["Link"] = (
+            f"</jobs/{job.id}/metrics?kind={kind}&limit={limit}&offset={offset + limit}>;"
+            ' rel="next"'
+        )
     return [{**r.values, "epoch": r.epoch, "step": None if r.step < 0 else r.step} for r in rows]
 
 

@@ -47,7 +47,29 @@ Ref = Annotated[
 Format = Annotated[Literal["safetensors", "onnx"], Query()]
 
 
-def _model(name: str, versions: list[ModelVersion], aliases: list[ModelAlias]) -> ModelOut:
+#: Versions of each model GET /models shows (its newest); GET /models/{name} pages through all.
+LISTED_VERSIONS = 100
+
+#: The `Link` header of a page that has a next one.
+_NEXT_PAGE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            "Link": {
+                "description": 'The next page (rel="next"), when there is one',
+                "schema": {"type": "string"},
+            }
+        }
+    }
+}
+
+
+def _model(
+    name: str,
+    versions: list[ModelVersion],
+    aliases: list[ModelAlias],
+    latest: int | None = None,
+) -> ModelOut:
+    """`latest`: the model's newest version when `versions` is a page that may not hold it."""
     by_version: dict[int, list[str]] = {}
     for a in aliases:
         by_version.setdefault(a.version, []).append(a.alias)
@@ -59,27 +81,63 @@ def _model(name: str, versions: list[ModelVersion], aliases: list[ModelAlias]) -
     ]
     return ModelOut(
         name=name,
-        latest_version=out[0].version,
+        latest_version=latest if latest is not None else out[0].version,
         aliases={a.alias: a.version for a in aliases},
         versions=out,
     )
 
 
-@router.get("", response_model=list[ModelOut], dependencies=[StrictQuery])
-def list_models(session: SessionDep, tenant: TenantDep) -> list[ModelOut]:
+@router.get("", response_model=list[ModelOut], dependencies=[StrictQuery], responses=_NEXT_PAGE)
+def list_models(
+    session: SessionDep,
+    tenant: TenantDep,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=200)] = 100,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=NAME_PATTERN, description="The last model name of the previous page."),
+    ] = None,
+) -> list[ModelOut]:
+    """Your models in name order, each with its newest versions (at most LISTED_VERSIONS; GET
+    /models/{name} pages through all of them): at most `limit` models, and a `Link` header
+    (rel="next") when there are more."""
+    by_name = registry_store.versions_by_name(
+        session, tenant=tenant, after=cursor, limit=limit + 1, per_name=LISTED_VERSIONS
+    )
+    names = list(by_name)[:limit]
+    if len(by_name) > limit:
+        response.headers["Link"] = f'</models?limit={limit}&cursor={names[-1]}>; rel="next"'
     aliases: dict[str, list[ModelAlias]] = {}
-    for a in registry_store.model_aliases(session, tenant=tenant):
+    for a in registry_store.model_aliases(session, tenant=tenant, names=names):
         aliases.setdefault(a.name, []).append(a)
-    return [
-        _model(name, versions, aliases.get(name, []))
-        for name, versions in registry_store.versions_by_name(session, tenant=tenant).items()
-    ]
+    return [_model(name, by_name[name], aliases.get(name, [])) for name in names]
 
 
-@router.get("/{name}", response_model=ModelOut)
-def get_model(name: Name, session: SessionDep, tenant: TenantDep) -> ModelOut:
-    versions = registry_store.model_versions(session, name, tenant=tenant)
-    return _model(name, versions, registry_store.model_aliases(session, tenant=tenant, name=name))
+@router.get("/{name}", response_model=ModelOut, dependencies=[StrictQuery], responses=_NEXT_PAGE)
+def get_model(
+    name: Name,
+    session: SessionDep,
+    tenant: TenantDep,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        int | None,
+        Query(ge=1, le=2**31 - 1, description="The last version of the previous page."),
+    ] = None,
+) -> ModelOut:
+    """The model's aliases and its versions, newest first: at most `limit` of them, and a `Link`
+    header (rel="next") when there are older ones."""
+    versions = registry_store.model_versions(
+        session, name, tenant=tenant, before=cursor, limit=limit + 1
+    )
+    if len(versions) > limit:
+        versions = versions[:limit]
+        response.headers["Link"] = (
+            f'</models/{name}?limit={limit}&cursor={versions[-1].version}>; rel="next"'
+        )
+    latest = None if cursor is None else registry_store.latest_version(session, name, tenant=tenant)
+    aliases = registry_store.model_aliases(session, tenant=tenant, name=name)
+    return _model(name, versions, aliases, latest)
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasOut)

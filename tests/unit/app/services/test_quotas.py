@@ -200,3 +200,13 @@ def test_size_text() -> None:
     assert size_text(512 * 2**20) == "512 MiB"
     assert size_text(1536) == "1.5 KiB"
     assert size_text(12) == "12 B"
+
+
+def test_event_streams_are_bounded_per_tenant_by_default(tmp_path: Path) -> None:
+    """A quarter of the process-wide slots, so one tenant cannot hold them all; the refusal
+    names the setting (tests/unit/app/api/test_job_events.py drives the refusal itself)."""
+    defaults = Settings(data_dir=tmp_path)
+    assert defaults.max_event_streams_per_tenant == defaults.max_event_streams // 4
+    with running_client(make_app(migrated_settings(tmp_path))) as client:
+        streams = client.app.state.job_streams  # type: ignore[attr-defined]
+        assert streams.max_per_tenant == 64
