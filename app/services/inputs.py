@@ -45,7 +45,7 @@ MAX_IMAGE_PIXELS = 40_000_000  # far above any model's input; stops decompressio
 #: Defaults of the bounds the route passes from the settings (TAS_PREDICT_MAX_VALUES,
 #: TAS_PREDICT_MAX_PIXELS), for callers that parse without settings.
 MAX_VALUES = 1_048_576
-MAX_PIXELS = 25_000_000
+MAX_PIXELS = 4_194_304
 
 
 @dataclass(slots=True)

@@ -226,3 +226,19 @@ def test_predict_images_pixels_are_counted_from_headers_before_decoding(
     assert "reached at 'images[1]', 30×30" in detail(two)
     assert "'b.png'" in detail(form)
     assert two.json()["detail"][0]["loc"] == ["body", "images", 1]
+
+
+def test_a_small_png_of_many_pixels_is_refused_by_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 5000×5000 PNG of one colour is a few KB of base64 and took the API 3 s and ~670 MB to
+    decode; the default total (4 Mi pixels) refuses it from its header."""
+    settings = migrated_settings(tmp_path)
+    Registry(settings).add("img")
+    bomb = png(np.zeros((5000, 5000)))
+    assert len(bomb) < 100_000
+    _no_decoding(monkeypatch)
+    with running_client(make_app(settings)) as c:
+        r = c.post("/predict", json={"model": "img", "images": [b64(bomb)]})
+    assert r.status_code == 413, r.text
+    assert "5000×5000 = 2.5e7 pixels" in detail(r) and "TAS_PREDICT_MAX_PIXELS" in detail(r)
