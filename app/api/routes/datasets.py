@@ -38,7 +38,10 @@ _FORM: dict[str, Any] = {
             "model": DatasetOut,
             "description": "The same bytes and options were uploaded before",
         },
-        413: {"description": "Over TAS_MAX_UPLOAD_MB, or an archive or image over its limits"},
+        413: {
+            "description": "Over TAS_MAX_UPLOAD_MB or the room left in the tenant's storage"
+            " quota (TAS_MAX_STORED_MB_PER_TENANT), or an archive or image over its limits"
+        },
         415: {"description": "Not multipart/form-data, or a file type that is not supported"},
         422: {"description": "Unusable data; `detail` names the field and what is wrong"},
     },

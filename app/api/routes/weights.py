@@ -34,7 +34,10 @@ _FORM: dict[str, Any] = {
     openapi_extra=_FORM,
     responses={
         200: {"model": WeightsOut, "description": "The same file was uploaded before"},
-        413: {"description": "Over TAS_MAX_UPLOAD_MB"},
+        413: {
+            "description": "Over TAS_MAX_UPLOAD_MB or the room left in the tenant's storage"
+            " quota (TAS_MAX_STORED_MB_PER_TENANT)"
+        },
         415: {"description": "Not multipart/form-data"},
         422: {"description": "Not a safetensors file"},
     },
