@@ -25,6 +25,7 @@ from tas.core.spec import MAX_TAGS, TAG_KEY_PATTERN, JobSpec, resolved_loss, spe
 from tas.errors import DatasetNotFound, InvalidInput, JobNotResumable
 from tas.settings import Settings
 from tas.store import jobs as job_store
+from tas.store import usage as usage_store
 from tas.store import workers as worker_store
 from tas.store.datasets import data_source
 from tas.store.orm import Job, JobStatus
@@ -353,3 +354,4 @@ def remove_dir(path: Path) -> None:
 
     if path.exists():
         shutil.rmtree(path, onerror=report)
+    usage_store.forget_walk(path.parent)  # the tenant's jobs root: its stored bytes changed

@@ -37,7 +37,19 @@ def admit_job(session: Session, settings: Settings, tenant: str) -> None:
     The count is exact under concurrency: `lock_admissions` holds the tenant's admissions one at a
     time until this request commits (on SQLite writers are serialised already), so two requests
     racing at the limit admit one job. The cost is that one tenant's submits queue behind each
-    other for the length of a submit (milliseconds); other tenants' never wait."""
+    other for the length of a submit (milliseconds); other tenants' never wait. The storage check
+    needs no lock (a submit adds no bytes), so it comes first and its walk of the tenant's job
+    directories is never done while the lock is held."""
+    quota = stored_limit(settings)
+    if quota is not None:
+        used = usage_store.stored_bytes(session, settings, tenant).total
+        if used >= quota:
+            raise TooManyRequests(
+                f"{_stores(tenant, used, quota)}; a job adds checkpoints and a model to that:"
+                " delete finished jobs (DELETE /jobs/{id}), model versions or datasets to make"
+                " room",
+                retry_after_s=STORAGE_RETRY_AFTER_S,
+            )
     job_store.lock_admissions(session, tenant)
     limit = settings.max_active_jobs_per_tenant
     active = job_store.active_jobs(session, tenant)
@@ -47,16 +59,6 @@ def admit_job(session: Session, settings: Settings, tenant: str) -> None:
             f" {limit} (TAS_MAX_ACTIVE_JOBS_PER_TENANT); retry once some have finished, or cancel"
             f" some (POST /jobs/{{id}}/cancel)",
             retry_after_s=JOBS_RETRY_AFTER_S,
-        )
-    quota = stored_limit(settings)
-    if quota is None:
-        return
-    used = usage_store.stored_bytes(session, settings, tenant).total
-    if used >= quota:
-        raise TooManyRequests(
-            f"{_stores(tenant, used, quota)}; a job adds checkpoints and a model to that: delete"
-            " finished jobs (DELETE /jobs/{id}), model versions or datasets to make room",
-            retry_after_s=STORAGE_RETRY_AFTER_S,
         )
 
 

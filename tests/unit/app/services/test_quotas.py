@@ -18,6 +18,7 @@ from tas.core.spec import JobSpec
 from tas.errors import TooManyRequests
 from tas.settings import Settings
 from tas.store import jobs as job_store
+from tas.store import usage as usage_store
 from tas.store.orm import Dataset, Job
 from tests.helpers.api import RecordingPublisher, make_app, migrated_settings, running_client
 from tests.helpers.specs import iris_spec
@@ -186,6 +187,21 @@ def test_a_submit_while_over_the_storage_quota_is_a_429_with_the_figure(
         ), detail
         assert jobs_in_db(client) == 0
         assert published.published == []
+
+
+def test_deleting_a_job_makes_room_at_once(tmp_path: Path) -> None:
+    settings = make_stored(tmp_path, 1)
+    with running_client(make_app(settings)) as client:
+        job_id = submit(client).json()["id"]
+        assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
+        d = job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant="default")
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"\0" * 2 * 2**20)
+        usage_store.forget_walk(d.parent)  # as if the worker's files had been there all along
+        assert submit(client).status_code == 429
+        assert client.delete(f"/jobs/{job_id}").status_code == 204
+        assert not d.exists()
+        assert submit(client).status_code == 201
 
 
 def test_another_tenants_files_do_not_count(tmp_path: Path) -> None:

@@ -163,3 +163,19 @@ def test_tree_bytes_follows_no_link(tmp_path: Path) -> None:
     os.symlink(outside / "big", root / "file-link")
     assert file_store.tree_bytes(root) == 10
     assert file_store.tree_bytes(tmp_path / "missing") == 0
+
+
+def test_a_walk_is_reused_for_a_few_seconds_and_forgotten_on_removal(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = job_store.jobs_root(settings.resolved_artifact_dir, "team-b")
+    (root / "j1").mkdir(parents=True)
+    (root / "j1" / "a").write_bytes(b"\0" * 100)
+    assert usage_store.artifact_bytes(settings, "team-b") == 100
+    (root / "j1" / "b").write_bytes(b"\0" * 50)
+    assert usage_store.artifact_bytes(settings, "team-b") == 100  # within WALK_TTL_S
+    usage_store.forget_walk(root)
+    assert usage_store.artifact_bytes(settings, "team-b") == 150
+    (root / "j1" / "c").write_bytes(b"\0" * 7)
+    monkeypatch.setattr(usage_store, "WALK_TTL_S", 0.0)
+    assert usage_store.artifact_bytes(settings, "team-b") == 157
