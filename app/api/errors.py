@@ -105,10 +105,15 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
 
 
-#: Answers every operation of a kind can give, whatever its route: a path names an object that
-#: may not exist (or belong to another tenant); a body that cannot be parsed at all (not UTF-8,
-#: a broken multipart body) is FastAPI's and Starlette's 400; a JSON body sent as something else
-#: is a 415 (`validation_error_handler`).
+#: Answers every operation of a kind can give, whatever its route: one that needs an API key (its
+#: `security`) refuses a caller without a valid key (401) or without the scope (403); a path names
+#: an object that may not exist (or belong to another tenant); a body that cannot be parsed at all
+#: (not UTF-8, a broken multipart body) is FastAPI's and Starlette's 400; a JSON body sent as
+#: something else is a 415 (`validation_error_handler`).
+_KEY_ERRORS = {
+    "401": "No API key, or one that is not valid (unknown, revoked or expired)",
+    "403": "The API key lacks the scope this route needs: the `detail` names it.",
+}
 _PATH_ERRORS = {"404": "No such object: the `detail` names it."}
 _BODY_ERRORS = {"400": "The body could not be parsed (not UTF-8, or a broken multipart body)."}
 _JSON_BODY_ERRORS = {
@@ -125,6 +130,7 @@ def document_errors(document: dict[str, Any]) -> dict[str, Any]:
         responses: dict[str, Any] = operation.setdefault("responses", {})
         body_types = operation.get("requestBody", {}).get("content", {})
         kinds = (
+            (_KEY_ERRORS, bool(operation.get("security"))),
             (_PATH_ERRORS, any(p.get("in") == "path" for p in operation.get("parameters", []))),
             (_BODY_ERRORS, bool(body_types)),
             (_JSON_BODY_ERRORS, "application/json" in body_types),

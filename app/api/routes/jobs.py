@@ -31,7 +31,15 @@ router = APIRouter(
 )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SubmittedJobOut)
+#: What a submit, clone or resume answers when the tenant is at a quota (app/services/quotas.py).
+_QUOTA_DOC: dict[int | str, dict[str, Any]] = {
+    429: {"description": "The tenant's queued + running jobs or stored bytes are at their quota"}
+}
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=SubmittedJobOut, responses=_QUOTA_DOC
+)
 def create_job(
     spec: JobSpec,
     session: SessionDep,
@@ -117,7 +125,7 @@ def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Respo
 @router.post(
     "/{job_id}/resume",
     response_model=SubmittedJobOut,
-    responses={409: {"description": "Not failed or cancelled"}},
+    responses={409: {"description": "Not failed or cancelled"}, **_QUOTA_DOC},
 )
 def resume_job(
     job: JobDep,
@@ -137,7 +145,12 @@ def resume_job(
     return job
 
 
-@router.post("/{job_id}/clone", status_code=status.HTTP_201_CREATED, response_model=SubmittedJobOut)
+@router.post(
+    "/{job_id}/clone",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SubmittedJobOut,
+    responses=_QUOTA_DOC,
+)
 def clone_job(
     job: JobDep,
     session: SessionDep,
@@ -237,7 +250,11 @@ def get_predictions(
     return prediction_service.job_predictions(job, settings, split, format)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses={409: {"description": "The job has already finished"}},
+)
 def cancel_job(job: JobDep, session: SessionDep) -> Job:
     """A queued job is cancelled at once; a running one stops at its next step (409 once finished)."""
     job_store.request_cancel(session, job)
