@@ -3,15 +3,18 @@ generated from the app's own OpenAPI document, each answer checked against that 
 and no status code, content type or body the document does not describe.
 
 The app has an API key, as a shared deployment does, and three runs go to it:
-- with the key (every scope, tenant `team-a`): every operation, `MAX_EXAMPLES` requests each;
-- with the key, stateful: sequences of calls that follow the links schemathesis infers between
-  operations (a job submitted, then read, patched, cancelled, cloned...);
-- without a key: every operation, `ANONYMOUS_EXAMPLES` requests each (all but the public routes
+- with a key (every scope) of the tenant `default`, whose files keep the layout of a server with
+  no key: every operation, `MAX_EXAMPLES` generated cases each;
+- stateful, each scenario with a key (every scope) of a new tenant, whose files live under its
+  own prefix: sequences of calls that follow the links schemathesis infers between operations
+  (a job submitted, then read, patched, cancelled, cloned...);
+- without a key: every operation, `ANONYMOUS_EXAMPLES` cases each (all but the public routes
   answer 401, which must be documented like any other answer).
 
 Bounded by the example counts and derandomized, so a CI run is the same run every time (about a
-minute on 2 cores); `-m schemathesis` selects these tests alone, and the summary line at the end
-of the session gives the run's size (operations, requests, seconds).
+minute on 2 cores); `-m schemathesis` selects these tests alone. Lines printed after the module
+give each run's size: operations, requests (schemathesis adds its own boundary cases to the
+generated ones), their answers by status class, and the seconds the app took.
 
 The document is read once at import from an app that is never started (its directories in a
 temporary folder, removed at once), so pytest gets one test per operation; the requests go to the
@@ -80,6 +83,8 @@ REQUESTS: Counter[str] = Counter()
 OPERATIONS: dict[str, set[str]] = {}
 SECONDS: Counter[str] = Counter()
 SCENARIOS: Counter[str] = Counter()
+#: Answers by status class ("2xx", "4xx"...), by run.
+STATUSES: dict[str, Counter[str]] = {}
 
 
 def _document() -> dict[str, Any]:
@@ -118,7 +123,7 @@ def create_key(settings: Settings, tenant: str) -> Key:
 class Deployment:
     settings: Settings
     app: FastAPI
-    #: The per-operation runs' key, tenant `team-a`.
+    #: The per-operation run's key, tenant `default`.
     key: Key
 
 
@@ -130,7 +135,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     jobs. A key exists before the first request, so the app requires one. Its lifespan, started
     by schemathesis's ASGI client on the first request, is ended here rather than at exit."""
     settings = migrated_settings(tmp_path_factory.mktemp("schemathesis"))
-    key = create_key(settings, "team-a")
+    key = create_key(settings, key_store.DEFAULT_TENANT)
     yield Deployment(settings, make_app(settings), key)
     schemathesis_asgi.shutdown_lifespans()
 
@@ -148,9 +153,10 @@ def run_size(request: pytest.FixtureRequest) -> Iterator[None]:
         reporter.write_line("")
         for run, n in REQUESTS.items():
             scenarios = f" in {SCENARIOS[run]} scenarios" if run in SCENARIOS else ""
+            answers = ", ".join(f"{k} {v}" for k, v in sorted(STATUSES[run].items()))
             reporter.write_line(
-                f"schemathesis {run}: {len(OPERATIONS[run])} operations, {n} requests{scenarios},"
-                f" {SECONDS[run]:.0f} s in the app"
+                f"schemathesis {run}: {len(OPERATIONS[run])} operations, {n} requests{scenarios}"
+                f" ({answers}), {SECONDS[run]:.0f} s in the app"
             )
 
 
@@ -170,6 +176,7 @@ def _send(
     response = case.call(app=app, headers=key.headers if key is not None else {})
     SECONDS[run] += time.perf_counter() - started
     REQUESTS[run] += 1
+    STATUSES.setdefault(run, Counter())[f"{response.status_code // 100}xx"] += 1
     OPERATIONS.setdefault(run, set()).add(case.operation.label)
     return response
 
