@@ -99,6 +99,18 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A running job's lease; renewed by heartbeat."
     )
     heartbeat_seconds: float = Field(1.0, gt=0, description="Heartbeat and cancel-check interval.")
+    job_log_max_lines: int = Field(
+        10_000,
+        ge=10,
+        description="Lines one job's log keeps at most (all its runs together); past it, one"
+        " 'log truncated' line and nothing more, so a chatty job cannot fill the database.",
+    )
+    job_log_max_line_bytes: int = Field(
+        8192,
+        ge=256,
+        description="Bytes of one job log line kept (UTF-8); a longer line (a long traceback) is"
+        " cut and ends with a marker saying how much was dropped.",
+    )
     max_attempts: int = Field(3, ge=1)
     worker_stop_grace_s: float = Field(
         8.0,

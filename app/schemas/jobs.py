@@ -127,6 +127,28 @@ class MetricRowOut(BaseModel):
     step: int | None = None
 
 
+class LogLineOut(BaseModel):
+    """One line of a job's log."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="The line's cursor: pass it as ?after= to read what follows.")
+    created_at: datetime
+    attempt: int = Field(description="The run (the job's claim number) that wrote it; 0: the API.")
+    worker: str | None = Field(description="The worker that wrote it; null for the API's lines.")
+    level: str = Field(description="info | warning | error")
+    source: str = Field(description="stage | train | worker | api | reaper")
+    message: str
+
+
+class LogPage(BaseModel):
+    items: list[LogLineOut]
+    next_after: int | None = Field(
+        description="Pass as ?after= for the lines written since (the last line's id; the"
+        " request's own `after` when there were none): a follower polls with it."
+    )
+
+
 class CheckpointOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -295,3 +296,25 @@ class AuditEvent(Base):
     route: Mapped[str] = mapped_column(String(255))
     target: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[dict[str, Any] | None]
+
+
+class JobLog(Base):
+    """One line of a job's log: a stage starting or ending, a warning, the training's own log
+    line, a failure's traceback, a resume. `id` is the read cursor (it only goes up); `attempt`
+    and `worker` say which run wrote it (`worker` is null for lines the API writes). No tenant:
+    a line is read through its job, whose tenant is checked."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The job's claim number of the run that wrote it (0: before any run, e.g. the API).
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    #: info | warning | error
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    #: stage | train | worker | api
+    source: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)

@@ -12,16 +12,19 @@ from app.schemas.jobs import (
     JobOut,
     JobPage,
     JobPatch,
+    LogPage,
     MetricRowOut,
     PredictionsOut,
     ResumeIn,
     SubmittedJobOut,
 )
+from app.services import job_logs as log_service
 from app.services import jobs as job_service
 from app.services import predictions as prediction_service
 from app.services import workers as worker_service
 from tas.core.spec import JobSpec
 from tas.store import jobs as job_store
+from tas.store import logs as log_store
 from tas.store import pagination
 from tas.store.orm import Checkpoint, Job
 from tas.store.unit_of_work import after_commit
@@ -218,6 +221,42 @@ def get_metrics(
             ' rel="next"'
         )
     return [{**r.values, "epoch": r.epoch, "step": None if r.step < 0 else r.step} for r in rows]
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_model=LogPage,
+    dependencies=[StrictQuery],
+    responses={
+        200: {
+            "content": {"text/plain": {}},
+            "headers": {
+                log_service.NEXT_AFTER_HEADER: {
+                    "description": "With format=text: the cursor to pass as ?after= next",
+                    "schema": {"type": "integer"},
+                }
+            },
+        }
+    },
+)
+def get_logs(
+    job: JobDep,
+    session: SessionDep,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=2**31 - 1, description="A line's id: answer the lines written after it."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=log_store.MAX_PAGE)] = log_store.MAX_PAGE,
+    format: Annotated[log_service.LogFormat, Query()] = "json",
+) -> Any:
+    """The job's log, oldest line first: each stage's start and end, warnings, the training's own
+    lines (one per epoch), a failure's full traceback, each run's start and how it ended (resumed,
+    preempted), every line saying which run (`attempt`) and worker wrote it. At most `limit`
+    lines after the cursor `after`; follow a running job by passing the answer's `next_after`
+    back as `?after=`, e.g. `curl -H "Authorization: Bearer $KEY" "$TAS/jobs/$ID/logs?after=42"`.
+    `format=text` answers plain lines (the cursor in the `X-Next-After` header). A job's log
+    keeps at most TAS_JOB_LOG_MAX_LINES lines, the last saying it was truncated."""
+    return log_service.job_log(session, job.id, after, limit, format)
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
