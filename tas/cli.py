@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from tas import client_cli
 from tas.errors import DomainError
 from tas.settings import Settings
 
@@ -273,6 +274,9 @@ keys_cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(keys_cli, name="keys")
+# `tas jobs|datasets|models ...`: verbs on a running API, through tas.client only (no database,
+# no server code), so they work against a remote tas as well as this machine's.
+client_cli.register(cli)
 
 
 @contextmanager

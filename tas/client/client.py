@@ -288,8 +288,8 @@ class JobsApi:
 
     def events(self, job: Job) -> Iterator[Event]:
         """The job's Server-Sent Events, until it finishes. `event: job` events (the job as
-        GET /jobs/{id} shows it) update `job` in place. Other kinds (a log line, when the server
-        sends them) pass through untouched.
+        GET /jobs/{id} shows it) update `job` in place; the other kinds (`log`, `metric`, `end`)
+        pass through untouched.
 
         A connection that drops, or a stream the server ends before the job has, is reconnected
         after a back-off with `Last-Event-ID`; events at or before that id are not repeated. A
@@ -336,6 +336,12 @@ class JobsApi:
                                 job.update(event.json())
                             yield event
                             if event.event == "job" and job.finished:
+                                return
+                            if event.event == "end":
+                                # The server's word that the job finished; its last `job`
+                                # event may have gone with a dropped stream.
+                                if not job.finished:
+                                    job.update(self.get_raw(job.id))
                                 return
             except httpx.TransportError:
                 pass  # dropped: decided below, with the job's own status

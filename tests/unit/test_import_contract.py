@@ -22,6 +22,7 @@ kind, so a checker that silently finds nothing fails here too.
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,18 @@ RULES = (
         forbid=("app", "worker", *ROOT),
         exempt=ROOT,
         why="the shared layer serves the API and the worker alike; only the root wires them",
+    ),
+    Rule(
+        "tas.client",
+        forbid=("tas", "app", "worker", "torch", "numpy", *SERVICE_LIBRARIES),
+        allow=("tas.client",),
+        why="the client installs light: a laptop drives a remote tas with httpx alone",
+    ),
+    Rule(
+        "tas.client_cli",
+        forbid=("tas", "app", "worker", "torch", "numpy", *SERVICE_LIBRARIES),
+        allow=("tas.client", "tas.client_cli"),
+        why="`tas jobs|datasets|models` drive the API through the client, as any remote user would",
     ),
     Rule("app", forbid=("worker", *ROOT), why="the API runs without a worker in its process"),
     Rule("worker", forbid=("app", *ROOT), why="the worker runs without the API in its process"),
@@ -255,6 +268,30 @@ def test_no_import_cycles(repo_imports: list[Import]) -> None:
     assert cycles(repo_imports, FIRST_PARTY) == []
 
 
+#: What `tas.client` may import besides itself and the standard library: the HTTP client, and
+#: pydantic (which it may use for typed results; it already comes with httpx's usual company).
+CLIENT_LIBRARIES = ("tas.client", "httpx", "pydantic")
+
+
+def client_outsiders(imports: Iterable[Import]) -> list[str]:
+    """Each import of a `tas.client` module that is neither the standard library nor one of
+    CLIENT_LIBRARIES: an allow-list, so a new heavy dependency fails here before anyone names it."""
+    return [
+        f"{imp.importer} (line {imp.line}) imports {imp.target}"
+        for imp in imports
+        if under(imp.importer, ["tas.client"])
+        and not under(imp.target, CLIENT_LIBRARIES)
+        and imp.target.partition(".")[0] not in sys.stdlib_module_names
+    ]
+
+
+def test_client_imports_only_httpx_pydantic_and_the_standard_library(
+    repo_imports: list[Import],
+) -> None:
+    assert any(under(imp.importer, ["tas.client"]) for imp in repo_imports)
+    assert client_outsiders(repo_imports) == []
+
+
 # --- the checker finds what it is meant to find -------------------------------------------------
 
 
@@ -329,3 +366,32 @@ def test_checker_passes_a_clean_tree(tmp_path: Path) -> None:
     assert layer_violations(imports, RULES) == []
     assert cycles(imports, FIRST_PARTY) == []
     assert len(imports) == 6
+
+
+def test_checker_holds_the_client_to_its_allow_list(tmp_path: Path) -> None:
+    _tree(
+        tmp_path,
+        {
+            "tas/__init__.py": "",
+            "tas/settings.py": "",
+            "tas/client/__init__.py": "from tas.client import api\n",
+            "tas/client/api.py": (
+                "from __future__ import annotations\nimport json\nimport httpx\n"
+                "from pydantic import BaseModel\n"
+                "def f():\n    import torch\n    import yaml\n    from tas.settings import S\n"
+            ),
+        },
+    )
+    imports = graph(tmp_path, FIRST_PARTY)
+    assert [
+        p.split(" (")[0] + " " + p.split("imports ")[1].split(":")[0]
+        for p in layer_violations(imports, RULES)
+    ] == [
+        "tas.client.api torch",
+        "tas.client.api tas.settings",
+    ]
+    assert [p.split("imports ")[1] for p in client_outsiders(imports)] == [
+        "torch",
+        "yaml",
+        "tas.settings",
+    ]
