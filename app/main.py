@@ -30,6 +30,7 @@ from tas.queue import Publisher, make_celery
 from tas.reaper import Reaper
 from tas.settings import Settings
 from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.logs import LogLimits
 
 
 def create_app(settings: Settings | None = None, *, reaper: bool = True) -> FastAPI:
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
                 publisher,
                 interval=settings.reaper_interval_s,
                 requeue_after_s=settings.requeue_after_s,
+                log_limits=LogLimits.of(settings),
             )
             r.start()
         # Everything built so far (torch's modules, the app) lives as long as the process: move

@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tas.store import leases as lease_store
+from tas.store import logs as log_store
 from tas.store.engine import rowcount
 from tas.store.orm import FINISHED, Job, JobStatus, utcnow
 
@@ -39,7 +40,13 @@ class Reaped:
     failed: list[str]
 
 
-def reap_once(session: Session, publisher: Broker, *, requeue_after_s: float) -> Reaped:
+def reap_once(
+    session: Session,
+    publisher: Broker,
+    *,
+    requeue_after_s: float,
+    log_limits: log_store.LogLimits | None = None,
+) -> Reaped:
     """One pass. A queued job that nobody claims is considered after `requeue_after_s`, then after
     twice that, four times...: even when the broker's count says a message may be missing, the
     backoff keeps the duplicates logarithmic in the wait."""
@@ -54,7 +61,7 @@ def reap_once(session: Session, publisher: Broker, *, requeue_after_s: float) ->
         )
     ).all()
     for job_id, queue in expired:
-        status = lease_store.settle_expired(session, job_id)
+        status = lease_store.settle_expired(session, job_id, log_limits)
         if status in FINISHED:
             failed.append(job_id)
         elif status == JobStatus.queued.value:
@@ -86,7 +93,7 @@ def reap_once(session: Session, publisher: Broker, *, requeue_after_s: float) ->
         # can overstate what is lost by the few messages in flight, never more).
         missing = {q: n - (sizes.get(q, 0) if sizes is not None else 0) for q, n in waiting.items()}
         for job_id, queue, _, republishes, claims in sorted(due, key=lambda r: r.queued_at):
-            settled = lease_store.fail_unclaimable(session, job_id)
+            settled = lease_store.fail_unclaimable(session, job_id, log_limits)
             if settled is not None:
                 failed.append(job_id)
                 continue
@@ -124,9 +131,11 @@ class Reaper:
         *,
         interval: float,
         requeue_after_s: float,
+        log_limits: log_store.LogLimits | None = None,
     ) -> None:
         self.sessions, self.publisher = sessions, publisher
         self.interval, self.requeue_after_s = interval, requeue_after_s
+        self.log_limits = log_limits
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tas-reaper", daemon=True)
 
@@ -141,6 +150,11 @@ class Reaper:
         while not self._stop.wait(self.interval):
             try:
                 with self.sessions() as s:
-                    reap_once(s, self.publisher, requeue_after_s=self.requeue_after_s)
+                    reap_once(
+                        s,
+                        self.publisher,
+                        requeue_after_s=self.requeue_after_s,
+                        log_limits=self.log_limits,
+                    )
             except Exception:
                 log.exception("reaper pass failed; trying again in %.0f s", self.interval)

@@ -30,7 +30,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tas.queue import TasCelery, send_job
+from tas.settings import Settings
 from tas.store import leases as lease_store
+from tas.store import logs as log_store
 from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import FINISHED, Job, JobStatus, utcnow
 
@@ -84,6 +86,11 @@ class Gate:
         self._sessions = sessions
         self.celery = celery
 
+    def _log_limits(self) -> log_store.LogLimits | None:
+        """The job log's bounds from the app's settings (a test's bare app has none)."""
+        settings = getattr(self.celery, "settings", None)
+        return log_store.LogLimits.of(settings) if isinstance(settings, Settings) else None
+
     def drop_reason(self, job_id: str, now: datetime | None = None) -> str | None:
         """Why this message cannot start a run (it is acknowledged and dropped), or None: hand it
         to a pool child, whose claim decides for certain."""
@@ -107,7 +114,7 @@ class Gate:
             if status == JobStatus.running.value and lease_until is not None and lease_until >= now:
                 return f"running under {owner}'s live lease"
             if cancel or attempts >= max_attempts:
-                settled = lease_store.fail_unclaimable(s, job_id)
+                settled = lease_store.fail_unclaimable(s, job_id, self._log_limits())
                 s.commit()
                 if settled is not None:
                     return f"settled as {settled.status}"
@@ -120,7 +127,12 @@ class Gate:
         signum, detail = lost_detail(text)
         with self._sessions()() as s:
             status = lease_store.settle_killed(
-                s, job_id, f"{hostname}/{pid}/", signal=signum, detail=detail
+                s,
+                job_id,
+                f"{hostname}/{pid}/",
+                signal=signum,
+                detail=detail,
+                limits=self._log_limits(),
             )
             s.commit()
             queue = s.scalar(select(Job.queue).where(Job.id == job_id))

@@ -3,7 +3,8 @@
 The training loop only sets attributes and appends to a list; a heartbeat thread writes them in one
 transaction every `heartbeat_seconds`, renewing the lease in the same UPDATE and reading back the
 cancel flag. So the loop never waits on the database, writes are bounded by time (not by steps),
-and a lost lease or a cancel reaches the loop within one interval."""
+and a lost lease or a cancel reaches the loop within one interval. The job's log lines (each stage's
+start and end, a line per epoch, what `worker.joblog` captures) go in the same transaction."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tas.core.hooks import EpochRow, NullHooks, Progress
 from tas.store import leases as lease_store
+from tas.store import logs as log_store
 from tas.store.leases import Lease
+from worker.joblog import JobLogBuffer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class DbReporter(NullHooks):
         lease_seconds: float,
         interval: float,
         preempted: threading.Event | None = None,
+        logbook: JobLogBuffer | None = None,
+        log_limits: log_store.LogLimits | None = None,
     ) -> None:
         self.sessions = sessions
         self.lease = lease
@@ -57,6 +62,9 @@ class DbReporter(NullHooks):
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat_loop, name="tas-heartbeat", daemon=True)
         self.stage: str | None = None
+        self.logbook = logbook if logbook is not None else JobLogBuffer(lease.attempt, lease.owner)
+        self.log_limits = log_limits or log_store.LogLimits()
+        self._epochs: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,19 +92,36 @@ class DbReporter(NullHooks):
             rows, self._rows = self._rows, []
             checkpoints, self._checkpoints = self._checkpoints, []
             changes, self._changes = self._changes, {}
-        with self.sessions() as s:
-            beat = lease_store.renew(s, self.lease, self.lease_seconds, jsonable(changes))
-            if beat is None:
-                s.rollback()
-                self._stop_reason = "lease_lost"
-                return False
-            lease_store.upsert_metrics(s, self.lease.job_id, jsonable(rows))
-            for record, kept in checkpoints:
-                lease_store.record_checkpoint(s, self.lease, jsonable(record), kept)
-            s.commit()
+        lines = self.logbook.drain()
+        try:
+            with self.sessions() as s:
+                beat = lease_store.renew(s, self.lease, self.lease_seconds, jsonable(changes))
+                if beat is None:  # another run owns the job: this one's lines are not its log
+                    s.rollback()
+                    self._stop_reason = "lease_lost"
+                    return False
+                lease_store.upsert_metrics(s, self.lease.job_id, jsonable(rows))
+                for record, kept in checkpoints:
+                    lease_store.record_checkpoint(s, self.lease, jsonable(record), kept)
+                still_open = self.write_logs(s, lines)
+                s.commit()
+        except Exception:
+            self.logbook.restore(lines)  # the next flush writes them
+            raise
+        self.logbook.written(still_open)
         if beat.cancel_requested and self._stop_reason is None:
             self._stop_reason = "cancelled"
         return True
+
+    def write_logs(self, session: Session, lines: list[log_store.LogLine]) -> bool:
+        """Add `lines` to the job's log in the caller's transaction; False once it is full."""
+        return log_store.append_logs(
+            session,
+            self.lease.job_id,
+            lines,
+            max_lines=self.log_limits.max_lines,
+            max_line_bytes=self.log_limits.max_line_bytes,
+        )
 
     # -- hooks called by the core --------------------------------------------------------------
     def should_stop(self) -> str | None:
@@ -108,18 +133,21 @@ class DbReporter(NullHooks):
         self.stage = stage
         with self._lock:
             self._changes["stage"] = stage
+        self.logbook.add(f"stage {stage} started", source="stage")
         self.flush()
         with self.sessions() as s:
             lease_store.start_stage(s, self.lease, stage)
             s.commit()
 
     def stage_finished(self, stage: str, outputs: dict[str, Any]) -> None:
+        self.logbook.add(stage_summary(stage, outputs), source="stage")
         self.flush()
         with self.sessions() as s:
             lease_store.finish_stage(s, self.lease, stage, jsonable(outputs))
             s.commit()
 
     def progress(self, progress: Progress) -> None:
+        self._epochs = progress.epochs
         with self._lock:
             self._changes["progress"] = dataclasses.asdict(progress)
 
@@ -131,6 +159,7 @@ class DbReporter(NullHooks):
             self._changes["latest_metrics"] = dict(row)
             if row.is_best:
                 self._changes["best_metrics"] = dict(row)
+        self.logbook.add(epoch_summary(row, self._epochs), source="train")
         # Written now, before the loop saves this epoch's checkpoint: a run killed after that save
         # resumes past this epoch, so its row must already be in the database, not in a buffer.
         try:
@@ -148,3 +177,44 @@ class DbReporter(NullHooks):
         rec["path"] = str(rec["path"])
         with self._lock:
             self._checkpoints.append((rec, kept))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+#: Stage outputs that name the server's files: not for the job's log.
+_PRIVATE_OUTPUTS = ("path", "dir", "file")
+
+
+def stage_summary(stage: str, outputs: dict[str, Any]) -> str:
+    """`stage train finished in 12.3 s (device cpu, epochs_run 5, ...)`: the stage's scalar
+    outputs, those naming server files left out."""
+    seconds = outputs.get("seconds")
+    took = f" in {seconds:.2f} s" if isinstance(seconds, int | float) else ""
+    details = [
+        f"{key} {_number(value)}"
+        for key, value in outputs.items()
+        if key != "seconds"
+        and isinstance(value, int | float | str | bool)
+        and not any(word in key for word in _PRIVATE_OUTPUTS)
+    ]
+    return f"stage {stage} finished{took}" + (f" ({', '.join(details)})" if details else "")
+
+
+def epoch_summary(row: dict[str, Any], epochs: int | None) -> str:
+    """`epoch 3/10: train_loss 0.4123, val_loss 0.3981, val_accuracy 0.9126, lr 0.001 in 1.52 s
+    (best so far)`."""
+    epoch = row.get("epoch")
+    head = f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
+    skip = ("epoch", "step", "epoch_seconds", "samples_per_second")
+    values = [f"{k} {_number(v)}" for k, v in row.items() if k not in skip and v is not None]
+    text = f"{head}: {', '.join(values)}"
+    seconds = row.get("epoch_seconds")
+    if isinstance(seconds, int | float):
+        text += f" in {seconds:.2f} s"
+    if getattr(row, "is_best", False):
+        text += " (best so far)"
+    return text

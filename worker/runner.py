@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from tas.settings import Settings
 from tas.store import datasets as dataset_store
 from tas.store import jobs as job_store
 from tas.store import leases as lease_store
+from tas.store import logs as log_store
 from tas.store import registry as registry_store
 from tas.store import sources
 from tas.store.orm import Job, JobStatus
 from worker.gate import PREEMPT
+from worker.joblog import JobLogBuffer, capture
 from worker.reporter import DbReporter, jsonable
 
 log = logging.getLogger(__name__)
@@ -112,7 +115,7 @@ def _run_job(
     with sessions() as s:
         lease = lease_store.claim(s, job_id, owner, settings.lease_seconds)
         if lease is None:
-            settled = lease_store.fail_unclaimable(s, job_id)
+            settled = lease_store.fail_unclaimable(s, job_id, log_store.LogLimits.of(settings))
             s.commit()
             log.info(
                 "job %s not claimed (%s)", job_id, settled.status if settled else "busy or done"
@@ -123,10 +126,39 @@ def _run_job(
         assert job is not None
         raw_spec, tenant = job.spec, job.tenant
         pinned = (job.result or {}).get("init_from")
+        logbook = JobLogBuffer(lease.attempt, owner)
+        logbook.add(run_started(job, lease))
     log.info("claimed job %s attempt %d as %s", job_id, lease.attempt, owner)
+    with capture(logbook):
+        return _run_claimed(job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions)
 
+
+def run_started(job: Job, lease: lease_store.Lease) -> str:
+    """The job log's first line of a run: which run, where, and how the one before it ended."""
+    earlier = [e for e in job.attempt_log or [] if e.get("run") != lease.attempt]
+    text = (
+        f"run {lease.attempt} started on worker {lease.owner}"
+        f" (attempt {job.attempts} of {job.max_attempts})"
+    )
+    if earlier:
+        text += f"; before it, {lease_store.describe_run(earlier[-1])}"
+    return text
+
+
+def _run_claimed(
+    job_id: str,
+    raw_spec: dict[str, Any],
+    tenant: str,
+    pinned: dict[str, Any] | None,
+    lease: lease_store.Lease,
+    logbook: JobLogBuffer,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+) -> Outcome:
     spec = JobSpec.model_validate(raw_spec)
     reporter: DbReporter | None = None
+    limits = log_store.LogLimits.of(settings)
+    settle = _Settle(sessions, lease, logbook, limits)
     try:
         data = job_data(sessions, spec, tenant, pinned, settings)
         info = data.source.info
@@ -138,6 +170,8 @@ def _run_job(
             lease_seconds=settings.lease_seconds,
             interval=settings.heartbeat_seconds,
             preempted=PREEMPT,
+            logbook=logbook,
+            log_limits=limits,
         )
         reporter.start()
         ctx = RunContext(
@@ -153,34 +187,69 @@ def _run_job(
         result = run_pipeline(spec, info, ctx, reporter, load=data.source.load)
         _trim_cache(settings)
     except Stopped as stop:
-        return _stopped(sessions, lease, reporter, stop.reason)
+        return _stopped(settle, reporter, stop.reason)
     except TrainingError as exc:
-        return _failed(sessions, lease, reporter, public_error(exc.to_error_dict(), settings))
+        error = public_error(exc.to_error_dict(), settings)
+        logbook.add(failure_line(error, settings), level="error")
+        return _failed(settle, reporter, error)
     except Exception as exc:
         stage = reporter.stage if reporter else None
         log.exception("job %s failed in stage %s", job_id, stage)
-        # The traceback stays in the worker's log: its file paths are the server's.
-        return _failed(
-            sessions,
-            lease,
-            reporter,
-            public_error(
-                {
-                    "type": type(exc).__name__,
-                    "message": f"{stage or 'setup'} stage failed: {exc}",
-                    "hint": "this looks like a bug in tas or the environment; the traceback is in"
-                    f" the worker log (job {job_id})",
-                    "stage": stage,
-                },
-                settings,
-            ),
+        # The error stays short and path-free; the full traceback goes in the job's log.
+        error = public_error(
+            {
+                "type": type(exc).__name__,
+                "message": f"{stage or 'setup'} stage failed: {exc}",
+                "hint": "this looks like a bug in tas or the environment; the traceback is in"
+                f" the job's log (GET /jobs/{job_id}/logs) and the worker log",
+                "stage": stage,
+            },
+            settings,
         )
+        logbook.add(failure_line(error, settings), level="error")
+        return _failed(settle, reporter, error)
     finally:
         if reporter is not None:
             reporter.close()
     if result.status != "succeeded":
-        return _stopped(sessions, lease, reporter, result.status)
-    return _succeeded(sessions, lease, reporter, result)
+        return _stopped(settle, reporter, result.status, result)
+    return _succeeded(settle, reporter, result)
+
+
+def failure_line(error: dict[str, Any], settings: Settings) -> str:
+    """The failure as the job's log shows it: the error, then the traceback being handled (the
+    server's directories named by their settings, as in the error)."""
+    where = f" in stage {error['stage']}" if error.get("stage") else ""
+    tb = public_error({"message": traceback.format_exc()}, settings)["message"]
+    return f"failed{where}: {error.get('type')}: {error.get('message')}\n{tb}".rstrip()
+
+
+@dataclass
+class _Settle:
+    """What ending a run writes with: its lease, and its log's last lines, written in the same
+    transaction as the job's new status (a client that sees it failed finds why in the log)."""
+
+    sessions: sessionmaker[Session]
+    lease: lease_store.Lease
+    logbook: JobLogBuffer
+    limits: log_store.LogLimits
+
+    def write_logs(self, session: Session, message: str, level: log_store.Level = "info") -> None:
+        """The run's last line and whatever is still buffered, in the caller's transaction (in
+        a savepoint: the job's end matters more than its log, which must never fail it)."""
+        self.logbook.add(message, level=level)
+        lines = self.logbook.drain()
+        try:
+            with session.begin_nested():
+                log_store.append_logs(
+                    session,
+                    self.lease.job_id,
+                    lines,
+                    max_lines=self.limits.max_lines,
+                    max_line_bytes=self.limits.max_line_bytes,
+                )
+        except Exception:
+            log.exception("last log lines of job %s not written", self.lease.job_id)
 
 
 def public_error(error: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -227,16 +296,12 @@ def _final_flush(reporter: DbReporter | None) -> None:
             log.exception("final flush failed")
 
 
-def _succeeded(
-    sessions: sessionmaker[Session],
-    lease: lease_store.Lease,
-    reporter: DbReporter | None,
-    result: PipelineResult,
-) -> Outcome:
+def _succeeded(settle: _Settle, reporter: DbReporter | None, result: PipelineResult) -> Outcome:
     _final_flush(reporter)
     from tas.core.artifact import load_card
 
-    with sessions() as s:
+    lease = settle.lease
+    with settle.sessions() as s:
         job = s.get(Job, lease.job_id)
         assert job is not None
         assert result.model_dir is not None, "a succeeded pipeline always registers a model"
@@ -260,6 +325,9 @@ def _succeeded(
         if not ok:  # lost the lease while finishing: another attempt owns the job now
             s.rollback()
             return Outcome(lease.job_id, "skipped")
+        settle.write_logs(
+            s, f"succeeded after {result.epochs_run} epochs: model {mv.name} version {mv.version}"
+        )
         s.commit()
     return Outcome(lease.job_id, JobStatus.succeeded.value)
 
@@ -300,37 +368,47 @@ def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
     return out
 
 
-def _failed(
-    sessions: sessionmaker[Session],
-    lease: lease_store.Lease,
-    reporter: DbReporter | None,
-    error: dict[str, Any],
-) -> Outcome:
+def _failed(settle: _Settle, reporter: DbReporter | None, error: dict[str, Any]) -> Outcome:
     _final_flush(reporter)
-    with sessions() as s:
+    lease = settle.lease
+    with settle.sessions() as s:
         ok = lease_store.finish(s, lease, JobStatus.failed, error=error)
+        if ok:
+            settle.write_logs(s, f"run {lease.attempt} failed", "error")
         s.commit()
     return Outcome(lease.job_id, JobStatus.failed.value if ok else "skipped")
 
 
 def _stopped(
-    sessions: sessionmaker[Session],
-    lease: lease_store.Lease,
+    settle: _Settle,
     reporter: DbReporter | None,
     reason: str,
+    result: PipelineResult | None = None,
 ) -> Outcome:
     _final_flush(reporter)
+    lease = settle.lease
     queue = None
-    with sessions() as s:
+    checkpoint = result.checkpoint if result is not None else None
+    at = f" after epoch {checkpoint.epoch}" if checkpoint else ""
+    if checkpoint and checkpoint.step:
+        at += f", {checkpoint.step} steps into epoch {checkpoint.epoch + 1}"
+    with settle.sessions() as s:
         if reason == "cancelled":
             ok = lease_store.finish(s, lease, JobStatus.cancelled, stage=None)
             status = JobStatus.cancelled.value
+            line = f"cancelled: run {lease.attempt} stopped{at}"
         elif reason == "preempted":
             ok = lease_store.release(s, lease)
             status = "requeued"
             job = s.get(Job, lease.job_id)
             queue = job.queue if job else None
+            line = (
+                f"preempted: worker {lease.owner} is stopping; run {lease.attempt} checkpointed"
+                f"{at} and handed the job back to the queue (it resumes from that checkpoint)"
+            )
         else:  # lease lost: someone else owns the job; write nothing
-            ok, status = False, "skipped"
+            ok, status, line = False, "skipped", ""
+        if ok:
+            settle.write_logs(s, line)
         s.commit()
     return Outcome(lease.job_id, status if ok else "skipped", queue)

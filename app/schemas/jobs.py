@@ -134,7 +134,10 @@ class LogLineOut(BaseModel):
 
     id: int = Field(description="The line's cursor: pass it as ?after= to read what follows.")
     created_at: datetime
-    attempt: int = Field(description="The run (the job's claim number) that wrote it; 0: the API.")
+    attempt: int = Field(
+        description="The run (the job's claim number) that wrote it; on the API's lines, the"
+        " run before them (0: none yet)."
+    )
     worker: str | None = Field(description="The worker that wrote it; null for the API's lines.")
     level: str = Field(description="info | warning | error")
     source: str = Field(description="stage | train | worker | api | reaper")

@@ -25,6 +25,7 @@ from tas.core.spec import MAX_TAGS, TAG_KEY_PATTERN, JobSpec, resolved_loss, spe
 from tas.errors import DatasetNotFound, InvalidInput, JobNotResumable
 from tas.settings import Settings
 from tas.store import jobs as job_store
+from tas.store import logs as log_store
 from tas.store import usage as usage_store
 from tas.store import workers as worker_store
 from tas.store.datasets import data_source
@@ -335,7 +336,17 @@ def resume(session: Session, job: Job, *, max_minutes: float | None, settings: S
     spec = None
     if max_minutes is not None:
         spec = {**job.spec, "training": {**job.spec["training"], "max_minutes": max_minutes}}
-    return job_store.resume_job(session, job, spec=spec)
+    was = job.status
+    resumed = job_store.resume_job(session, job, spec=spec)
+    more = f", training.max_minutes now {max_minutes:g}" if max_minutes is not None else ""
+    log_store.note(
+        session,
+        job.id,
+        job.claims,
+        f"resume requested ({was} before){more}: queued again, to go on from its last checkpoint",
+        log_store.LogLimits.of(settings),
+    )
+    return resumed
 
 
 def delete(session: Session, job: Job, settings: Settings) -> Path:

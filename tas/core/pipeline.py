@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,8 @@ from tas.core.transfer import (
 )
 
 STAGES = ("collect", "preprocess", "train", "evaluate", "register")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -579,6 +582,12 @@ def _resume(
     loop = restore_training(latest, live, spec_sha256=fingerprint)
     record = latest.record
     resumed_from = {"epoch": record.epoch, "step": record.step, "path": record.path}
+    # The job's log line of a resumed run (a worker captures the core's loggers while it runs).
+    log.info(
+        "resumed from the checkpoint after epoch %d%s",
+        record.epoch,
+        f", {record.step} steps into epoch {record.epoch + 1}" if record.step else "",
+    )
     return LoopState.from_dict(loop, device), resumed_from
 
 

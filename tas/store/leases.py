@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from tas.store import logs as log_store
 from tas.store.engine import rowcount
 from tas.store.orm import (
     FINISHED,
@@ -346,23 +347,32 @@ def release(session: Session, lease: Lease, *, detail: str | None = None, **valu
     )
 
 
-def _settle_dead_run(session: Session, job: Job, outcome: str, now: datetime, **extra: Any) -> bool:
+def _settle_dead_run(
+    session: Session,
+    job: Job,
+    outcome: str,
+    now: datetime,
+    limits: log_store.LogLimits | None = None,
+    **extra: Any,
+) -> bool:
     """A run whose worker is gone (its pool child killed, or its lease expired): end its log
     entry and stages, and put the job back in the queue, or settle it when it can never run
-    again (cancel requested, attempts used up). Conditional on the run read in `job`."""
+    again (cancel requested, attempts used up). Conditional on the run read in `job`. The job's
+    log says so: the run's own lines stop where it died."""
+    owner, run = job.lease_owner, job.claims  # read before the UPDATE syncs `job`
     log = _close_run(job.attempt_log, outcome, now, stage=job.stage, **extra)
     values: dict[str, Any] = {"attempt_log": log, "lease_owner": None, "lease_until": None}
     if job.cancel_requested:
         values.update(status=JobStatus.cancelled.value, finished_at=now)
-        stages = "cancelled"
+        stages, then = "cancelled", "the job is cancelled"
     elif job.attempts >= job.max_attempts:
         values.update(
             status=JobStatus.failed.value, finished_at=now, error=exhausted_error(job, log)
         )
-        stages = outcome
+        stages, then = outcome, f"the job failed: its {job.attempts} attempts are used up"
     else:
         values.update(status=JobStatus.queued.value, queued_at=now, republishes=0)
-        stages = outcome
+        stages, then = outcome, "the job is queued again"
     done = rowcount(
         session.execute(
             update(Job)
@@ -377,11 +387,28 @@ def _settle_dead_run(session: Session, job: Job, outcome: str, now: datetime, **
     )
     if done:
         close_stages(session, job.id, stages, now)
+        lim = limits or log_store.LogLimits()
+        line = log_store.LogLine(
+            f"{describe_run(log[-1]) if log else 'the run'}; {then}",
+            "error",
+            "reaper" if outcome == "lease_expired" else "worker",
+            run,
+            owner,
+        )
+        log_store.append_logs(
+            session, job.id, [line], max_lines=lim.max_lines, max_line_bytes=lim.max_line_bytes
+        )
     return bool(done)
 
 
 def settle_killed(
-    session: Session, job_id: str, owner_prefix: str, *, signal: int | None, detail: str
+    session: Session,
+    job_id: str,
+    owner_prefix: str,
+    *,
+    signal: int | None,
+    detail: str,
+    limits: log_store.LogLimits | None = None,
 ) -> str | None:
     """The worker's main process saw the pool child running this job die (a signal, an exit):
     the run ends as `killed` now instead of when its lease runs out. Only if the job is still
@@ -394,13 +421,15 @@ def settle_killed(
     ):
         return None
     now = utcnow()
-    if not _settle_dead_run(session, job, "killed", now, detail=detail, signal=signal):
+    if not _settle_dead_run(session, job, "killed", now, limits, detail=detail, signal=signal):
         return None
     session.refresh(job)
     return job.status
 
 
-def settle_expired(session: Session, job_id: str) -> str | None:
+def settle_expired(
+    session: Session, job_id: str, limits: log_store.LogLimits | None = None
+) -> str | None:
     """A running job whose lease ran out (its worker stopped renewing it, found by the reaper):
     its run ends as `lease_expired`, and the job goes back to the queue or is settled. Returns
     the job's new status, None when it was not expired (or changed meanwhile)."""
@@ -414,14 +443,16 @@ def settle_expired(session: Session, job_id: str) -> str | None:
     ):
         return None
     if not _settle_dead_run(
-        session, job, "lease_expired", now, detail=f"no heartbeat from {job.lease_owner}"
+        session, job, "lease_expired", now, limits, detail=f"no heartbeat from {job.lease_owner}"
     ):
         return None
     session.refresh(job)
     return job.status
 
 
-def fail_unclaimable(session: Session, job_id: str) -> Job | None:
+def fail_unclaimable(
+    session: Session, job_id: str, limits: log_store.LogLimits | None = None
+) -> Job | None:
     """A delivery that could not claim: settle jobs that can never run again (attempts used up,
     cancelled while its worker was gone). Returns the job when it changed it."""
     job = session.get(Job, job_id, populate_existing=True)
@@ -433,7 +464,7 @@ def fail_unclaimable(session: Session, job_id: str) -> Job | None:
             return None  # running under a live lease
         if not (job.cancel_requested or job.attempts >= job.max_attempts):
             return None  # claimable: the next claim takes it over
-        status = settle_expired(session, job_id)
+        status = settle_expired(session, job_id, limits)
         return job if status in FINISHED else None
     if not (job.cancel_requested or job.attempts >= job.max_attempts):
         return None

@@ -2,7 +2,9 @@
 traceback, a resume), read back in order from a cursor.
 
 A line's `id` is the cursor: `list_logs(after=id)` answers the lines written since, so a follower
-(`GET /jobs/{id}/logs?after=`, the event stream) neither skips nor repeats one. Each job's log is
+(`GET /jobs/{id}/logs?after=`, the event stream) neither skips nor repeats one: a job's lines are
+written by one writer at a time (its run's flushes, serialised; the API and the reaper only while
+no run holds it), so they commit in the order of their ids. Each job's log is
 bounded: `append_logs` keeps at most `max_lines` lines, the last of them saying the log was
 truncated, and each line at most `max_line_bytes` (a longer one keeps its head and its tail, where
 a traceback names the exception, with a marker in between)."""
@@ -17,6 +19,7 @@ from typing import Literal
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from tas.settings import Settings
 from tas.store.orm import JobLog, utcnow
 
 Level = Literal["info", "warning", "error"]
@@ -37,6 +40,10 @@ class LogLimits:
 
     max_lines: int = 10_000
     max_line_bytes: int = 8192
+
+    @classmethod
+    def of(cls, settings: Settings) -> LogLimits:
+        return cls(settings.job_log_max_lines, settings.job_log_max_line_bytes)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,14 @@ def append_logs(
     # An executemany in the lines' order: each line's id is above the one before it.
     session.execute(insert(JobLog), rows)
     return not full
+
+
+def note(session: Session, job_id: str, attempt: int, message: str, limits: LogLimits) -> None:
+    """One line the API writes about a job (no worker wrote it), in the caller's transaction."""
+    line = LogLine(message, "info", "api", attempt, None)
+    append_logs(
+        session, job_id, [line], max_lines=limits.max_lines, max_line_bytes=limits.max_line_bytes
+    )
 
 
 def list_logs(

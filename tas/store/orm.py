@@ -310,7 +310,7 @@ class JobLog(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    #: The job's claim number of the run that wrote it (0: before any run, e.g. the API).
+    #: The job's claim number of the run that wrote it (the API's lines: of the run before them).
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
     #: info | warning | error
