@@ -59,7 +59,9 @@ LOG_POLL_S = 1.0
 P = ParamSpec("P")
 R = TypeVar("R")
 
-out = Console(highlight=False)
+#: On a pipe, rich would lay tables out for 80 columns and cut ids short: a script reading them
+#: wants whole lines (a terminal keeps its own width).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -185,3 +185,13 @@ def test_log_lines_on_the_event_stream_are_printed_once(
     result = run("jobs", "submit", str(spec))
     assert result.exit_code == 0, result.output
     assert result.stdout.count("epoch 1 done") == 1 and "WARNING epoch 1 done" in result.stdout
+
+
+def test_the_list_table_keeps_whole_ids_on_a_pipe(serve: Callable[..., None]) -> None:
+    long_id = "3473b4bcabc54c7f8498caadc6f46475"
+    page = {"items": [{**SUCCEEDED, "id": long_id, "name": "a-rather-long-job-name"}]}
+    serve(lambda request: httpx.Response(200, json={**page, "next_cursor": None}))
+    result = run("jobs", "list")
+    assert result.exit_code == 0, result.output
+    (row,) = [ln for ln in result.stdout.splitlines() if long_id in ln]
+    assert "a-rather-long-job-name" in row and "succeeded" in row
