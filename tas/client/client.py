@@ -47,6 +47,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 #: waits this long without a byte means a dead connection, not a slow job.
 STREAM_READ_TIMEOUT_S = 60.0
 
+#: `GET /jobs/{id}/metrics`'s answer: a dict per row (named here: the API classes have a `list`).
+MetricRows = list[dict[str, Any]]
+
 
 @dataclass(frozen=True)
 class Retry:
@@ -220,9 +223,10 @@ class JobsApi:
         keys: Sequence[str] | None = None,
         max_points: int | None = None,
         kind: str | None = None,
-    ) -> Any:
-        """`GET /jobs/{id}/metrics`: the rows (or, downsampled with `max_points`, the series) as
-        the API answers them."""
+    ) -> MetricRows:
+        """`GET /jobs/{id}/metrics`: a row per epoch (`kind="step"`: per logged step), each with
+        `epoch`, `step` and the metric keys; with `max_points`, downsampled points that also
+        carry their `bucket` (rows, min, max)."""
         params: dict[str, Any] = {}
         if keys:
             params["keys"] = ",".join(keys)
@@ -230,7 +234,8 @@ class JobsApi:
             params["max_points"] = max_points
         if kind is not None:
             params["kind"] = kind
-        return self.client.json("GET", f"/jobs/{job_id}/metrics", params=params)
+        rows: MetricRows = self.client.json("GET", f"/jobs/{job_id}/metrics", params=params)
+        return rows
 
     def logs(self, job_id: str, *, after: int | None = None, limit: int | None = None) -> LogPage:
         """The job's log lines after the cursor `after` (from the start without one), and the

@@ -187,7 +187,7 @@ class Job:
 
     def metrics(
         self, keys: list[str] | None = None, max_points: int | None = None, kind: str | None = None
-    ) -> Any:
+    ) -> list[dict[str, Any]]:
         return self._client().metrics(self.id, keys=keys, max_points=max_points, kind=kind)
 
     def logs(self, after: int | None = None, limit: int | None = None) -> LogPage:
