@@ -1,6 +1,14 @@
 """Live job updates for `GET /jobs/{id}/events`: one poller for every watched job, fanned out to
 each stream, and a bound on how many streams are open.
 
+A stream sends four kinds of events (README, "Following a job, live"): `job` (the job as `GET /jobs/{id}`
+shows it, each time it changes), `metric` (a metric row as `GET /jobs/{id}/metrics` shows it, as
+it is written), `log` (a log line as `GET /jobs/{id}/logs` shows it) and, from the route, `end`
+once the job has finished. Every event's `id:` packs three cursors read from the database (the
+job's version, the last metric row id and the last log line id sent: `Cursor`), so a client that
+reconnects with `Last-Event-ID`, to this process or another one, gets exactly what it had not
+received: the log lines and metric rows after its cursors, then the job if it changed since.
+
 A stream holds no database connection while it waits. The first stream on a job reads it with a
 short-lived session of its own (closed before the first byte is sent; later streams on that job
 start from the latest snapshot); after that a single task reads every watched job in one query
@@ -14,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar, TypeVarTuple
+from typing import Literal, TypeVar, TypeVarTuple
 
 import anyio
 from prometheus_client.core import GaugeMetricFamily
@@ -28,11 +37,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.schemas.jobs import JobOut
+from app.schemas.jobs import JobOut, LogLineOut
 from tas.errors import JobNotFound, TooManyRequests
+from tas.store import job_feed, workers
 from tas.store import jobs as job_store
-from tas.store import workers
-from tas.store.orm import FINISHED, Job, Worker
+from tas.store.orm import FINISHED, Job, JobLog, MetricRow, Worker
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,18 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5
 #: Worker threads (and so pooled connections) the streams' reads use at once.
 READ_THREADS = 2
+#: Metric rows or log lines one read answers at most (a poll of every watched job, or one
+#: step of a stream's catch-up); a full answer is followed by another read at once.
+ROWS_PER_READ = 1000
+#: Rows a stream may hold that its client has not read yet. A client that far behind is cut
+#: off (without an `end` event): it reconnects with its last id and is served from the database,
+#: so a slow reader costs the API bounded memory and still misses nothing.
+MAX_PENDING_ROWS = 10_000
+#: Reads in a row a poll makes while every read comes back full; the rest waits for the next poll.
+MAX_READS_PER_POLL = 10
+#: One field of an event id: ids of the metric and log tables are 32-bit integers (PostgreSQL's
+#: `integer`), under 10**10.
+ID_FIELD = 10**10
 
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
@@ -76,27 +97,130 @@ class Snapshot:
         return cls(version, job.status, JobOut.model_validate(job).model_dump_json(), job.tenant)
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """Where a stream stands: the version of the last `job` event sent, and the ids of the last
+    metric row and log line sent. An event's `id:` is the cursor after it, packed in one decimal
+    integer, `(version * 10**10 + metric) * 10**10 + log`: each event moves one field forward and
+    none back, so ids increase within a stream, and the id alone says where to resume."""
+
+    version: int = 0
+    metric: int = 0
+    log: int = 0
+
+    def encode(self) -> str:
+        return str((self.version * ID_FIELD + self.metric) * ID_FIELD + self.log)
+
+    @classmethod
+    def decode(cls, raw: str) -> Cursor:
+        """The cursor an id names; ValueError for anything that is not one of ours."""
+        raw = raw.strip()
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 40:
+            raise ValueError(f"not an event id of this stream: {raw[:40]!r}")
+        rest, log = divmod(int(raw), ID_FIELD)
+        version, metric = divmod(rest, ID_FIELD)
+        return cls(version, metric, log)
+
+
+RowKind = Literal["metric", "log"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A metric row or a log line, as its event's data."""
+
+    kind: RowKind
+    id: int
+    job_id: str
+    data: str
+
+    @classmethod
+    def of_metric(cls, r: MetricRow) -> Row:
+        step = None if r.step < 0 else r.step
+        data = json.dumps({**r.values, "epoch": r.epoch, "step": step})
+        return cls("metric", r.id, r.job_id, data)
+
+    @classmethod
+    def of_log(cls, line: JobLog) -> Row:
+        return cls("log", line.id, line.job_id, LogLineOut.model_validate(line).model_dump_json())
+
+
+@dataclass
+class Rows:
+    """What one read found: rows by job (log lines, then metric rows, each by id), and whether
+    it stopped at its bound (more remain)."""
+
+    by_job: dict[str, list[Row]] = field(default_factory=dict)
+    more: bool = False
+
+
+def advance(head: tuple[int, int], rows: Sequence[Row]) -> tuple[int, int]:
+    """(metric, log) cursors moved past `rows`."""
+    metric, line = head
+    for r in rows:
+        if r.kind == "metric":
+            metric = max(metric, r.id)
+        else:
+            line = max(line, r.id)
+    return metric, line
+
+
+def read_rows(session: Session, after: dict[str, tuple[int, int]], limit: int) -> Rows:
+    """Log lines, then metric rows, of each job after its (metric, log) cursors."""
+    out = Rows()
+    logs = job_feed.log_lines_after(session, {j: c[1] for j, c in after.items()}, limit=limit)
+    metrics = job_feed.metric_rows_after(session, {j: c[0] for j, c in after.items()}, limit=limit)
+    out.more = len(logs) >= limit or len(metrics) >= limit
+    for row in [Row.of_log(x) for x in logs] + [Row.of_metric(x) for x in metrics]:
+        out.by_job.setdefault(row.job_id, []).append(row)
+    return out
+
+
 class Watch:
-    """One open stream: its slot in the bound and the latest snapshot it has not sent yet.
+    """One open stream: its slot in the bound, the latest snapshot it has not sent yet, and the
+    rows (metric rows, log lines) it has not sent yet.
 
-    Only the latest snapshot is kept, never a queue: each event carries the whole job, so a slow
-    client skips the states it had no time to read, and memory per stream stays constant."""
+    Only the latest snapshot is kept: each `job` event carries the whole job, so a slow client
+    skips the states it had no time to read. Rows are each an event of their own and are queued,
+    at most MAX_PENDING_ROWS of them."""
 
-    def __init__(self, hub: JobStreams, job_id: str, tenant: str, first: Snapshot) -> None:
+    def __init__(
+        self,
+        hub: JobStreams,
+        job_id: str,
+        tenant: str,
+        first: Snapshot,
+        start: Cursor | None = None,
+    ) -> None:
         self.hub = hub
         self.job_id = job_id
         self.tenant = tenant
+        #: Where the client stands: the last event's id, or the `Last-Event-ID` it came back with.
+        self.cursor = start or Cursor()
+        #: The job's final status once the stream ended because the job finished (the route
+        #: then sends `end`); None while it runs, and when the stream was cut.
+        self.final_status: str | None = None
         self._pending: Snapshot | None = first
+        self._rows: deque[Row] = deque()
         self._ready = asyncio.Event()
         self._ready.set()
         self._ended = False
+        self._dropped = False
         self._closed = False
         self._sent_data: str | None = None
         self._sent_version = 0
-        self._last_id = 0
+        #: A job state at or before this version is one the client had before it reconnected.
+        self._floor = self.cursor.version
 
-    def offer(self, snap: Snapshot) -> None:
-        if snap.data == self._sent_data:
+    def offer(self, snap: Snapshot | None, rows: Sequence[Row] = ()) -> None:
+        """A poll's findings: new rows (kept in order, sent before the snapshot) and the job."""
+        if rows:
+            self._rows.extend(rows)
+            if len(self._rows) > MAX_PENDING_ROWS:
+                self._dropped = True  # cut off: the client resumes from its last id
+                self._rows.clear()
+            self._ready.set()
+        if snap is None or snap.data == self._sent_data:
             return
         if self._pending is not None and snap.version < self._pending.version:
             return  # a poll that began before this stream's own first read
@@ -108,25 +232,61 @@ class Watch:
         self._ended = True
         self._ready.set()
 
-    async def events(self) -> AsyncIterator[dict[str, str]]:
-        """`event: job` with the job's JSON each time it changes; the stream ends with the job.
+    def _event(self, row: Row) -> dict[str, str] | None:
+        """The row's event, moving the cursor past it; None for a row the client already has (a
+        catch-up read and a poll can both find it)."""
+        c = self.cursor
+        if row.kind == "metric":
+            if row.id <= c.metric:
+                return None
+            self.cursor = Cursor(c.version, row.id, c.log)
+        else:
+            if row.id <= c.log:
+                return None
+            self.cursor = Cursor(c.version, c.metric, row.id)
+        return {"event": row.kind, "id": self.cursor.encode(), "data": row.data}
 
-        Ids increase strictly within a stream: the snapshot's version, or one more than the last
-        id when a new state shares the last one's version (a change the job's rows do not date,
-        such as a worker coming up for a queued job's `waiting_for`)."""
+    async def events(self) -> AsyncIterator[dict[str, str]]:
+        """First the rows after the stream's cursors, read from the database (what a resumed
+        client missed, or a new stream's whole log), then, live, each poll's new rows followed by
+        the job's JSON if it changed; the stream ends with the job.
+
+        Ids increase strictly within a stream (`Cursor`). A `job` event's version is the job's,
+        or one more than the last one sent when a new state shares the last one's version (a
+        change the job's rows do not date, such as a worker coming up for a queued job's
+        `waiting_for`)."""
         try:
+            after = (self.cursor.metric, self.cursor.log)
+            while True:  # catch up; live rows found meanwhile wait in the queue
+                found = await self.hub._in_thread(self.hub._read_after, self.job_id, after)
+                rows = found.by_job.get(self.job_id, [])
+                after = advance(after, rows)
+                for row in rows:
+                    event = self._event(row)
+                    if event is not None:
+                        yield event
+                if not found.more:
+                    break
             while True:
                 await self._ready.wait()
                 self._ready.clear()
+                while self._rows and not self._dropped:
+                    event = self._event(self._rows.popleft())
+                    if event is not None:
+                        yield event
+                if self._dropped:
+                    return
                 snap, self._pending = self._pending, None
                 if snap is not None and snap.version >= self._sent_version:
-                    if snap.data != self._sent_data:
-                        self._last_id = max(snap.version, self._last_id + 1)
+                    if snap.data != self._sent_data and snap.version > self._floor:
+                        c = self.cursor
+                        self.cursor = Cursor(max(snap.version, c.version + 1), c.metric, c.log)
                         self._sent_data, self._sent_version = snap.data, snap.version
-                        yield {"event": "job", "id": str(self._last_id), "data": snap.data}
+                        yield {"event": "job", "id": self.cursor.encode(), "data": snap.data}
                     if snap.status in FINISHED:
+                        self.final_status = snap.status
                         return
-                if self._ended and self._pending is None:
+                if self._ended and self._pending is None and not self._rows:
                     return
         finally:
             self.close()
@@ -163,6 +323,9 @@ class JobStreams:
         #: The newest snapshot of each watched job: a stream opening on a job already watched
         #: starts from it (at most one interval old, as every stream's view) without a query.
         self._latest: dict[str, Snapshot] = {}
+        #: Per watched job, the (metric row, log line) ids the poller has read up to: each poll
+        #: reads what was written after them.
+        self._heads: dict[str, tuple[int, int]] = {}
         self._open = 0
         self._by_tenant: Counter[str] = Counter()
         self._poller: asyncio.Task[None] | None = None
@@ -182,23 +345,31 @@ class JobStreams:
     def polling(self) -> bool:
         return self._poller is not None
 
-    async def watch(self, job_id: str, tenant: str) -> Watch:
+    async def watch(self, job_id: str, tenant: str, after: Cursor | None = None) -> Watch:
         """A slot and the job's current snapshot, or TooManyRequests (before any database work, so
         a flood of refused clients costs nothing) or JobNotFound. Only the first stream on a job
-        reads it; the others start from the poller's latest snapshot."""
+        reads it; the others start from the poller's latest snapshot.
+
+        `after`: the cursor of the client's `Last-Event-ID`; the stream sends what came after it.
+        None: a new stream, which sends the job, its whole log, and the metric rows written from
+        now on (the rows before are `GET /jobs/{id}/metrics`'s, downsampled for a chart: a run's
+        100,000 step rows are not replayed to every viewer)."""
         self._reserve(tenant)
         try:
-            first = self._latest.get(job_id)
-            if first is None:
-                first = await self._in_thread(self._read_one, job_id, tenant)
-            elif first.tenant != tenant:
+            cached, known = self._latest.get(job_id), self._heads.get(job_id)
+            if cached is None or known is None:
+                first, head = await self._in_thread(self._read_first, job_id, tenant)
+            elif cached.tenant != tenant:
                 raise JobNotFound(job_id)
+            else:
+                first, head = cached, known
         except BaseException:
             self._unreserve(tenant)
             raise
-        watch = Watch(self, job_id, tenant, first)
+        watch = Watch(self, job_id, tenant, first, after or Cursor(metric=head[0]))
         self._watchers.setdefault(job_id, set()).add(watch)
         self._remember(job_id, first)
+        self._heads.setdefault(job_id, head)
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         return watch
@@ -235,6 +406,7 @@ class JobStreams:
             if not watchers:
                 del self._watchers[watch.job_id]
                 self._latest.pop(watch.job_id, None)
+                self._heads.pop(watch.job_id, None)
 
     def _remember(self, job_id: str, snap: Snapshot) -> None:
         latest = self._latest.get(job_id)
@@ -255,6 +427,38 @@ class JobStreams:
         if snap is None or snap.tenant != tenant:  # another tenant's job is as unknown
             raise JobNotFound(job_id)
         return snap
+
+    def _read_first(self, job_id: str, tenant: str) -> tuple[Snapshot, tuple[int, int]]:
+        """The job, then where its metric rows and log lines end (read after the job: a row
+        written in between is after the head, so the poller sends it)."""
+        snap = self._read_one(job_id, tenant)
+        with self.sessions() as s:
+            return snap, job_feed.heads(s, [job_id])[job_id]
+
+    def _read_after(self, job_id: str, after: tuple[int, int]) -> Rows:
+        """One step of a stream's catch-up: the job's rows after its (metric, log) cursors."""
+        with self.sessions() as s:
+            return read_rows(s, {job_id: after}, ROWS_PER_READ)
+
+    def _read_tick(
+        self, job_ids: Sequence[str], heads: dict[str, tuple[int, int]]
+    ) -> tuple[dict[str, Snapshot], Rows]:
+        """A poll: every watched job (one statement), then the rows written after the heads (one
+        statement a table, read again at once while they come back full, at most
+        MAX_READS_PER_POLL times). The jobs are read first: a job seen finished has all the rows
+        its run wrote before finishing in the reads that follow, whatever the isolation level."""
+        snaps = self._read_many(job_ids)
+        rows = Rows()
+        with self.sessions() as s:
+            for _ in range(MAX_READS_PER_POLL):
+                found = read_rows(s, heads, ROWS_PER_READ)
+                for job_id, found_rows in found.by_job.items():
+                    rows.by_job.setdefault(job_id, []).extend(found_rows)
+                    heads[job_id] = advance(heads[job_id], found_rows)
+                rows.more = found.more
+                if not found.more:
+                    break
+        return snaps, rows
 
     def _read_many(self, job_ids: Sequence[str]) -> dict[str, Snapshot]:
         """Every watched job and its stages in one statement (a join, not one query per job)."""
@@ -278,25 +482,33 @@ class JobStreams:
         try:
             while self._watchers:
                 job_ids = list(self._watchers)
+                heads = {j: self._heads.get(j, (0, 0)) for j in job_ids}
+                more = False
                 try:
-                    snaps = await self._in_thread(self._read_many, job_ids)
+                    snaps, rows = await self._in_thread(self._read_tick, job_ids, dict(heads))
                     self.polls += 1
                 except Exception:
                     # A database hiccup delays updates; it must not end every stream.
                     log.warning("reading watched jobs failed; retrying", exc_info=True)
                 else:
+                    more = rows.more
                     for job_id in job_ids:
                         snap = snaps.get(job_id)
+                        found = rows.by_job.get(job_id, [])
+                        if found and job_id in self._heads:
+                            self._heads[job_id] = advance(self._heads[job_id], found)
+                        # A finished job waits while rows remain unread: its end comes after them.
+                        offered = None if more and snap and snap.status in FINISHED else snap
                         for watch in list(self._watchers.get(job_id, ())):
                             if snap is None:  # deleted since the stream opened
                                 watch.end()
                             else:
-                                watch.offer(snap)
+                                watch.offer(offered, found)
                         if snap is None:
                             self._latest.pop(job_id, None)
                         else:
                             self._remember(job_id, snap)
-                await asyncio.sleep(self.interval_s)
+                await asyncio.sleep(0 if more else self.interval_s)
         finally:
             self._poller = None
 

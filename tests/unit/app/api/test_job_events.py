@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, event, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.services.job_stream import READ_THREADS, JobStreams, Snapshot, Watch
+from app.services.job_stream import READ_THREADS, Cursor, JobStreams, Snapshot, Watch
 from tas.errors import JobNotFound, TooManyRequests
 from tas.settings import Settings
 from tas.store import jobs as job_store
 from tas.store.engine import make_engine, make_sessionmaker
-from tas.store.orm import Job, JobStatus
+from tas.store.orm import Job, JobLog, JobStatus, MetricRow
 
 SPEC: dict[str, Any] = {
     "name": "t",
@@ -49,7 +49,7 @@ def test_finished_job_streams_one_event_as_get_job_shows_it(client: TestClient) 
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     events = parse_events(r.text)
-    assert [e["event"] for e in events] == ["job"]
+    assert [e["event"] for e in events] == ["job", "end"]  # `end`: finished, not cut
     assert int(events[0]["id"]) > 0
     assert json.loads(events[0]["data"]) == client.get(f"/jobs/{job['id']}").json()
 
@@ -283,6 +283,170 @@ def test_a_burst_of_new_streams_uses_at_most_read_threads(sessions: sessionmaker
         assert hub.peak == READ_THREADS
         for w in watches:
             w.close()
+        await hub.aclose()
+
+    asyncio.run(run())
+
+
+# --- event ids: metric rows and log lines on the stream, resumable with Last-Event-ID ---------
+
+
+def write_rows(
+    sessions: sessionmaker[Session], job_id: str, steps: Sequence[int], lines: Sequence[str]
+) -> None:
+    """Step rows and log lines, as a run writes them (each in its own transaction, in order)."""
+    with sessions() as s:
+        if steps:
+            s.execute(
+                insert(MetricRow),
+                [
+                    {"job_id": job_id, "epoch": 1, "step": st, "values": {"train_loss": 1 / st}}
+                    for st in steps
+                ],
+            )
+        if lines:
+            s.execute(
+                insert(JobLog),
+                [{"job_id": job_id, "source": "train", "message": m, "attempt": 1} for m in lines],
+            )
+        s.commit()
+
+
+def test_a_finished_jobs_stream_ends_with_end_after_its_last_job_event(client: TestClient) -> None:
+    job = client.post("/jobs", json=SPEC).json()
+    assert client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    events = parse_events(client.get(f"/jobs/{job['id']}/events").text)
+    assert [e["event"] for e in events] == ["job", "end"]
+    assert json.loads(events[-1]["data"]) == {"status": "cancelled"}
+    assert "id" not in events[-1]  # resuming after `end` starts from the last event's id
+
+
+def test_resuming_from_any_event_sends_exactly_the_rest(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    """Cut after each event in turn and reconnect with its id (header or query): what follows is
+    the uninterrupted stream's tail, no gap, no repeat."""
+    job_id = client.post("/jobs", json=SPEC).json()["id"]
+    write_rows(sessions, job_id, [10, 20], ["one", "two"])
+    write_rows(sessions, job_id, [30], ["three"])
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
+
+    whole = parse_events(client.get(f"/jobs/{job_id}/events?last_event_id=0").text)
+    kinds = [e["event"] for e in whole]
+    assert kinds == ["log"] * 3 + ["metric"] * 3 + ["job", "end"]
+    assert [json.loads(e["data"])["message"] for e in whole[:3]] == ["one", "two", "three"]
+    assert [json.loads(e["data"]) for e in whole[3:6]] == [
+        {"train_loss": 1 / st, "epoch": 1, "step": st} for st in (10, 20, 30)
+    ]
+    ids = [int(e["id"]) for e in whole[:-1]]
+    assert ids == sorted(set(ids))  # strictly increasing
+
+    for k, cut in enumerate(whole[:-1]):
+        use_header = k % 2 == 0
+        r = client.get(
+            f"/jobs/{job_id}/events",
+            headers={"Last-Event-ID": cut["id"]} if use_header else {},
+            params={} if use_header else {"last_event_id": cut["id"]},
+        )
+        assert parse_events(r.text) == whole[k + 1 :], k
+
+    # a new stream: the job's whole log, no metric row written before it, then the job
+    fresh = parse_events(client.get(f"/jobs/{job_id}/events").text)
+    assert [e["event"] for e in fresh] == ["log"] * 3 + ["job", "end"]
+
+
+@pytest.mark.parametrize("bad", ["x", "-1", "1.5", "9" * 41, "١٢"])
+def test_an_id_the_stream_never_sent_is_a_422(client: TestClient, bad: str) -> None:
+    job_id = client.post("/jobs", json=SPEC).json()["id"]
+    streams: JobStreams = client.app.state.job_streams  # type: ignore[attr-defined]
+    r = client.get(f"/jobs/{job_id}/events", params={"last_event_id": bad})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["query", "last_event_id"]
+    assert streams.open_streams == 0
+
+
+def test_a_stream_cut_mid_job_resumes_on_another_process_without_gap_or_repeat(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Two hubs stand for two API processes. One client reads a running job's stream whole;
+    another is cut after a few events and reconnects, to the other hub, with its last id. The
+    rows and lines both receive are the same, each once, and both end with the same job."""
+    job_id = new_job(sessions)
+    set_progress(sessions, job_id, 1)
+
+    async def writer() -> None:
+        for batch in range(6):
+            steps = [100 * batch + i for i in range(1, 8)]
+            await asyncio.to_thread(
+                write_rows, sessions, job_id, steps, [f"batch {batch} line {i}" for i in range(3)]
+            )
+            await asyncio.to_thread(set_progress, sessions, job_id, batch + 2)
+            await asyncio.sleep(0.03)
+        await asyncio.to_thread(finish, sessions, job_id)
+
+    def rows_of(events: list[dict[str, str]]) -> dict[str, list[str]]:
+        """Each kind's events in order (a poll sends its lines before its rows, a catch-up all
+        lines then all rows: the order across kinds depends on where the cut fell)."""
+        return {
+            kind: [e["data"] for e in events if e["event"] == kind] for kind in ("log", "metric")
+        }
+
+    async def run() -> None:
+        one = JobStreams(sessions, max_streams=10, interval_s=0.02)
+        two = JobStreams(sessions, max_streams=10, interval_s=0.02)
+        whole_task = asyncio.create_task(collect(await one.watch(job_id, "default")))
+        cut = await one.watch(job_id, "default")
+        write_task = asyncio.create_task(writer())
+        first_part: list[dict[str, str]] = []
+        stream = cut.events()
+        while len(first_part) < 9:
+            first_part.append(await asyncio.wait_for(anext(stream), timeout=5))
+        await stream.aclose()  # the connection drops
+        assert one.open_streams == 1
+        await asyncio.sleep(0.05)  # more is written while the client is away
+        last_id = Cursor.decode(first_part[-1]["id"])
+        resumed = await two.watch(job_id, "default", last_id)
+        second_part = await asyncio.wait_for(collect(resumed), timeout=10)
+        whole = await asyncio.wait_for(whole_task, timeout=10)
+        await write_task
+
+        union = first_part + second_part
+        assert rows_of(union) == rows_of(whole)  # the same rows, in order, each once
+        assert [len(v) for v in rows_of(whole).values()] == [6 * 3, 6 * 7]
+        ids = [int(e["id"]) for e in union]
+        assert ids == sorted(set(ids))
+        assert union[-1]["event"] == whole[-1]["event"] == "job"
+        assert json.loads(union[-1]["data"])["status"] == "cancelled"
+        assert resumed.final_status == "cancelled"
+        await one.aclose()
+        await two.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_reader_too_far_behind_is_cut_off_without_end(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import job_stream
+
+    monkeypatch.setattr(job_stream, "MAX_PENDING_ROWS", 5)
+    job_id = new_job(sessions)
+
+    async def run() -> None:
+        hub = JobStreams(sessions, max_streams=10, interval_s=0.02)
+        watch = await hub.watch(job_id, "default")
+        stream = watch.events()
+        first = await asyncio.wait_for(anext(stream), timeout=5)
+        assert first["event"] == "job"
+        await asyncio.to_thread(write_rows, sessions, job_id, list(range(1, 21)), [])
+        await asyncio.to_thread(finish, sessions, job_id)
+        rest = [e async for e in stream]  # not read while the rows piled up
+        assert len(rest) < 21 and watch.final_status is None  # cut: no end
+        resumed = await hub.watch(job_id, "default", Cursor.decode((rest or [first])[-1]["id"]))
+        tail = await asyncio.wait_for(collect(resumed), timeout=5)
+        steps = [json.loads(e["data"])["step"] for e in rest + tail if e["event"] == "metric"]
+        assert steps == list(range(1, 21))
+        assert resumed.final_status == "cancelled"
         await hub.aclose()
 
     asyncio.run(run())
