@@ -1,11 +1,14 @@
 """What a job's event stream reads besides the job itself: its metric rows and log lines written
 after a cursor (a row id), for many jobs in one statement, and where each job's rows end now.
 
-Row ids are the cursors: both tables number rows with an ascending integer key, and one job's rows
-are written by one writer at a time (the run holding its lease), so among one job's rows a higher
-id is a later commit and "every row with an id above N" never misses one that commits later. A
-replayed epoch's metric rows are deleted and written again, with new, higher ids: a follower sees
-them again, as the chart must."""
+Row ids are the cursors: both tables number rows with an ascending integer key, so "every row of
+the job with an id above N" is what was written since N, provided a lower id never commits after
+a higher one. On SQLite writers run one at a time (BEGIN IMMEDIATE), so it never does. On
+PostgreSQL a sequence hands out ids before commit: a job's metric rows have one writer (the run
+holding its lease) and stay in order, but two of its log writers committing at the same moment
+(the run's heartbeat and its stage lines, or the reaper) could, in a window of milliseconds, put a
+line behind a cursor that has already passed it. A replayed epoch's metric rows are deleted and
+written again, with new, higher ids: a follower sees them again, as the chart must."""
 
 from __future__ import annotations
 
