@@ -293,7 +293,10 @@ def test_cancelled_jobs_messages_are_dropped_without_a_fork(
 ) -> None:
     """300 queued jobs cancelled: their messages are settled by the worker's main process (no
     pool child), and a job submitted behind them is the only one dispatched."""
-    with service(request, tmp_path, kind, start=False) as svc:
+    # 300 jobs of one tenant at once: above the default per-tenant bound on active jobs.
+    with service(
+        request, tmp_path, kind, start=False, TAS_MAX_ACTIVE_JOBS_PER_TENANT="1000"
+    ) as svc:
         st = svc.stack
         ids = [st.submit(digits(f"c{i}", 1))["id"] for i in range(300)]
         for job_id in ids:
