@@ -403,8 +403,8 @@ def _stopped(
             job = s.get(Job, lease.job_id)
             queue = job.queue if job else None
             line = (
-                f"preempted: worker {lease.owner} is stopping; run {lease.attempt} checkpointed"
-                f"{at} and handed the job back to the queue (it resumes from that checkpoint)"
+                f"preempted: worker {lease.owner} is stopping; run {lease.attempt} stopped{at}"
+                " and handed the job back to the queue, to resume from its last checkpoint"
             )
         else:  # lease lost: someone else owns the job; write nothing
             ok, status, line = False, "skipped", ""

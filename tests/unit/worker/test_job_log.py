@@ -26,6 +26,7 @@ from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.migrate import upgrade
 from tas.store.orm import Job, JobLog
 from worker import runner
+from worker.gate import PREEMPT
 from worker.joblog import JobLogBuffer, capture
 from worker.reporter import DbReporter, epoch_summary, stage_summary
 
@@ -294,3 +295,21 @@ def test_a_resumed_run_says_where_it_resumed_from(
     assert "before it, run 1: failed" in second[0].message
     resumed = [line for line in second if line.message.startswith("resumed from the checkpoint")]
     assert resumed and resumed[0].source == "train", [line.message for line in second]
+
+
+def test_a_preempted_run_says_it_handed_the_job_back(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    job_id = submit(sessions, settings, IRIS)
+    PREEMPT.set()  # the worker is stopping: the run stops at its first check
+    try:
+        job = run(sessions, settings, job_id)
+    finally:
+        PREEMPT.clear()
+    assert job.status == "queued" and job.preemptions == 1
+    last = log_of(sessions, job_id)[-1]
+    assert last.message == (
+        f"preempted: worker {OWNER} is stopping; run 1 stopped and handed the job back to the"
+        " queue, to resume from its last checkpoint"
+    )
+    assert (last.attempt, last.worker) == (1, OWNER)
