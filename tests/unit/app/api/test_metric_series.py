@@ -240,4 +240,4 @@ def test_100k_step_rows_downsample_in_about_a_second_at_most(client: TestClient)
         assert points[-1]["step"] == 1_000_000
         assert min(p["bucket"]["min"]["train_loss"] for p in points) == pytest.approx(losses.min())
     print(f"100,000 step rows to 1,000 points: {', '.join(f'{t * 1000:.0f} ms' for t in timings)}")
-    assert timings[0] < 2.0  # about 0.3-0.8 s measured on a shared, loaded 2-core machine
+    assert timings[0] < 2.0  # 0.8-1.4 s measured on a shared 2-core machine at load 5-6
