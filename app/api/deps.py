@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Path, Request, Response, Security, params
+import anyio.to_thread
+from anyio import CancelScope, CapacityLimiter
+from anyio.lowlevel import RunVar
+from fastapi import APIRouter, Depends, Path, Request, Response, Security, params
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.services.auth import Authenticator
@@ -22,10 +26,11 @@ from tas.store import datasets as dataset_store
 from tas.store import jobs as job_store
 from tas.store.keys import Principal
 from tas.store.orm import Dataset, Job
-from tas.store.unit_of_work import unit_of_work
+from tas.store.unit_of_work import pending_actions, unit_of_work
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    """async: FastAPI runs a plain `def` dependency on a worker thread (see `get_serving`)."""
     settings: Settings = request.app.state.settings
     return settings
 
@@ -35,7 +40,7 @@ def get_settings(request: Request) -> Settings:
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """The request's unit of work (tas.store.unit_of_work): committed when the route returns,
     rolled back when it raises; what the route queued with `after_commit` runs after the commit.
     Routes and services never commit.
@@ -43,14 +48,78 @@ def get_session(request: Request) -> Iterator[Session]:
     SessionDep declares scope "function": FastAPI then ends this dependency when the route has
     returned and its response is built, before a byte is sent, so a client that has its 201 can
     read the row at once (and a failed commit answers 500, never a 201 for a rolled-back row).
-    FastAPI's default for a dependency with `yield` ends it after the response is sent."""
+    FastAPI's default for a dependency with `yield` ends it after the response is sent.
+
+    async, where a sync generator costs a worker-thread hop to open and another to end: opening
+    a session does no IO (it connects at its first query), so it opens here on the event loop.
+    Ending one that was used (a commit, then the after-commit actions: a broker publish, files
+    removed) can block, so that runs on a worker thread; a session nothing touched (a route
+    that reads in its own unit, see `read`) ends here, with nothing to wait for."""
     state = request.app.state
     sessions = state.readers if request.method in READ_METHODS else state.sessions
-    with unit_of_work(sessions) as session:
+    unit = unit_of_work(sessions)
+    session = unit.__enter__()
+    try:
         yield session
+    except BaseException as exc:
+        if not await _end(unit, session, exc):
+            raise
+    else:
+        await _end(unit, session, None)
 
 
-def get_publisher(request: Request) -> Publisher:
+async def _end(
+    unit: AbstractContextManager[Session], session: Session, exc: BaseException | None
+) -> bool:
+    """`unit.__exit__`: on a worker thread, shielded from cancellation (a commit that has begun
+    finishes; the unit's own rollback handles a failure), unless the session never began a
+    transaction. True when it swallowed `exc` (never, for `unit_of_work`)."""
+    args = (type(exc), exc, exc.__traceback__) if exc is not None else (None, None, None)
+    if not session.in_transaction() and not pending_actions(session):
+        return bool(unit.__exit__(*args))
+    with CancelScope(shield=True):
+        # Its own limiter, as FastAPI's `contextmanager_in_threadpool` does: an exit that waited
+        # for a free thread while every thread waits for a connection it holds would deadlock.
+        swallowed = await anyio.to_thread.run_sync(unit.__exit__, *args, limiter=CapacityLimiter(1))
+    return bool(swallowed)
+
+
+R = TypeVar("R")
+
+#: Worker threads that `read` uses at once: fewer than the engine pool's 5 kept connections, so
+#: a burst of polls never opens (and closes again) overflow connections, which on SQLite cost
+#: more than the read (each connect sets its pragmas); more threads would only queue for the GIL.
+READ_THREADS = 4
+
+
+async def read(request: Request, fn: Callable[[Session], R]) -> R:
+    """`fn(session)` in a read-only unit of work of its own, all of it (connect, queries,
+    whatever `fn` builds from the rows, the end of the transaction) in one worker-thread hop:
+    for the read paths that the dashboard and clients poll, where a route built from SessionDep,
+    JobDep and a response model pays a hop for each of them."""
+    readers: sessionmaker[Session] = request.app.state.readers
+
+    def run() -> R:
+        with unit_of_work(readers) as session:
+            return fn(session)
+
+    return await anyio.to_thread.run_sync(run, limiter=_read_limiter())
+
+
+#: One limiter per event loop (anyio's own default limiter is kept the same way).
+_READ_LIMITER: RunVar[CapacityLimiter] = RunVar("tas_read_limiter")
+
+
+def _read_limiter() -> CapacityLimiter:
+    try:
+        return _READ_LIMITER.get()
+    except LookupError:
+        limiter = CapacityLimiter(READ_THREADS)
+        _READ_LIMITER.set(limiter)
+        return limiter
+
+
+async def get_publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
 
@@ -114,12 +183,14 @@ def requires(read: str | tuple[str, ...], write: str | None = None) -> params.De
     return dependency
 
 
-def record_write(
+async def record_write(
     request: Request, response: Response, session: SessionDep, principal: PrincipalDep
-) -> Iterator[None]:
+) -> AsyncIterator[None]:
     """Writes leave an audit row in their own unit of work: after the route returned (a write
     that raised is rolled back and leaves none), naming the key, the route and the target: the
-    path's ids, or for a create the `Location` the route answered with."""
+    path's ids, or for a create the `Location` the route answered with. async: adding a row does
+    no IO (the commit writes it), and a sync generator would cost every request, reads too, two
+    worker-thread hops."""
     yield
     if request.method in READ_METHODS:
         return
@@ -141,9 +212,31 @@ def record_write(
 Audited = Depends(record_write, scope="function")
 
 
-def load_job(
-    session: SessionDep, tenant: TenantDep, job_id: Annotated[str, Path(max_length=64)]
-) -> Job:
+class AuditedRouter(APIRouter):
+    """A router whose write routes (every method but GET/HEAD) carry `Audited`, as declaring it
+    in `dependencies=` would, and whose reads do not: on a read it records nothing, yet as a
+    dependency with `yield` (and the session it takes) it cost every GET two context managers
+    on the request's exit stack: a fifth of what a polled read costs the event loop."""
+
+    def add_api_route(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        methods: set[str] | list[str] | None = None,
+        dependencies: Sequence[params.Depends] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if {m.upper() for m in methods or ("GET",)} - READ_METHODS:
+            dependencies = [Audited, *(dependencies or ())]
+        super().add_api_route(path, endpoint, methods=methods, dependencies=dependencies, **kwargs)
+
+
+#: A job id in a route's path.
+JobIdPath = Annotated[str, Path(max_length=64)]
+
+
+def load_job(session: SessionDep, tenant: TenantDep, job_id: JobIdPath) -> Job:
     return job_store.get_job(session, job_id, tenant=tenant)
 
 

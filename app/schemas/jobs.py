@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from app.schemas.workers import WaitingFor
 from tas.core.spec import MAX_MINUTES, TagKey, TagValue
@@ -116,6 +116,23 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as ?cursor= for the next page; null on the last."
     )
+
+
+#: What a route declared with `response_model=JobOut` / `JobPage` sends, made by the route itself
+#: (the same validation from the ORM objects, the same JSON bytes as FastAPI's): the polled read
+#: paths build it on the worker thread that read the rows, where FastAPI would take another hop.
+JOB_OUT: TypeAdapter[JobOut] = TypeAdapter(JobOut)
+JOB_PAGE: TypeAdapter[JobPage] = TypeAdapter(JobPage)
+
+
+def job_json(job: object) -> bytes:
+    """A job (an ORM row, with `waiting_for` set) as `JobOut` JSON."""
+    return JOB_OUT.dump_json(JOB_OUT.validate_python(job, from_attributes=True), by_alias=True)
+
+
+def job_page_json(page: object) -> bytes:
+    """A page of jobs (`items`, `next_cursor`) as `JobPage` JSON."""
+    return JOB_PAGE.dump_json(JOB_PAGE.validate_python(page, from_attributes=True), by_alias=True)
 
 
 class MetricRowOut(BaseModel):

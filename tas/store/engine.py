@@ -20,7 +20,10 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
     """`pooled=False`: a connection per session, closed with it, and a PostgreSQL connect that
     gives up after 5 s: for a process that forks (no pooled socket is inherited by a child) and
     must not hang on a database that does not answer (a worker's heartbeat)."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": True} if pooled else {"poolclass": NullPool}
+    # A pooled SQLite connection is a file handle that never goes stale: pinging it before each
+    # checkout (a query) is for servers across a network.
+    ping = not url.startswith("sqlite")
+    kwargs: dict[str, Any] = {"pool_pre_ping": ping} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif url.startswith("postgresql") and not pooled:

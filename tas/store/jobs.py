@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Select, delete, func, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from tas.core.spec import tag_count_problem
 from tas.errors import (
@@ -116,8 +116,10 @@ def list_jobs(
     cursor: str | None,
     filters: JobFilter | None = None,
 ) -> pagination.Page[Job]:
-    """Newest first; the cursor is (created_at, id) of the last item, so pages never skip or repeat."""
+    """Newest first; the cursor is (created_at, id) of the last item, so pages never skip or repeat.
+    The page's stages come in one more query (the list shows them), not one per job."""
     q = _filtered(select(Job).where(Job.tenant == tenant), filters or JobFilter())
+    q = q.options(selectinload(Job.stages))
     return pagination.paginate(
         session, q, created_col=Job.created_at, id_col=Job.id, limit=limit, cursor=cursor
     )

@@ -44,7 +44,8 @@ def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
     with sessions(info={_PENDING: pending}) as session:
         try:
             yield session
-            session.commit()
+            if session.in_transaction():  # one nothing used has nothing to commit
+                session.commit()
         except BaseException:
             session.rollback()
             raise
@@ -60,6 +61,11 @@ def after_commit(
     if pending is None:
         raise RuntimeError("after_commit() needs a session opened by unit_of_work(), which runs it")
     pending.append(functools.partial(action, *args, **kwargs))
+
+
+def pending_actions(session: Session) -> bool:
+    """Whether actions wait for this unit's commit (whoever ends the unit may then block)."""
+    return bool(session.info.get(_PENDING))
 
 
 def _run(actions: list[Callable[[], object]]) -> None:

@@ -3,9 +3,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi import Body, Query, Request, Response, status
+from sqlalchemy.orm import Session
 
-from app.api.deps import Audited, JobDep, PublisherDep, SessionDep, SettingsDep, TenantDep, requires
+from app.api.deps import (
+    AuditedRouter,
+    JobDep,
+    JobIdPath,
+    PublisherDep,
+    SessionDep,
+    SettingsDep,
+    TenantDep,
+    read,
+    requires,
+)
 from app.api.query import StrictQuery
 from app.schemas.jobs import (
     CheckpointOut,
@@ -16,6 +27,8 @@ from app.schemas.jobs import (
     PredictionsOut,
     ResumeIn,
     SubmittedJobOut,
+    job_json,
+    job_page_json,
 )
 from app.schemas.metrics import MetricSeriesOut
 from app.services import job_logs as log_service
@@ -26,12 +39,13 @@ from tas.core.spec import JobSpec
 from tas.errors import InvalidInput
 from tas.store import jobs as job_store
 from tas.store import logs as log_store
-from tas.store import metric_series, pagination
+from tas.store import metric_series
 from tas.store.orm import Checkpoint, Job
 from tas.store.unit_of_work import after_commit
 
-router = APIRouter(
-    prefix="/jobs", tags=["jobs"], dependencies=[requires("jobs:read", "jobs:write"), Audited]
+#: Writes audited (`AuditedRouter`); reads, which the dashboard polls, carry no audit hook.
+router = AuditedRouter(
+    prefix="/jobs", tags=["jobs"], dependencies=[requires("jobs:read", "jobs:write")]
 )
 
 
@@ -64,8 +78,8 @@ def create_job(
 
 
 @router.get("", response_model=JobPage, dependencies=[StrictQuery])
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    request: Request,
     tenant: TenantDep,
     settings: SettingsDep,
     name: Annotated[
@@ -87,8 +101,9 @@ def list_jobs(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> pagination.Page[Job]:
-    """Newest first, filtered in the database, so the cursor pages through the filtered list."""
+) -> Response:
+    """Newest first, filtered in the database, so the cursor pages through the filtered list.
+    Read and turned into JSON in one worker-thread hop, as GET /jobs/{id}."""
     filters = job_service.job_filter(
         name=name,
         status=status,
@@ -96,15 +111,30 @@ def list_jobs(
         created_before=created_before,
         tag=tag,
     )
-    page = job_store.list_jobs(session, tenant=tenant, limit=limit, cursor=cursor, filters=filters)
-    worker_service.annotate(session, page.items, settings)
-    return page
+
+    def build(session: Session) -> bytes:
+        page = job_store.list_jobs(
+            session, tenant=tenant, limit=limit, cursor=cursor, filters=filters
+        )
+        worker_service.annotate(session, page.items, settings)
+        return job_page_json(page)
+
+    return Response(await read(request, build), media_type="application/json")
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Job:
-    worker_service.annotate(session, [job], settings)
-    return job
+async def get_job(
+    request: Request, tenant: TenantDep, settings: SettingsDep, job_id: JobIdPath
+) -> Response:
+    """Read, annotated and turned into JSON in one worker-thread hop (`deps.read`): the
+    dashboard and clients poll it, and JobDep plus a response model would cost three more."""
+
+    def build(session: Session) -> bytes:
+        job = job_store.get_job(session, job_id, tenant=tenant)
+        worker_service.annotate(session, [job], settings)
+        return job_json(job)
+
+    return Response(await read(request, build), media_type="application/json")
 
 
 @router.patch("/{job_id}", response_model=JobOut)
