@@ -350,7 +350,8 @@ def main() -> None:
     rows, verdicts = [], []
     for ep in endpoints:
         loads = results[ep.label]
-        ratios = [t.rps / b.rps for t, b in zip(loads["tas"], loads["bare"], strict=True)]
+        pairs = zip(loads["tas"], loads["bare"], strict=True)
+        ratios = [t.rps / b.rps if b.rps else 0.0 for t, b in pairs]
         ratio = statistics.median(ratios)
         med = {n: statistics.median(x.rps for x in loads[n]) for n in loads}
         p99 = {n: statistics.median(x.p99_ms for x in loads[n]) for n in loads}
