@@ -173,12 +173,17 @@ def test_twenty_streams_on_a_job_leave_plain_requests_fast(api: str) -> None:
             assert m["tas_db_pool_checked_out"] <= 1, m
             print("20 streams:", assert_fast(await latencies(probe, job["id"]), baseline))
 
-            # every stream gets the job's last state, then the server ends it
+            # every stream gets the job's last state
             assert (await probe.post(f"/jobs/{job['id']}/cancel")).status_code == 200
             lasts = await asyncio.gather(*(s.next_event() for s in streams))
             for first, last in zip(firsts, lasts, strict=True):
                 assert last is not None and last["data"]["status"] == "cancelled"
                 assert first is not None and int(last["id"]) > int(first["id"])
+            # then the named end (a finished job, not a dropped stream), then the server closes
+            ends = await asyncio.gather(*(s.next_event() for s in streams))
+            for end in ends:
+                assert end is not None and end["event"] == "end", end
+                assert end["data"]["status"] == "cancelled"
             assert await asyncio.gather(*(s.next_event() for s in streams)) == [None] * 20
             for s in streams:
                 await s.close()
