@@ -248,9 +248,13 @@ def test_a_follower_whose_stream_is_cut_reconnects_and_exits_with_the_jobs_code(
         job_id = job_id_of(run.stdout)
         assert f"job {job_id} succeeded" in run.stdout
         assert "registered model: cli-cut v1" in run.stdout
-        assert any(ln.startswith("running train epoch ") for ln in run.stdout.splitlines())
+        # Every epoch's log line reached the follower exactly once across the cuts (a resumed
+        # stream replays what it missed, no more); live progress lines depend on timing, these
+        # do not.
+        for epoch in range(1, 11):
+            assert run.stdout.count(f"epoch {epoch}/10:") == 1, (epoch, run.stdout)
         # Reconnecting takes its back-off, not the job's remaining time.
-        assert time.monotonic() - t0 < 90
+        assert time.monotonic() - t0 < 120
     finally:
         proxy.close()
 
