@@ -188,12 +188,9 @@ async def record_write(
 ) -> AsyncIterator[None]:
     """Writes leave an audit row in their own unit of work: after the route returned (a write
     that raised is rolled back and leaves none), naming the key, the route and the target: the
-    path's ids, or for a create the `Location` the route answered with. async: adding a row does
-    no IO (the commit writes it), and a sync generator would cost every request, reads too, two
-    worker-thread hops."""
+    path's ids, or for a create the `Location` the route answered with. Only write routes carry
+    it (`AuditedRouter`). async: adding a row does no IO (the commit writes it)."""
     yield
-    if request.method in READ_METHODS:
-        return
     route = request.scope.get("route")
     template = getattr(route, "path", request.url.path)
     target = "/".join(str(v) for v in request.path_params.values()) or None
@@ -208,15 +205,14 @@ async def record_write(
     )
 
 
-#: Router dependency: audit every write the router's routes make.
-Audited = Depends(record_write, scope="function")
+_AUDITED = Depends(record_write, scope="function")
 
 
 class AuditedRouter(APIRouter):
-    """A router whose write routes (every method but GET/HEAD) carry `Audited`, as declaring it
-    in `dependencies=` would, and whose reads do not: on a read it records nothing, yet as a
-    dependency with `yield` (and the session it takes) it cost every GET two context managers
-    on the request's exit stack: a fifth of what a polled read costs the event loop."""
+    """A router whose write routes (every method but GET/HEAD) are audited (`record_write`) and
+    whose reads are not: on a read the hook would record nothing, yet as a dependency with
+    `yield` (and the session it takes) it would cost every GET two context managers on the
+    request's exit stack: a fifth of what a polled read costs the event loop."""
 
     def add_api_route(
         self,
@@ -228,7 +224,7 @@ class AuditedRouter(APIRouter):
         **kwargs: Any,
     ) -> None:
         if {m.upper() for m in methods or ("GET",)} - READ_METHODS:
-            dependencies = [Audited, *(dependencies or ())]
+            dependencies = [_AUDITED, *(dependencies or ())]
         super().add_api_route(path, endpoint, methods=methods, dependencies=dependencies, **kwargs)
 
 

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import Audited, DatasetDep, SessionDep, SettingsDep, TenantDep, requires
+from app.api.deps import AuditedRouter, DatasetDep, SessionDep, SettingsDep, TenantDep, requires
 from app.api.query import StrictQuery
 from app.schemas.datasets import DatasetForm, DatasetOut, DatasetPage
 from app.services import datasets as service
 from tas.core.data.registry import BUILTIN_DATASETS
 from tas.store import datasets as dataset_store
 
-router = APIRouter(
+router = AuditedRouter(
     prefix="/datasets",
     tags=["datasets"],
-    dependencies=[requires("datasets:read", "datasets:write"), Audited],
+    dependencies=[requires("datasets:read", "datasets:write")],
 )
 
 _FORM: dict[str, Any] = {

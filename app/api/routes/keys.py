@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import Path, Query, Request, Response, status
 
-from app.api.deps import Audited, SessionDep, requires
+from app.api.deps import AuditedRouter, SessionDep, requires
 from app.api.query import StrictQuery
 from app.schemas.keys import CreatedKeyOut, KeyIn, KeyOut
 from app.services.auth import Authenticator
@@ -14,9 +14,7 @@ from tas.store import keys as key_store
 from tas.store.keys import TENANT_PATTERN
 from tas.store.unit_of_work import after_commit
 
-router = APIRouter(
-    prefix="/keys", tags=["keys"], dependencies=[requires("admin", "admin"), Audited]
-)
+router = AuditedRouter(prefix="/keys", tags=["keys"], dependencies=[requires("admin", "admin")])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CreatedKeyOut)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import Path, Query, Response, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import Audited, ServingDep, SessionDep, SettingsDep, TenantDep, requires
+from app.api.deps import AuditedRouter, ServingDep, SessionDep, SettingsDep, TenantDep, requires
 from app.api.query import StrictQuery
 from app.schemas.models import NAME_PATTERN, AliasIn, AliasOut, ModelOut, ModelVersionOut
 from app.services.serving import Serving, contained_artifact
@@ -25,10 +25,8 @@ from tas.store import registry as registry_store
 from tas.store.orm import ModelAlias, ModelVersion
 from tas.store.unit_of_work import after_commit
 
-router = APIRouter(
-    prefix="/models",
-    tags=["models"],
-    dependencies=[requires("models:read", "models:write"), Audited],
+router = AuditedRouter(
+    prefix="/models", tags=["models"], dependencies=[requires("models:read", "models:write")]
 )
 
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The model's name (its jobs' name).")]

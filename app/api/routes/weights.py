@@ -5,18 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import Path, Request, Response, status
 
-from app.api.deps import Audited, SessionDep, SettingsDep, TenantDep, requires
+from app.api.deps import AuditedRouter, SessionDep, SettingsDep, TenantDep, requires
 from app.schemas.datasets import WeightsForm, WeightsOut
 from app.services import datasets as service
 from tas.errors import WeightsNotFound
 from tas.store import weights as weights_store
 
-router = APIRouter(
-    prefix="/weights",
-    tags=["weights"],
-    dependencies=[requires("datasets:read", "datasets:write"), Audited],
+router = AuditedRouter(
+    prefix="/weights", tags=["weights"], dependencies=[requires("datasets:read", "datasets:write")]
 )
 
 _FORM: dict[str, Any] = {
