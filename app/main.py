@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from app.api import errors
@@ -19,6 +20,7 @@ from app.api.routes import (
     keys,
     models,
     predict,
+    session,
     weights,
     workers,
 )
@@ -26,6 +28,7 @@ from app.metrics import Observe, make_metrics
 from app.services.auth import Authenticator
 from app.services.job_stream import JobStreams, StreamCollector
 from app.services.serving import Serving
+from app.ui import pages as ui_pages
 from tas.queue import Publisher, make_celery
 from tas.reaper import Reaper
 from tas.settings import Settings
@@ -109,6 +112,9 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
         workers.router,
         keys.router,
         audit.router,
+        session.router,
+        ui_pages.router,
     ):
         app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=ui_pages.HERE / "static"), name="ui-static")
     return app

@@ -197,6 +197,14 @@ class MissingScope(DomainError):
         )
 
 
+class CrossSiteWrite(DomainError):
+    """A write that a browser session (cookie) sent without the page's CSRF token, or that
+    another site's page sent: a browser attaches cookies to requests other sites make it send,
+    so a cookie alone never authorises a change."""
+
+    status_code = 403
+
+
 class KeyNotFound(NotFound):
     def __init__(self, key_id: str) -> None:
         super().__init__(f"API key {key_id!r} not found")

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         " one created (mode 0600) in data_dir/secret.key. Every API process and `tas keys` must"
         " share it.",
     )
+    session_hours: float = Field(
+        12.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a dashboard sign-in lasts (the session cookie's lifetime); the key"
+        " it was made from must stay valid too: revoking the key ends its sessions.",
+    )
     auth_cache_s: float = Field(
         2.0,
         ge=0,

@@ -15,10 +15,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from app.services.auth import Authenticator
+from app.services.auth import CSRF_HEADER, SESSION_COOKIE, Authenticator
 from app.services.serving import Serving
 from tas.core.data.registry import BUILTIN_DATASETS
-from tas.errors import Conflict
+from tas.errors import Conflict, CrossSiteWrite
 from tas.queue import Publisher
 from tas.settings import Settings
 from tas.store import audit as audit_store
@@ -147,9 +147,39 @@ async def get_principal(
     database; async for the same reason as `get_serving`."""
     auth: Authenticator = request.app.state.auth
     header = request.headers.get("authorization")
+    if header is None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            return await _session_principal(request, auth, cookie)
+        if request.method not in READ_METHODS and _cross_site(request):
+            raise CrossSiteWrite("another site's page may not change anything here")
     principal = auth.cached(header)
     if principal is None:
         principal = await run_in_threadpool(auth.authenticate, header)
+    return principal
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether a browser says another site's page sent this request (Sec-Fetch-Site, which
+    every current browser sends and no page can forge). Matters while no key exists: a page on
+    any site could otherwise make the browser of someone running tas locally submit or cancel."""
+    return request.headers.get("sec-fetch-site") == "cross-site"
+
+
+async def _session_principal(request: Request, auth: Authenticator, cookie: str) -> Principal:
+    """A signed-in browser (the dashboard). Its writes must carry the page's CSRF token: the
+    cookie rides along on any request the browser makes, including ones another site makes it
+    send (SameSite=Strict already stops most; the token stops the rest)."""
+    principal = auth.cached_session(cookie)
+    if principal is None:
+        principal = await run_in_threadpool(auth.session, cookie)
+    if request.method not in READ_METHODS and (
+        _cross_site(request) or not auth.check_csrf(cookie, request.headers.get(CSRF_HEADER))
+    ):
+        raise CrossSiteWrite(
+            "a signed-in browser's writes must carry the page's CSRF token in the"
+            " 'X-CSRF-Token' header (GET /session answers it)"
+        )
     return principal
 
 

@@ -7,8 +7,11 @@ While no key exists the server is open: every caller is the default tenant with 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -30,8 +33,24 @@ log = logging.getLogger(__name__)
 #: /predict behind SQLite's write lock for a timestamp nobody needs to the millisecond.
 TOUCH_EVERY = timedelta(seconds=60)
 
+#: The browser session's cookie: `<key id>.<expiry, unix s>.<nonce>.<signature>`, signed with
+#: the server secret. It holds the key's id, never its secret, so a stolen cookie dies with its
+#: expiry or the key's revocation, and the key itself never sits in the browser.
+SESSION_COOKIE = "tas_session"
+#: The header a browser session's writes carry: the CSRF token `GET /session` answers, which is
+#: derived from the cookie's nonce, so another site (which can make the browser send the cookie
+#: but cannot read our responses) cannot know it.
+CSRF_HEADER = "x-csrf-token"
+
 _MISSING = "send an API key: 'Authorization: Bearer tas_…' (tas keys create makes one)"
 _INVALID = "the API key is not valid (unknown, revoked or expired)"
+_SESSION_ENDED = (
+    "the browser session has ended (expired, signed out, or its key was revoked): sign in again"
+)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 @dataclass
@@ -120,6 +139,65 @@ class Authenticator:
             # A timestamp is not worth failing the request over (a writer holding SQLite's
             # lock past the busy timeout): the next minute's request writes it.
             log.warning("could not record the use of key %s", principal.key_id, exc_info=True)
+
+    def _sign(self, purpose: str, *parts: str) -> str:
+        message = "|".join((purpose, *parts)).encode()
+        return _b64(hmac.new(self.secret, message, hashlib.sha256).digest())
+
+    def open_session(self, token: str, hours: float) -> tuple[str, Principal]:
+        """Blocking: checks `token` (an API key) and answers the session cookie's value and the
+        key's principal. A session lasts `hours`, and never past its key's own expiry."""
+        principal = self.authenticate(f"Bearer {token}")
+        if principal.key_id is None:
+            raise Unauthorized(_INVALID)
+        expires = int(time.time() + hours * 3600)
+        nonce = secrets.token_urlsafe(16)
+        fields = (principal.key_id, str(expires), nonce)
+        return ".".join((*fields, self._sign("session", *fields))), principal
+
+    def csrf_token(self, cookie: str) -> str:
+        """The token a session's writes must carry in `X-CSRF-Token` (see CSRF_HEADER)."""
+        nonce = cookie.split(".")[2] if cookie.count(".") == 3 else ""
+        return self._sign("csrf", nonce)
+
+    def check_csrf(self, cookie: str, sent: str | None) -> bool:
+        return sent is not None and hmac.compare_digest(self.csrf_token(cookie), sent)
+
+    def cached_session(self, cookie: str) -> Principal | None:
+        entry = self._cache.get(self._cache_key("session " + cookie))
+        if entry is not None and entry.until > time.monotonic():
+            return entry.principal
+        return None
+
+    def session(self, cookie: str) -> Principal:
+        """Blocking: the principal of a session cookie. The signature and expiry are checked
+        first (no database read for a forged or stale cookie), then the key it was made from,
+        which must still be valid: revoking a key ends its browser sessions."""
+        parts = cookie.split(".")
+        if len(parts) != 4 or not hmac.compare_digest(self._sign("session", *parts[:3]), parts[3]):
+            raise Unauthorized(_SESSION_ENDED)
+        key_id, expires_s, _ = parts[:3]
+        left = int(expires_s) - time.time() if expires_s.isdigit() else -1.0
+        if left <= 0:
+            raise Unauthorized(_SESSION_ENDED)
+        with unit_of_work(self.readers) as session:
+            row = key_store.active_key(session, key_id)
+            principal = (
+                Principal(row.tenant, frozenset(row.scopes), row.id) if row is not None else None
+            )
+            key_expires = row.expires_at if row is not None else None
+        if principal is None:
+            raise Unauthorized(_SESSION_ENDED)
+        now = time.monotonic()
+        until = now + min(self.ttl, left)
+        if key_expires is not None:
+            until = min(until, now + (key_expires - utcnow()).total_seconds())
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[self._cache_key("session " + cookie)] = _Entry(principal, until)
+        self._touch(principal)
+        return principal
 
     def forget(self, key_id: str) -> None:
         """Drop a revoked key from this process's cache at once."""

@@ -152,6 +152,18 @@ def authenticate(
     return row
 
 
+def active_key(session: Session, key_id: str, now: datetime | None = None) -> ApiKey | None:
+    """The key row if it is neither revoked nor expired: what a browser session made from it
+    checks, since the session holds the key's id, not its secret."""
+    row = session.get(ApiKey, key_id)
+    now = now or utcnow()
+    if row is None or row.revoked_at is not None:
+        return None
+    if row.expires_at is not None and row.expires_at <= now:
+        return None
+    return row
+
+
 def touch(session: Session, key_id: str, now: datetime | None = None) -> None:
     """Record a key's use (`last_used_at`)."""
     session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now or utcnow()))
