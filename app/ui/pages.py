@@ -90,8 +90,16 @@ async def submit_page(request: Request) -> HTMLResponse:
 
 
 def _local(next_url: str | None) -> str:
-    """Where to go after signing in: only a path on this server (never `//other.host`)."""
-    if next_url and next_url.startswith("/") and not next_url.startswith("//"):
+    """Where to go after signing in: only a path on this server (never `//other.host`). A
+    backslash or a control character is refused too: browsers read `/\\host` as `//host` and drop
+    tabs and newlines from a URL, so `/<tab>/host` would leave the server as well."""
+    if (
+        next_url
+        and next_url.startswith("/")
+        and not next_url.startswith("//")
+        and "\\" not in next_url
+        and next_url.isprintable()
+    ):
         return next_url
     return "/ui/jobs"
 
