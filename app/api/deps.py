@@ -218,8 +218,10 @@ async def record_write(
 ) -> AsyncIterator[None]:
     """Writes leave an audit row in their own unit of work: after the route returned (a write
     that raised is rolled back and leaves none), naming the key, the route and the target: the
-    path's ids, or for a create the `Location` the route answered with. Only write routes carry
-    it (`AuditedRouter`). async: adding a row does no IO (the commit writes it)."""
+    path's ids, or for a create the `Location` the route answered with, and the `detail` a route
+    left in `request.state.audit_detail` (what the path does not say, e.g. the version an alias
+    was moved to). Only write routes carry it (`AuditedRouter`). async: adding a row does no IO
+    (the commit writes it)."""
     yield
     route = request.scope.get("route")
     template = getattr(route, "path", request.url.path)
@@ -232,6 +234,7 @@ async def record_write(
         action=f"{request.method} {template}",
         route=request.url.path,
         target=location or target,
+        detail=getattr(request.state, "audit_detail", None),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,3 +44,18 @@ class AliasOut(BaseModel):
     alias: str
     version: int
     updated_at: datetime
+
+
+class AliasEventOut(BaseModel):
+    """One change to one of a model's aliases, from the audit log."""
+
+    at: datetime
+    alias: str
+    action: Literal["set", "deleted", "version_deleted"] = Field(
+        description="set: created or moved to `version`; deleted: removed (it pointed at"
+        " `version`); version_deleted: removed with the version it pointed at."
+    )
+    version: int | None = Field(
+        description="The version set or removed; null for a change recorded before versions were"
+        " kept in the audit log."
+    )

@@ -18,6 +18,7 @@ from tas.errors import (
 )
 from tas.store.engine import rowcount
 from tas.store.orm import (
+    AuditEvent,
     Job,
     JobStatus,
     ModelAlias,
@@ -200,14 +201,37 @@ def set_alias(
     return row, mv
 
 
-def delete_alias(session: Session, name: str, alias: str, *, tenant: str) -> None:
-    result = session.execute(
-        delete(ModelAlias).where(
-            ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias
-        )
-    )
-    if rowcount(result) == 0:
+def delete_alias(session: Session, name: str, alias: str, *, tenant: str) -> int:
+    """Remove `name@alias`; the version it pointed at (for the alias's history)."""
+    where = (ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.alias == alias)
+    version = session.scalar(select(ModelAlias.version).where(*where))
+    result = session.execute(delete(ModelAlias).where(*where))
+    if version is None or rowcount(result) == 0:
         raise AliasNotFound(name, alias)
+    return version
+
+
+def alias_events(
+    session: Session,
+    name: str,
+    *,
+    tenant: str,
+    actions: Sequence[str],
+    limit: int,
+    before: int | None = None,
+) -> list[AuditEvent]:
+    """The model's alias changes, newest first: the audit log's rows (with an id below `before`)
+    of the `actions` that set or remove its aliases (their target is `name/...`). The audit log
+    records every write in the write's own transaction, so an alias's history needs no table of
+    its own."""
+    q = select(AuditEvent).where(
+        AuditEvent.tenant == tenant,
+        AuditEvent.action.in_(list(actions)),
+        AuditEvent.target.startswith(f"{name}/", autoescape=True),
+    )
+    if before is not None:
+        q = q.where(AuditEvent.id < before)
+    return list(session.scalars(q.order_by(AuditEvent.id.desc()).limit(limit)))
 
 
 def delete_version(session: Session, name: str, version: int, *, tenant: str) -> ModelVersion:

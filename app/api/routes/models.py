@@ -10,19 +10,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import Path, Query, Response, status
+from fastapi import Path, Query, Request, Response, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AuditedRouter, ServingDep, SessionDep, SettingsDep, TenantDep, requires
 from app.api.query import StrictQuery
-from app.schemas.models import NAME_PATTERN, AliasIn, AliasOut, ModelOut, ModelVersionOut
+from app.schemas.models import (
+    NAME_PATTERN,
+    AliasEventOut,
+    AliasIn,
+    AliasOut,
+    ModelOut,
+    ModelVersionOut,
+)
 from app.services.serving import Serving, contained_artifact
 from tas.core import export
 from tas.core.artifact import read_card
 from tas.settings import Settings
 from tas.store import registry as registry_store
-from tas.store.orm import ModelAlias, ModelVersion
+from tas.store.orm import AuditEvent, ModelAlias, ModelVersion
 from tas.store.unit_of_work import after_commit
 
 router = AuditedRouter(
@@ -143,6 +150,7 @@ def set_alias(
     name: Name,
     alias: Alias,
     body: AliasIn,
+    request: Request,
     session: SessionDep,
     tenant: TenantDep,
     serving: ServingDep,
@@ -150,28 +158,99 @@ def set_alias(
     """Point `name@alias` at a version — the deploy step. The version is loaded before this
     returns, and the next `/predict` for `name@alias` uses it; no restart."""
     row, mv = registry_store.set_alias(session, name, alias, body.version, tenant=tenant)
+    request.state.audit_detail = {"version": body.version}
     after_commit(session, serving.registry_changed, warm=mv.model_dir)
     return AliasOut(name=name, alias=alias, version=row.version, updated_at=row.updated_at)
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_alias(
-    name: Name, alias: Alias, session: SessionDep, tenant: TenantDep, serving: ServingDep
+    name: Name,
+    alias: Alias,
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    serving: ServingDep,
 ) -> Response:
-    registry_store.delete_alias(session, name, alias, tenant=tenant)
+    version = registry_store.delete_alias(session, name, alias, tenant=tenant)
+    request.state.audit_detail = {"version": version}
     after_commit(session, serving.registry_changed)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.delete("/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_version(
-    name: Name, version: Version, session: SessionDep, tenant: TenantDep, serving: ServingDep
+    name: Name,
+    version: Version,
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    serving: ServingDep,
 ) -> Response:
     """Drop a version and its aliases, and evict it from the serving cache. The job (and its
     artifact) remain; `/predict` with its job id answers 404 from now on."""
+    aliases = registry_store.model_aliases(session, tenant=tenant, name=name)
+    request.state.audit_detail = {"aliases": [a.alias for a in aliases if a.version == version]}
     mv = registry_store.delete_version(session, name, version, tenant=tenant)
     after_commit(session, serving.registry_changed, evict=mv.model_dir)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _alias_set(e: AuditEvent) -> list[AliasEventOut]:
+    alias = (e.target or "").partition("/")[2]
+    version = (e.detail or {}).get("version")
+    return [AliasEventOut(at=e.created_at, alias=alias, action="set", version=version)]
+
+
+def _alias_deleted(e: AuditEvent) -> list[AliasEventOut]:
+    alias = (e.target or "").partition("/")[2]
+    version = (e.detail or {}).get("version")
+    return [AliasEventOut(at=e.created_at, alias=alias, action="deleted", version=version)]
+
+
+def _version_deleted(e: AuditEvent) -> list[AliasEventOut]:
+    """A deleted version takes its aliases along: one event for each (a deletion recorded before
+    the aliases were kept in the audit log names none)."""
+    version = int((e.target or "").partition("/")[2])
+    return [
+        AliasEventOut(at=e.created_at, alias=alias, action="version_deleted", version=version)
+        for alias in (e.detail or {}).get("aliases", [])
+    ]
+
+
+#: The audited writes that change a model's aliases, as `record_write` names them (method and
+#: route template), each with how its audit row reads as alias events.
+_ALIAS_ACTIONS: dict[str, Callable[[AuditEvent], list[AliasEventOut]]] = {
+    "PUT /models/{name}/aliases/{alias}": _alias_set,
+    "DELETE /models/{name}/aliases/{alias}": _alias_deleted,
+    "DELETE /models/{name}/versions/{version}": _version_deleted,
+}
+
+
+@router.get("/{name}/alias-history", response_model=list[AliasEventOut], dependencies=[StrictQuery])
+def alias_history(
+    name: Name,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many changes.")] = 100,
+) -> list[AliasEventOut]:
+    """The model's alias changes, newest first: each alias set or moved (to which version),
+    deleted, or removed with its version. Read from the audit log, which records every write."""
+    registry_store.model_versions(session, name, tenant=tenant, limit=1)  # an unknown model: 404
+    events: list[AliasEventOut] = []
+    before: int | None = None
+    # A row can stand for no event (a version deleted with no alias on it) or several, so rows
+    # are read in pages until `limit` events are found or the log is exhausted.
+    while len(events) < limit:
+        rows = registry_store.alias_events(
+            session, name, tenant=tenant, actions=list(_ALIAS_ACTIONS), limit=limit, before=before
+        )
+        for row in rows:
+            events += _ALIAS_ACTIONS[row.action](row)
+        if len(rows) < limit:
+            break
+        before = rows[-1].id
+    return events[:limit]
 
 
 def _card(settings: Settings, mv: ModelVersion) -> dict[str, Any]:

@@ -105,6 +105,37 @@ def test_delete_version_drops_aliases_and_evicts(
     assert client.get("/models/m").status_code == 404
 
 
+def test_alias_history_lists_every_change_newest_first(
+    client: TestClient, registry: Registry
+) -> None:
+    registry.add("m", seed=1)
+    registry.add("m", seed=2)
+    registry.add("m", seed=3)
+    registry.add("mx")  # `m_x`'s `_` must not match it as a LIKE wildcard would
+    registry.add("m_x")
+    assert client.put("/models/m/aliases/prod", json={"version": 1}).status_code == 200
+    assert client.put("/models/m/aliases/prod", json={"version": 2}).status_code == 200
+    assert client.put("/models/m/aliases/canary", json={"version": 3}).status_code == 200
+    assert client.put("/models/m/aliases/prod", json={"version": 9}).status_code == 404
+    assert client.delete("/models/m/aliases/canary").status_code == 204
+    assert client.delete("/models/m/versions/2").status_code == 204
+    assert client.delete("/models/m/versions/1").status_code == 204  # no alias left on it
+    assert client.put("/models/mx/aliases/prod", json={"version": 1}).status_code == 200
+    history = client.get("/models/m/alias-history").json()
+    assert [(e["action"], e["alias"], e["version"]) for e in history] == [
+        ("version_deleted", "prod", 2),
+        ("deleted", "canary", 3),
+        ("set", "canary", 3),
+        ("set", "prod", 2),
+        ("set", "prod", 1),
+    ]
+    assert all(e["at"] for e in history)
+    assert len(client.get("/models/m/alias-history?limit=2").json()) == 2
+    assert client.get("/models/m_x/alias-history").json() == []
+    assert client.get("/models/nope/alias-history").status_code == 404
+    assert client.get("/models/m/alias-history?limit=0").status_code == 422
+
+
 @pytest.mark.parametrize(
     "path",
     [
