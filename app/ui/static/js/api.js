@@ -78,6 +78,9 @@ export function follow(jobId, handlers) {
   for (const name of ["job", "metric", "log"]) {
     if (handlers[name]) source.addEventListener(name, (e) => handlers[name](JSON.parse(e.data)));
   }
+  // `error`: a reconnect is under way (readyState CONNECTING) or the server refused the stream
+  // (CLOSED: EventSource gives up, e.g. on a 429); the page can say so.
+  if (handlers.error) source.addEventListener("error", () => handlers.error(source));
   source.addEventListener("end", (e) => {
     source.close();
     handlers.end?.(JSON.parse(e.data));
