@@ -262,6 +262,17 @@ def job_filter(
     )
 
 
+def job_order(sort: str | None) -> str:
+    """`GET /jobs`' `sort`, checked: one of the store's orders (a 422 naming `sort` and listing
+    them otherwise); none given is the default, newest first."""
+    if sort is None or sort == "":
+        return job_store.DEFAULT_JOB_ORDER
+    if sort not in job_store.JOB_ORDERS:
+        allowed = ", ".join(job_store.JOB_ORDERS)
+        raise InvalidInput([(("query", "sort"), f"unknown sort {sort!r}; allowed: {allowed}")])
+    return sort
+
+
 def _utc(moment: datetime | None) -> datetime | None:
     """A time without a zone is UTC (the zone every stored time is in)."""
     if moment is not None and moment.tzinfo is None:

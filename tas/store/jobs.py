@@ -12,8 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import ColumnElement, Float, Select, case, delete, func, select, update
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from tas.core.spec import tag_count_problem
 from tas.errors import (
@@ -108,6 +111,79 @@ def _filtered(q: Select[Job], f: JobFilter) -> Select[Job]:
     return q
 
 
+class _SecondsBetween(FunctionElement[float]):
+    """`end - start` in seconds as a float, or NULL when either is NULL. Datetime arithmetic is
+    not portable SQL, so each database gets its own spelling (below)."""
+
+    type = Float()
+    name = "seconds_between"
+    inherit_cache = True
+
+
+@compiles(_SecondsBetween)
+def _seconds_between_sqlite(element: _SecondsBetween, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite stores a time as text; julianday() reads it as fractional days.
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+@compiles(_SecondsBetween, "postgresql")
+def _seconds_between_pg(element: _SecondsBetween, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS DOUBLE PRECISION)"
+
+
+#: How long a finished job ran: NULL for one that has not finished or never started.
+JOB_DURATION: ColumnElement[float] = _SecondsBetween(Job.started_at, Job.finished_at)
+
+#: `sort=status` order: what needs attention first (running, then waiting, then the failures),
+#: the successes last; `-status` reverses it.
+STATUS_ORDER = (
+    JobStatus.running,
+    JobStatus.queued,
+    JobStatus.failed,
+    JobStatus.cancelled,
+    JobStatus.succeeded,
+)
+_STATUS_RANK: ColumnElement[int] = case(
+    {s.value: rank for rank, s in enumerate(STATUS_ORDER)},
+    value=Job.status,
+    else_=len(STATUS_ORDER),
+)
+
+
+def _newest_first() -> tuple[pagination.SortKey, ...]:
+    """The tie-break after a sort's own key: newest first, then the id (unique)."""
+    return (
+        pagination.SortKey(Job.created_at, True, datetime),
+        pagination.SortKey(Job.id, True, str),
+    )
+
+
+def _orders() -> dict[str, pagination.Order]:
+    """Every `GET /jobs?sort=` value: name -> its total order (`-name` the reverse of `name`)."""
+    k = pagination.SortKey
+    oldest = (k(Job.created_at, False, datetime), k(Job.id, False, str))
+    nulls_last = k(case((JOB_DURATION.is_(None), 1), else_=0), False, int)
+    orders: dict[str, tuple[pagination.SortKey, ...]] = {
+        "created_at": oldest,
+        "-created_at": _newest_first(),
+        "name": (k(Job.name, False, str), *_newest_first()),
+        "-name": (k(Job.name, True, str), *_newest_first()),
+        "status": (k(_STATUS_RANK, False, int), *_newest_first()),
+        "-status": (k(_STATUS_RANK, True, int), *_newest_first()),
+        # unfinished jobs (no duration yet) last in both directions, newest first among them
+        "duration": (nulls_last, k(JOB_DURATION, False, float, True), *_newest_first()),
+        "-duration": (nulls_last, k(JOB_DURATION, True, float, True), *_newest_first()),
+    }
+    return {name: pagination.Order(name, keys) for name, keys in orders.items()}
+
+
+#: The orders `GET /jobs` offers, by their `sort=` name.
+JOB_ORDERS = _orders()
+DEFAULT_JOB_ORDER = "-created_at"
+
+
 def list_jobs(
     session: Session,
     *,
@@ -115,14 +191,22 @@ def list_jobs(
     limit: int,
     cursor: str | None,
     filters: JobFilter | None = None,
+    sort: str = DEFAULT_JOB_ORDER,
 ) -> pagination.Page[Job]:
-    """Newest first; the cursor is (created_at, id) of the last item, so pages never skip or repeat.
-    The page's stages come in one more query (the list shows them), not one per job."""
+    """In `sort` order (one of `JOB_ORDERS`; newest first by default), keyset-paged so pages
+    never skip or repeat. The default order keeps the cursor format every list shares (clients
+    hold such cursors); the others carry their own sort's key values. The page's stages come in
+    one more query (the list shows them), not one per job."""
     q = _filtered(select(Job).where(Job.tenant == tenant), filters or JobFilter())
     q = q.options(selectinload(Job.stages))
-    return pagination.paginate(
-        session, q, created_col=Job.created_at, id_col=Job.id, limit=limit, cursor=cursor
-    )
+    if sort == DEFAULT_JOB_ORDER:
+        issued_for = pagination.ordered_cursor_name(cursor) if cursor else None
+        if issued_for is not None:
+            raise pagination.wrong_order_cursor(issued_for, sort)
+        return pagination.paginate(
+            session, q, created_col=Job.created_at, id_col=Job.id, limit=limit, cursor=cursor
+        )
+    return pagination.paginate_ordered(session, q, JOB_ORDERS[sort], limit=limit, cursor=cursor)
 
 
 def jobs_with_stages(session: Session, job_ids: Sequence[str]) -> list[Job]:

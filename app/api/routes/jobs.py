@@ -99,11 +99,23 @@ async def list_jobs(
         list[str] | None,
         Query(description="key:value, repeatable: jobs carrying every one of them."),
     ] = None,
+    sort: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="created_at, -created_at (the default: newest first), name, -name,"
+            " status, -status (running, queued, failed, cancelled, succeeded), duration,"
+            " -duration (finished_at - started_at; jobs not finished last either way). Ties:"
+            " newest first. A cursor pages only the sort that issued it.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
-    """Newest first, filtered in the database, so the cursor pages through the filtered list.
-    Read and turned into JSON in one worker-thread hop, as GET /jobs/{id}."""
+    """Newest first unless `sort` says otherwise, filtered and ordered in the database, so the
+    cursor pages through the filtered list exactly. Read and turned into JSON in one
+    worker-thread hop, as GET /jobs/{id}."""
+    order = job_service.job_order(sort)
     filters = job_service.job_filter(
         name=name,
         status=status,
@@ -114,7 +126,7 @@ async def list_jobs(
 
     def build(session: Session) -> bytes:
         page = job_store.list_jobs(
-            session, tenant=tenant, limit=limit, cursor=cursor, filters=filters
+            session, tenant=tenant, limit=limit, cursor=cursor, filters=filters, sort=order
         )
         worker_service.annotate(session, page.items, settings)
         return job_page_json(page)
