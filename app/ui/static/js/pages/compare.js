@@ -16,6 +16,9 @@ const COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948"
 /** Spec paths left out of the differences: the job's name heads every column already. */
 const NOT_COMPARED = new Set(["name"]);
 const ABSENT = Symbol("absent");
+const CHART_HEIGHT = 240;
+/** How often the page rereads jobs that have not finished. */
+const POLL_MS = 3000;
 
 function addStylesheet(href) {
   if (!document.querySelector(`link[href="${href}"]`)) document.head.append(h("link", { rel: "stylesheet", href }));
@@ -42,12 +45,14 @@ function jobLink(job) {
   return h("a", { class: "compare-job", href: `/ui/jobs/${encodeURIComponent(job.id)}` }, job.name, " ", h("span", { class: "mono muted" }, shortId(job.id)));
 }
 
-/** The metric the job's checkpoints are judged by: the result says it once the job has one. */
+/** The metric the job's checkpoints are judged by: the spec or the result names it; until then
+ * the API's default read from the metrics (val_accuracy for classes, else val_loss, else
+ * train_loss); null while the job has no metrics. */
 function monitoredMetric(job) {
   const named = job.result?.weights?.metric ?? job.spec?.checkpoint?.monitor;
   if (named) return named;
   const row = job.best_metrics || job.latest_metrics || {};
-  return ["val_accuracy", "val_loss", "train_loss"].find((k) => k in row) ?? "val_loss";
+  return ["val_accuracy", "val_loss", "train_loss"].find((k) => k in row) ?? null;
 }
 
 function durationSeconds(job) {
@@ -121,14 +126,27 @@ function metricKeys(runs) {
   return [...keys].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
 }
 
-/** One chart: `key` per epoch for every run that has it, aligned on the union of their epochs. */
-function chart(key, runs, charts) {
-  const drawn = runs.filter((r) => r.rows.some((row) => Number.isFinite(row[key])));
-  const epochs = [...new Set(drawn.flatMap((r) => r.rows.filter((row) => Number.isFinite(row[key])).map((row) => row.epoch)))].sort((a, b) => a - b);
+/** `key` per epoch for every run that has it, aligned on the union of their epochs (uPlot
+ * takes one x array per chart; a run without a value at an epoch has a gap there, bridged). */
+function series(key, runs) {
+  const has = (row) => Number.isFinite(row[key]);
+  const drawn = runs.filter((r) => r.rows.some(has));
+  const epochs = [...new Set(drawn.flatMap((r) => r.rows.filter(has).map((row) => row.epoch)))].sort((a, b) => a - b);
   const data = [epochs, ...drawn.map((r) => {
-    const byEpoch = new Map(r.rows.filter((row) => Number.isFinite(row[key])).map((row) => [row.epoch, row[key]]));
+    const byEpoch = new Map(r.rows.filter(has).map((row) => [row.epoch, row[key]]));
     return epochs.map((e) => byEpoch.get(e) ?? null);
   })];
+  return { drawn, data };
+}
+
+/** What the charts are made of: a change here rebuilds them, anything else only updates data. */
+function chartsShape(runs) {
+  return JSON.stringify([runs.map((r) => r.monitor), metricKeys(runs).map((k) => [k, series(k, runs).drawn.map((r) => r.id)])]);
+}
+
+/** One chart of `key`: its panel, and how to draw it once the panel is in the page. */
+function chart(key, runs) {
+  const { drawn, data } = series(key, runs);
   const monitoredBy = runs.filter((r) => r.monitor === key).length;
   const box = h("div", {
     class: "chart", "data-testid": "compare-chart", "data-key": key, "data-series": drawn.length,
@@ -137,7 +155,7 @@ function chart(key, runs, charts) {
   const panel = h("section", { class: "panel compare-panel", "aria-label": key },
     h("h3", {}, key, monitoredBy ? h("span", { class: "muted" }, " · monitored") : null), box);
   const opts = {
-    width: 400, height: 240,
+    width: 400, height: CHART_HEIGHT,
     scales: { x: { time: false } },
     cursor: { sync: { key: "tas-compare" } },
     axes: [
@@ -148,13 +166,49 @@ function chart(key, runs, charts) {
       { label: "epoch" },
       ...drawn.map((r) => ({
         label: jobLabel(r.job), stroke: r.color, width: 2, spanGaps: true,
-        points: { show: epochs.length <= 40, size: 5, fill: r.color },
+        points: { show: data[0].length <= 40, size: 5, fill: r.color },
         value: (u, v) => (v === null || v === undefined ? "–" : fmtNumber(v)),
       })),
     ],
   };
-  charts.push({ box, make: () => new uPlot(opts, data, box) });
-  return panel;
+  return { key, box, panel, make: () => new uPlot({ ...opts, width: Math.floor(box.clientWidth) || opts.width }, data, box) };
+}
+
+/** The curves section: a chart per metric key, drawn, each following its box's width (uPlot
+ * draws at a fixed size; the grid reflows on resize). `destroy()` frees them for a rebuild. */
+function curves(runs) {
+  const charts = metricKeys(runs).map((k) => chart(k, runs));
+  const node = charts.length
+    ? h("div", { class: "grid compare-charts" }, charts.map((c) => c.panel))
+    : h("p", { class: "muted", id: "compare-no-metrics" }, "None of these jobs has finished an epoch yet.");
+  const observer = new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      const c = charts.find((x) => x.box === entry.target);
+      const width = Math.floor(entry.contentRect.width);
+      if (c?.plot && width > 0 && width !== c.width) {
+        c.width = width;
+        c.plot.setSize({ width, height: CHART_HEIGHT });
+      }
+    }
+  });
+  return {
+    node,
+    shape: chartsShape(runs),
+    /** Call once `node` is in the page. */
+    draw() {
+      for (const c of charts) {
+        c.plot = c.make();
+        observer.observe(c.box);
+      }
+    },
+    update(next) {
+      for (const c of charts) c.plot.setData(series(c.key, next).data);
+    },
+    destroy() {
+      observer.disconnect();
+      for (const c of charts) c.plot?.destroy();
+    },
+  };
 }
 
 /** Every path of a spec as "a.b.c" → value; lists are values of their own (model.hidden). */
@@ -201,35 +255,49 @@ function summary(runs, ids) {
       h("th", { scope: "col" }, "best monitored"), h("th", { scope: "col", class: "num hide-narrow" }, "epochs"),
       h("th", { scope: "col", class: "num" }, "duration"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "remove")))),
     h("tbody", {}, runs.map((r) => {
-      const best = r.job.best_metrics?.[r.monitor];
+      const best = r.monitor ? r.job.best_metrics?.[r.monitor] : null;
       const epochs = r.job.progress ? `${r.job.progress.epoch} / ${r.job.progress.epochs}` : "–";
       return h("tr", { "data-job": r.job.id },
         h("td", {}, swatch(r.color), " ", jobLink(r.job)),
         h("td", {}, statusBadge(r.job.status)),
         h("td", { class: "num-ish" }, h("strong", {}, fmtNumber(best)), " ",
-          h("span", { class: "muted" }, r.monitor, r.job.best_metrics?.epoch ? ` @ epoch ${r.job.best_metrics.epoch}` : "")),
+          h("span", { class: "muted" }, r.monitor ?? "", r.job.best_metrics?.epoch ? ` @ epoch ${r.job.best_metrics.epoch}` : "")),
         h("td", { class: "num hide-narrow" }, epochs),
         h("td", { class: "num" }, fmtDuration(durationSeconds(r.job))),
         h("td", {}, h("a", { href: compareUrl(ids.filter((x) => x !== r.id)), "aria-label": `Remove ${jobLabel(r.job)} from the comparison` }, "remove")));
     }))));
 }
 
-/** uPlot draws at a fixed size: follow each chart box's width (the grid reflows on resize). */
-function drawCharts(charts) {
-  const observer = new ResizeObserver((entries) => {
-    for (const entry of entries) {
-      const c = charts.find((x) => x.box === entry.target);
-      const width = Math.floor(entry.contentRect.width);
-      if (c && width > 0 && width !== c.width) {
-        c.width = width;
-        c.plot.setSize({ width, height: 240 });
+/** Keep the page current while a job runs: reread the unfinished jobs every POLL_MS (polling,
+ * since a browser opens at most six connections to a host and ten event streams would take
+ * them all), redraw the summary, and give the charts their new points (rebuilt only when a key
+ * or a job's series appears). Stops once every job has finished. */
+function keepCurrent(runs, ids, parts) {
+  const active = (r) => ["queued", "running"].includes(r.job.status);
+  const tick = async () => {
+    if (!document.hidden) try {
+      const fresh = await Promise.all(runs.map((r) => (active(r) ? load(r.id) : r)));
+      fresh.forEach((f, i) => {
+        if (!f.error) runs[i] = { ...runs[i], job: f.job, rows: f.rows, monitor: monitoredMetric(f.job) };
+      });
+      parts.summary.replaceChildren(summary(runs, ids));
+      if (chartsShape(runs) === parts.curves.shape) {
+        parts.curves.update(runs);
+      } else {
+        parts.curves.destroy();
+        parts.curves = curves(runs);
+        parts.curvesBox.replaceChildren(parts.curves.node);
+        parts.curves.draw();
       }
+    } catch (err) {
+      console.warn("compare: could not update", err); // the next tick tries again
     }
-  });
-  for (const c of charts) {
-    c.plot = c.make();
-    c.width = 0;
-    observer.observe(c.box);
+    if (runs.some(active)) setTimeout(tick, POLL_MS);
+    else parts.live.textContent = "";
+  };
+  if (runs.some(active)) {
+    parts.live.textContent = `Some of these jobs have not finished: the page updates every ${POLL_MS / 1000} s.`;
+    setTimeout(tick, POLL_MS);
   }
 }
 
@@ -258,21 +326,26 @@ start(async () => {
     return;
   }
   document.title = `Compare ${runs.map((r) => r.job.name).join(", ")} · tas`;
-  const charts = [];
-  const keys = metricKeys(runs);
   const legend = h("ul", { class: "compare-legend", "aria-label": "Jobs on the charts" },
     runs.map((r) => h("li", {}, swatch(r.color), " ", jobLink(r.job))));
+  const parts = {
+    summary: h("div", { id: "compare-summary-box" }, summary(runs, ids)),
+    curvesBox: h("div", { id: "compare-curves" }),
+    live: h("p", { id: "compare-live", class: "muted", "aria-live": "polite" }),
+    curves: curves(runs),
+  };
+  parts.curvesBox.append(parts.curves.node);
   render(...[
     problems,
-    summary(runs, ids),
+    parts.summary,
+    parts.live,
     form,
     h("h2", {}, "Curves"),
     legend,
-    keys.length
-      ? h("div", { class: "grid compare-charts" }, keys.map((k) => chart(k, runs, charts)))
-      : h("p", { class: "muted", id: "compare-no-metrics" }, "None of these jobs has finished an epoch yet."),
+    parts.curvesBox,
     h("h2", {}, "Spec differences"),
     specDiff(runs),
   ].filter(Boolean));
-  drawCharts(charts);
+  parts.curves.draw();
+  keepCurrent(runs, ids, parts);
 });

@@ -26,13 +26,13 @@ const FIELDS = [
   { path: "training.lr", label: "Learning rate", kind: "number", owns: ["training.lr"] },
 ];
 
-/** What a refusal other than a 422 means for the person submitting, by HTTP status. */
+/** What to do about a refusal other than a 422, by HTTP status (the API's message says what). */
 const REFUSALS = {
-  400: "The API could not read the request",
-  403: "Not allowed: submitting needs an API key with the jobs:write scope (or the session changed: reload the page)",
-  413: "The spec is too large",
-  415: "The API takes the spec as JSON",
-  429: "Not now: a limit was reached; try again once some of your jobs have finished",
+  400: "The API could not read the request.",
+  403: "Submitting needs an API key with the jobs:write scope; if this key has it, reload the page (the session may have changed).",
+  413: "Make the spec smaller.",
+  415: "The API takes the spec as JSON.",
+  429: "A limit was reached: try again once some of your jobs have finished.",
 };
 
 // ---- JSON with positions -------------------------------------------------------------------
@@ -463,7 +463,7 @@ start(async (session) => {
       } else {
         status.className = "error";
         status.textContent = err instanceof ApiError
-          ? `${REFUSALS[err.status] ?? "The API refused the spec"} (${err.status}): ${err.message}`
+          ? `Not submitted (${err.status}): ${err.message}. ${REFUSALS[err.status] ?? ""}`.trim()
           : `Could not reach the API: ${errorMessage(err)}`;
       }
     }
