@@ -245,11 +245,18 @@ def jobs_list(
         typer.Option(help="queued, running, succeeded, failed, cancelled (repeatable)."),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Jobs whose name starts with this.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 20,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            help="created_at, name, status or duration; a leading - reverses it"
+            " (default: -created_at, newest first)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many (in the sort order).")] = 20,
     output: Output = Format.table,
 ) -> None:
-    """Your jobs, newest first."""
-    jobs = list(_client(ctx).jobs.list(status=status or None, name=name, limit=limit))
+    """Your jobs, newest first unless --sort says otherwise."""
+    jobs = list(_client(ctx).jobs.list(status=status or None, name=name, sort=sort, limit=limit))
     if output is Format.json:
         _print_json([j.raw for j in jobs])
         return

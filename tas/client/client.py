@@ -178,12 +178,16 @@ class JobsApi:
         tags: Mapping[str, str] | None = None,
         created_after: str | None = None,
         created_before: str | None = None,
+        sort: str | None = None,
         limit: int | None = None,
         page_size: int = 50,
     ) -> Iterator[Job]:
-        """Newest first, filtered by the server; pages are fetched as the iteration reaches them
-        (`next_cursor`), until `limit` jobs or the last page."""
+        """Newest first unless `sort` says otherwise (created_at, name, status, duration, each
+        reversed by a leading `-`), filtered and ordered by the server; pages are fetched as the
+        iteration reaches them (`next_cursor`), until `limit` jobs or the last page."""
         params: dict[str, Any] = {"limit": min(page_size, limit or page_size)}
+        if sort:
+            params["sort"] = sort
         if status:
             params["status"] = [status] if isinstance(status, str) else list(status)
         if name:

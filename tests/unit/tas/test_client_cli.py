@@ -195,3 +195,16 @@ def test_the_list_table_keeps_whole_ids_on_a_pipe(serve: Callable[..., None]) ->
     assert result.exit_code == 0, result.output
     (row,) = [ln for ln in result.stdout.splitlines() if long_id in ln]
     assert "a-rather-long-job-name" in row and "succeeded" in row
+
+
+def test_list_sorts_on_the_server(serve: Callable[..., None]) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"items": [SUCCEEDED], "next_cursor": None})
+
+    serve(handler)
+    assert run("jobs", "list", "--sort", "-name").exit_code == 0
+    assert run("jobs", "list").exit_code == 0
+    assert seen[0].url.params["sort"] == "-name" and "sort" not in seen[1].url.params

@@ -268,6 +268,18 @@ def test_list_follows_the_cursor_and_stops_at_the_limit() -> None:
     first, second = server.requests
     assert first.url.params.get_list("status") == ["running", "queued"]
     assert "cursor" not in first.url.params and second.url.params["cursor"] == "c1"
+    assert "sort" not in first.url.params  # the server's default order
+
+
+def test_list_passes_the_sort_on_every_page() -> None:
+    pages = [
+        {"items": [job_json(id="a")], "next_cursor": "c1"},
+        {"items": [job_json(id="b")], "next_cursor": None},
+    ]
+    server = Server({"/jobs": [httpx.Response(200, json=p) for p in pages]})
+    jobs = list(make(server, []).jobs.list(sort="-duration", page_size=1))
+    assert [j.id for j in jobs] == ["a", "b"]
+    assert [r.url.params["sort"] for r in server.requests] == ["-duration", "-duration"]
 
 
 def test_wait_raises_with_the_jobs_error_or_its_cancellation() -> None:
