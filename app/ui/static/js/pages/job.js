@@ -170,7 +170,7 @@ function update(job) {
     drawModel(job);
   }
   const steps = job.progress?.steps_per_epoch;
-  if (steps && state.pendingSteps.length) {
+  if (steps && state.pendingSteps.length && state.history === "loaded") {
     const rows = state.pendingSteps.splice(0);
     rows.forEach(addRow);
     flushCharts();
@@ -199,6 +199,11 @@ function seconds(from, to) {
   if (!a) return null;
   const b = to ? parseTime(to) : new Date();
   return Math.max(0, (b - a) / 1000);
+}
+
+/** A metric value: as fmtNumber, but a huge one (a diverging loss) in exponent form, not as 23 digits. */
+function fmtValue(v) {
+  return typeof v === "number" && Math.abs(v) >= 1e6 ? v.toExponential(3) : fmtNumber(v);
 }
 
 function fmtSeconds(s) {
@@ -333,7 +338,7 @@ function drawEvaluation(job) {
   state.evaluationDrawn = true;
   const metrics = ev.metrics || {};
   const scalars = Object.entries(metrics).filter(([, v]) => typeof v === "number");
-  const facts = [["Split", ev.split], ["Samples", fmtNumber(ev.samples)], ...scalars.map(([k, v]) => [k, fmtNumber(v)])];
+  const facts = [["Split", ev.split], ["Samples", fmtNumber(ev.samples)], ...scalars.map(([k, v]) => [k, fmtValue(v)])];
   for (const avg of ["macro", "weighted"]) {
     if (metrics[avg]?.f1 !== undefined) facts.push([`${avg} F1`, fmtNumber(metrics[avg].f1)]);
   }
@@ -480,6 +485,14 @@ async function rerunJob(e) {
 function goLive() {
   const live = document.getElementById("job-live");
   live.textContent = "connecting…";
+  // The history waits for the stream's first event (so no row falls between the two); a stream
+  // that does not open (refused, or too slow) must not keep the charts empty.
+  const fallback = () => {
+    if (state.history !== "waiting") return;
+    state.history = "loading";
+    loadHistory().catch((err) => console.warn(err));
+  };
+  setTimeout(fallback, 5000);
   state.stopStream = follow(jobId, {
     job(job) {
       live.textContent = "live";
@@ -515,9 +528,12 @@ function goLive() {
       }
     },
     error(source) {
-      live.textContent = source.readyState === EventSource.CLOSED
-        ? "live updates stopped: reload the page"
-        : "reconnecting…";
+      if (source.readyState === EventSource.CLOSED) {
+        live.textContent = "live updates stopped: reload the page";
+        fallback();
+      } else {
+        live.textContent = "reconnecting…";
+      }
     },
   });
 }
@@ -664,7 +680,7 @@ class LiveChart {
       width: steps ? 1 : 2,
       spanGaps: true,
       points: { show: !steps, size: 5 },
-      value: (u, v) => (v === null || v === undefined ? "–" : fmtNumber(v)),
+      value: (u, v) => (v === null || v === undefined ? "–" : fmtValue(v)),
     };
   }
 
@@ -726,6 +742,9 @@ class LiveChart {
   /** Zoomed = the x scale shows less than all the data (a drag zooms; a double-click resets). */
   checkZoom(u) {
     const xs = this.xs;
+    // The visible x range, for tests and for anyone reading the page's state.
+    this.el.dataset.xMin = String(u.scales.x.min);
+    this.el.dataset.xMax = String(u.scales.x.max);
     if (xs.length < 2) {
       this.zoomed = false;
       return;
@@ -762,9 +781,9 @@ function drawEpochTable() {
   const others = [...keys].filter((k) => !k.endsWith("loss")).sort();
   const best = state.job?.best_metrics?.epoch ?? state.job?.result?.weights?.epoch;
   const cols = [
-    ...losses.map((k) => [k, k, "", (v) => fmtNumber(v)]),
-    ...others.map((k) => [k, k, "", (v) => fmtNumber(v)]),
-    ["lr", "lr", "", (v) => fmtNumber(v)],
+    ...losses.map((k) => [k, k, "", fmtValue]),
+    ...others.map((k) => [k, k, "", fmtValue]),
+    ["lr", "lr", "", fmtValue],
     ["epoch_seconds", "time", "", (v) => fmtSeconds(v)],
     ["samples_per_second", "samples/s", "hide-narrow", (v) => fmtNumber(Math.round(v))],
   ];
@@ -817,7 +836,7 @@ async function loadCheckpoints() {
       h("td", { class: "num" }, String(c.step)),
       h("td", { class: "num" }, String(c.attempt)),
       h("td", {}, c.metric_name || "–"),
-      h("td", { class: "num" }, fmtNumber(c.metric_value)),
+      h("td", { class: "num" }, fmtValue(c.metric_value)),
       h("td", {}, c.is_best ? "best" : ""),
       h("td", { class: "hide-narrow" }, c.sha256 ? h("code", { title: c.sha256 }, c.sha256.slice(0, 12)) : "–"),
       h("td", { class: "hide-narrow" }, fmtTime(c.created_at))))),
