@@ -150,7 +150,7 @@ function chart(key, runs) {
   const monitoredBy = runs.filter((r) => r.monitor === key).length;
   const box = h("div", {
     class: "chart", "data-testid": "compare-chart", "data-key": key, "data-series": drawn.length,
-    role: "img", "aria-label": `${key} per epoch for ${drawn.map((r) => jobLabel(r.job)).join(", ")}`,
+    role: "figure", "aria-label": `${key} per epoch for ${drawn.map((r) => jobLabel(r.job)).join(", ")}`,
   });
   const panel = h("section", { class: "panel compare-panel", "aria-label": key },
     h("h3", {}, key, monitoredBy ? h("span", { class: "muted" }, " · monitored") : null), box);
