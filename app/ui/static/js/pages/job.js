@@ -342,12 +342,15 @@ function drawEvaluation(job) {
   for (const avg of ["macro", "weighted"]) {
     if (metrics[avg]?.f1 !== undefined) facts.push([`${avg} F1`, fmtNumber(metrics[avg].f1)]);
   }
-  const parts = [h("dl", { class: "kv" }, ...facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))];
-  if (metrics.per_class) parts.push(perClassTable(metrics.per_class));
+  const left = [h("dl", { class: "kv" }, ...facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))];
+  if (metrics.per_class) left.push(perClassTable(metrics.per_class));
   const cm = metrics.confusion_matrix;
-  if (cm?.labels && cm?.matrix) parts.push(confusionMatrix(cm));
-  else if (metrics.per_class) parts.push(h("p", { class: "muted" }, "Too many classes for a confusion matrix."));
-  document.getElementById("evaluation").replaceChildren(...parts);
+  let right = null;
+  if (cm?.labels && cm?.matrix) right = confusionMatrix(cm);
+  else if (metrics.per_class) right = h("p", { class: "muted" }, "Too many classes for a confusion matrix.");
+  // Side by side where there is room (the per-class table beside its heat map), stacked on a phone.
+  document.getElementById("evaluation").replaceChildren(
+    h("div", { class: "grid job-evaluation" }, h("div", { class: "eval-numbers" }, left), right));
 }
 
 function perClassTable(perClass) {
