@@ -39,7 +39,9 @@ class DatasetSchemaOut(BaseModel):
     num_classes: int | None = None
     class_names: list[str] | None = None
     class_counts: dict[str, int] | list[int] | None = Field(
-        None, description="Samples per class (classification uploads)."
+        None,
+        description="Samples per class: an upload's by class name; a built-in's in class order"
+        " (of its training split when it has an official test split).",
     )
     target_dim: int = 1
     feature_names: list[str] | None = Field(None, description="CSV: the feature columns, in order.")

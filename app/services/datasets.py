@@ -63,6 +63,7 @@ def builtin_out(info: DatasetInfo) -> DatasetOut:
             target_dim=info.target_dim,
             has_test_split=info.has_test_split,
             feature_names=info.feature_names,
+            class_counts=info.class_counts,
         ),
     )
 

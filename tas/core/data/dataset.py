@@ -36,6 +36,9 @@ class DatasetInfo:
     samples: int | None = None
     #: Tabular sets: the name of each input column, in order (what `/predict` rows are keyed by).
     feature_names: list[str] | None = None
+    #: Built-in classification sets: samples per class, in class order (of the training split for
+    #: those with an official test split), written out so that listing them loads no data.
+    class_counts: list[int] | None = None
 
 
 @dataclass

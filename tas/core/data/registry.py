@@ -61,7 +61,16 @@ _CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse
 #: One entry per built-in: what it is, and the function that loads it.
 _SOURCES = [
     DatasetSource(
-        DatasetInfo("digits", "classification", (1, 8, 8), 10, _DIGITS, kind="image", samples=1797),
+        DatasetInfo(
+            "digits",
+            "classification",
+            (1, 8, 8),
+            10,
+            _DIGITS,
+            kind="image",
+            samples=1797,
+            class_counts=[178, 182, 177, 183, 181, 182, 181, 179, 174, 180],
+        ),
         builtin.load_digits,
     ),
     DatasetSource(
@@ -73,6 +82,7 @@ _SOURCES = [
             ["setosa", "versicolor", "virginica"],
             samples=150,
             feature_names=_IRIS_FEATURES,
+            class_counts=[50, 50, 50],
         ),
         builtin.load_iris,
     ),
@@ -85,6 +95,7 @@ _SOURCES = [
             ["class_0", "class_1", "class_2"],
             samples=178,
             feature_names=_WINE_FEATURES,
+            class_counts=[59, 71, 48],
         ),
         builtin.load_wine,
     ),
@@ -97,6 +108,7 @@ _SOURCES = [
             ["malignant", "benign"],
             samples=569,
             feature_names=_BREAST_CANCER_FEATURES,
+            class_counts=[212, 357],
         ),
         builtin.load_breast_cancer,
     ),
@@ -106,7 +118,14 @@ _SOURCES = [
     ),
     DatasetSource(
         DatasetInfo(
-            "xor", "classification", (2,), 2, ["0", "1"], default_normalize=False, samples=2500
+            "xor",
+            "classification",
+            (2,),
+            2,
+            ["0", "1"],
+            default_normalize=False,
+            samples=2500,
+            class_counts=[1296, 1204],
         ),
         builtin.load_xor,
     ),
@@ -124,6 +143,8 @@ _SOURCES = [
             kind="image",
             has_test_split=True,
             samples=60000,
+            # MNIST's published training-set counts per digit.
+            class_counts=[5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
         ),
         builtin.load_mnist,
     ),
@@ -137,6 +158,7 @@ _SOURCES = [
             kind="image",
             has_test_split=True,
             samples=60000,
+            class_counts=[6000] * 10,
         ),
         builtin.load_fashion_mnist,
     ),
@@ -150,6 +172,7 @@ _SOURCES = [
             kind="image",
             has_test_split=True,
             samples=50000,
+            class_counts=[5000] * 10,
         ),
         builtin.load_cifar10,
     ),

@@ -150,3 +150,24 @@ def test_mnist_through_the_pipeline_evaluates_on_the_official_test_split(
     )
     assert result.evaluation is not None
     assert result.evaluation["split"] == "test" and result.evaluation["samples"] == 20
+
+
+@pytest.mark.parametrize("name", ["digits", "iris", "wine", "breast_cancer", "xor"])
+def test_builtin_class_counts_are_the_datas_own(tmp_path: Path, name: str) -> None:
+    """The counts written out in the registry (so listing built-ins loads nothing) match the
+    data the loader produces."""
+    source = BUILTIN_DATASETS[name]
+    loaded = source.load(LoadContext(tmp_path, allow_download=False))
+    counts = torch.bincount(loaded.train.y, minlength=source.info.num_classes or 0).tolist()
+    assert counts == source.info.class_counts
+
+
+def test_every_builtin_classifier_lists_a_count_per_class_summing_to_its_samples() -> None:
+    for source in BUILTIN_DATASETS.values():
+        info = source.info
+        if info.task != "classification":
+            assert info.class_counts is None, info.name
+            continue
+        assert info.class_counts is not None, info.name
+        assert len(info.class_counts) == info.num_classes, info.name
+        assert sum(info.class_counts) == info.samples, info.name
