@@ -108,9 +108,10 @@ function drawSkeleton(job) {
     { id: "chart-lr", title: "Learning rate", series: lrSeries },
   ];
   const chartPanels = charts.map((c) => {
-    const el = h("div", { id: c.id, class: "chart job-chart", "data-points": "0", role: "img",
-      "aria-label": `${c.title} by epoch` }, h("p", { class: "muted chart-empty" }, "No points yet."));
-    const title = h("h3", { class: "chart-title" }, c.title);
+    // Not role=img: the chart's legend (values under the cursor, series toggles) stays reachable.
+    const title = h("h3", { class: "chart-title", id: `${c.id}-title` }, c.title);
+    const el = h("div", { id: c.id, class: "chart job-chart", "data-points": "0", role: "group",
+      "aria-labelledby": `${c.id}-title` }, h("p", { class: "muted chart-empty" }, "No points yet."));
     state.charts.push(new LiveChart(el, title, c.series));
     return h("div", { class: "panel" }, title, el);
   });
@@ -387,7 +388,7 @@ function confusionMatrix({ labels, matrix }) {
     h("p", { class: "muted job-note" }, "Confusion matrix: rows are the true class, columns the predicted one; shade = share of the row."),
     h("div", { class: "table-wrap" },
       h("div", {
-        id: "confusion", class: "heatmap confusion", role: "img",
+        id: "confusion", class: "heatmap confusion", role: "group",
         "aria-label": `Confusion matrix, ${k} classes`,
         // Cells of 1.8 to 2.6rem: ten classes fit a phone; a hundred scroll sideways.
         style: `grid-template-columns: max-content repeat(${k}, minmax(1.8rem, 1fr)); max-width: calc(${k} * 2.6rem + 5rem)`,
