@@ -222,11 +222,28 @@ function filtersForm(view) {
     view.status || view.name ? h("a", { href: viewUrl({ sort: view.sort }), id: "clear-filters" }, "Clear filters") : null);
 }
 
-/** The chosen jobs (2 to 10) and the Compare link that opens them. */
-function makeSelection() {
-  const ids = [];
+const SELECTED_KEY = "tas.jobs.selected";
+
+function loadSelected() {
+  try {
+    const ids = JSON.parse(sessionStorage.getItem(SELECTED_KEY) || "[]");
+    return Array.isArray(ids) ? ids.filter((id) => typeof id === "string").slice(0, 50) : [];
+  } catch {
+    return [];
+  }
+}
+
+/** The chosen jobs (2 to 10) and the Compare link that opens them. The choice is kept for this
+ * tab (sessionStorage), so jobs can be picked from several pages, sorts and filters. */
+function makeSelection(tbody) {
+  const ids = loadSelected();
   const link = h("a", { id: "compare-selected", class: "button" }, "Compare");
   const hint = h("span", { id: "compare-hint", class: "muted", "aria-live": "polite" });
+  const clear = h("button", { type: "button", id: "clear-selection", hidden: true, onclick: () => {
+    ids.splice(0);
+    for (const box of tbody().querySelectorAll(".jobs-select")) box.checked = false;
+    refresh();
+  } }, "Clear selection");
   const refresh = () => {
     const ok = ids.length >= COMPARE_MIN && ids.length <= COMPARE_MAX;
     link.textContent = ids.length ? `Compare ${ids.length} selected` : "Compare";
@@ -237,13 +254,21 @@ function makeSelection() {
       link.removeAttribute("href");
       link.setAttribute("aria-disabled", "true");
     }
-    hint.textContent = ok ? "" : ids.length > COMPARE_MAX
-      ? `at most ${COMPARE_MAX} jobs at once (${ids.length} selected)`
-      : `select ${COMPARE_MIN} to ${COMPARE_MAX} jobs to compare`;
+    const shown = new Set([...tbody().querySelectorAll("tr[data-job-id]")].map((tr) => tr.dataset.jobId));
+    const elsewhere = ids.filter((id) => !shown.has(id)).length;
+    hint.textContent = [
+      ok ? "" : ids.length > COMPARE_MAX
+        ? `at most ${COMPARE_MAX} jobs at once (${ids.length} selected)`
+        : `select ${COMPARE_MIN} to ${COMPARE_MAX} jobs to compare`,
+      elsewhere ? `${elsewhere} selected on other pages` : "",
+    ].filter(Boolean).join("; ");
+    clear.hidden = ids.length === 0;
+    try {
+      sessionStorage.setItem(SELECTED_KEY, JSON.stringify(ids));
+    } catch { /* storage off: the choice lasts for this page only */ }
   };
-  refresh();
   return {
-    link, hint,
+    link, hint, clear, refresh,
     has: (id) => ids.includes(id),
     toggle(id, on) {
       const at = ids.indexOf(id);
@@ -359,8 +384,10 @@ start(async () => {
     return;
   }
 
-  const selection = makeSelection();
-  const tbody = h("tbody", {}, page.items.map((job) => jobRow(job, selection)));
+  let tbody = null;
+  const selection = makeSelection(() => tbody);
+  tbody = h("tbody", {}, page.items.map((job) => jobRow(job, selection)));
+  selection.refresh();
   const table = h("table", { id: "jobs-table" },
     h("caption", { class: "visually-hidden" }, "Jobs, ", describeSort(view.sort || DEFAULT_SORT)),
     h("thead", {}, h("tr", {},
@@ -375,7 +402,7 @@ start(async () => {
       h("th", { scope: "col", class: "num" }, "Best"))),
     tbody);
   const live = h("p", { id: "jobs-live", class: "muted jobs-live", "aria-live": "polite" });
-  const actions = h("div", { class: "row jobs-actions" }, selection.link, selection.hint);
+  const actions = h("div", { class: "row jobs-actions" }, selection.link, selection.clear, selection.hint);
   render(top, actions, h("div", { class: "table-wrap" }, table), h("div", { class: "row jobs-bottom" }, pager(view, page.next_cursor), live));
   followActive(tbody, live);
 });
