@@ -139,6 +139,45 @@ def test_the_confusion_matrix_has_classes_squared_cells(
     assert cells.count() == IRIS_CLASSES**2
 
 
+def test_an_alias_moves_from_the_model_page(
+    page: Page, stack: Stack, trained: list[dict[str, Any]]
+) -> None:
+    """Both iris runs registered a version of iris-mlp; the model page's form points an alias
+    at the first, and the API agrees."""
+    page.goto("/ui/models")
+    page.locator('#models-table [data-model="iris-mlp"] a').click()
+    page.wait_for_url("**/ui/models/iris-mlp")
+    page.locator("#versions-table tbody tr").nth(1).wait_for()
+    page.fill("#alias-input", "production")
+    page.fill("#version-input", "1")
+    page.locator("#alias-form button[type=submit]").click()
+    page.wait_for_function(
+        "document.querySelector('#alias-status')?.textContent.includes('iris-mlp@production')"
+    )
+    assert stack.http.get("/models/iris-mlp").json()["aliases"] == {"production": 1}
+
+
+def test_a_csv_uploads_from_the_datasets_page(page: Page, stack: Stack) -> None:
+    rows = "\n".join(f"{i % 7},{i % 5},{'big' if i % 7 > 3 else 'small'}" for i in range(40))
+    page.goto("/ui/datasets")
+    page.locator('#datasets-table [data-builtin="true"]').first.wait_for()
+    page.set_input_files(
+        "#upload-file",
+        files=[
+            {"name": "sizes.csv", "mimeType": "text/csv", "buffer": f"w,h,size\n{rows}\n".encode()}
+        ],
+    )
+    page.fill("#upload-target", "size")
+    page.locator("#upload-form button[type=submit]").click()
+    page.wait_for_function(
+        "document.querySelector('#upload-status')?.textContent.startsWith('Uploaded sizes:')"
+    )
+    assert "2 classes" in page.inner_text("#upload-status")
+    uploaded = [d for d in stack.http.get("/datasets").json()["items"] if not d["builtin"]]
+    assert [d["name"] for d in uploaded] == ["sizes"]  # the file name's stem
+    page.locator(f'#datasets-table tr[data-dataset-id="{uploaded[0]["id"]}"]').wait_for()
+
+
 @pytest.mark.parametrize("path", ["/ui/jobs", "/ui/jobs/{job}"])
 def test_pages_fit_a_phone_width_screen(
     browser: Browser, stack: Stack, trained: list[dict[str, Any]], path: str
