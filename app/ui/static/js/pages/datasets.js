@@ -82,7 +82,7 @@ function datasetRow(ds, onDelete) {
     classesCell(s),
     h("td", { class: "num hide-narrow" }, ds.builtin ? "–" : fmtBytes(ds.size_bytes)),
     h("td", { class: "hide-narrow" }, ds.builtin ? h("span", { class: "muted" }, "built-in") : fmtTime(ds.created_at)),
-    h("td", {}, ds.builtin ? null : h("button", {
+    h("td", {}, ds.builtin || !onDelete ? null : h("button", {
       type: "button", class: "danger delete-dataset", "data-dataset-id": ds.id,
       "aria-label": `Delete dataset ${ds.name}`, onclick: (e) => onDelete(ds, e.currentTarget),
     }, "Delete")),
@@ -226,8 +226,10 @@ start(async (session_) => {
   const more = h("button", { type: "button", id: "datasets-more", hidden: true }, "Load more uploads");
   const noUploads = h("tr", { class: "empty" }, h("td", { colspan: String(COLUMNS), class: "muted" }, "No uploads yet."));
   let cursor = null;
+  // Without datasets:write the rows carry no delete button.
+  const onDelete = canWrite ? deleteDataset : null;
 
-  async function onDelete(ds, button) {
+  async function deleteDataset(ds, button) {
     if (!window.confirm(`Delete the dataset ${ds.name}? Jobs already finished keep their results.`)) return;
     button.disabled = true;
     tableStatus.replaceChildren();
