@@ -1,6 +1,7 @@
 """The dashboard's pages and its sign-in. A page is a frame (app/ui/templates) that names its
-ES module; the module draws the page from the API. Pages carry no tenant data, so they need no
-key: a module that gets a 401 from the API sends the browser to the sign-in page."""
+ES module; the module draws the page from the API. Pages carry no tenant data; a browser that is
+not signed in (once keys exist) is sent to the sign-in page before the frame loads, and a module
+that still gets a 401 from the API (a session that ended meanwhile) sends it there too."""
 
 from __future__ import annotations
 
@@ -34,7 +35,26 @@ PAGES: dict[str, tuple[str, str]] = {
 }
 
 
-def page(request: Request, name: str, **context: Any) -> HTMLResponse:
+async def _signed_in(request: Request) -> bool:
+    """Whether the API would accept this browser: a valid session cookie, or no key at all
+    (an open server). Answered from the authenticator's cache when it can."""
+    auth: Authenticator = request.app.state.auth
+    cookie = request.cookies.get(SESSION_COOKIE)
+    try:
+        if cookie:
+            if auth.cached_session(cookie) is None:
+                await run_in_threadpool(auth.session, cookie)
+        elif auth.cached(None) is None:
+            await run_in_threadpool(auth.authenticate, None)
+    except Unauthorized:
+        return False
+    return True
+
+
+async def page(request: Request, name: str, **context: Any) -> Response:
+    if not await _signed_in(request):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/ui/signin?next=" + quote(target, safe="/"), status_code=303)
     title, module = PAGES[name]
     return templates.TemplateResponse(
         request,
@@ -55,38 +75,38 @@ async def ui_root() -> RedirectResponse:
 
 
 @router.get("/ui/jobs")
-async def jobs_page(request: Request) -> HTMLResponse:
-    return page(request, "jobs")
+async def jobs_page(request: Request) -> Response:
+    return await page(request, "jobs")
 
 
 @router.get("/ui/jobs/{job_id}")
-async def job_page(request: Request, job_id: str) -> HTMLResponse:
-    return page(request, "job", title=f"Job {job_id[:8]}", object_id=job_id)
+async def job_page(request: Request, job_id: str) -> Response:
+    return await page(request, "job", title=f"Job {job_id[:8]}", object_id=job_id)
 
 
 @router.get("/ui/compare")
-async def compare_page(request: Request) -> HTMLResponse:
-    return page(request, "compare")
+async def compare_page(request: Request) -> Response:
+    return await page(request, "compare")
 
 
 @router.get("/ui/models")
-async def models_page(request: Request) -> HTMLResponse:
-    return page(request, "models")
+async def models_page(request: Request) -> Response:
+    return await page(request, "models")
 
 
 @router.get("/ui/models/{name}")
-async def model_page(request: Request, name: str) -> HTMLResponse:
-    return page(request, "model", title=f"Model {name}", object_id=name)
+async def model_page(request: Request, name: str) -> Response:
+    return await page(request, "model", title=f"Model {name}", object_id=name)
 
 
 @router.get("/ui/datasets")
-async def datasets_page(request: Request) -> HTMLResponse:
-    return page(request, "datasets")
+async def datasets_page(request: Request) -> Response:
+    return await page(request, "datasets")
 
 
 @router.get("/ui/submit")
-async def submit_page(request: Request) -> HTMLResponse:
-    return page(request, "submit")
+async def submit_page(request: Request) -> Response:
+    return await page(request, "submit")
 
 
 def _local(next_url: str | None) -> str:
