@@ -18,9 +18,13 @@ install: $(BIN)/tas
 serve: install
 	$(BIN)/tas serve
 
-# pytest exits 5 when it collects no test: not a failure of the suite.
+# The suite's test files run in parallel (pytest-xdist), a file's tests together on one worker so
+# the stacks a module starts once are shared by its tests: most of a test's time is spent waiting
+# on the real servers and workers it starts, so two processes fill two cores. At most 4 workers:
+# each starts its own Redis and PostgreSQL. pytest exits 5 when it collects no test: not a failure.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: install
-	$(BIN)/pytest -q || [ $$? -eq 5 ]
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile || [ $$? -eq 5 ]
 
 lint: install
 	$(BIN)/ruff check .
