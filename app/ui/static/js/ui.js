@@ -35,7 +35,8 @@ export function setTitle(text) {
 export function fmtNumber(x, digits = 4) {
   if (x === null || x === undefined || Number.isNaN(x)) return "–";
   if (typeof x !== "number") return String(x);
-  if (Number.isInteger(x)) return x.toLocaleString("en");
+  // A float that happens to be whole (a diverged loss of 1e22) is not a count: exponent form.
+  if (Number.isInteger(x) && Math.abs(x) < 1e15) return x.toLocaleString("en");
   const a = Math.abs(x);
   return a !== 0 && (a < 1e-3 || a >= 1e5) ? x.toExponential(2) : x.toFixed(digits).replace(/\.?0+$/, "");
 }
