@@ -178,14 +178,24 @@ def test_a_csv_uploads_from_the_datasets_page(page: Page, stack: Stack) -> None:
     page.locator(f'#datasets-table tr[data-dataset-id="{uploaded[0]["id"]}"]').wait_for()
 
 
-@pytest.mark.parametrize("path", ["/ui/jobs", "/ui/jobs/{job}"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/jobs",
+        "/ui/jobs/{job}",
+        "/ui/compare?ids={job},{other}",
+        "/ui/models/iris-mlp",
+        "/ui/datasets",
+        "/ui/submit",
+    ],
+)
 def test_pages_fit_a_phone_width_screen(
     browser: Browser, stack: Stack, trained: list[dict[str, Any]], path: str
 ) -> None:
     """At 390 px wide the page itself never scrolls sideways (wide tables scroll in their own
     box)."""
     with guarded_page(browser, stack.base_url, PHONE) as (page, guard):
-        page.goto(path.format(job=trained[0]["id"]))
+        page.goto(path.format(job=trained[0]["id"], other=trained[1]["id"]))
         page.wait_for_selector("#loading", state="detached")
         page.wait_for_load_state("networkidle")
         overflow = page.evaluate(
