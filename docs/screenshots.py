@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from playwright.sync_api import Page
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the test helpers start the stack and the guarded browser
 
@@ -104,7 +106,7 @@ def shoot(stack: Stack, executable: str, ids: list[str]) -> list[Path]:
     return written
 
 
-def bad_lr(page: Any, guard: Guard) -> None:
+def bad_lr(page: Page, guard: Guard) -> None:
     """The submit page after the API refused a negative learning rate (its 422, by the field)."""
     guard.expect_error(r"status of 422")
     spec = digits_spec("my-run", -0.01)
