@@ -31,13 +31,9 @@ if TYPE_CHECKING:
 def browser() -> Iterator[Browser]:
     if importlib.util.find_spec("playwright") is None:
         servers.missing("playwright (Python package)", "pip install -e '.[dev]'")
-    from tests.helpers.browser import chromium_path, launch
+    from tests.helpers.browser import launch, require_chromium
 
-    executable = chromium_path()
-    if executable is None:
-        servers.missing("chromium", "apt-get install chromium")
-        return
-    with launch(executable) as b:
+    with launch(require_chromium()) as b:
         yield b
 
 

@@ -28,6 +28,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from tests.helpers.servers import missing
+
 #: The only host a page may reach: the tas under test.
 LOOPBACK = "127.0.0.1"
 #: Chromium in a container: no setuid sandbox, /dev/shm is small, no GPU.
@@ -42,6 +44,16 @@ def chromium_path() -> str | None:
     if found:
         return found
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+def require_chromium() -> str:
+    """Chromium's path; a missing one skips the test, or fails it where services are required
+    (TAS_REQUIRE_SERVICES=1, as in CI, which installs it)."""
+    found = chromium_path()
+    if found is None:
+        missing("chromium", "apt-get install chromium")
+        raise AssertionError("unreachable: missing() skips or fails")
+    return found
 
 
 @contextlib.contextmanager
