@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from app.api import errors
+from app.api.deps import READ_THREADS
 from app.api.routes import (
     audit,
     datasets,
@@ -32,7 +33,7 @@ from app.ui import pages as ui_pages
 from tas.queue import Publisher, make_celery
 from tas.reaper import Reaper
 from tas.settings import Settings
-from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.engine import KeptReaders, make_engine, make_sessionmaker
 from tas.store.logs import LogLimits
 
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     # Serving (model references, downloads), event streams and /metrics only read: on SQLite
     # their transactions take no lock, so they never wait for a writer nor hold one up.
     readers = make_sessionmaker(engine, read_only=True)
+    kept_readers = KeptReaders(settings.resolved_database_url, engine, keep=READ_THREADS)
     publisher = Publisher(make_celery(settings))
     serving = Serving(settings, readers)
     job_streams = JobStreams(
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
         if r is not None:
             r.stop()
         serving.close()
+        kept_readers.close()
         engine.dispose()
 
     app = FastAPIOffline(
@@ -87,6 +90,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.readers = readers
+    app.state.kept_readers = kept_readers
     app.state.publisher = publisher
     app.state.serving = serving
     app.state.job_streams = job_streams

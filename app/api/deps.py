@@ -12,6 +12,7 @@ from anyio import CancelScope, CapacityLimiter
 from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Depends, Path, Request, Response, Security, params
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +25,7 @@ from tas.settings import Settings
 from tas.store import audit as audit_store
 from tas.store import datasets as dataset_store
 from tas.store import jobs as job_store
+from tas.store.engine import KeptReaders
 from tas.store.keys import Principal
 from tas.store.orm import Dataset, Job
 from tas.store.unit_of_work import pending_actions, unit_of_work
@@ -102,6 +104,19 @@ async def read(request: Request, fn: Callable[[Session], R]) -> R:
     def run() -> R:
         with unit_of_work(readers) as session:
             return fn(session)
+
+    return await anyio.to_thread.run_sync(run, limiter=_read_limiter())
+
+
+async def read_kept(request: Request, fn: Callable[[Connection], R]) -> R:
+    """`read` for the one read polled most, GET /jobs/{id}: `fn(connection)` in a read-only
+    transaction on a connection kept open between requests (`tas.store.engine.KeptReaders`),
+    without an ORM session, on a worker thread."""
+    kept: KeptReaders = request.app.state.kept_readers
+
+    def run() -> R:
+        with kept.transaction() as conn:
+            return fn(conn)
 
     return await anyio.to_thread.run_sync(run, limiter=_read_limiter())
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Response
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from tas.settings import Settings
 from tas.store import workers
-from tas.store.orm import Job
+from tas.store.orm import Job, JobStatus
 
 #: The read-time attribute the submit response shows (set on the Job instance, never stored).
 WARNINGS = "warnings"
@@ -44,6 +45,16 @@ def listed(session: Session, settings: Settings) -> list[dict[str, Any]]:
 def annotate(session: Session, jobs: list[Job], settings: Settings) -> None:
     """Each job's `waiting_for`, read now (one query for the list, none if nothing is queued)."""
     workers.annotate_waiting(session, jobs, heartbeat_s=settings.worker_heartbeat_s)
+
+
+def annotate_view(conn: Connection, job: dict[str, Any], settings: Settings) -> None:
+    """`annotate` for a job read as plain values (`job_store.job_view`), in the same
+    transaction: no query unless it is queued."""
+    job[workers.WAITING_FOR] = None
+    if job["status"] == JobStatus.queued.value:
+        with Session(bind=conn) as session:
+            live = workers.live(session, heartbeat_s=settings.worker_heartbeat_s)
+        job[workers.WAITING_FOR] = workers.waiting_reason(job["queue"], live)
 
 
 def warn_if_unservable(session: Session, job: Job, settings: Settings, response: Response) -> None:

@@ -5,9 +5,13 @@ of the transaction around it."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -65,6 +69,67 @@ def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmake
     """`read_only`: sessions that never write (see READ_ONLY)."""
     bind = engine.execution_options(**{READ_ONLY: True}) if read_only else engine
     return sessionmaker(bind, expire_on_commit=False)
+
+
+class KeptReaders:
+    """Read-only connections kept open between requests, for the reads that clients and the
+    dashboard poll (GET /jobs/{id}): on SQLite, checking a connection out of the pool and back in
+    (the pool's bookkeeping, its reset, SQLAlchemy's events) and an ORM session around it cost
+    several times the read itself. Each use is one read-only transaction, begun and rolled back,
+    so every read sees what was committed before it began, never an old snapshot.
+
+    SQLite only, from an engine (a pool) of their own, so that keeping them open never leaves
+    the main pool short: a file's connection never goes stale. Elsewhere (PostgreSQL, whose
+    connections do) each use checks one out of the shared engine's pool, pinged, as any session
+    does. At most `keep` are kept idle; a connection that failed is closed, not kept."""
+
+    def __init__(self, url: str, shared: Engine, *, keep: int) -> None:
+        own = url.startswith("sqlite") and ":memory:" not in url and url != "sqlite://"
+        self._own = make_engine(url) if own else None
+        self._engine = (self._own or shared).execution_options(**{READ_ONLY: True})
+        self._keep = keep if own else 0
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection in a read-only transaction, rolled back when the block ends."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._engine.connect()
+        try:
+            trans = conn.begin()
+            try:
+                yield conn
+            finally:
+                trans.rollback()
+        except SQLAlchemyError:
+            conn.close()  # back to the pool, which resets or discards it
+            raise
+        except BaseException:
+            self._put_back(conn)  # e.g. a 404: the connection itself is fine
+            raise
+        self._put_back(conn)
+
+    def _put_back(self, conn: Connection) -> None:
+        if not conn.invalidated and not conn.closed:
+            with self._lock:
+                if not self._closed and len(self._idle) < self._keep:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (and those in use as they come back), then the engine."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        if self._own is not None:
+            self._own.dispose()
 
 
 def rowcount(result: Any) -> int:

@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Query, Request, Response, status
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from app.api.deps import (
@@ -15,6 +16,7 @@ from app.api.deps import (
     SettingsDep,
     TenantDep,
     read,
+    read_kept,
     requires,
 )
 from app.api.query import StrictQuery
@@ -138,15 +140,17 @@ async def list_jobs(
 async def get_job(
     request: Request, tenant: TenantDep, settings: SettingsDep, job_id: JobIdPath
 ) -> Response:
-    """Read, annotated and turned into JSON in one worker-thread hop (`deps.read`): the
-    dashboard and clients poll it, and JobDep plus a response model would cost three more."""
+    """Read, annotated and turned into JSON in one worker-thread hop on a kept connection
+    (`deps.read_kept`), from plain rows: the dashboard and clients poll it, and JobDep plus a
+    response model would cost three more hops, an ORM session and its objects several times
+    the query."""
 
-    def build(session: Session) -> bytes:
-        job = job_store.get_job(session, job_id, tenant=tenant)
-        worker_service.annotate(session, [job], settings)
+    def build(conn: Connection) -> bytes:
+        job = job_store.job_view(conn, job_id, tenant=tenant)
+        worker_service.annotate_view(conn, job, settings)
         return job_json(job)
 
-    return Response(await read(request, build), media_type="application/json")
+    return Response(await read_kept(request, build), media_type="application/json")
 
 
 @router.patch("/{job_id}", response_model=JobOut)
