@@ -40,7 +40,7 @@ from tas.errors import (
 )
 from tas.store import files as file_store
 from tas.store import leases as lease_store
-from tas.store import pagination
+from tas.store import metric_series, pagination
 from tas.store.engine import rowcount
 from tas.store.orm import (
     FINISHED,
@@ -270,7 +270,7 @@ def metric_rows(
     epoch ends, sorts before that epoch's step rows."""
     q = select(MetricRow).where(MetricRow.job_id == job_id)
     if kind == "epoch":
-        q = q.where(MetricRow.step == -1)
+        q = q.where(metric_series.epoch_rows(job_id))
     elif kind == "step":
         q = q.where(MetricRow.step >= 0)
     q = q.order_by(MetricRow.epoch, MetricRow.step).offset(offset)

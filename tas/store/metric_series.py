@@ -107,9 +107,33 @@ _KEYS: dict[str, Callable[[Session, ColumnElement[bool]], list[str]]] = {
 }
 
 
+def epoch_rows(job_id: str) -> ColumnElement[bool]:
+    """The job's epoch rows (step -1), found by index seeks. The only index is (job_id, epoch,
+    step), so `step = -1` alone scans every row of the job (100,000 step rows: 30 ms for 50 epoch
+    rows); the job's epochs are instead walked one seek each (a recursive "loose index scan":
+    the smallest epoch above the last), then each epoch's row is one seek (0.3 ms)."""
+    first = (
+        select(func.min(MetricRow.epoch).label("epoch"))
+        .where(MetricRow.job_id == job_id)
+        .cte("epochs", recursive=True)
+    )
+    following = (
+        select(func.min(MetricRow.epoch))
+        .where(MetricRow.job_id == job_id, MetricRow.epoch > first.c.epoch)
+        .scalar_subquery()
+    )
+    epochs = first.union_all(select(following).where(first.c.epoch.is_not(None)))
+    return and_(
+        MetricRow.job_id == job_id,
+        MetricRow.step == -1,
+        MetricRow.epoch.in_(select(epochs.c.epoch)),
+    )
+
+
 def _series_filter(job_id: str, kind: SeriesKind) -> ColumnElement[bool]:
-    rows = MetricRow.step == -1 if kind == "epoch" else MetricRow.step >= 0
-    return and_(MetricRow.job_id == job_id, rows)
+    if kind == "epoch":
+        return epoch_rows(job_id)
+    return and_(MetricRow.job_id == job_id, MetricRow.step >= 0)
 
 
 def series_keys(session: Session, job_id: str, kind: SeriesKind) -> list[str]:
