@@ -394,8 +394,8 @@ def main() -> None:
             " ORM objects, checking a pooled connection out and back in, and the session around"
             " them, several times the two queries); it now reads plain rows on a read-only"
             " connection kept open between requests (`tas.store.engine.KeptReaders`), about half"
-            " the CPU time per request. The ratio moves with the other load on the 2 cores: 0.66×"
-            " and 0.50× in two runs ten minutes apart. The step series (1,000 points out of"
+            " the CPU time per request. The ratio moves with the other load on the 2 cores: 0.66×,"
+            " 0.50× and 0.49× in three runs within half an hour. The step series (1,000 points out of"
             " 100,000 rows) costs about 0.3 s of CPU per request, so 32 connections at once queue"
             " past wrk's timeout: see *Dashboard pages* for its time per request.",
             "",
