@@ -1,7 +1,7 @@
 """The dashboard in a real browser: Debian's chromium, driven by Playwright for Python, against a
 real `tas serve` (its API and its embedded worker, a child process running Celery) on 127.0.0.1.
 
-One browser for the session; one stack per test module (starting one costs seconds, and jobs
+One browser and one stack per test module (starting one costs seconds, and jobs
 take more), so a module's tests share its jobs; one fresh context (cookies, storage) per test.
 Every test's context is behind a `Guard`: a request to a host other than 127.0.0.1 is aborted
 and recorded, console errors and uncaught exceptions are recorded, and the test fails on either.
@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     from tests.helpers.browser import Guard
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module, not per session: while Playwright's sync API runs, its event loop is the
+    thread's running loop, so every later test in the same process that calls asyncio.run()
+    would fail; the browser is stopped when the module's tests are done."""
     if importlib.util.find_spec("playwright") is None:
         servers.missing("playwright (Python package)", "pip install -e '.[dev]'")
     from tests.helpers.browser import launch, require_chromium
