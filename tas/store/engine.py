@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 READ_ONLY = "tas_read_only"
 
 
-def make_engine(url: str, *, pooled: bool = True) -> Engine:
+def make_engine(url: str, *, pooled: bool = True, sqlite_wait_s: float = 30.0) -> Engine:
     """`pooled=False`: a connection per session, closed with it, and a PostgreSQL connect that
     gives up after 5 s: for a process that forks (no pooled socket is inherited by a child) and
     must not hang on a database that does not answer (a worker's heartbeat)."""
@@ -29,27 +29,37 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
     ping = not url.startswith("sqlite")
     kwargs: dict[str, Any] = {"pool_pre_ping": ping} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": sqlite_wait_s}
     elif url.startswith("postgresql") and not pooled:
         kwargs["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_connect)
+        busy_ms = int(sqlite_wait_s * 1000)
+
+        def connect(dbapi_conn: Any, record: Any) -> None:
+            _sqlite_connect(dbapi_conn, record, busy_ms)
+
+        event.listen(engine, "connect", connect)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_conn: Any, _record: Any, busy_ms: int) -> None:
     # SQLAlchemy's pysqlite recipe, first half: the sqlite3 module never emits BEGIN itself. In
     # its legacy mode it begins only before INSERT/UPDATE/DELETE, so a SAVEPOINT that comes first
     # opens a transaction of its own, which its RELEASE commits whatever the caller does next.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+#: How long a kept reader (run on the event loop) waits for a locked SQLite file before giving
+#: up; the read is then retried on a worker thread, where waiting blocks nothing else.
+INLINE_WAIT_S = 0.05
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -85,9 +95,19 @@ class KeptReaders:
 
     def __init__(self, url: str, shared: Engine, *, keep: int) -> None:
         own = url.startswith("sqlite") and ":memory:" not in url and url != "sqlite://"
-        self._own = make_engine(url) if own else None
+        self._own = make_engine(url, sqlite_wait_s=INLINE_WAIT_S) if own else None
         self._engine = (self._own or shared).execution_options(**{READ_ONLY: True})
         self._keep = keep if own else 0
+        #: Whether a read may run on the caller's own thread (the API's event loop): on a local
+        #: SQLite file in WAL mode a reader does not wait for writers, and the read (well under
+        #: a millisecond) costs less than handing it to a worker thread and back, which under
+        #: load (the GIL passed between the loop and the thread) halved GET /jobs/{id}'s
+        #: requests/s. In the rare case that a reader must wait (another connection holding the
+        #: file exclusively, a WAL recovery), these connections give up after
+        #: INLINE_WAIT_S (connecting included) and the caller retries on a thread with
+        #: `patient()`.
+        self.inline = own
+        self._shared = shared.execution_options(**{READ_ONLY: True})
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -112,6 +132,16 @@ class KeptReaders:
             self._put_back(conn)  # e.g. a 404: the connection itself is fine
             raise
         self._put_back(conn)
+
+    @contextmanager
+    def patient(self) -> Iterator[Connection]:
+        """A read-only transaction on a connection of the shared engine, which waits for a lock
+        as long as every other reader does: the retry of an inline read that gave up."""
+        with self._shared.connect() as conn, conn.begin() as trans:
+            try:
+                yield conn
+            finally:
+                trans.rollback()
 
     def _put_back(self, conn: Connection) -> None:
         if not conn.invalidated and not conn.closed:

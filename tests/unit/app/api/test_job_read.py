@@ -3,11 +3,16 @@ its JSON must be, byte for byte, what JobOut makes of the ORM job, in every stat
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from collections.abc import Iterator
 from datetime import timedelta
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import Connection, update
+from sqlalchemy.exc import OperationalError
 
 from app.schemas.jobs import job_json
 from app.services import workers as worker_service
@@ -83,3 +88,35 @@ def test_an_unknown_job_is_a_404_and_the_next_read_still_works(client: TestClien
         assert missing.status_code == 404, missing.text
         assert client.get(f"/jobs/{job_id}").status_code == 200
     assert client.get("/jobs/" + "x" * 65).status_code == 422
+
+
+def test_a_read_that_finds_the_file_locked_is_retried_patiently(
+    app: FastAPI, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite GET /jobs/{id} reads on the event loop with a reader that gives up at once on a
+    locked file; the request must then be answered from the patient reader, not fail."""
+    job_id = client.post("/jobs", json=iris_spec()).json()["id"]
+    kept = app.state.kept_readers
+    assert kept.inline
+    used: list[str] = []
+
+    @contextlib.contextmanager
+    def locked() -> Iterator[Connection]:
+        used.append("inline")
+        raise OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked"))
+        yield  # pragma: no cover
+
+    patient = kept.patient
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[Connection]:
+        used.append("patient")
+        with patient() as conn:
+            yield conn
+
+    monkeypatch.setattr(kept, "transaction", locked)
+    monkeypatch.setattr(kept, "patient", counted)
+    r = client.get(f"/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == job_id
+    assert used == ["inline", "patient"]

@@ -3,7 +3,11 @@ read-only transaction; and `job_view`, the job read as plain values on one of th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -135,3 +139,50 @@ def test_postgresql_keeps_none_and_uses_the_shared_pool(postgres_url: str) -> No
         kept.close()
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def file_held_exclusively(url: str) -> Iterator[Callable[[], None]]:
+    """Another connection holding the database file exclusively (the one case in WAL mode
+    where a reader must wait); yields a function that lets it go."""
+    holder = sqlite3.connect(
+        url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+    )
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("CREATE TABLE IF NOT EXISTS held (x)")
+
+    try:
+        yield holder.close  # closing the connection drops its lock
+    finally:
+        holder.close()
+
+
+def test_an_inline_reader_gives_up_at_once_on_a_held_file_and_a_patient_one_waits(
+    url: str, engine: Engine
+) -> None:
+    """The kept readers run on the API's event loop: a locked file must not stall it for the
+    30 s busy timeout of every other connection, and the retry (`patient`, on a thread) must
+    still get the row once the file is free."""
+    job_id = add_job(engine)
+    kept = KeptReaders(url, engine, keep=1)
+    assert kept.inline
+    engine.dispose()  # an exclusive hold needs every other connection to the file closed
+    try:
+        with file_held_exclusively(url) as release:
+            t0 = time.monotonic()
+            with pytest.raises(OperationalError), kept.transaction() as conn:
+                job_store.job_view(conn, job_id, tenant="default")
+            assert time.monotonic() - t0 < 1.0
+            timer = threading.Timer(0.5, release)
+            timer.start()
+            t0 = time.monotonic()
+            with kept.patient() as conn:
+                assert job_store.job_view(conn, job_id, tenant="default")["id"] == job_id
+            waited = time.monotonic() - t0
+            timer.join()
+        assert waited >= 0.3, "the patient read waited for the file"
+        with kept.transaction() as conn:  # the inline reader works again once the file is free
+            assert job_store.job_view(conn, job_id, tenant="default")["id"] == job_id
+    finally:
+        kept.close()
