@@ -145,8 +145,10 @@ def assert_fast(
 
 
 def clients(base: str) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
-    """One client for the streams (a connection each) and one for the plain requests."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    """One client for the streams (a connection each, never kept for reuse: a refused stream's
+    connection, idle past the server's keep-alive timeout while a test waits, would be closed by
+    the server just as the next batch reuses it) and one for the plain requests."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     streams = httpx.AsyncClient(base_url=base, timeout=30, limits=limits)
     return streams, httpx.AsyncClient(base_url=base, timeout=30)
 
