@@ -38,7 +38,17 @@ async function request(method, path, { json, body, headers = {}, signal } = {}) 
     const s = await session();
     if (s.csrf_token) h["X-CSRF-Token"] = s.csrf_token;
   }
-  const r = await fetch(path, { method, headers: h, body, credentials: "same-origin", signal });
+  const r = await checked(
+    await fetch(path, { method, headers: h, body, credentials: "same-origin", signal }),
+  );
+  if (r.status === 204) return null;
+  const type = r.headers.get("content-type") || "";
+  return type.includes("json") ? r.json() : r.text();
+}
+
+/** `r` if it succeeded; else a 401 sends the browser to sign in, and any error throws an
+ * ApiError carrying the API's `detail`. For callers that need more than the body (headers). */
+export async function checked(r) {
   if (r.status === 401) {
     signIn();
     throw new ApiError(401, "sign in first");
@@ -48,9 +58,7 @@ async function request(method, path, { json, body, headers = {}, signal } = {}) 
     try { detail = (await r.json()).detail ?? detail; } catch { /* not JSON */ }
     throw new ApiError(r.status, detail);
   }
-  if (r.status === 204) return null;
-  const type = r.headers.get("content-type") || "";
-  return type.includes("json") ? r.json() : r.text();
+  return r;
 }
 
 export const api = {

@@ -1,20 +1,13 @@
 // The API's lists that page with a `Link: <next>; rel="next"` header (GET /models and GET
 // /models/{name}) rather than a `next_cursor` field: the header is read here, since api.js
 // answers bodies only. Reads only (no CSRF token needed); a 401 still sends the browser to sign in.
-import { ApiError, signIn } from "./api.js";
+import { checked } from "./api.js";
 
 /** GET `path`: `{ data, next }`, `next` the URL of the next page or null on the last one. */
 export async function getPage(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-  if (r.status === 401) {
-    signIn();
-    throw new ApiError(401, "sign in first");
-  }
-  if (!r.ok) {
-    let detail = r.statusText;
-    try { detail = (await r.json()).detail ?? detail; } catch { /* not JSON */ }
-    throw new ApiError(r.status, detail);
-  }
+  const r = await checked(
+    await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" }),
+  );
   return { data: await r.json(), next: nextLink(r.headers.get("Link")) };
 }
 
