@@ -78,6 +78,7 @@ def seed(data_dir: Path) -> tuple[str, str]:
     from tas.core.spec import JobSpec
     from tas.settings import Settings
     from tas.store import keys as key_store
+    from tas.store import metric_rollup
     from tas.store.engine import make_engine, make_sessionmaker
     from tas.store.migrate import upgrade
     from tas.store.orm import Job, JobStage, MetricRow, new_id, utcnow
@@ -196,6 +197,7 @@ def seed(data_dir: Path) -> tuple[str, str]:
         s.execute(insert(Job), jobs)
         s.execute(insert(JobStage), stages)
         s.execute(insert(MetricRow), rows)
+        metric_rollup.extend(s, target)  # the step rows' blocks, as the worker writes them
         _, key = key_store.create_key(
             s, key_store.server_secret(settings), tenant="default", scopes=key_store.ALL_SCOPES
         )

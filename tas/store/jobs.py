@@ -49,6 +49,7 @@ from tas.store.orm import (
     JobLog,
     JobStage,
     JobStatus,
+    MetricBlock,
     MetricRow,
     ModelVersion,
     utcnow,
@@ -474,7 +475,7 @@ def delete_job(session: Session, job: Job) -> None:
         raise JobHasModel(job.id, mv.name, mv.version)
     # The children explicitly, not only by ON DELETE CASCADE: a SQLite connection opened
     # without foreign_keys=ON would otherwise leave them behind.
-    for child in (MetricRow, Checkpoint, JobStage, JobLog):
+    for child in (MetricRow, MetricBlock, Checkpoint, JobStage, JobLog):
         session.execute(delete(child).where(child.job_id == job.id))
     done = rowcount(session.execute(delete(Job).where(Job.id == job.id, Job.status.in_(FINISHED))))
     if not done:  # resumed between the read and the delete

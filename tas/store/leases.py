@@ -14,6 +14,7 @@ from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from tas.store import logs as log_store
+from tas.store import metric_rollup
 from tas.store.engine import rowcount
 from tas.store.orm import (
     FINISHED,
@@ -258,6 +259,9 @@ def upsert_metrics(session: Session, job_id: str, rows: Sequence[dict[str, Any]]
         )
         for r in rows
     )
+    written = [k for k in keys if k[1] >= 0]
+    if written:  # the step rows' rollup, in the same transaction
+        metric_rollup.after_write(session, job_id, min(written))
 
 
 def record_checkpoint(

@@ -150,6 +150,30 @@ class MetricRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class MetricBlock(Base):
+    """The min, max and last value of each numeric key over 2**level consecutive step rows of a
+    job (positions start..stop-1 of its step series, in training order), written as the rows
+    arrive. A chart of a long run reads about `max_points` of these instead of every row: see
+    `tas.store.metric_rollup`. Only whole blocks are kept; a block is dropped and rebuilt when
+    a resumed run rewrites one of its rows."""
+
+    __tablename__ = "job_metric_blocks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: One past the block's last position (start + 2**level), so "every block reaching past
+    #: position p" is one comparison whatever the level.
+    stop: Mapped[int] = mapped_column(Integer)
+    first_epoch: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(Integer)
+    last_epoch: Mapped[int] = mapped_column(Integer)
+    last_step: Mapped[int] = mapped_column(Integer)
+    #: {"min": {key: number}, "max": {...}, "last": {...}}; a key is absent where no row of the
+    #: block (for "last": its last row) holds a number under it.
+    stats: Mapped[dict[str, Any]]
+
+
 class Checkpoint(Base):
     __tablename__ = "job_checkpoints"
     __table_args__ = (UniqueConstraint("job_id", "path"),)

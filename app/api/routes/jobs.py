@@ -322,8 +322,10 @@ def get_metrics(
     near-equal row counts (the first row a bucket of its own), and each bucket answers one
     point, its last row's `epoch`, `step` and values, with `bucket` giving its row count, first
     epoch/step, and per key its min and max. A series of at most `max_points` rows comes whole,
-    one point per row (`bucket.rows` 1). Done on the server (one read, decoded and reduced
-    with numpy): 100,000 step rows answer in about a third of a second."""
+    one point per row (`bucket.rows` 1). Done on the server: a long step series is read from
+    the rollup the worker writes with its rows (blocks of 2**L rows, each whole in one bucket,
+    so counts are equal to within a block), and 100,000 step rows to 1,000 points cost about
+    what 1,000 rows do."""
     wanted = _metric_keys(keys)
     if max_points is not None:
         paged = [p for p in ("limit", "offset") if p in request.query_params]
