@@ -2,10 +2,14 @@
 service's concerns beside it as small hooks.
 
 What differs from a plain `DataLoader` loop, and why:
-- The data stays on the device as two whole tensors. Each epoch draws a permutation from a generator
-  seeded by (seed, epoch), and a batch is `X[order[i*bs:(i+1)*bs]]`: no per-sample `__getitem__`, no
-  collate, and the data order is a pure function of (seed, epoch), so a run resumes mid-epoch at the
-  exact batch where it stopped.
+- Each epoch draws a permutation from a generator seeded by (seed, epoch), and a batch is
+  `X[order[i*bs:(i+1)*bs]]`: no per-sample `__getitem__`, no collate, and the data order is a pure
+  function of (seed, epoch), so a run resumes mid-epoch at the exact batch where it stopped. Where
+  the batch comes from is a small object beside the loop (`tas.core.batches`): whole tensors on the
+  device when the data fit, else a reader thread streaming each batch from host memory (a memory
+  map) one batch ahead; the same batches either way.
+- The data are compact (uint8 images); a batch is decoded and normalised on the device
+  (`TrainData.transform`) before the augmentation, so only a batch is ever float32.
 - Each step's loss goes into a preallocated tensor (`step_losses[step] = loss.detach()`); nothing is
   read back (synced) until a log interval or the epoch ends. That one read gives the mean loss and,
   if a loss went NaN/inf, the first step where it did: no per-step `.item()`.
@@ -28,6 +32,7 @@ import torch
 from torch import nn
 
 from tas.core.augment import step_generator
+from tas.core.batches import batch_source
 from tas.core.checkpoint import CheckpointRecord
 from tas.core.errors import NonFiniteLoss, OutOfMemory, Stopped, TimeLimitExceeded
 from tas.core.hooks import EpochRow, Hooks, NullHooks, Progress
@@ -39,6 +44,8 @@ AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 CheckpointFn = Callable[["LoopState", "dict[str, float] | None"], "CheckpointRecord | None"]
 #: Batch augmentation: (a training batch, a generator seeded by (seed, epoch, step)) → the batch.
 AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+#: A batch of compact inputs on the device → the model's inputs (decoded, normalised).
+InputFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,11 @@ class LoopConfig:
 
 @dataclass
 class TrainData:
-    """Tensors already on the training device, targets already in the loss's form."""
+    """The training (and validation) data, targets already in the loss's form.
+
+    In memory (`stream` False): every tensor is already on the training device. Streamed: X and
+    y stay where they are (host memory, a memory map) and each batch is copied to `device` as it
+    is needed; `val_X` may stay there too (evaluated a batch at a time), `val_y` is on the device."""
 
     X: torch.Tensor
     y: torch.Tensor
@@ -93,6 +104,15 @@ class TrainData:
     val_y: torch.Tensor | None = None
     #: Scaled regression targets back to their units (for the val metrics; the loss stays scaled).
     target_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None
+    #: Compact batch → the model's inputs, on the device (None: X is the model's input as it is).
+    transform: InputFn | None = None
+    #: The training device (None: X's).
+    device: torch.device | None = None
+    stream: bool = False
+
+    @property
+    def train_device(self) -> torch.device:
+        return self.device if self.device is not None else self.X.device
 
 
 @dataclass
@@ -157,13 +177,17 @@ def evaluate(
     batch_size: int = 1024,
     autocast: AutocastFactory = contextlib.nullcontext,
     inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    transform: InputFn | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """A split's mean loss and accuracy (classes) or MAE/RMSE/R² (values): the numbers an epoch row
     carries as val_*, by the same computation as the evaluate stage (`tas.core.metrics`), so the
     two never disagree. The model is left in eval mode. `inverse` maps scaled regression targets
     and outputs back to their units: the loss is the training criterion (scaled, comparable with
-    train_loss), MAE/RMSE/R² are in the data's units."""
-    out = predict(model, X, batch_size, autocast)
+    train_loss), MAE/RMSE/R² are in the data's units. X may be compact and elsewhere: each batch
+    is moved to `device` and made the model's input by `transform`."""
+    out = predict(model, X, batch_size, autocast, transform=transform, device=device)
     return summary_metrics(out, y, loss_fn, target, batch_size=batch_size, inverse=inverse)
 
 
@@ -224,13 +248,14 @@ class Trainer:
     def fit(self, data: TrainData, state: LoopState | None = None) -> LoopState:
         state = state if state is not None else LoopState()
         cfg, model, optimizer, loss_fn = self.cfg, self.model, self.optimizer, self.loss_fn
-        X, y = data.X, data.y
+        device, inputs = data.train_device, data.transform
         bs = cfg.batch_size
-        n = samples_per_epoch(model, int(X.shape[0]), bs)
+        batches = batch_source(data.X, data.y, bs, device, data.stream)
+        n = samples_per_epoch(model, int(data.X.shape[0]), bs)
         self._n = n
         steps = math.ceil(n / bs)
         # Batch sizes per step (the last batch may be short): weights of the epoch's mean loss.
-        self._weights = torch.full((steps,), float(bs), device=X.device)
+        self._weights = torch.full((steps,), float(bs), device=device)
         self._weights[-1] = float(n - bs * (steps - 1))
         self._clock = _Clock(state, cfg, steps, n)
         step_every = cfg.scheduler_interval == "step" and self.scheduler is not None
@@ -242,42 +267,43 @@ class Trainer:
                 if self.on_epoch_start is not None:
                     self.on_epoch_start(epoch)
                 model.train()
-                order = epoch_order(cfg.seed, epoch, n, X.device)
+                order = epoch_order(cfg.seed, epoch, n, batches.order_device)
                 if state.step_losses is None:
-                    state.step_losses = torch.zeros(steps, device=X.device)
+                    state.step_losses = torch.zeros(steps, device=device)
                 losses = state.step_losses
                 self._clock.start_epoch(state)
 
-                for step in range(state.step, steps):
-                    self._step_boundary(state, epoch, step)
-                    idx = order[step * bs : (step + 1) * bs]
-                    xb, yb = X.index_select(0, idx), y.index_select(0, idx)
-                    if self.augment is not None:  # training batches only; seeded per step
-                        xb = self.augment(xb, step_generator(cfg.seed, epoch, step))
+                with batches.epoch(order, state.step, steps) as epoch_batches:
+                    for step, (xb, yb) in epoch_batches:
+                        self._step_boundary(state, epoch, step)
+                        if inputs is not None:  # decoded and normalised here, on the device
+                            xb = inputs(xb)
+                        if self.augment is not None:  # training batches only; seeded per step
+                            xb = self.augment(xb, step_generator(cfg.seed, epoch, step))
 
-                    with self.autocast():
-                        pred = model(xb)  # forward
-                        loss = loss_fn(pred, yb)  # loss
-                    optimizer.zero_grad(set_to_none=True)
-                    if self.scaler is None:
-                        loss.backward()  # backward
-                        if cfg.grad_clip is not None:
-                            nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
-                        optimizer.step()  # update
-                    else:
-                        self._scaled_step(loss)
-                    if step_every:
-                        self.scheduler.step()  # type: ignore[union-attr]
+                        with self.autocast():
+                            pred = model(xb)  # forward
+                            loss = loss_fn(pred, yb)  # loss
+                        optimizer.zero_grad(set_to_none=True)
+                        if self.scaler is None:
+                            loss.backward()  # backward
+                            if cfg.grad_clip is not None:
+                                nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
+                            optimizer.step()  # update
+                        else:
+                            self._scaled_step(loss)
+                        if step_every:
+                            self.scheduler.step()  # type: ignore[union-attr]
 
-                    losses[step] = loss.detach()
-                    state.global_step += 1
-                    if state.global_step % cfg.log_every_steps == 0:
-                        self._log_steps(state, epoch, step + 1)
+                        losses[step] = loss.detach()
+                        state.global_step += 1
+                        if state.global_step % cfg.log_every_steps == 0:
+                            self._log_steps(state, epoch, step + 1)
 
                 self._end_epoch(state, data, epoch, steps)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(
-                bs, str(X.device), str(exc).splitlines()[0] if str(exc) else ""
+                bs, str(device), str(exc).splitlines()[0] if str(exc) else ""
             ) from exc
         if not state.finished:
             state.finished, state.stop_reason = True, state.stop_reason or "completed"
@@ -353,6 +379,8 @@ class Trainer:
                 cfg.eval_batch_size or max(cfg.batch_size, 1024),
                 self.autocast,
                 data.target_inverse,
+                transform=data.transform,
+                device=data.train_device,
             )
             row.update({f"val_{k}": v for k, v in val.items()})
         row["lr"] = self._lr()

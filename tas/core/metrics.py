@@ -47,17 +47,26 @@ def predict(
     X: torch.Tensor,
     batch_size: int = 1024,
     autocast: AutocastFactory = contextlib.nullcontext,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Every output of the model for X as one float32 tensor (N, out), on X's device; eval mode."""
+    """Every output of the model for X as one float32 tensor (N, out), on `device` (default X's);
+    eval mode. X may be compact and elsewhere (uint8 images in host memory or a memory map): each
+    batch is moved to `device` and made the model's input by `transform` (decode, normalise)."""
     model.eval()
+    device = X.device if device is None else device
     parts: list[torch.Tensor] = []
     with torch.inference_mode():
         for start in range(0, int(X.shape[0]), batch_size):
+            xb = X[start : start + batch_size].to(device)
+            if transform is not None:
+                xb = transform(xb)
             with autocast():
-                out = model(X[start : start + batch_size])
+                out = model(xb)
             parts.append(out.float())
     if not parts:
-        return torch.empty((0, 0), device=X.device)
+        return torch.empty((0, 0), device=device)
     return torch.cat(parts)
 
 

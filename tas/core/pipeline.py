@@ -23,6 +23,7 @@ from torch import nn
 from tas.core import predictions
 from tas.core.artifact import ModelCard, count_parameters, save_model
 from tas.core.augment import BatchAugment, build_augment
+from tas.core.batches import data_bytes, fits_on_device
 from tas.core.checkpoint import (
     CheckpointManager,
     CheckpointRecord,
@@ -93,6 +94,9 @@ class RunContext:
     weights_dir: Path | None = None
     #: `model.init_from`, resolved by the caller to a safetensors file of weights.
     init_weights: Path | None = None
+    #: The most training data (MiB) kept on the device whole; past it the loop streams batches from
+    #: host memory. None: as much as fits (`tas.core.batches.fits_on_device`).
+    device_data_mb: int | None = None
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -454,6 +458,8 @@ class _Trained:
     augment: BatchAugment | None
     weights: dict[str, Any]
     parameters: dict[str, int]
+    #: How the training data were fed: {"streamed": bool, "bytes": compact bytes, "dtype"}.
+    data: dict[str, Any]
 
 
 def _train(
@@ -495,7 +501,8 @@ def _train(
         augment=augment,
         on_epoch_start=transfer.at_epoch,
     )
-    state = trainer.fit(_train_data(prepared, loss, target_scaler, device), state)
+    data = _train_data(prepared, loss, target_scaler, device, ctx.device_data_mb)
+    state = trainer.fit(data, state)
     weights = _keep_weights(t.keep, has_val, model, trainer, checkpoints, state, monitor, device)
     model.eval()
     return _Trained(
@@ -509,6 +516,11 @@ def _train(
         augment=augment,
         weights=weights,
         parameters=count_parameters(model),
+        data={
+            "streamed": data.stream,
+            "bytes": data_bytes(data.X, data.y, data.val_X, data.val_y),
+            "dtype": str(data.X.dtype).removeprefix("torch."),
+        },
     )
 
 
@@ -658,20 +670,38 @@ def _checkpointer(
 
 
 def _train_data(
-    prepared: Prepared, loss: Loss, target_scaler: TargetScaler | None, device: torch.device
+    prepared: Prepared,
+    loss: Loss,
+    target_scaler: TargetScaler | None,
+    device: torch.device,
+    budget_mb: int | None,
 ) -> TrainData:
-    """The training and validation tensors on the device, targets in the loss's form (scaled)."""
+    """The training and validation data, compact, targets in the loss's form (scaled): on the
+    device when they fit its budget, else left in host memory (the cache's memory map) for the
+    loop to stream a batch at a time. Either way a batch is decoded and normalised on the device."""
 
     def targets(y: torch.Tensor) -> torch.Tensor:
-        return _scaled(_targets(y, loss), target_scaler).to(device)
+        return _scaled(_targets(y, loss), target_scaler)
 
-    val = prepared.val
+    train, val = prepared.train, prepared.val
+    y = targets(train.y)
+    val_y = targets(val.y).to(device) if val is not None else None
+    val_X = val.X if val is not None else None
+    stream = not fits_on_device(data_bytes(train.X, y, val_X, val_y), device, budget_mb)
+
+    def place(t: torch.Tensor) -> torch.Tensor:
+        """Streamed: left where it is (host memory, a memory map); else moved to the device."""
+        return t if stream else t.to(device)
+
     return TrainData(
-        prepared.train.X.to(device),
-        targets(prepared.train.y),
-        val.X.to(device) if val is not None else None,
-        targets(val.y) if val is not None else None,
+        place(train.X),
+        place(y),
+        place(val_X) if val_X is not None else None,
+        val_y,
         target_inverse=target_scaler.inverse if target_scaler is not None else None,
+        transform=prepared.inputs.to(device),
+        device=device,
+        stream=stream,
     )
 
 
@@ -758,6 +788,7 @@ def _train_outputs(trained: _Trained, target_scaler: TargetScaler | None) -> dic
         "parameters": trained.parameters,
         "transfer": trained.transfer.outputs(),
         "augment": trained.augment.describe() if trained.augment is not None else None,
+        "data": trained.data,
         "weights": trained.weights,
         "target_scaling": target_scaler.to_dict() if target_scaler is not None else None,
     }
@@ -785,7 +816,9 @@ def _evaluate(
     for name in (*predictions.SPLITS, split):
         held: Any = getattr(prepared, name)
         if held is not None and name not in outputs:
-            outputs[name] = predict(model, held.X.to(device), eval_bs)
+            outputs[name] = predict(
+                model, held.X, eval_bs, transform=prepared.inputs.to(device), device=device
+            )
     metrics = output_metrics(
         outputs[split],
         _scaled(_targets(part.y, loss), target_scaler).to(device),

@@ -6,7 +6,9 @@ the training loop slices tensors, so a loader's job is to produce them once, in 
 - Two toy problems: `xor` (2,500 noisy random bit pairs, label = their XOR) and `linear` (five
   rows of three scores and their total, a 3-feature linear regression).
 - torchvision's MNIST, Fashion-MNIST and CIFAR-10 through torchvision's own dataset classes, read from
-  `ctx.datasets_dir` in torchvision's on-disk layout, downloaded only when `ctx.allow_download`."""
+  `ctx.datasets_dir` in torchvision's on-disk layout, downloaded only when `ctx.allow_download`;
+  their images stay uint8 (N, C, H, W), a quarter of float32's bytes (`dataset.as_float` decodes a
+  batch on the training device)."""
 
 from __future__ import annotations
 
@@ -103,10 +105,9 @@ def _unavailable(
 
 
 def _images(data: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) → float32 (N, 1, H, W) in [0, 1], in one pass over the data."""
-    out = torch.empty((data.shape[0], 1, *data.shape[1:]), dtype=torch.float32)
-    out[:, 0].copy_(data)
-    return out.div_(255.0)
+    """uint8 (N, H, W) → uint8 (N, 1, H, W): kept as the bytes they are (`as_float` reads them as
+    value / 255 per batch, on the training device)."""
+    return data.to(torch.uint8).unsqueeze(1).contiguous()
 
 
 def _load_mnist_like(name: str, cls_name: str, ctx: LoadContext) -> Loaded:
@@ -159,11 +160,9 @@ def load_fashion_mnist(ctx: LoadContext) -> Loaded:
 
 
 def _cifar_images(data: np.ndarray) -> torch.Tensor:
-    """torchvision's HWC uint8 array → float32 (N, 3, H, W) in [0, 1], in one copy."""
-    hwc = torch.from_numpy(np.ascontiguousarray(data))
-    out = torch.empty((hwc.shape[0], hwc.shape[3], hwc.shape[1], hwc.shape[2]), dtype=torch.float32)
-    out.copy_(hwc.permute(0, 3, 1, 2))
-    return out.div_(255.0)
+    """torchvision's HWC uint8 array → uint8 (N, 3, H, W), in one copy."""
+    hwc = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
+    return hwc.permute(0, 3, 1, 2).contiguous()
 
 
 def load_cifar10(ctx: LoadContext) -> Loaded:

@@ -5,7 +5,8 @@ An entry is the exact output of `prepare()`, so a job (or a resumed attempt) tha
 bit-for-bit the tensors it would have computed itself:
 
     <cache_dir>/preprocessed/<key>/
-        tensors.safetensors   train/val/test X and y, the normaliser's mean and std
+        tensors.safetensors   train/val/test X (compact: uint8 images, float32 features) and y,
+                              the normaliser's mean and std
         meta.json             format, key, what it was built from, the collect and preprocess
                               stage records, sizes, the tensors file's byte count and sha256
 
@@ -20,6 +21,11 @@ are identical). A corrupt or partial entry (unreadable meta, wrong size, checksu
 used: it is moved aside and rebuilt. Reading verifies the tensors file's sha256 (about 1 GB/s), so a
 bit flip is caught too.
 
+A hit maps the tensors file into memory (copy-on-write) instead of reading it: a tensor's pages are
+read from the file when a batch touches them and the kernel may drop them again, so a dataset larger
+than memory can be trained on (streamed to the device a batch at a time), and two jobs on one entry
+share its pages.
+
 Eviction is explicit: `evict(max_bytes)` deletes the least recently used entries (a hit touches the
 entry's meta.json) until the cache fits; `stats()` says what it holds."""
 
@@ -32,6 +38,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -39,6 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import safetensors.torch
 import torch
 
@@ -49,7 +57,7 @@ from tas.core.data.prepare import Normalizer, Prepared
 log = logging.getLogger(__name__)
 
 #: Bump when the entry layout or anything `prepare()` computes changes: old entries are then unused.
-CACHE_FORMAT = 2  # 2: each split's source indices (for per-sample predictions)
+CACHE_FORMAT = 3  # 2: each split's source indices; 3: compact (uint8 images), not normalised
 SUBDIR = "preprocessed"
 TENSORS = "tensors.safetensors"
 META = "meta.json"
@@ -158,6 +166,49 @@ def _flat(prepared: Prepared) -> dict[str, torch.Tensor]:
     return t
 
 
+#: safetensors' dtype names → numpy's, for the dtypes an entry holds.
+_NUMPY_DTYPES: dict[str, type[np.generic]] = {
+    "U8": np.uint8,
+    "I16": np.int16,
+    "I32": np.int32,
+    "I64": np.int64,
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "BOOL": np.bool_,
+}
+
+
+def map_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, each a copy-on-write memory map of its bytes in the file
+    (safetensors' layout: an 8-byte little-endian header length, a JSON header of dtypes, shapes and
+    byte ranges, then the data): nothing is read until used. An empty or misaligned tensor is
+    copied instead."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    base = 8 + length
+    out: dict[str, torch.Tensor] = {}
+    for name, d in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = np.dtype(_NUMPY_DTYPES[d["dtype"]])
+        shape = tuple(int(s) for s in d["shape"])
+        begin, end = (int(o) for o in d["data_offsets"])
+        if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+            raise ValueError(f"{name}: {end - begin} bytes for shape {list(shape)} of {dtype}")
+        if end == begin:
+            out[name] = torch.from_numpy(np.empty(shape, dtype))
+            continue
+        mapped: np.ndarray = np.memmap(
+            path, dtype=dtype, mode="c", offset=base + begin, shape=shape
+        )
+        if (base + begin) % dtype.itemsize:
+            mapped = np.array(mapped)
+        out[name] = torch.from_numpy(mapped)
+    return out
+
+
 class PreprocessCache:
     """The entries under `<cache_dir>/preprocessed/`."""
 
@@ -196,7 +247,7 @@ class PreprocessCache:
         try:
             if fsio.sha256_file(entry / TENSORS) != meta["tensors"]["sha256"]:
                 raise ValueError("the tensors file does not match its sha256")
-            tensors = safetensors.torch.load_file(str(entry / TENSORS))
+            tensors = map_tensors(entry / TENSORS)
             prepared = self._prepared(tensors, meta)
         except Exception as exc:  # corrupt: a miss; out of the way so the caller's rebuild lands
             log.warning("preprocessed cache entry %s unusable (%s): discarded", key, exc)

@@ -41,15 +41,33 @@ class DatasetInfo:
     class_counts: list[int] | None = None
 
 
+#: The one compact input type besides float32: 8-bit images, each byte a pixel value in 0..255.
+PIXELS = torch.uint8
+
+
 @dataclass
 class Arrays:
-    """A whole dataset as two tensors: X float32 (N, *input_shape); y int64 (N,) or float32 (N, d)."""
+    """A whole dataset as two tensors: X (N, *input_shape) in its compact form, float32 features or
+    uint8 pixels (images, read as value / 255 by `as_float`); y int64 (N,) or float32 (N, d).
+
+    Images stay uint8 until a batch reaches the training device: a quarter of float32's bytes in
+    memory, in the preprocessing cache and on the device, and the same numbers once decoded."""
 
     X: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """X as float32: uint8 pixels → value / 255 in [0, 1] (a new tensor), by the very operations
+    the loaders used when they stored images as float32 (a copy into float32, then an in-place
+    division by 255), so a decoded batch matches the old whole-tensor decode to the bit; float32
+    is returned as it is, other dtypes converted."""
+    if x.dtype == PIXELS:
+        return x.to(torch.float32).div_(255.0)
+    return x if x.dtype == torch.float32 else x.to(torch.float32)
 
 
 @dataclass

@@ -1,8 +1,15 @@
-"""Preprocess: split by index, then standardise with statistics of the training split only.
+"""Preprocess: split by index, then fit the standardisation on the training split only.
 
 Everything is a whole-tensor op (a seeded permutation, a stable sort, masks): no per-sample Python, so
 preparing 60,000 images costs a few tensor passes. The split depends only on (data, split_seed, the
-fractions, stratify), so a resumed job re-derives exactly the split it trained on."""
+fractions, stratify), so a resumed job re-derives exactly the split it trained on.
+
+The splits keep the data's compact form (uint8 images stay uint8) and are not normalised here: the
+`InputTransform` decodes and normalises each batch on the training device, where it is needed, so
+host memory, the preprocessing cache and the device hold a quarter of float32's bytes for images,
+and a dataset larger than memory can be streamed batch by batch from a memory map. Normalising a
+batch is the same element-wise arithmetic as normalising the whole tensor was, so the numbers the
+model sees are unchanged."""
 
 from __future__ import annotations
 
@@ -11,11 +18,51 @@ from typing import Any, Literal
 
 import torch
 
-from tas.core.data.dataset import Arrays, DatasetInfo, Loaded
+from tas.core.data.dataset import PIXELS, Arrays, DatasetInfo, Loaded, as_float
 from tas.core.errors import DataError
 
 #: A standard deviation below this is treated as a constant feature: divide by 1, not by ~0.
 STD_FLOOR = 1e-6
+#: Whole-dataset passes (statistics of uint8 pixels, the finite check) read this many bytes of
+#: samples at a time: their temporaries stay small whatever the dataset's size (a memory map's
+#: pages are read in turn, never all at once).
+CHUNK_BYTES = 64 << 20
+
+
+def _row_chunks(X: torch.Tensor, itemsize: int | None = None) -> range:
+    """Start rows of chunks of about `CHUNK_BYTES` (`itemsize`: bytes per element of the chunk's
+    temporaries, default X's own)."""
+    per_row = max(1, X[0].numel() * (itemsize or X.element_size())) if X.shape[0] else 1
+    return range(0, int(X.shape[0]), max(1, CHUNK_BYTES // per_row))
+
+
+def _pixel_std_mean(
+    X: torch.Tensor, kind: Literal["per_channel", "per_feature"]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """std and mean of uint8 pixels read as value / 255, per channel or per element, exactly (in
+    float64) from a 256-bin histogram per group, counted in chunks: one pass over the bytes, never
+    a float copy of the dataset. The values are `as_float`'s, so the statistics are those of the
+    float32 images to float precision."""
+    sample = tuple(X.shape[1:])
+    if kind == "per_channel":
+        groups = sample[0]
+        group_of = torch.arange(groups).view(-1, 1, 1).expand(sample)
+    else:
+        groups = max(1, X[0].numel()) if X.shape[0] else 1
+        group_of = torch.arange(groups).view(sample)
+    slot = (group_of * 256).reshape(1, -1)
+    counts = torch.zeros(groups * 256, dtype=torch.int64)
+    step = _row_chunks(X, 8).step
+    for start in range(0, int(X.shape[0]), step):
+        chunk = X[start : start + step].reshape(-1, slot.shape[1]).to(torch.int64)
+        counts += torch.bincount((chunk + slot).reshape(-1), minlength=groups * 256)
+    counts = counts.view(groups, 256).to(torch.float64)
+    values = torch.arange(256, dtype=torch.float32).div_(255.0).to(torch.float64)
+    n = counts.sum(1).clamp_min(1.0)
+    mean = (counts * values).sum(1) / n
+    var = (counts * (values - mean[:, None]) ** 2).sum(1) / n
+    shape = (groups, 1, 1) if kind == "per_channel" else sample
+    return var.sqrt().view(shape), mean.view(shape)
 
 
 @dataclass
@@ -31,11 +78,13 @@ class Normalizer:
 
     @classmethod
     def fit(cls, X: torch.Tensor, kind: Literal["per_channel", "per_feature"]) -> Normalizer:
-        if kind == "per_channel":
-            if X.dim() != 4:
-                raise ValueError(
-                    f"per_channel normalisation needs (N, C, H, W) data, got {tuple(X.shape)}"
-                )
+        if kind == "per_channel" and X.dim() != 4:
+            raise ValueError(
+                f"per_channel normalisation needs (N, C, H, W) data, got {tuple(X.shape)}"
+            )
+        if X.dtype == PIXELS:
+            std, mean = _pixel_std_mean(X, kind)
+        elif kind == "per_channel":
             std, mean = torch.std_mean(X, dim=(0, 2, 3), correction=0, keepdim=True)
             mean, std = mean[0], std[0]
         else:
@@ -58,9 +107,9 @@ class Normalizer:
         mean, std = self.mean.to(X.device), self.std.to(X.device)
         return (X - mean) / std
 
-    def apply_(self, X: torch.Tensor) -> torch.Tensor:
-        """In place, for the big training tensors the pipeline owns: no second copy of the data."""
-        return X.sub_(self.mean.to(X.device)).div_(self.std.to(X.device))
+    def to(self, device: torch.device | str) -> Normalizer:
+        """The same statistics on `device` (moved once, not at every batch)."""
+        return Normalizer(self.mean.to(device), self.std.to(device), self.kind)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +125,24 @@ class Normalizer:
         mean = torch.tensor(d["mean"], dtype=torch.float32).reshape(shape)
         std = torch.tensor(d["std"], dtype=torch.float32).reshape(shape)
         return cls(mean, std, d["kind"])
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """A batch of compact inputs, already on the training device → the model's inputs: uint8
+    pixels decoded to float32 (`as_float`), then normalised. Per batch, so that only a batch is
+    ever float32; the arithmetic is element-wise, so a batch gets exactly the numbers the whole
+    normalised tensor had."""
+
+    normalizer: Normalizer | None = None
+
+    def to(self, device: torch.device | str) -> InputTransform:
+        """With the statistics moved to `device` once."""
+        return InputTransform(self.normalizer.to(device) if self.normalizer else None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = as_float(x)
+        return self.normalizer(x) if self.normalizer is not None else x
 
 
 @dataclass
@@ -196,6 +263,9 @@ def _take(a: Arrays, idx: torch.Tensor) -> Arrays:
 
 @dataclass
 class Prepared:
+    """The splits in their compact form (not normalised) and the normaliser fitted on the training
+    split: `inputs` gives the transform that turns a batch of them into the model's inputs."""
+
     train: Arrays
     val: Arrays | None
     test: Arrays | None
@@ -206,6 +276,11 @@ class Prepared:
     #: Each split's samples' positions in the source before splitting (int64, in the split's
     #: order): rows of the source's training data, and for an official test split its own rows.
     indices: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> InputTransform:
+        """Compact batch → the model's inputs (decoded and normalised)."""
+        return InputTransform(self.normalizer)
 
     def outputs(self) -> dict[str, Any]:
         """The preprocess stage's JSON-able record."""
@@ -219,6 +294,14 @@ class Prepared:
         }
 
 
+def _all_finite(X: torch.Tensor) -> bool:
+    """No NaN or infinity, checked a chunk at a time (integers, pixels among them, always are)."""
+    if not X.is_floating_point():
+        return True
+    step = _row_chunks(X).step
+    return all(bool(torch.isfinite(X[i : i + step]).all()) for i in range(0, int(X.shape[0]), step))
+
+
 def check_arrays(a: Arrays, info: DatasetInfo, what: str) -> None:
     """Shapes, dtypes and finite values, checked once before training (not per batch)."""
     if tuple(a.X.shape[1:]) != tuple(info.input_shape):
@@ -228,7 +311,7 @@ def check_arrays(a: Arrays, info: DatasetInfo, what: str) -> None:
         )
     if a.X.shape[0] != a.y.shape[0]:
         raise DataError(f"{what}: {a.X.shape[0]} inputs but {a.y.shape[0]} targets")
-    if not bool(torch.isfinite(a.X).all()):
+    if not _all_finite(a.X):
         raise DataError(
             f"{what}: the inputs contain NaN or infinite values",
             hint="clean the data before uploading it",
@@ -256,8 +339,9 @@ def prepare(
     norm_stats: dict[str, list[float]] | None = None,
 ) -> Prepared:
     """Split (test held out only when the source has no official test split), then fit the
-    normaliser on the training split and apply it to every split. `norm_stats`: per-channel
-    mean/std to use for images instead of fitted ones (a pretrained model's own)."""
+    normaliser on the training split; the splits stay compact and unnormalised (`Prepared.inputs`
+    does both per batch). `norm_stats`: per-channel mean/std to use for images instead of fitted
+    ones (a pretrained model's own)."""
     data = loaded.train
     check_arrays(data, info, "training data")
     if loaded.test is not None:
@@ -270,7 +354,7 @@ def prepare(
     if val is not None and idx.val is not None:
         indices["val"] = idx.val
     if loaded.test is not None:
-        test: Arrays | None = loaded.test  # not ours to change in place: normalised into a copy
+        test: Arrays | None = loaded.test
         source: str | None = "official"
         indices["test"] = torch.arange(len(loaded.test))
     elif idx.test is not None and idx.test.numel():
@@ -288,12 +372,5 @@ def prepare(
             normalizer = Normalizer.given(norm_stats["mean"], norm_stats["std"])
         else:
             normalizer = Normalizer.fit(train.X, kind)
-        for part in (train, val):
-            if part is not None:
-                normalizer.apply_(part.X)  # index_select copies: ours to change
-        if test is not None:
-            test = Arrays(normalizer(test.X), test.y) if source == "official" else test
-            if source == "held_out":
-                normalizer.apply_(test.X)
     indices = {k: v.to(torch.int64) for k, v in indices.items()}
     return Prepared(train, val, test, normalizer, idx.stratified, source, indices)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tas.core.data import builtin
-from tas.core.data.dataset import DatasetUnavailable, LoadContext
+from tas.core.data.dataset import DatasetUnavailable, LoadContext, as_float
 from tas.core.data.registry import BUILTIN_DATASETS
 from tests.helpers.datasets import write_mnist
 from tests.helpers.pipeline import RunJob
@@ -29,14 +29,19 @@ def test_mnist_like_through_torchvision(tmp_path: Path, name: str, folder: str) 
     arrays = write_mnist(tmp_path, folder, n_train=40, n_test=12)
     loaded = BUILTIN_DATASETS[name].load(LoadContext(tmp_path, allow_download=False))
     assert loaded.test is not None
-    assert loaded.train.X.shape == (40, 1, 28, 28) and loaded.train.X.dtype == torch.float32
-    assert loaded.test.X.shape == (12, 1, 28, 28)
+    # compact: the file's bytes as uint8, read as value / 255 (float32) per batch
+    assert loaded.train.X.shape == (40, 1, 28, 28) and loaded.train.X.dtype == torch.uint8
+    assert loaded.test.X.shape == (12, 1, 28, 28) and loaded.test.X.dtype == torch.uint8
+    raw = torch.from_numpy(arrays["train-images-idx3-ubyte"])
+    assert torch.equal(loaded.train.X[:, 0], raw)
+    X = as_float(loaded.train.X)
+    assert X.dtype == torch.float32
     expected = torch.from_numpy(arrays["train-images-idx3-ubyte"].astype(np.float32) / 255.0)
-    assert torch.allclose(loaded.train.X[:, 0], expected)
+    assert torch.allclose(X[:, 0], expected)
     assert loaded.train.y.dtype == torch.int64
     assert loaded.train.y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
     assert loaded.test.y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
-    assert float(loaded.train.X.min()) >= 0.0 and float(loaded.train.X.max()) <= 1.0
+    assert float(X.min()) >= 0.0 and float(X.max()) <= 1.0
 
 
 def test_gzipped_mnist_files_are_unpacked(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tas.core.data.dataset import Arrays, DatasetInfo, Loaded
+from tas.core.data.dataset import Arrays, DatasetInfo, Loaded, as_float
 from tas.core.data.prepare import Normalizer, prepare, split_indices
 
 IMG = DatasetInfo("img", "classification", (3, 4, 4), 3, kind="image")
@@ -66,10 +66,37 @@ def test_normalizer_uses_training_statistics_only() -> None:
     train_raw = X[s.train]
     assert torch.allclose(p.normalizer.mean.flatten(), train_raw.mean(dim=(0, 2, 3)), atol=1e-4)
     assert p.normalizer.std.flatten()[2] == 1.0  # a constant channel: divided by 1, not by 0
-    assert torch.allclose(p.train.X.mean(dim=(0, 2, 3))[:2], torch.zeros(2), atol=1e-4)
+    # the splits stay as they were; their batches are normalised by `inputs`
+    assert torch.equal(p.train.X, train_raw)
+    train = p.inputs(p.train.X)
+    assert torch.allclose(train.mean(dim=(0, 2, 3))[:2], torch.zeros(2), atol=1e-4)
     assert p.test is not None and p.test_source == "official"
     assert torch.equal(test.X, torch.full((10, 3, 4, 4), 100.0))  # the loader's tensor is untouched
-    assert torch.allclose(p.test.X, p.normalizer(test.X))
+    assert torch.allclose(p.inputs(p.test.X), p.normalizer(test.X))
+
+
+def test_uint8_images_stay_compact_and_normalise_like_their_float_copy() -> None:
+    """uint8 pixels are split as they are; their statistics (from a histogram) and their
+    normalised batches equal those of the float32 images (value / 255) to float precision."""
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (300, 3, 4, 4), dtype=torch.uint8, generator=g)
+    pixels[:, 2] = 7  # a constant channel
+    y = torch.arange(300) % 3
+    compact = prepare(Loaded(Arrays(pixels, y)), IMG, val_fraction=0.2, split_seed=3)
+    floats = prepare(Loaded(Arrays(as_float(pixels), y)), IMG, val_fraction=0.2, split_seed=3)
+    assert compact.train.X.dtype == torch.uint8 and compact.val is not None
+    assert compact.normalizer is not None and floats.normalizer is not None
+    assert torch.allclose(compact.normalizer.mean, floats.normalizer.mean, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(compact.normalizer.std, floats.normalizer.std, rtol=1e-5, atol=1e-7)
+    assert float(compact.normalizer.std.flatten()[2]) == 1.0
+    for part in ("train", "val"):
+        got = compact.inputs(getattr(compact, part).X)
+        want = floats.inputs(getattr(floats, part).X)
+        assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    per_feature = Normalizer.fit(pixels.flatten(1), "per_feature")
+    reference = Normalizer.fit(as_float(pixels).flatten(1), "per_feature")
+    assert torch.allclose(per_feature.mean, reference.mean, atol=1e-6)
+    assert torch.allclose(per_feature.std, reference.std, atol=1e-5)
 
 
 def test_tabular_normalizer_is_per_feature_and_roundtrips() -> None:
