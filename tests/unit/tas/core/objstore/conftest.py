@@ -1,0 +1,38 @@
+"""Every artifact-store test runs twice: on a local directory and on a real S3-protocol server
+(moto's, in a subprocess, one bucket per test), through the same `open_store` URL dispatch the
+service uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tas.core.objstore import ObjectStore, open_store
+from tests.helpers.s3 import S3Server, s3_server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The URL of an empty store: a local directory, or a new bucket (and prefix) on the S3 server
+    with the AWS environment pointing at it (as a deployment would set it)."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    server: S3Server = request.getfixturevalue("s3")
+    for name, value in server.env.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{server.make_bucket()}/artifacts"
+
+
+@pytest.fixture
+def store(store_url: str) -> ObjectStore:
+    return open_store(store_url)
