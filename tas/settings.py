@@ -12,7 +12,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TAS_", env_file=".env", extra="ignore")
+    # validate_by_name: a field whose environment variable is not TAS_<field> (local_cache_dir,
+    # read from TAS_CACHE_DIR) can still be passed by its field name.
+    model_config = SettingsConfigDict(
+        env_prefix="TAS_", env_file=".env", extra="ignore", validate_by_name=True
+    )
 
     data_dir: Path = Field(
         Path("./var"), description="Root for the embedded database, broker and artifacts."
@@ -74,6 +78,28 @@ class Settings(BaseSettings):
         20_480,
         ge=0,
         description="Preprocessed-tensor cache bound (MiB); least recently used entries go first.",
+    )
+    # The artifact store (tas.core.objstore) and this machine's cache of it.
+    artifact_url: str | None = Field(
+        None,
+        description="Where checkpoints, models, exports and uploads are kept: a local path,"
+        " file:///path, or s3://bucket/prefix (S3 or any S3-compatible store; credentials, region"
+        " and endpoint come from the standard AWS environment, AWS_ENDPOINT_URL included);"
+        " default: artifact_dir on the local disk.",
+    )
+    local_cache_dir: Path | None = Field(
+        None,
+        # TAS_CACHE_DIR names this machine's cache root; the field is not called `cache_dir`
+        # because that name is the preprocessed-tensor cache's folder (a property below).
+        validation_alias="TAS_CACHE_DIR",
+        description="This machine's cache of what it reads from the artifact store (env"
+        " TAS_CACHE_DIR; never shared between machines); default: data_dir/cache.",
+    )
+    object_cache_max_mb: int = Field(
+        10_240,
+        ge=0,
+        description="Bound on the artifact store's local cache (MiB): least recently used entries"
+        " not being read are deleted after each fetch.",
     )
     secret_key: SecretStr | None = Field(
         None,
@@ -293,6 +319,21 @@ class Settings(BaseSettings):
     @property
     def resolved_uploads_dir(self) -> Path:
         return (self.uploads_dir or self.resolved_artifact_dir / "uploads").resolve()
+
+    @property
+    def resolved_artifact_url(self) -> str:
+        """The artifact store's URL (`tas.core.objstore.open_store`): artifact_url, or the local
+        artifact directory."""
+        return self.artifact_url or str(self.resolved_artifact_dir)
+
+    @property
+    def resolved_local_cache_dir(self) -> Path:
+        return (self.local_cache_dir or self.data_dir / "cache").resolve()
+
+    @property
+    def object_cache_dir(self) -> Path:
+        """The artifact store's local cache (`tas.core.objstore.LocalCache`)."""
+        return self.resolved_local_cache_dir / "objects"
 
     @property
     def cache_dir(self) -> Path:
