@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Preprocessed-tensor cache bound (MiB); least recently used entries go first.",
     )
+    device_data_mb: int | None = Field(
+        None,
+        ge=0,
+        description="Most training data (MiB, compact: uint8 images) a job keeps whole on its"
+        " training device; a larger dataset is streamed a batch at a time from host memory (a"
+        " memory map of the preprocessing cache), with the same results. Unset: as much as fits"
+        " (half the GPU's free memory; on the CPU, all); 0: always stream.",
+    )
     # The artifact store (tas.core.objstore) and this machine's cache of it.
     artifact_url: str | None = Field(
         None,

@@ -183,6 +183,7 @@ def _run_claimed(
             data_fingerprint=data.source.fingerprint,
             weights_dir=settings.resolved_weights_dir,
             init_weights=data.init_weights,
+            device_data_mb=settings.device_data_mb,
         )
         result = run_pipeline(spec, info, ctx, reporter, load=data.source.load)
         _trim_cache(settings)
