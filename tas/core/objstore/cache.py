@@ -25,6 +25,7 @@ evicted sees the lock file gone from its path, and fetches again."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -174,13 +175,16 @@ class LocalCache:
                     with open(path, "rb+") as f:
                         os.fsync(f.fileno())
             fsio.fsync_dir(tmp)
-            os.rename(tmp, final)  # fails when `final` exists and is not empty
-        except OSError:
-            os.close(fd)
-            shutil.rmtree(tmp, ignore_errors=True)
-            if final.exists():
-                return None  # someone else's copy is in place: use it
-            raise
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # Another process published this entry first (it may even be evicted again by
+                # now): drop our copy, and the caller looks again.
+                os.close(fd)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return None
         except BaseException:
             os.close(fd)
             shutil.rmtree(tmp, ignore_errors=True)
