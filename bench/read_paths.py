@@ -397,9 +397,18 @@ def main() -> None:
             " them, several times the two queries); it now reads plain rows on a read-only"
             " connection kept open between requests (`tas.store.engine.KeptReaders`), about half"
             " the CPU time per request. The ratio moves with the other load on the 2 cores: 0.66×,"
-            " 0.50× and 0.49× in three runs within half an hour. The step series (1,000 points out of"
-            " 100,000 rows) costs about 0.3 s of CPU per request, so 32 connections at once queue"
-            " past wrk's timeout: see *Dashboard pages* for its time per request.",
+            " 0.50× and 0.49× in three runs within half an hour. On a quiet machine (load average"
+            ' under 1, `--only "GET /jobs/{id}"`) the read handed to a worker thread reached'
+            " 0.36× (355 vs 968 req/s); read on the event loop (SQLite: a reader in WAL mode does"
+            " not wait for writers, and one that finds the file locked gives up after 50 ms and is"
+            " retried on a thread) it reached 0.61× (699 vs 1,139 req/s, p99 145 vs 235 ms):"
+            " under 32 connections the GIL passed between the loop and the thread on every"
+            " request. The step series (1,000 points out of 100,000 rows) cost 0.3 s of CPU per"
+            " request while every row was read (0 req/s here: 32 connections queued past wrk's"
+            " timeout); it is now read from the rollup of blocks the worker writes with the rows"
+            " (`tas.store.metric_rollup`), about 1,600 blocks and 80 rows, and serialised without"
+            " a second validation: see *Dashboard pages* for its time per request beside a run of"
+            " 100 rows.",
             "",
         ]
     )

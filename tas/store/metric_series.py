@@ -23,7 +23,6 @@ machine): 25 ms, against 0.31 s reading every row (and 2.5 ms for a run of 100 r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -239,27 +238,29 @@ def _reduce(c: _Columns, max_points: int) -> list[MetricPoint]:
     ends = np.append(starts[1:] - 1, len(bucket) - 1)
     counts = np.add.reduceat(c.rows, starts)
 
-    lows = {key: np.fmin.reduceat(col, starts) for key, col in c.low.items()}
-    highs = {key: np.fmax.reduceat(col, starts) for key, col in c.high.items()}
+    # Plain Python lists out of numpy once: indexing numpy scalars point by point cost more
+    # than the reductions. NaN (no number) is the one value unequal to itself.
+    lasts = {key: col[ends].tolist() for key, col in c.last.items()}
+    lows = {key: np.fmin.reduceat(col, starts).tolist() for key, col in c.low.items()}
+    highs = {key: np.fmax.reduceat(col, starts).tolist() for key, col in c.high.items()}
+    epochs, steps = c.last_epoch[ends].tolist(), c.last_step[ends].tolist()
+    first_epochs, first_steps = c.first_epoch[starts].tolist(), c.first_step[starts].tolist()
     points = []
-    for b, (first, last) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        step, first_step = int(c.last_step[last]), int(c.first_step[first])
-        point = MetricPoint(
-            epoch=int(c.last_epoch[last]),
-            step=None if step < 0 else step,
-            rows=int(counts[b]),
-            first_epoch=int(c.first_epoch[first]),
-            first_step=None if first_step < 0 else first_step,
+    for b, rows in enumerate(counts.tolist()):
+        step, first_step = steps[b], first_steps[b]
+        points.append(
+            MetricPoint(
+                epoch=epochs[b],
+                step=None if step < 0 else step,
+                rows=rows,
+                first_epoch=first_epochs[b],
+                first_step=None if first_step < 0 else first_step,
+                last={k: v[b] for k, v in lasts.items() if v[b] == v[b]},
+                # a key some row of the bucket holds a number under
+                min={k: v[b] for k, v in lows.items() if v[b] == v[b]},
+                max={k: v[b] for k, v in highs.items() if v[b] == v[b]},
+            )
         )
-        for key, col in c.last.items():
-            value = col[last]
-            if not math.isnan(value):
-                point.last[key] = float(value)
-            low = lows[key][b]
-            if not math.isnan(low):  # some row of the bucket holds a number under the key
-                point.min[key] = float(low)
-                point.max[key] = float(highs[key][b])
-        points.append(point)
     return points
 
 
