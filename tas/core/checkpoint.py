@@ -10,7 +10,14 @@ One checkpoint is one directory `ckpt-e<epoch>-s<step>/`:
 Saved atomically (`tas.core.fsio`): a kill at any instant leaves the previous checkpoints intact, and a
 file corrupted later is caught by its checksum, in which case `latest_valid` falls back to the one
 before. Retention keeps the last `keep_last` plus the best by the monitored metric, never deleting
-the best."""
+the best.
+
+Given an artifact store (`tas.core.objstore`, e.g. S3), the same checkpoints are bundles under a
+prefix of it instead: `<prefix>/ckpt-e<epoch>-s<step>/` holds the two objects and the bundle's
+manifest, written last (an object store has no rename), whose `meta` is the manifest above without
+`files` (the bundle's manifest has each object's size and sha256). A save cut off before its
+manifest is never seen; every object read is verified; the manager behaves the same either way, a
+checkpoint's `path` being its URL in the store."""
 
 from __future__ import annotations
 
@@ -31,6 +38,15 @@ from torch import nn
 
 from tas.core import fsio
 from tas.core.errors import CheckpointMismatch
+from tas.core.objstore import (
+    ObjectStore,
+    ObjectStoreError,
+    delete_bundle,
+    list_bundles,
+    open_bundle,
+    write_bundle,
+)
+from tas.core.objstore.base import join
 from tas.core.state import capture_rng, restore_rng
 
 WEIGHTS = "model.safetensors"
@@ -77,6 +93,113 @@ class LoadedCheckpoint:
     manifest: dict[str, Any]
 
 
+def _position(name: str) -> tuple[int, int] | None:
+    m = _NAME.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+class _Directory:
+    """Checkpoints as directories on a local disk, each published by an atomic rename."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        fsio.remove_stale_tmp(self.dir)
+
+    def paths(self) -> list[str]:
+        """Checkpoint directories, oldest first (by epoch, then step)."""
+        if not self.dir.is_dir():
+            return []
+        found = [(pos, p) for p in self.dir.iterdir() if p.is_dir() and (pos := _position(p.name))]
+        return [str(p) for _, p in sorted(found)]
+
+    def manifests(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(p, m) for p in self.paths() if (m := self.manifest(p)) is not None]
+
+    @staticmethod
+    def manifest(path: str) -> dict[str, Any] | None:
+        try:
+            m = json.loads((Path(path) / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+
+    def read(self, path: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+        """The manifest and the bytes of the files it names (not yet checked against it)."""
+        m = self.manifest(path)
+        if m is None or set(m["files"]) != {WEIGHTS, STATE}:
+            return None
+        try:
+            return m, {name: (Path(path) / name).read_bytes() for name in m["files"]}
+        except OSError:
+            return None
+
+    def write(self, name: str, blobs: dict[str, bytes], manifest: dict[str, Any]) -> str:
+        tmp = fsio.new_tmp_dir(self.dir)
+        try:
+            files = {n: fsio.write_durable(tmp / n, data) for n, data in blobs.items()}
+            manifest = {**manifest, "files": files}
+            fsio.write_durable(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+            final = self.dir / name
+            fsio.publish_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return str(final)
+
+    def delete(self, paths: list[str]) -> None:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+        if paths:
+            fsio.fsync_dir(self.dir)
+
+
+class _Bundles:
+    """Checkpoints as bundles under a prefix of an artifact store (`tas.core.objstore.bundle`)."""
+
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+
+    def _key(self, path: str) -> str:
+        return path[len(self.store.describe("")) :]
+
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.manifests()]
+
+    def manifests(self) -> list[tuple[str, dict[str, Any]]]:
+        """Committed bundles only (a save cut off before its manifest is not listed), oldest first,
+        each with its checkpoint manifest (the bundle's meta and, as `files`, each sha256)."""
+        found = []
+        for bundle in list_bundles(self.store, self.prefix, newest_first=False):
+            if (pos := _position(bundle.name)) is not None:
+                files = {n: e.sha256 for n, e in bundle.manifest.objects.items()}
+                found.append((pos, bundle.describe(), {**bundle.meta, "files": files}))
+        return [(path, m) for _, path, m in sorted(found, key=lambda f: f[0])]
+
+    def read(self, path: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+        """The manifest and the objects' bytes, each verified against the bundle's manifest."""
+        try:
+            bundle = open_bundle(self.store, self._key(path))
+            if set(bundle.names()) != {WEIGHTS, STATE}:
+                return None
+            blobs = {name: bundle.read_bytes(name) for name in bundle.names()}
+        except (ObjectStoreError, OSError):
+            return None
+        files = {n: e.sha256 for n, e in bundle.manifest.objects.items()}
+        return {**bundle.meta, "files": files}, blobs
+
+    def write(self, name: str, blobs: dict[str, bytes], manifest: dict[str, Any]) -> str:
+        key = join(self.prefix, name)
+        with write_bundle(self.store, key) as w:
+            for n, data in blobs.items():
+                w.put_bytes(n, data)
+            return w.commit(manifest).describe()
+
+    def delete(self, paths: list[str]) -> None:
+        for path in paths:
+            delete_bundle(self.store, self._key(path))
+
+
 class CheckpointManager:
     def __init__(
         self,
@@ -84,36 +207,21 @@ class CheckpointManager:
         keep_last: int = 2,
         monitor: str | None = None,
         mode: Literal["min", "max"] = "min",
+        *,
+        store: ObjectStore | None = None,
     ) -> None:
+        """Checkpoints in `directory`, or, given a `store`, under the prefix `directory` of it."""
         if keep_last < 1:
             raise ValueError("keep_last must be at least 1")
         self.dir = Path(directory)
         self.keep_last = keep_last
         self.monitor = monitor
         self.mode = mode
-        fsio.remove_stale_tmp(self.dir)
+        self._where: _Directory | _Bundles = (
+            _Bundles(store, str(directory)) if store is not None else _Directory(self.dir)
+        )
 
     # --- reading -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _position(path: Path) -> tuple[int, int] | None:
-        m = _NAME.match(path.name)
-        return (int(m.group(1)), int(m.group(2))) if m else None
-
-    def _dirs(self) -> list[Path]:
-        """Checkpoint directories, oldest first (by epoch, then step)."""
-        if not self.dir.is_dir():
-            return []
-        found = [(pos, p) for p in self.dir.iterdir() if p.is_dir() and (pos := self._position(p))]
-        return [p for _, p in sorted(found)]
-
-    @staticmethod
-    def _manifest(path: Path) -> dict[str, Any] | None:
-        try:
-            m = json.loads((path / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
 
     def _better(self, a: float, b: float | None) -> bool:
         if b is None:
@@ -125,8 +233,8 @@ class CheckpointManager:
         v = m.get("metric_value")
         return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
-    def _best_dir(self, manifests: list[tuple[Path, dict[str, Any]]]) -> Path | None:
-        best: tuple[Path, float] | None = None
+    def _best_dir(self, manifests: list[tuple[str, dict[str, Any]]]) -> str | None:
+        best: tuple[str, float] | None = None
         for path, m in manifests:
             v = self._metric(m)
             if (
@@ -137,11 +245,11 @@ class CheckpointManager:
                 best = (path, v)
         return best[0] if best else None
 
-    def _record(self, path: Path, m: dict[str, Any], best: Path | None) -> CheckpointRecord:
+    def _record(self, path: str, m: dict[str, Any], best: str | None) -> CheckpointRecord:
         return CheckpointRecord(
             epoch=int(m["epoch"]),
             step=int(m["step"]),
-            path=str(path),
+            path=path,
             metric_name=m.get("metric_name"),
             metric_value=self._metric(m),
             is_best=path == best,
@@ -150,31 +258,26 @@ class CheckpointManager:
 
     def records(self) -> list[CheckpointRecord]:
         """Checkpoints on disk with a readable manifest, oldest first (contents not verified)."""
-        manifests = [(p, m) for p in self._dirs() if (m := self._manifest(p)) is not None]
+        manifests = self._where.manifests()
         best = self._best_dir(manifests)
         return [self._record(p, m, best) for p, m in manifests]
 
     def best(self) -> CheckpointRecord | None:
         return next((r for r in self.records() if r.is_best), None)
 
-    def _read_verified(self, path: Path) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    def _read_verified(self, path: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
         """The manifest and file bytes, if every file matches its checksum; else None."""
-        m = self._manifest(path)
-        if m is None or set(m["files"]) != {WEIGHTS, STATE}:
+        read = self._where.read(path)
+        if read is None:
             return None
-        blobs: dict[str, bytes] = {}
+        m, blobs = read
         for name, digest in m["files"].items():
-            try:
-                data = (path / name).read_bytes()
-            except OSError:
+            if fsio.sha256_bytes(blobs[name]) != digest:
                 return None
-            if fsio.sha256_bytes(data) != digest:
-                return None
-            blobs[name] = data
         return m, blobs
 
     def verify(self, path: Path | str) -> bool:
-        return self._read_verified(Path(path)) is not None
+        return self._read_verified(str(path)) is not None
 
     def latest_valid(self) -> CheckpointRecord | None:
         """The newest checkpoint whose files all match their checksums (older ones are tried in turn
@@ -187,12 +290,12 @@ class CheckpointManager:
     ) -> LoadedCheckpoint | None:
         """Verify and parse in one read of each file (no window between check and use)."""
         records = {r.path: r for r in self.records()}
-        for path in reversed(self._dirs()):
+        for path in reversed(self._where.paths()):
             verified = self._read_verified(path)
             if verified is None:
                 continue
             manifest, blobs = verified
-            record = records.get(str(path)) or self._record(path, manifest, None)
+            record = records.get(path) or self._record(path, manifest, None)
             return self._parse(record, manifest, blobs, map_location)
         return None
 
@@ -205,7 +308,7 @@ class CheckpointManager:
         best = self.best()
         if best is None:
             return None
-        verified = self._read_verified(Path(best.path))
+        verified = self._read_verified(best.path)
         if verified is None:
             return None
         weights = safetensors.torch.load(verified[1][WEIGHTS])
@@ -247,42 +350,30 @@ class CheckpointManager:
         buf = io.BytesIO()
         torch.save(state, buf)
 
-        tmp = fsio.new_tmp_dir(self.dir)
-        try:
-            files = {
-                WEIGHTS: fsio.write_durable(tmp / WEIGHTS, weights_bytes),
-                STATE: fsio.write_durable(tmp / STATE, buf.getvalue()),
-            }
-            manifest = {
-                "format": 1,
-                "epoch": epoch,
-                "step": step,
-                "metric_name": self.monitor,
-                "metric_value": value,
-                "metrics": metrics or {},
-                "files": files,
-                "created_at": time.time(),
-                "extra": extra or {},
-            }
-            fsio.write_durable(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-            final = self.dir / f"ckpt-e{epoch:06d}-s{step:07d}"
-            fsio.publish_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        manifest = {
+            "format": 1,
+            "epoch": epoch,
+            "step": step,
+            "metric_name": self.monitor,
+            "metric_value": value,
+            "metrics": metrics or {},
+            "created_at": time.time(),
+            "extra": extra or {},
+        }
+        final = self._where.write(
+            f"ckpt-e{epoch:06d}-s{step:07d}",
+            {WEIGHTS: weights_bytes, STATE: buf.getvalue()},
+            manifest,
+        )
         kept = self._retain()
-        record = next(r for r in kept if r.path == str(final))
+        record = next(r for r in kept if r.path == final)
         return dataclasses.replace(record, kept_paths=tuple(r.path for r in kept))
 
     def _retain(self) -> list[CheckpointRecord]:
         """Delete all but the last `keep_last` and the best; return what is kept."""
         records = self.records()
         keep = {r.path for r in records[-self.keep_last :]} | {r.path for r in records if r.is_best}
-        for r in records:
-            if r.path not in keep:
-                shutil.rmtree(r.path, ignore_errors=True)
-        if len(keep) < len(records):
-            fsio.fsync_dir(self.dir)
+        self._where.delete([r.path for r in records if r.path not in keep])
         return [r for r in records if r.path in keep]
 
 
