@@ -44,6 +44,7 @@ from tas.core.objstore import (
     delete_bundle,
     list_bundles,
     open_bundle,
+    sweep_torn,
     write_bundle,
 )
 from tas.core.objstore.base import join
@@ -159,6 +160,8 @@ class _Bundles:
     def __init__(self, store: ObjectStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
+        # What saves killed mid-upload left (only old ones: a young one may be a save running).
+        sweep_torn(store, self.prefix, older_than_s=600.0)
 
     def _key(self, path: str) -> str:
         return path[len(self.store.describe("")) :]

@@ -34,6 +34,7 @@ from tas.core.objstore.bundle import (
     latest_bundle,
     list_bundles,
     open_bundle,
+    sweep_torn,
     write_bundle,
 )
 from tas.core.objstore.cache import CacheStats, LocalCache
@@ -61,6 +62,7 @@ __all__ = [
     "list_bundles",
     "open_bundle",
     "open_store",
+    "sweep_torn",
     "write_bundle",
 ]
 

@@ -244,6 +244,23 @@ class Bundle:
         return True
 
 
+def _new_generation() -> str:
+    """A generation's name starts with its creation time (hex nanoseconds), so a sweep can tell an
+    abandoned write's age from its name alone (listings carry no times on every store)."""
+    return f"g{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
+
+
+def _generation_age_s(name: str, now_ns: int) -> float | None:
+    """Seconds since the generation `name` was started; None for a name no writer made."""
+    if not name.startswith("g"):
+        return None
+    stamp = name[1:].split("-", 1)[0]
+    try:
+        return (now_ns - int(stamp, 16)) / 1e9
+    except ValueError:
+        return None
+
+
 @dataclass
 class BundleWriter:
     """Objects put through it go under a fresh generation of `prefix`; `commit` writes the manifest
@@ -252,7 +269,7 @@ class BundleWriter:
 
     store: ObjectStore
     prefix: str
-    generation: str = field(default_factory=lambda: f"g{time.time_ns():x}-{uuid.uuid4().hex[:8]}")
+    generation: str = field(default_factory=_new_generation)
     objects: dict[str, Entry] = field(default_factory=dict)
     committed: Manifest | None = None
 
@@ -368,6 +385,27 @@ def latest_bundle(store: ObjectStore, prefix: str, deep: bool = False) -> Bundle
             continue
         return bundle
     return None
+
+
+def sweep_torn(store: ObjectStore, prefix: str, older_than_s: float = 3600.0) -> int:
+    """Delete what writers killed mid-write left under the bundles directly under `prefix`:
+    generations no manifest names, started more than `older_than_s` ago (a younger one may be a
+    write still in progress in another process). Returns how many objects were deleted."""
+    now = time.time_ns()
+    deleted = 0
+    for child in store.list_children(prefix):
+        bundle_prefix = join(prefix, child)
+        try:
+            current: str | None = open_bundle(store, bundle_prefix).manifest.generation
+        except BundleNotFound:
+            current = None
+        except BundleCorrupt:
+            continue  # a person should look at it: nothing is deleted
+        for generation in store.list_children(bundle_prefix):
+            age = _generation_age_s(generation, now)
+            if generation != current and age is not None and age > older_than_s:
+                deleted += store.delete_prefix(join(bundle_prefix, generation))
+    return deleted
 
 
 def delete_bundle(store: ObjectStore, prefix: str) -> int:

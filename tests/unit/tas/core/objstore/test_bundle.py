@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ from tas.core.objstore import (
     MANIFEST,
     BundleCorrupt,
     BundleNotFound,
+    BundleWriter,
     ObjectStore,
     delete_bundle,
     latest_bundle,
     list_bundles,
     open_bundle,
+    sweep_torn,
     write_bundle,
 )
 from tas.core.objstore.base import CHUNK
@@ -197,3 +200,21 @@ def test_delete_bundle_removes_manifest_and_objects(store: ObjectStore) -> None:
     torn(store, "ds/d3", {"a": b"1"})
     assert delete_bundle(store, "ds/d3") == 1  # a torn write is deleted too
     assert store.list_objects("ds/d3") == []
+
+
+def test_sweep_deletes_only_old_abandoned_writes(store: ObjectStore) -> None:
+    old = f"g{time.time_ns() - 7200 * 10**9:x}-deadbeef"  # started two hours ago
+    commit(store, "ck/b1", {"model": b"kept"})
+    abandoned = BundleWriter(store, "ck/b1", generation=old)  # a re-write killed mid-upload
+    abandoned.put_bytes("model", b"x")
+    torn_old = BundleWriter(store, "ck/b2", generation=old)  # a first write killed
+    torn_old.put_bytes("model", b"y")
+    torn(store, "ck/b3", {"model": b"z"})  # a write that may still be running
+    assert sweep_torn(store, "ck", older_than_s=3600) == 2
+    assert open_bundle(store, "ck/b1").read_bytes("model") == b"kept"
+    assert [o.key for o in store.list_objects("ck/b1")] == [
+        f"ck/b1/{MANIFEST}",
+        open_bundle(store, "ck/b1").key("model"),
+    ]
+    assert store.list_objects("ck/b2") == []
+    assert len(store.list_objects("ck/b3")) == 1

@@ -3,6 +3,7 @@ retained, verified, and a save cut off before its manifest is never used."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from tas.core.checkpoint import (
     restore_training,
     save_training,
 )
-from tas.core.objstore import ObjectStore, list_bundles, open_bundle, write_bundle
+from tas.core.objstore import BundleWriter, ObjectStore, list_bundles, open_bundle, write_bundle
 from tas.core.objstore.base import Sink
 
 PREFIX = "jobs/7/checkpoints"
@@ -149,3 +150,12 @@ def test_a_training_run_resumes_from_the_store(store: ObjectStore) -> None:
         other_opt.state_dict()["state"][0]["momentum_buffer"],
     )
     assert torch.equal(torch.rand(3), expected_draw)
+
+
+def test_a_new_manager_sweeps_old_abandoned_saves(store: ObjectStore) -> None:
+    good = save(manager(store), 1, 0.5)
+    old = f"g{time.time_ns() - 3600 * 10**9:x}-deadbeef"
+    BundleWriter(store, f"{PREFIX}/ckpt-e000001-s0000040", generation=old).put_bytes(WEIGHTS, b"x")
+    m = manager(store)  # the next attempt's
+    assert store.list_objects(f"{PREFIX}/ckpt-e000001-s0000040") == []
+    assert [r.path for r in m.records()] == [good.path]
