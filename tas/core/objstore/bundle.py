@@ -155,6 +155,25 @@ class VerifyingReader:
         self.close()
 
 
+def _fetch(reader: VerifyingReader, path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with reader as src, open(path, "wb") as dst:
+            while block := src.read(CHUNK):  # the last, empty, read checks the object
+                dst.write(block)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def fetch_verified(store: ObjectStore, key: str, entry: Entry, path: Path | str) -> Path:
+    """Download one object whose size and sha256 are known from elsewhere (a content-addressed
+    upload) to a local file, verified as a bundle's objects are; ObjectNotFound when it is absent."""
+    return _fetch(VerifyingReader(store.open_read(key), entry, store.describe(key)), path)
+
+
 @dataclass
 class Bundle:
     """A committed bundle: its manifest, read once; every object read is verified against it."""
@@ -204,16 +223,7 @@ class Bundle:
     def fetch(self, name: str, path: Path | str) -> Path:
         """Download one object to a local file, verified; on a mismatch the file is removed and
         BundleCorrupt raised."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self.open(name) as src, open(path, "wb") as dst:
-                while block := src.read(CHUNK):  # the last, empty, read checks the object
-                    dst.write(block)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
+        return _fetch(self.open(name), path)
 
     def check(self, deep: bool = False) -> None:
         """Raise BundleCorrupt unless every object is there with its size (one listing); with

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tas.core import fsio
-from tas.core.objstore.base import ObjectStoreError
-from tas.core.objstore.bundle import Bundle
+from tas.core.objstore.base import ObjectStore, ObjectStoreError
+from tas.core.objstore.bundle import Bundle, Entry, fetch_verified
 
 LOCK = ".lock"
 #: A build or a delete left by a killed process is swept after this long (a build in progress holds
@@ -113,6 +113,19 @@ class LocalCache:
             bundle.fetch(name, tmp / base)
 
         with self._use(key, {base: entry_of.size}, build) as entry:
+            yield entry / base
+
+    @contextmanager
+    def blob(self, store: ObjectStore, key: str, *, size: int, sha256: str) -> Iterator[Path]:
+        """A local file holding the object at `key`, verified against the size and sha256 the
+        caller knows it by (a content-addressed upload); kept from eviction until the block ends."""
+        base = key.rsplit("/", 1)[-1]
+        entry_key = hashlib.sha256(f"object\0{sha256}\0{base}".encode()).hexdigest()
+
+        def build(tmp: Path) -> None:
+            fetch_verified(store, key, Entry(size, sha256), tmp / base)
+
+        with self._use(entry_key, {base: size}, build) as entry:
             yield entry / base
 
     def bundle_path(self, bundle: Bundle) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tas.core.objstore import ObjectStore, open_store
+from tas.core.objstore.remote import FsspecStore
 from tests.helpers.s3 import S3Server, s3_server
 
 
@@ -19,20 +20,32 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-@pytest.fixture(params=["local", "s3"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    """The URL of an empty store: a local directory, or a new bucket (and prefix) on the S3 server
-    with the AWS environment pointing at it (as a deployment would set it)."""
-    if request.param == "local":
-        return str(tmp_path / "store")
-    server: S3Server = request.getfixturevalue("s3")
+def s3_url(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new bucket (and prefix) on the S3 server, with the AWS environment pointing at it (as a
+    deployment would set it)."""
     for name, value in server.env.items():
         monkeypatch.setenv(name, value)
     return f"s3://{server.make_bucket()}/artifacts"
 
 
+@pytest.fixture(params=["local", "s3"])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The URL of an empty store: a local directory, or a new bucket on the S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return s3_url(request.getfixturevalue("s3"), monkeypatch)
+
+
 @pytest.fixture
 def store(store_url: str) -> ObjectStore:
     return open_store(store_url)
+
+
+@pytest.fixture
+def s3_store(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> FsspecStore:
+    """An empty store on the S3 server only (for what only S3 has: multipart uploads)."""
+    store = open_store(s3_url(s3, monkeypatch))
+    assert isinstance(store, FsspecStore)
+    return store

@@ -180,3 +180,22 @@ def test_processes_sharing_the_cache_do_not_corrupt_it(
         else:  # a one-object entry
             assert len(files) == 1
     assert list(cache.tmp.iterdir()) == []
+
+
+def test_a_content_addressed_object_is_cached_by_its_known_digest(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    data = os.urandom(30 * KB)
+    digest = hashlib.sha256(data).hexdigest()
+    store.put_bytes(f"uploads/{digest}.zip", data)
+    cache = LocalCache(tmp_path / "cache", max_bytes=1 << 20)
+    with cache.blob(store, f"uploads/{digest}.zip", size=len(data), sha256=digest) as path:
+        assert path.name == f"{digest}.zip" and path.read_bytes() == data
+    store.put_bytes(f"uploads/{digest}.zip", os.urandom(30 * KB))  # replaced behind our back
+    with (
+        pytest.raises(BundleCorrupt, match="sha256"),
+        cache.blob(store, f"uploads/{digest}.zip", size=len(data), sha256=digest[::-1]),
+    ):
+        pass
+    with pytest.raises(FileNotFoundError), cache.blob(store, "uploads/none", size=1, sha256="0"):
+        pass

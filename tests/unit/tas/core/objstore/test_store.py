@@ -109,9 +109,8 @@ def test_a_failed_write_leaves_nothing_under_its_key(store: ObjectStore) -> None
     assert [o.key for o in store.list_objects("keep")] == ["keep/old.bin"]
 
 
-def test_a_failed_multipart_upload_is_aborted(store: ObjectStore) -> None:
-    if not isinstance(store, FsspecStore):
-        pytest.skip("multipart uploads are S3's")
+def test_a_failed_multipart_upload_is_aborted(s3_store: FsspecStore) -> None:
+    store = s3_store
     store.part_size = 5 << 20
     with pytest.raises(Killed):
         write_then_fail(store, "torn.bin", 3)  # 12 MiB: two parts uploaded before the failure
