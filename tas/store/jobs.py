@@ -87,6 +87,12 @@ def job_dir(artifact_dir: Path, job_id: str, *, tenant: str) -> Path:
     return jobs_root(artifact_dir, tenant) / job_id
 
 
+def job_key(job_id: str, *, tenant: str) -> str:
+    """A job's prefix in the artifact store: its directory's path below the artifact directory
+    (`jobs/<id>`, or `tenants/<tenant>/jobs/<id>`), so a local store keeps today's layout."""
+    return f"{file_store.tenant_prefix(tenant)}jobs/{job_id}"
+
+
 def get_job(session: Session, job_id: str, *, tenant: str | None = None) -> Job:
     job = session.get(Job, job_id)
     if job is None or (tenant is not None and job.tenant != tenant):
