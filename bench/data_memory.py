@@ -194,6 +194,8 @@ reads that entry. Each run is its own process (`ru_maxrss`).
   are the kernel's to drop).
 - **float32 (this tree)**: the same code fed float32 images, as an upload of decoded floats still
   is: the saving is the dtype's, not a side effect of the rest.
+- The last column also holds what any job allocates besides the data (the model, the optimizer,
+  libraries imported on first use): compare rows with each other, not with the dataset's size.
 
 Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch
 {torch.__version__}, Python {platform.python_version()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC;
