@@ -37,11 +37,14 @@ def command(service: dict[str, Any]) -> list[str]:
 
 
 def mounts(service: dict[str, Any]) -> dict[str, str]:
-    """Container path → volume name, for named volumes (short syntax)."""
+    """Container path → volume name, for volumes in the short syntax (an anonymous volume, a
+    bare container path, is private to its container: named "")."""
     out = {}
     for v in service.get("volumes", []):
-        source, target = v.split(":")[:2]
-        out[target] = source
+        source, _, target = v.partition(":")
+        if not target:
+            source, target = "", source
+        out[target.split(":")[0]] = source
     return out
 
 
@@ -67,7 +70,7 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_compose_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"api", "worker", "redis", "postgres"}
+    assert set(services) == {"api", "worker", "redis", "postgres", "minio", "minio-bucket"}
     assert services["redis"]["image"].split(":")[0] == "redis"
     assert services["redis"]["image"].endswith(":7")
     assert services["postgres"]["image"] == "postgres:16"
@@ -85,20 +88,33 @@ def test_compose_commands_match_the_cli(services: dict[str, Any]) -> None:
     assert "8000:8000" in services["api"]["ports"]
 
 
-def test_compose_api_and_worker_share_config_and_artifacts(
+def default_of(value: str) -> str:
+    """`${NAME:-default}` → default (what compose uses when NAME is not set)."""
+    found = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return found.group(1) if found else value
+
+
+def test_compose_api_and_workers_share_nothing_but_the_services(
     compose: dict[str, Any], services: dict[str, Any]
 ) -> None:
     api, worker = services["api"], services["worker"]
     assert api["environment"] == worker["environment"]
     env = api["environment"]
 
-    artifacts = env["TAS_ARTIFACT_DIR"]
-    assert artifacts == "/data/artifacts"
-    shared = volume_for(api, artifacts)
-    assert shared is not None, "the artifact dir is not on a volume in the api"
-    assert volume_for(worker, artifacts) == shared, "api and worker must share the artifact volume"
-    assert shared in compose["volumes"]
-    assert volume_for(api, env["TAS_DATA_DIR"]) == shared
+    # Artifacts live in the bucket; no volume is shared by the api and a worker.
+    store = urlsplit(env["TAS_ARTIFACT_URL"])
+    assert (store.scheme, store.netloc) == ("s3", "tas")
+    endpoint = urlsplit(env["AWS_ENDPOINT_URL"])
+    assert (endpoint.hostname, endpoint.port) == ("minio", 9000)
+    minio_env = services["minio"]["environment"]
+    assert default_of(env["AWS_ACCESS_KEY_ID"]) == default_of(minio_env["MINIO_ROOT_USER"])
+    assert default_of(env["AWS_SECRET_ACCESS_KEY"]) == default_of(minio_env["MINIO_ROOT_PASSWORD"])
+    assert "local/tas" in " ".join(command(services["minio-bucket"]))  # the bucket is created
+    assert "TAS_ARTIFACT_DIR" not in env
+    shared = {v for v in mounts(api).values() if v} & {v for v in mounts(worker).values() if v}
+    assert not shared, f"api and worker share {shared}"
+    assert mounts(worker).get("/data") == ""  # scratch and cache: the container's own
+    assert volume_for(api, env["TAS_CACHE_DIR"]) in compose["volumes"]
 
     db = urlsplit(env["TAS_DATABASE_URL"])
     pg_env = services["postgres"]["environment"]
@@ -110,7 +126,7 @@ def test_compose_api_and_worker_share_config_and_artifacts(
 
     broker = urlsplit(env["TAS_BROKER_URL"])
     assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
-    assert "TAS_API_KEYS" in COMPOSE.read_text()  # at least documented where it is to be set
+    assert "tas keys create" in COMPOSE.read_text()  # documented where a key is to be made
 
 
 def test_compose_redis_never_evicts_and_persists(services: dict[str, Any]) -> None:
@@ -126,6 +142,9 @@ def test_compose_healthchecks_and_startup_order(services: dict[str, Any]) -> Non
     assert {"postgres", "redis"} <= set(services["api"]["depends_on"])
     for name, svc in services.items():
         for dep, cond in svc.get("depends_on", {}).items():
+            if cond["condition"] == "service_completed_successfully":  # a one-shot set-up step
+                assert "restart" not in services[dep], f"{dep} runs once"
+                continue
             assert cond["condition"] == "service_healthy", f"{name} → {dep}"
             hc = services[dep].get("healthcheck")
             assert hc is not None, f"{name} waits for {dep} to be healthy, which has no healthcheck"
@@ -153,7 +172,7 @@ def test_commented_gpu_worker_is_valid_once_uncommented() -> None:
     api = doc["services"]["api"]
     for key, value in api["environment"].items():
         assert gpu["environment"][key] == value
-    assert volume_for(gpu, "/data/artifacts") == volume_for(api, "/data/artifacts")
+    assert mounts(gpu).get("/data") == ""  # its own scratch, as every worker
 
 
 def dockerfile_instructions() -> dict[str, list[str]]:
