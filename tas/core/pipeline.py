@@ -4,7 +4,14 @@ evaluate → register, each stage reported through the hooks with its JSON-able 
 A job directory holds its checkpoints (`checkpoints/`) and, at the end, its model (`model/`). If a
 valid checkpoint is there, the run resumes from it: the split is re-derived (it is seeded), the
 model, optimizer, scheduler, RNG and loop state are restored, and training continues at the exact
-step where it stopped, so a resumed CPU run ends with the same weights as an uninterrupted one."""
+step where it stopped, so a resumed CPU run ends with the same weights as an uninterrupted one.
+
+Given an artifact store (`RunContext.store`, e.g. S3), the job's prefix in it takes the directory's
+place for what must outlive this machine: checkpoints are bundles under `<prefix>/checkpoints`
+(a worker elsewhere resumes from the last committed one), and the model and the predictions are
+written to the local job directory (scratch) as before, then pushed as the bundles `<prefix>/model`
+(the registered `model_dir` is then that key) and `<prefix>/predictions` (`<split>.npz` objects),
+each complete only once its manifest is written."""
 
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ from tas.core.loop import (
 from tas.core.losses import LOSSES, Loss
 from tas.core.metrics import output_metrics, predict
 from tas.core.models import build_model
+from tas.core.objstore import ObjectStore, write_bundle
 from tas.core.optim import OPTIMIZERS, SCHEDULERS, param_groups
 from tas.core.spec import (
     JobSpec,
@@ -97,14 +105,46 @@ class RunContext:
     #: The most training data (MiB) kept on the device whole; past it the loop streams batches from
     #: host memory. None: as much as fits (`tas.core.batches.fits_on_device`).
     device_data_mb: int | None = None
+    #: The artifact store shared with other machines, and the job's prefix (key) in it. None: the
+    #: job directory is the artifact (a local artifact directory every process shares). Given a
+    #: store, `job_dir` is only this machine's scratch: what outlives the attempt goes to the store.
+    store: ObjectStore | None = None
+    store_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.store is None) != (self.store_prefix is None):
+            raise ValueError("RunContext: store and store_prefix are given together or not at all")
 
     @property
     def checkpoints_dir(self) -> Path:
         return Path(self.job_dir) / "checkpoints"
 
     @property
+    def checkpoints_prefix(self) -> str | None:
+        """The checkpoints' prefix in the store (None without one)."""
+        return f"{self.store_prefix}/checkpoints" if self.store_prefix is not None else None
+
+    @property
     def model_dir(self) -> Path:
         return Path(self.job_dir) / "model"
+
+    @property
+    def model_key(self) -> str | None:
+        """The model bundle's key in the store (None without one)."""
+        return f"{self.store_prefix}/model" if self.store_prefix is not None else None
+
+    @property
+    def predictions_key(self) -> str | None:
+        """The predictions bundle's key in the store (None without one)."""
+        return (
+            f"{self.store_prefix}/{predictions.DIRNAME}" if self.store_prefix is not None else None
+        )
+
+    @property
+    def registered_model_dir(self) -> str:
+        """What the registry keeps as the model's place: the bundle's key given a store, else the
+        local directory's path."""
+        return self.model_key if self.model_key is not None else str(self.model_dir)
 
 
 @dataclass
@@ -117,7 +157,10 @@ class PipelineResult:
     best_metrics: dict[str, Any] = field(default_factory=dict)  # that epoch's row
     final_metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's row
     evaluation: dict[str, Any] | None = None  # {"split", "samples", "metrics"}
+    #: Where the registry finds the model: the local directory, or its bundle's key in the store.
     model_dir: str | None = None
+    #: The model's files on this machine (the same directory without a store; scratch with one).
+    model_local_dir: str | None = None
     model_sha256: str | None = None
     trainable_params: int = 0
     total_params: int = 0
@@ -247,9 +290,10 @@ def _run(
     with stage("register") as out:
         card = _model_card(spec, info, prepared, trained, evaluation, loss_name, target_scaler)
         sha256 = save_model(ctx.model_dir, trained.model, card).weights_sha256
+        _push(ctx, ctx.model_key, ctx.model_dir)
         out.update(
             {
-                "path": str(ctx.model_dir),
+                "path": ctx.registered_model_dir,
                 "sha256": sha256,
                 "files": ["model.safetensors", "card.json"],
             }
@@ -275,7 +319,8 @@ def _succeeded(
         best_metrics=_best_row(state, trained.best),
         final_metrics=_final_row(state),
         evaluation=evaluation,
-        model_dir=str(ctx.model_dir),
+        model_dir=ctx.registered_model_dir,
+        model_local_dir=str(ctx.model_dir),
         model_sha256=model_sha256,
         trainable_params=trained.parameters["trainable"],
         total_params=trained.parameters["total"],
@@ -479,7 +524,12 @@ def _train(
     has_val = prepared.val is not None
     # Resolved once: the checkpoints' best, the loop's `is_best` rows and `keep: best` all use it.
     monitor = resolved_monitor(spec, info, has_val)
-    checkpoints = CheckpointManager(ctx.checkpoints_dir, spec.checkpoint.keep_last, *monitor)
+    checkpoints = CheckpointManager(
+        ctx.checkpoints_prefix or ctx.checkpoints_dir,
+        spec.checkpoint.keep_last,
+        *monitor,
+        store=ctx.store,
+    )
     latest = checkpoints.load_latest_valid(map_location=device)
     model, transfer = _build_model(spec, info, ctx, loss, device, resuming=latest is not None)
     opt = _build_optimization(spec, model, transfer, len(prepared.train), device)
@@ -844,7 +894,19 @@ def _evaluate(
             if (held := getattr(prepared, name)) is not None
         },
     )
+    _push(ctx, ctx.predictions_key, Path(ctx.job_dir) / predictions.DIRNAME)
     return {"split": split, "samples": len(part), "metrics": metrics}, written
+
+
+def _push(ctx: RunContext, key: str | None, directory: Path) -> None:
+    """Copy every file of a local directory to the store as one bundle at `key` (its manifest
+    written last: a reader elsewhere sees all of the files or none); nothing without a store."""
+    if ctx.store is None or key is None:
+        return
+    with write_bundle(ctx.store, key) as bundle:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            bundle.put_file(path.relative_to(directory).as_posix(), path)
+        bundle.commit()
 
 
 def _eval_split(p: Prepared) -> tuple[str, Any]:
