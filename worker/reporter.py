@@ -4,7 +4,13 @@ The training loop only sets attributes and appends to a list; a heartbeat thread
 transaction every `heartbeat_seconds`, renewing the lease in the same UPDATE and reading back the
 cancel flag. So the loop never waits on the database, writes are bounded by time (not by steps),
 and a lost lease or a cancel reaches the loop within one interval. The job's log lines (each stage's
-start and end, a line per epoch, what `worker.joblog` captures) go in the same transaction."""
+start and end, a line per epoch, what `worker.joblog` captures) go in the same transaction.
+
+A checkpoint's `path` is where the job's checkpoint lives: a local directory's path with a local
+artifact directory; with a remote store (S3), its key in the store (`jobs/<id>/checkpoints/ckpt-…`),
+never the store's URL, which names the bucket and the endpoint: the database, the job's stage
+outputs (`resumed_from`) and the API then hold keys relative to TAS_ARTIFACT_URL, as a remote
+model version's `model_dir` does."""
 
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ class DbReporter(NullHooks):
         preempted: threading.Event | None = None,
         logbook: JobLogBuffer | None = None,
         log_limits: log_store.LogLimits | None = None,
+        store_root: str | None = None,
     ) -> None:
         self.sessions = sessions
         self.lease = lease
@@ -65,6 +72,22 @@ class DbReporter(NullHooks):
         self.logbook = logbook if logbook is not None else JobLogBuffer(lease.attempt, lease.owner)
         self.log_limits = log_limits or log_store.LogLimits()
         self._epochs: int | None = None
+        #: The remote store's URL with a trailing slash (`store.describe("")`): stripped from
+        #: what the core reports, which names checkpoints by their URL.
+        self.store_root = store_root
+
+    def relative(self, value: Any) -> Any:
+        """`value` with every string under the store's URL made its key (recursively)."""
+        root = self.store_root
+        if root is None:
+            return value
+        if isinstance(value, str):
+            return value[len(root) :] if value.startswith(root) else value
+        if isinstance(value, dict):
+            return {k: self.relative(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.relative(v) for v in value]
+        return value
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,7 +166,7 @@ class DbReporter(NullHooks):
         self.logbook.add(stage_summary(stage, outputs), source="stage")
         self.flush()
         with self.sessions() as s:
-            lease_store.finish_stage(s, self.lease, stage, jsonable(outputs))
+            lease_store.finish_stage(s, self.lease, stage, jsonable(self.relative(outputs)))
             s.commit()
 
     def progress(self, progress: Progress) -> None:
@@ -173,8 +196,9 @@ class DbReporter(NullHooks):
 
     def checkpoint_saved(self, record: Any) -> None:
         rec = record.to_dict() if hasattr(record, "to_dict") else dict(record)
-        kept = [str(p) for p in rec.pop("kept_paths", [])] or [str(rec["path"])]
-        rec["path"] = str(rec["path"])
+        kept = [self.relative(str(p)) for p in rec.pop("kept_paths", [])]
+        rec["path"] = self.relative(str(rec["path"]))
+        kept = kept or [rec["path"]]
         with self._lock:
             self._checkpoints.append((rec, kept))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from tas.store import leases as lease_store
 from tas.store import logs as log_store
 from tas.store import registry as registry_store
 from tas.store import sources
+from tas.store.artifacts import open_artifacts
 from tas.store.orm import Job, JobStatus
 from worker.gate import PREEMPT
 from worker.joblog import JobLogBuffer, capture
@@ -130,7 +132,40 @@ def _run_job(
         logbook.add(run_started(job, lease))
     log.info("claimed job %s attempt %d as %s", job_id, lease.attempt, owner)
     with capture(logbook):
-        return _run_claimed(job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions)
+        try:
+            return _run_claimed(
+                job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions
+            )
+        finally:
+            _drop_scratch(settings, job_id, tenant)
+
+
+def _remote(settings: Settings) -> bool:
+    return settings.artifact_url is not None
+
+
+def scratch_dir(settings: Settings, job_id: str, tenant: str) -> Path:
+    """This machine's working directory for a job when the artifact store is shared instead of a
+    directory: under TAS_CACHE_DIR (never the artifact store, which other machines read), at the
+    job's key, so two tenants' jobs never meet."""
+    key = job_store.job_key(job_id, tenant=tenant)
+    return settings.resolved_local_cache_dir / "scratch" / key
+
+
+def job_workdir(settings: Settings, job_id: str, tenant: str) -> Path:
+    """Where a run writes its files: the job's directory in the shared artifact directory, or,
+    with a remote store, this machine's scratch (what must outlive the run is pushed to the
+    store by the pipeline)."""
+    if _remote(settings):
+        return scratch_dir(settings, job_id, tenant)
+    return job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant=tenant)
+
+
+def _drop_scratch(settings: Settings, job_id: str, tenant: str) -> None:
+    """A run's scratch goes when it ends, however it ended: checkpoints, the model and the
+    predictions are in the store, and a resume may happen on another machine anyway."""
+    if _remote(settings):
+        shutil.rmtree(scratch_dir(settings, job_id, tenant), ignore_errors=True)
 
 
 def run_started(job: Job, lease: lease_store.Lease) -> str:
@@ -172,10 +207,11 @@ def _run_claimed(
             preempted=PREEMPT,
             logbook=logbook,
             log_limits=limits,
+            store_root=_store_root(settings),
         )
         reporter.start()
         ctx = RunContext(
-            job_dir=job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant=tenant),
+            job_dir=job_workdir(settings, job_id, tenant),
             datasets_dir=settings.resolved_datasets_dir,
             allow_download=settings.allow_download,
             device=settings.device if spec.resources.device == "auto" else spec.resources.device,
@@ -184,6 +220,7 @@ def _run_claimed(
             weights_dir=settings.resolved_weights_dir,
             init_weights=data.init_weights,
             device_data_mb=settings.device_data_mb,
+            **_store_context(settings, job_id, tenant),
         )
         result = run_pipeline(spec, info, ctx, reporter, load=data.source.load)
         _trim_cache(settings)
@@ -215,6 +252,23 @@ def _run_claimed(
     if result.status != "succeeded":
         return _stopped(settle, reporter, result.status, result)
     return _succeeded(settle, reporter, result)
+
+
+def _store_context(settings: Settings, job_id: str, tenant: str) -> dict[str, Any]:
+    """RunContext's store and the job's prefix in it, with a remote store only (a local artifact
+    directory is the job directory itself, as before there was a store). The store is opened
+    here, in the process that runs the job (a pool child, after the fork), once per process."""
+    if not _remote(settings):
+        return {}
+    return {
+        "store": open_artifacts(settings).store,
+        "store_prefix": job_store.job_key(job_id, tenant=tenant),
+    }
+
+
+def _store_root(settings: Settings) -> str | None:
+    """The remote store's URL as checkpoint paths start with it (None with a local directory)."""
+    return open_artifacts(settings).store.describe("") if _remote(settings) else None
 
 
 def failure_line(error: dict[str, Any], settings: Settings) -> str:
@@ -264,7 +318,10 @@ def public_error(error: dict[str, Any], settings: Settings) -> dict[str, Any]:
         str(settings.resolved_datasets_dir): "TAS_DATASETS_DIR",
         str(settings.resolved_weights_dir): "TAS_WEIGHTS_DIR",
         str(settings.data_dir.resolve()): "TAS_DATA_DIR",
+        str(settings.resolved_local_cache_dir): "TAS_CACHE_DIR",
     }
+    if settings.artifact_url is not None:  # a bucket's name and prefix are the server's own
+        roots[settings.artifact_url.rstrip("/")] = "TAS_ARTIFACT_URL"
     ordered = sorted(roots.items(), key=lambda kv: len(kv[0]), reverse=True)
     out = dict(error)
     for key in ("message", "hint"):
@@ -306,7 +363,7 @@ def _succeeded(settle: _Settle, reporter: DbReporter | None, result: PipelineRes
         job = s.get(Job, lease.job_id)
         assert job is not None
         assert result.model_dir is not None, "a succeeded pipeline always registers a model"
-        card = load_card(result.model_dir)
+        card = load_card(result.model_local_dir or result.model_dir)
         # What init_from resolved to at submit (kept in the result from then on).
         pins = {k: v for k, v in (job.result or {}).items() if k == "init_from"}
         mv = registry_store.register_model(
