@@ -31,6 +31,7 @@ from tas.store import workers as worker_store
 from tas.store.datasets import data_source
 from tas.store.orm import Job, JobStatus
 from tas.store.sources import InitSourceError, resolve_init_source
+from tas.store.unit_of_work import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -362,8 +363,11 @@ def resume(session: Session, job: Job, *, max_minutes: float | None, settings: S
 
 def delete(session: Session, job: Job, settings: Settings) -> Path:
     """Delete a finished job's rows; returns its directory, removed by the caller after the
-    commit (files go only once nothing in the database points at them)."""
+    commit (files go only once nothing in the database points at them). With a remote artifact
+    store its objects are deleted after the commit as well."""
+    job_id, tenant = job.id, job.tenant
     job_store.delete_job(session, job)
+    after_commit(session, job_store.delete_stored, settings, job_id, tenant=tenant)
     return job_store.job_dir(settings.resolved_artifact_dir, job.id, tenant=job.tenant)
 
 

@@ -6,6 +6,7 @@ commits: the caller's unit of work (a request, a task) does."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,9 +39,11 @@ from tas.errors import (
     JobNotFound,
     JobNotResumable,
 )
+from tas.settings import Settings
 from tas.store import files as file_store
 from tas.store import leases as lease_store
 from tas.store import metric_series, pagination
+from tas.store.artifacts import open_artifacts
 from tas.store.engine import rowcount
 from tas.store.orm import (
     FINISHED,
@@ -54,6 +57,8 @@ from tas.store.orm import (
     ModelVersion,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 
 def queue_for(device: str) -> str:
@@ -91,6 +96,23 @@ def job_key(job_id: str, *, tenant: str) -> str:
     """A job's prefix in the artifact store: its directory's path below the artifact directory
     (`jobs/<id>`, or `tenants/<tenant>/jobs/<id>`), so a local store keeps today's layout."""
     return f"{file_store.tenant_prefix(tenant)}jobs/{job_id}"
+
+
+def delete_stored(settings: Settings, job_id: str, *, tenant: str) -> int:
+    """Delete a job's objects from a remote artifact store (checkpoints, model, predictions: all
+    under its key), once nothing in the database points at them; returns how many. Nothing to do
+    with a local artifact directory: the job's directory is those files, removed by the caller.
+    Best effort: a store that fails is logged, never a failed request (the rows are gone, and a
+    leftover prefix is only space)."""
+    artifacts = open_artifacts(settings)
+    if not artifacts.remote:
+        return 0
+    key = job_key(job_id, tenant=tenant)
+    try:
+        return artifacts.store.delete_prefix(key)
+    except Exception:
+        log.exception("could not delete %s", artifacts.store.describe(key))
+        return 0
 
 
 def get_job(session: Session, job_id: str, *, tenant: str | None = None) -> Job:
