@@ -33,6 +33,7 @@ from app.ui import pages as ui_pages
 from tas.queue import Publisher, make_celery
 from tas.reaper import Reaper
 from tas.settings import Settings
+from tas.store.artifacts import open_artifacts
 from tas.store.engine import KeptReaders, make_engine, make_sessionmaker
 from tas.store.logs import LogLimits
 
@@ -47,7 +48,11 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     readers = make_sessionmaker(engine, read_only=True)
     kept_readers = KeptReaders(settings.resolved_database_url, engine, keep=READ_THREADS)
     publisher = Publisher(make_celery(settings))
-    serving = Serving(settings, readers)
+    # The artifact store and this machine's cache of it, opened once: serving, cards, downloads,
+    # predictions and uploads all read and write through it (with TAS_ARTIFACT_URL unset it is
+    # the local artifact directory, read in place).
+    artifacts = open_artifacts(settings)
+    serving = Serving(settings, readers, artifacts)
     job_streams = JobStreams(
         readers,
         max_streams=settings.max_event_streams,
@@ -92,6 +97,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.state.readers = readers
     app.state.kept_readers = kept_readers
     app.state.publisher = publisher
+    app.state.artifacts = artifacts
     app.state.serving = serving
     app.state.job_streams = job_streams
     app.state.auth = Authenticator(settings, readers, sessions)

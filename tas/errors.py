@@ -176,6 +176,25 @@ class SplitNotFound(NotFound):
         )
 
 
+class ArtifactStoreError(DomainError):
+    """The artifact store failed to hand over what the registry says exists: an object whose size
+    or sha256 differs from its bundle's manifest, or a registered model whose manifest is gone.
+    The request was fine and the server never serves a torn or altered file, so this is the 502
+    of a failed upstream (the store), not a 500; retrying does not help until it is repaired."""
+
+    status_code = 502
+
+
+class ArtifactStoreUnavailable(ArtifactStoreError):
+    """The artifact store did not answer (unreachable, refused, timed out): 503, try again."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
 class Unauthorized(DomainError):
     """No key, or one that is not valid. Unknown, revoked, expired and malformed keys all get
     the same answer, so a caller learns nothing about which keys exist."""

@@ -26,6 +26,7 @@ from tas.settings import Settings
 from tas.store import audit as audit_store
 from tas.store import datasets as dataset_store
 from tas.store import jobs as job_store
+from tas.store.artifacts import Artifacts
 from tas.store.engine import KeptReaders
 from tas.store.keys import Principal
 from tas.store.orm import Dataset, Job
@@ -151,6 +152,12 @@ async def get_publisher(request: Request) -> Publisher:
     return publisher
 
 
+async def get_artifacts(request: Request) -> Artifacts:
+    """The artifact store and this machine's cache of it (`tas.store.artifacts`), opened once."""
+    artifacts: Artifacts = request.app.state.artifacts
+    return artifacts
+
+
 async def get_serving(request: Request) -> Serving:
     """async: FastAPI runs a plain `def` dependency on a worker thread, a hop /predict can't afford."""
     serving: Serving = request.app.state.serving
@@ -223,6 +230,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
+ArtifactsDep = Annotated[Artifacts, Depends(get_artifacts)]
 
 
 def requires(read: str | tuple[str, ...], write: str | None = None) -> params.Depends:

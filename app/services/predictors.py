@@ -13,7 +13,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +83,18 @@ class Served:
     nbytes: int
 
 
+def _in_place(model_dir: str) -> AbstractContextManager[Path]:
+    return nullcontext(Path(model_dir))
+
+
 class PredictorCache:
     """Loaded models in LRU order, at most `size` of them and `max_bytes` of weights (the one just
     loaded always stays, even alone over the bound). Loading costs a file read, a checksum and a
-    model build, so it runs on a worker thread; a hit is a dict lookup on the event loop."""
+    model build, so it runs on a worker thread; a hit is a dict lookup on the event loop.
+
+    `opener` turns a registry row's `model_dir` into a local folder for the duration of a load
+    (`app.services.artifacts.local_path`: in place, or the artifact store's verified bundle held
+    in this machine's cache while the weights are read; once loaded, a model needs no file)."""
 
     def __init__(
         self,
@@ -94,6 +104,7 @@ class PredictorCache:
         max_batch: int = 64,
         max_wait_s: float = 0.0,
         executor: Executor | None = None,
+        opener: Callable[[str], AbstractContextManager[Path]] = _in_place,
     ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -102,6 +113,7 @@ class PredictorCache:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="tas-forward")
+        self.opener = opener
         self._items: OrderedDict[str, Served] = OrderedDict()
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
@@ -135,7 +147,8 @@ class PredictorCache:
             hit = self.peek(model_dir)
             if hit is not None:
                 return hit
-            predictor = Predictor.from_dir(Path(model_dir))
+            with self.opener(model_dir) as directory:
+                predictor = Predictor.from_dir(directory)
             batcher = Batcher(
                 predictor,
                 max_batch=self.max_batch,

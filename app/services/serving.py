@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,29 +18,29 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from app.services.artifacts import contained_artifact, local_path
 from app.services.predictors import ModelResolver, PredictorCache, ResolvedModel, Served
-from tas.errors import ModelNotFound
+from tas.store.artifacts import Artifacts, open_artifacts
 
 if TYPE_CHECKING:
     from app.metrics import PredictMetrics, PredictObserver
 from tas.settings import Settings
 
-
-def contained_artifact(settings: Settings, model_dir: str) -> Path:
-    """The artifact directory a registry row names, only if it lies inside the artifact store:
-    paths are built by the server, and every read checks containment (a registry row that named
-    `../` or an absolute path must never make the server read outside its store)."""
-    root = settings.resolved_artifact_dir
-    path = Path(model_dir).resolve()
-    if not path.is_relative_to(root):
-        raise ModelNotFound(model_dir.rsplit("/", 1)[-1])
-    return path
+__all__ = ["Serving", "contained_artifact"]
 
 
 class Serving:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        artifacts: Artifacts | None = None,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
+        #: The artifact store and this machine's cache of it (opened from the settings unless
+        #: the app passes the one it opened).
+        self.artifacts = artifacts or open_artifacts(settings)
         if settings.predict_threads is not None:
             torch.set_num_threads(settings.predict_threads)
         self.executor = ThreadPoolExecutor(
@@ -53,6 +55,7 @@ class Serving:
             max_batch=settings.predict_max_batch,
             max_wait_s=settings.predict_max_wait_ms / 1000.0,
             executor=self.executor,
+            opener=partial(local_path, settings, self.artifacts),
         )
 
     async def resolve(self, ref: str, tenant: str) -> ResolvedModel:
@@ -78,8 +81,13 @@ class Serving:
         return obs
 
     def load_blocking(self, model_dir: str) -> Served:
-        contained_artifact(self.settings, model_dir)
+        """Resolution (containment, or the store's verified bundle) happens in the cache's
+        opener, only on a miss."""
         return self.cache.load(model_dir)
+
+    def model_files(self, model_dir: str) -> AbstractContextManager[Path]:
+        """A registry row's model folder, local for the block (cards and downloads)."""
+        return local_path(self.settings, self.artifacts, model_dir)
 
     def registry_changed(self, *, warm: str | None = None, evict: str | None = None) -> None:
         """Called (from a worker thread) after the registry was committed: references are read

@@ -14,7 +14,7 @@ from fastapi import Path, Query, Request, Response, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import AuditedRouter, ServingDep, SessionDep, SettingsDep, TenantDep, requires
+from app.api.deps import AuditedRouter, ServingDep, SessionDep, TenantDep, requires
 from app.api.query import StrictQuery
 from app.schemas.models import (
     NAME_PATTERN,
@@ -24,10 +24,9 @@ from app.schemas.models import (
     ModelOut,
     ModelVersionOut,
 )
-from app.services.serving import Serving, contained_artifact
+from app.services.serving import Serving
 from tas.core import export
 from tas.core.artifact import read_card
-from tas.settings import Settings
 from tas.store import registry as registry_store
 from tas.store.orm import AuditEvent, ModelAlias, ModelVersion
 from tas.store.unit_of_work import after_commit
@@ -187,11 +186,14 @@ def delete_version(
     tenant: TenantDep,
     serving: ServingDep,
 ) -> Response:
-    """Drop a version and its aliases, and evict it from the serving cache. The job (and its
-    artifact) remain; `/predict` with its job id answers 404 from now on."""
+    """Drop a version and its aliases, and evict it from the serving cache; `/predict` with its
+    job id answers 404 from now on. The job remains; with an artifact store (TAS_ARTIFACT_URL)
+    the version's model objects are deleted, locally its directory stays with the job."""
     aliases = registry_store.model_aliases(session, tenant=tenant, name=name)
     request.state.audit_detail = {"aliases": [a.alias for a in aliases if a.version == version]}
-    mv = registry_store.delete_version(session, name, version, tenant=tenant)
+    mv = registry_store.delete_version(
+        session, name, version, tenant=tenant, store=serving.artifacts.store
+    )
     after_commit(session, serving.registry_changed, evict=mv.model_dir)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -253,9 +255,10 @@ def alias_history(
     return events[:limit]
 
 
-def _card(settings: Settings, mv: ModelVersion) -> dict[str, Any]:
+def _card(serving: Serving, mv: ModelVersion) -> dict[str, Any]:
     about = {"name": mv.name, "version": mv.version, "job_id": mv.job_id}
-    return export.export_card(read_card(contained_artifact(settings, mv.model_dir)), about)
+    with serving.model_files(mv.model_dir) as model_dir:
+        return export.export_card(read_card(model_dir), about)
 
 
 async def _download(
@@ -266,10 +269,12 @@ async def _download(
     def build() -> tuple[bytes, str]:
         with serving.sessions() as session:
             mv = lookup(session)
-            model_dir = contained_artifact(serving.settings, mv.model_dir)
+            ref = mv.model_dir
             about = {"name": mv.name, "version": mv.version, "job_id": mv.job_id}
         make = export.onnx_bytes if format == "onnx" else export.safetensors_with_card
-        return make(model_dir, about), f"{about['name']}-v{about['version']}.{format}"
+        with serving.model_files(ref) as model_dir:
+            data = make(model_dir, about)
+        return data, f"{about['name']}-v{about['version']}.{format}"
 
     data, filename = await run_in_threadpool(build)
     return Response(
@@ -290,12 +295,12 @@ _DOWNLOAD_DOC: dict[int | str, dict[str, Any]] = {
 
 @router.get("/{name}/versions/{version}/card", dependencies=[StrictQuery])
 def get_card(
-    name: Name, version: Version, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+    name: Name, version: Version, session: SessionDep, tenant: TenantDep, serving: ServingDep
 ) -> dict[str, Any]:
     """The model card for use outside tas: which model (name, version, job id), architecture,
     input shape, classes or feature names, preprocessing (normalisation statistics, image
     handling), how to read the outputs, metrics."""
-    return _card(settings, registry_store.get_version(session, name, version, tenant=tenant))
+    return _card(serving, registry_store.get_version(session, name, version, tenant=tenant))
 
 
 @router.get(
@@ -320,11 +325,11 @@ async def download(
 
 @router.get("/{ref}/card", dependencies=[StrictQuery])
 def get_card_by_ref(
-    ref: Ref, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+    ref: Ref, session: SessionDep, tenant: TenantDep, serving: ServingDep
 ) -> dict[str, Any]:
     """The card of `name@alias` (what the alias points at now), `name:version` or `name` (the
     latest version): the same card as `/models/{name}/versions/{version}/card`."""
-    return _card(settings, registry_store.resolve_model(session, ref, tenant=tenant))
+    return _card(serving, registry_store.resolve_model(session, ref, tenant=tenant))
 
 
 @router.get(
