@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tas.core.objstore import ObjectStore, delete_bundle
 from tas.errors import (
     AliasNotFound,
     ModelNotFound,
@@ -25,7 +27,7 @@ from tas.store.orm import (
     ModelVersion,
     utcnow,
 )
-from tas.store.unit_of_work import insert_or_get
+from tas.store.unit_of_work import after_commit, insert_or_get
 
 #: Tries at the next version number when jobs of one model finish at the same moment.
 VERSION_TRIES = 5
@@ -234,10 +236,31 @@ def alias_events(
     return list(session.scalars(q.order_by(AuditEvent.id.desc()).limit(limit)))
 
 
-def delete_version(session: Session, name: str, version: int, *, tenant: str) -> ModelVersion:
-    """Drop a version and the aliases that point at it. The artifact stays with its job (the
-    job's record still names it); the caller evicts it from the serving cache."""
+def owned_bundle(mv: ModelVersion) -> str | None:
+    """The key of the model bundle a version owns in the artifact store, if it is kept there:
+    with a remote store the registry names the bundle's key (relative), in the local set-up the
+    job directory's absolute path, which stays with its job as before."""
+    return None if Path(mv.model_dir).is_absolute() else mv.model_dir
+
+
+def delete_version(
+    session: Session,
+    name: str,
+    version: int,
+    *,
+    tenant: str,
+    store: ObjectStore | None = None,
+) -> ModelVersion:
+    """Drop a version and the aliases that point at it; the caller evicts it from the serving
+    cache. Given the artifact store, a version kept there as its own bundle (`owned_bundle`)
+    takes its objects along, deleted once the unit of work has committed: a rollback must leave
+    the row its model, and an object store has nothing to roll back (a deletion that fails after
+    the commit leaves unreachable objects, never a row without its model). In the local set-up the
+    model directory stays with its job (the job's own deletion removes it)."""
     mv = get_version(session, name, version, tenant=tenant)
+    key = owned_bundle(mv)
+    if store is not None and key is not None:
+        after_commit(session, delete_bundle, store, key)
     session.execute(
         delete(ModelAlias).where(
             ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.version == version
