@@ -188,10 +188,11 @@ async def upload_dataset(
 
 
 def delete_dataset(session: Session, settings: Settings, row: Dataset) -> None:
-    """Drop the row; its file goes once the deletion is committed (if no other row uses it)."""
-    path = dataset_store.delete_dataset(session, settings, row)
-    if path is not None:
-        after_commit(session, file_store.remove_file, path)
+    """Drop the row; its file (or, with an artifact store, its object) goes once the deletion is
+    committed, if no other row uses it."""
+    relative = row.path
+    if dataset_store.delete_dataset(session, settings, row) is not None:
+        after_commit(session, file_store.remove_upload, settings, relative)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from tas.core.errors import DataError
 from tas.errors import DatasetInUse, DatasetNotFound
 from tas.settings import Settings
 from tas.store import files as file_store
 from tas.store import pagination
+from tas.store.artifacts import open_artifacts
 from tas.store.orm import Dataset, Job, JobStatus
 from tas.store.unit_of_work import insert_or_get
 
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 
 
 def dataset_path(settings: Settings, row: Dataset) -> Path:
-    """The stored file of an upload (inside the uploads directory, or DatasetNotFound)."""
+    """The stored file of an upload in the local set-up (inside the uploads directory, or
+    DatasetNotFound). With an artifact store the bytes are an object (`file_store.fetch`)."""
     try:
         return file_store.contained(settings.resolved_uploads_dir, row.path)
     except ValueError as exc:
@@ -44,7 +47,9 @@ def get_dataset(session: Session, dataset_id: str, *, tenant: str) -> Dataset:
 @dataclass(frozen=True)
 class DataSource:
     """What a job's `dataset` names: its schema (what the spec is checked against), its loader,
-    its identity for the preprocess cache, and, for an upload, the stored file."""
+    its identity for the preprocess cache, and, for an upload in the local set-up, the stored
+    file (None with an artifact store: the loader fetches the object into this machine's cache,
+    and a missing one fails the load as a DataError saying so)."""
 
     info: DatasetInfo
     load: Callable[[LoadContext], Loaded]
@@ -65,14 +70,32 @@ def data_source(
         return DataSource(builtin.info, builtin.load, f"builtin:{dataset.name}")
     assert dataset.id is not None
     row = get_dataset(session, dataset.id, tenant=tenant)
-    path = dataset_path(settings, row)
     schema = dict(row.schema)
     limits = file_store.upload_limits(settings)
+    info = info_from_schema(row.name, schema)
+    fingerprint = f"upload:{row.fingerprint}"
+    if not open_artifacts(settings).remote:
+        path = dataset_path(settings, row)
 
-    def load(ctx: LoadContext) -> Loaded:
-        return load_upload(path, path.name, schema, limits)
+        def load(ctx: LoadContext) -> Loaded:
+            return load_upload(path, path.name, schema, limits)
 
-    return DataSource(info_from_schema(row.name, schema), load, f"upload:{row.fingerprint}", path)
+        return DataSource(info, load, fingerprint, path)
+    relative, size, sha256, name = row.path, row.size_bytes, row.sha256, row.id
+
+    def fetch_and_load(ctx: LoadContext) -> Loaded:
+        # Read on the machine that runs the job, only on a preprocessing-cache miss; held in the
+        # object cache while it is decoded.
+        try:
+            with file_store.fetch(settings, relative, size=size, sha256=sha256) as local:
+                return load_upload(local, local.name, schema, limits)
+        except file_store.StoredFileMissing as exc:
+            raise DataError(
+                f"uploaded dataset {name!r} cannot be read: {exc}",
+                hint="upload the data again (POST /datasets) and submit the job with the new id",
+            ) from exc
+
+    return DataSource(info, fetch_and_load, fingerprint)
 
 
 def add_dataset(
@@ -112,7 +135,7 @@ def add_dataset(
     if not created:
         _heal(settings, row, spool)
         return row, False
-    file_store.place(spool.path, file_store.contained(settings.resolved_uploads_dir, relative))
+    file_store.store_upload(settings, spool, relative)
     return row, True
 
 
@@ -124,9 +147,12 @@ def _by_fingerprint(session: Session, tenant: str, fp: str) -> Dataset | None:
 
 def _heal(settings: Settings, row: Dataset, spool: file_store.Spool) -> None:
     """A repeated upload puts the file back if it went missing (it has the same bytes)."""
-    dest = dataset_path(settings, row)
-    if not dest.exists():
-        file_store.place(spool.path, dest)
+    if not open_artifacts(settings).remote:
+        dest = dataset_path(settings, row)
+        if not dest.exists():
+            file_store.place(spool.path, dest)
+    elif not file_store.upload_present(settings, row.path):
+        file_store.store_upload(settings, spool, row.path)
 
 
 def list_datasets(

@@ -15,7 +15,19 @@ tenant's quota depends on the other.
 
 Files land by `os.replace` from `.tmp` (same filesystem: atomic), so two identical uploads racing
 each other write the same bytes to the same name and neither can see a half-written file. Paths
-in the database are relative to the uploads directory and every read checks containment."""
+in the database are relative to the uploads directory and every read checks containment.
+
+With an artifact store (TAS_ARTIFACT_URL set, `Artifacts.remote`), processes share no disk: a file
+is still received into `.tmp` on the receiving machine (hashed and checked there), then streamed
+to the store as a content-addressed object and the temp file dropped, so the API keeps no copy:
+
+    <tenant prefix>uploads/datasets/<sha256>/<name>
+    <tenant prefix>uploads/weights/<sha256>.safetensors
+
+A reader fetches it through its machine's bounded cache, verified against the size and sha256 in
+its row (`fetch`); the row's relative path stays what it is locally, `upload_key` maps it to the
+object's key. An object store writes all or nothing under a key (a local file is renamed into
+place, an S3 upload is aborted), so a reader never sees half an upload there either."""
 
 from __future__ import annotations
 
@@ -25,12 +37,14 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
+from tas.core.objstore import ObjectStoreError
 from tas.errors import InvalidUpload, body_error
 from tas.settings import Settings
+from tas.store.artifacts import open_artifacts
 
 if TYPE_CHECKING:
     from tas.core.data.archive import UploadLimits
@@ -225,3 +239,104 @@ def remove_file(path: Path) -> None:
     path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         path.parent.rmdir()  # the <sha256> directory, once empty
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads in the artifact store (TAS_ARTIFACT_URL set): objects named by content, no shared disk.
+
+#: The folder of uploads below a tenant's prefix in the store (as `uploads` below the artifact
+#: directory locally, the default uploads directory).
+UPLOADS_PREFIX = "uploads/"
+
+
+class StoredFileMissing(Exception):
+    """An upload's bytes are not in the store (deleted, or never written), or not the bytes its
+    row names (size or sha256 differ): the message says which."""
+
+
+def upload_key(relative: str) -> str:
+    """The store key of an upload whose path relative to the uploads directory is `relative`
+    (`<tenant prefix><datasets|weights>/...`): `<tenant prefix>uploads/<datasets|weights>/...`,
+    so everything of a tenant's lies under its prefix in the store. ValueError for a path that
+    is not a clean relative one."""
+    parts = PurePosixPath(relative).parts
+    if not parts or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{relative!r} is not a path below the uploads directory")
+    if parts[0] == "tenants" and len(parts) > 2:
+        head, rest = parts[:2], parts[2:]
+        return "/".join((*head, UPLOADS_PREFIX.rstrip("/"), *rest))
+    return UPLOADS_PREFIX + "/".join(parts)
+
+
+def store_upload(settings: Settings, spool: Spool, relative: str) -> None:
+    """Put a finished spool's file where readers find it under `relative`: locally, moved into
+    the uploads directory (`place`); with an artifact store, streamed to its object (skipped when
+    an object of that size is there already: the key names the content), checked against the
+    spool's hash, and the temp file dropped. Blocking I/O: call it from a worker thread."""
+    artifacts = open_artifacts(settings)
+    if not artifacts.remote:
+        place(spool.path, contained(settings.resolved_uploads_dir, relative))
+        return
+    key = upload_key(relative)
+    there = artifacts.store.stat(key)
+    if there is None or there.size != spool.size:
+        put = artifacts.store.put_file(key, spool.path)
+        if put.sha256 != spool.sha256 or put.size != spool.size:
+            # The temp file changed under us (a disk error): never leave other bytes under a key
+            # that names these.
+            artifacts.store.delete(key)
+            raise ObjectStoreError(f"{key}: the upload changed while it was stored; send it again")
+    spool.discard()
+
+
+def upload_present(settings: Settings, relative: str) -> bool:
+    """Whether the upload's bytes are where readers look (its file, or its object)."""
+    artifacts = open_artifacts(settings)
+    if not artifacts.remote:
+        return contained(settings.resolved_uploads_dir, relative).is_file()
+    return artifacts.store.stat(upload_key(relative)) is not None
+
+
+def remove_upload(settings: Settings, relative: str) -> None:
+    """Delete an upload's file (and its emptied `<sha256>` directory) or its object."""
+    artifacts = open_artifacts(settings)
+    if not artifacts.remote:
+        remove_file(contained(settings.resolved_uploads_dir, relative))
+        return
+    artifacts.store.delete(upload_key(relative))
+
+
+@contextlib.contextmanager
+def fetch(settings: Settings, relative: str, *, size: int, sha256: str) -> Iterator[Path]:
+    """A local path to the upload's bytes for the block: locally the file itself (read in place,
+    as before there was a store); with an artifact store, this machine's cached copy, fetched and
+    verified against `size` and `sha256` when absent and kept from eviction until the block ends.
+    StoredFileMissing when the bytes are gone or are not the ones named."""
+    artifacts = open_artifacts(settings)
+    if not artifacts.remote:
+        path = contained(settings.resolved_uploads_dir, relative)
+        if not path.is_file():
+            raise StoredFileMissing(f"{relative} is missing from the uploads directory")
+        yield path
+        return
+    key = upload_key(relative)
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(
+                artifacts.cache.blob(artifacts.store, key, size=size, sha256=sha256)
+            )
+        except FileNotFoundError as exc:
+            raise StoredFileMissing(f"{key} is missing from the artifact store") from exc
+        except ObjectStoreError as exc:
+            raise StoredFileMissing(
+                f"{key} in the artifact store is not the file uploaded ({exc})"
+            ) from exc
+        yield path
+
+
+def cached_copy(settings: Settings, relative: str, *, size: int, sha256: str) -> Path:
+    """`fetch`'s path without holding it: for a caller that hands a path on (the init_from file a
+    job starts from). With a store, the cached copy may be evicted by another process once this
+    returns (a file already opened stays readable); locally it is the file itself."""
+    with fetch(settings, relative, size=size, sha256=sha256) as path:
+        return path

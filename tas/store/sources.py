@@ -16,10 +16,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tas.core.objstore import ObjectStoreError, open_bundle
 from tas.errors import DomainError, ModelNotFound, ModelNotReady
 from tas.settings import Settings
+from tas.store import files as file_store
 from tas.store import registry as registry_store
 from tas.store import weights as weights_store
+from tas.store.artifacts import open_artifacts
 from tas.store.orm import Job, ModelVersion
 
 WEIGHTS_FILE = "model.safetensors"
@@ -78,11 +81,12 @@ def _weights(
             f"init_from {ref!r}: no uploaded weights with id {weights_id!r} (an id is the 16 hex"
             " characters POST /weights answered)"
         )
-    path = weights_store.weights_path(settings, row.sha256, tenant=row.tenant)
-    if not path.is_file():
+    try:
+        path = weights_store.weights_file(settings, row)
+    except file_store.StoredFileMissing:
         raise InitSourceError(
             f"init_from {ref!r}: the weights file is missing from the store; upload it again"
-        )
+        ) from None
     return InitSource(
         path, {"ref": ref, "kind": "weights", "id": row.public_id, "sha256": row.sha256}
     )
@@ -131,10 +135,31 @@ def _not_found(session: Session, tenant: str, ref: str) -> str:
     )
 
 
+def model_weights(settings: Settings, model_dir: str) -> Path | None:
+    """A local path to a model version's weights file, or None when it is missing. `model_dir` is
+    an absolute directory in the local set-up (read in place, contained in the artifact
+    directory) or, with an artifact store, the key of the model's bundle: its weights object is
+    fetched into this machine's cache, verified against the bundle's manifest, and the path
+    returned without holding it (another process may evict it later; an opened file stays
+    readable)."""
+    if Path(model_dir).is_absolute():
+        root = settings.resolved_artifact_dir
+        path = (Path(model_dir) / WEIGHTS_FILE).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+    artifacts = open_artifacts(settings)
+    try:
+        bundle = open_bundle(artifacts.store, model_dir)
+        if WEIGHTS_FILE not in bundle.names():
+            return None
+        with artifacts.cache.object(bundle, WEIGHTS_FILE) as path:
+            return path
+    except (ObjectStoreError, FileNotFoundError, ValueError):
+        return None
+
+
 def _model(mv: ModelVersion, ref: str, settings: Settings) -> InitSource:
-    root = settings.resolved_artifact_dir
-    path = (Path(mv.model_dir) / WEIGHTS_FILE).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    path = model_weights(settings, mv.model_dir)
+    if path is None:
         raise InitSourceError(
             f"init_from {ref!r}: the weights of model {mv.name}:{mv.version} are missing from"
             " the artifact store"

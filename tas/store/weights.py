@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,10 +13,6 @@ from tas.settings import Settings
 from tas.store import files as file_store
 from tas.store.orm import WeightsFile
 from tas.store.unit_of_work import insert_or_get
-
-if TYPE_CHECKING:
-    pass
-
 
 # ---------------------------------------------------------------------------------------------
 # Weights files (`model.init_from: "weights:<id>"`), the id being the sha256's first 16 hex.
@@ -28,8 +23,20 @@ WEIGHTS_ID = re.compile(r"^[0-9a-f]{16}$")
 def weights_path(settings: Settings, sha256: str, *, tenant: str) -> Path:
     """Where the tenant's weights file with this hash is stored (found by hash: the row keeps no
     path), under the tenant's prefix in the uploads directory."""
-    root = file_store.tenant_root(settings.resolved_uploads_dir, tenant)
-    return root / "weights" / f"{sha256}.safetensors"
+    return settings.resolved_uploads_dir / weights_relative(sha256, tenant=tenant)
+
+
+def weights_relative(sha256: str, *, tenant: str) -> str:
+    """The weights file's path relative to the uploads directory (`file_store.upload_key` maps
+    it to its object in an artifact store)."""
+    return f"{file_store.tenant_prefix(tenant)}weights/{sha256}.safetensors"
+
+
+def weights_file(settings: Settings, row: WeightsFile) -> Path:
+    """A local path to the weights' bytes: the stored file itself, or with an artifact store this
+    machine's verified cached copy (`file_store.cached_copy`). StoredFileMissing when they are gone."""
+    relative = weights_relative(row.sha256, tenant=row.tenant)
+    return file_store.cached_copy(settings, relative, size=row.size_bytes, sha256=row.sha256)
 
 
 def find_weights(session: Session, weights_id: str, *, tenant: str) -> WeightsFile | None:
@@ -53,7 +60,7 @@ def add_weights(
 ) -> tuple[WeightsFile, bool]:
     """As `add_dataset`, for a checked safetensors file: the race on the unique (tenant, sha256)
     key is lost inside a SAVEPOINT. The caller's unit of work commits."""
-    dest = weights_path(settings, spool.sha256, tenant=tenant)
+    relative = weights_relative(spool.sha256, tenant=tenant)
     existing = _weights_by_sha(session, tenant, spool.sha256)
     if existing is None:
         new = WeightsFile(
@@ -67,11 +74,11 @@ def add_weights(
             session, new, lambda: _weights_by_sha(session, tenant, spool.sha256)
         )
         if created:
-            file_store.place(spool.path, dest)
+            file_store.store_upload(settings, spool, relative)
             return row, True
         existing = row
-    if not dest.exists():
-        file_store.place(spool.path, dest)
+    if not file_store.upload_present(settings, relative):
+        file_store.store_upload(settings, spool, relative)
     return existing, False
 
 
