@@ -12,7 +12,7 @@ A reference is one of two things:
   held from eviction until the caller's block ends (a model is loaded, an export built, a file
   read while it is held).
 
-What a client gets when the store fails (documented in README "Errors"): a corrupt object or a
+What a client gets when the store fails (README, "Serving"): a corrupt object or a
 registered bundle without its manifest is a 502 naming the artifact store and the key (nothing
 torn or altered is ever read); a store that does not answer is a 503 with Retry-After. Details
 (the store's URL, the object, the exception) go to the server's log, not to the client."""
