@@ -250,3 +250,35 @@ def test_fits_on_device_budget() -> None:
     assert fits_on_device(1 << 20, CPU, 1) and not fits_on_device((1 << 20) + 1, CPU, 1)
     assert not fits_on_device(1, CPU, 0)
     assert fits_on_device(1 << 40, CPU, None)  # the CPU keeps what it has in memory
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_streaming_pinned_and_async_equals_in_memory() -> None:
+    """On a GPU the reader gathers into pinned buffers and copies on a side stream: the batches,
+    and so the weights, equal the in-memory path's on the same device."""
+    cuda = torch.device("cuda")
+    X, y = pixels(200, 6)
+    norm = Normalizer.fit(X, "per_channel")
+    order = epoch_order(1, 0, 200, CPU)
+    with StreamedBatches(X, y, 32, cuda).epoch(order, 0, 7) as batches:
+        for step, (xb, yb) in batches:
+            idx = order[step * 32 : (step + 1) * 32]
+            assert xb.device.type == "cuda" and torch.equal(xb.cpu(), X[idx])
+            assert torch.equal(yb.cpu(), y[idx])
+    trained = []
+    for stream in (False, True):
+        data = TrainData(
+            X if stream else X.to(cuda),
+            y if stream else y.to(cuda),
+            transform=InputTransform(norm).to(cuda),
+            device=cuda,
+            stream=stream,
+        )
+        trainer = loop_trainer()
+        trainer.model.to(cuda)
+        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.05)
+        trainer.params = list(trainer.model.parameters())
+        trainer.fit(data)
+        trained.append({k: v.cpu() for k, v in trainer.model.state_dict().items()})
+    assert same(trained[0], trained[1])
+    assert readers() == []

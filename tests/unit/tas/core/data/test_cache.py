@@ -335,3 +335,38 @@ def test_a_resumed_job_reads_the_split_it_trained_on(
     assert hooks.outputs("preprocess")["cache"]["hit"] is True
     assert resumed.resumed_from is not None
     assert resumed.model_sha256 == reference.model_sha256
+
+
+def _mapped_from(t: torch.Tensor, path: Path) -> bool:
+    """Whether the tensor's memory lies in a mapping of `path` (Linux's /proc/self/maps)."""
+    ptr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= ptr < end:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_a_hit_maps_the_entry_instead_of_reading_it(tmp_path: Path) -> None:
+    """The split tensors of a hit are the file's pages (copy-on-write: writing to one leaves the
+    entry as it is), equal to what safetensors itself reads, uint8 images kept as uint8."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60, 1, 32, 32), dtype=torch.uint8, generator=g)
+    prepared = prepare(Loaded(Arrays(images, torch.arange(60) % 10)), INFO, 0.2)
+    cache = PreprocessCache(tmp_path / "cache")
+    cache.store("m" * 64, prepared)
+    hit = cache.load("m" * 64)
+    assert hit is not None
+    path = cache.entry_dir("m" * 64) / TENSORS
+    X = hit.prepared.train.X
+    assert X.dtype == torch.uint8 and torch.equal(X, prepared.train.X)
+    assert _mapped_from(X, path) and not _mapped_from(prepared.train.X, path)
+    read = load_file(str(path))
+    assert hit.prepared.val is not None
+    assert torch.equal(read["train.X"], X) and torch.equal(read["val.X"], hit.prepared.val.X)
+    X[0, 0, 0, 0] ^= 0xFF  # private to this process
+    assert torch.equal(load_file(str(path))["train.X"], prepared.train.X)
+    assert cache.load("m" * 64) is not None  # the entry still verifies
