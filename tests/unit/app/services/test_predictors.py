@@ -67,3 +67,42 @@ def test_evict(registry: Registry) -> None:
     cache.get(m.model_dir)
     assert cache.evict(m.model_dir) and m.model_dir not in cache
     assert not cache.evict(m.model_dir)
+
+
+def test_the_opener_holds_the_files_while_the_model_loads(registry: Registry) -> None:
+    """A model is read through the opener (for a store key: the cache's verified bundle, held
+    from eviction meanwhile), which is released once the weights are loaded; an opener's error
+    caches nothing, and the next request tries again."""
+    import shutil
+    import tempfile
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+    from pathlib import Path
+
+    m = registry.add("m")
+    events: list[str] = []
+    fail = [True]
+
+    @contextmanager
+    def opener(ref: str) -> Iterator[Path]:
+        events.append(f"open {ref}")
+        if fail[0]:
+            raise OSError("the store did not answer")
+        # The files exist only inside the block, as a cache entry may be evicted after it.
+        with tempfile.TemporaryDirectory() as held:
+            shutil.copytree(m.model_dir, Path(held) / "model")
+            yield Path(held) / "model"
+        events.append("release")
+
+    cache = PredictorCache(4, opener=opener)
+    try:
+        cache.load("jobs/x/model")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the opener's error must reach the caller")
+    assert "jobs/x/model" not in cache
+    fail[0] = False
+    served = cache.load("jobs/x/model")
+    assert events == ["open jobs/x/model", "open jobs/x/model", "release"]
+    assert cache.load("jobs/x/model") is served and len(events) == 3  # a hit opens nothing
