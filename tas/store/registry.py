@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from tas.store.orm import (
     utcnow,
 )
 from tas.store.unit_of_work import after_commit, insert_or_get
+
+log = logging.getLogger(__name__)
 
 #: Tries at the next version number when jobs of one model finish at the same moment.
 VERSION_TRIES = 5
@@ -243,6 +246,16 @@ def owned_bundle(mv: ModelVersion) -> str | None:
     return None if Path(mv.model_dir).is_absolute() else mv.model_dir
 
 
+def _delete_objects(store: ObjectStore, key: str) -> None:
+    """Best effort, after the commit: the row is gone either way, so a store that fails is logged,
+    never a failed request; what stays is only space (the job's own deletion removes its whole
+    prefix, this bundle included)."""
+    try:
+        delete_bundle(store, key)
+    except Exception:
+        log.exception("could not delete the model bundle %s", store.describe(key))
+
+
 def delete_version(
     session: Session,
     name: str,
@@ -255,12 +268,12 @@ def delete_version(
     cache. Given the artifact store, a version kept there as its own bundle (`owned_bundle`)
     takes its objects along, deleted once the unit of work has committed: a rollback must leave
     the row its model, and an object store has nothing to roll back (a deletion that fails after
-    the commit leaves unreachable objects, never a row without its model). In the local set-up the
-    model directory stays with its job (the job's own deletion removes it)."""
+    the commit leaves unreachable objects, logged, never a row without its model). In the local
+    set-up the model directory stays with its job (the job's own deletion removes it)."""
     mv = get_version(session, name, version, tenant=tenant)
     key = owned_bundle(mv)
     if store is not None and key is not None:
-        after_commit(session, delete_bundle, store, key)
+        after_commit(session, _delete_objects, store, key)
     session.execute(
         delete(ModelAlias).where(
             ModelAlias.tenant == tenant, ModelAlias.name == name, ModelAlias.version == version

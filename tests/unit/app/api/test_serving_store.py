@@ -246,3 +246,26 @@ def test_an_unreachable_store_is_a_503(tmp_path: Path, monkeypatch: pytest.Monke
         r = client.get("/models/m/versions/1/card")
     assert r.status_code == 503, r.text
     assert "artifact store did not answer" in r.json()["detail"] and r.headers["retry-after"]
+
+
+def test_a_failed_object_deletion_still_deletes_the_version(
+    client: TestClient,
+    worker: Registry,
+    store: ObjectStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The row goes with the commit; a store failing afterwards is logged, not a failed request
+    (what it left is only space, removed with the job's prefix)."""
+    _, key = publish(worker, store, "m")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("the store did not answer")
+
+    original = type(store).delete
+    monkeypatch.setattr(type(store), "delete", broken)
+    assert client.delete("/models/m/versions/1").status_code == 204
+    assert client.get("/models/m").status_code == 404
+    assert "could not delete the model bundle" in caplog.text
+    monkeypatch.setattr(type(store), "delete", original)
+    assert open_bundle(store, key).names() == ["card.json", "model.safetensors"]
