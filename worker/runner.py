@@ -131,6 +131,7 @@ def _run_job(
         logbook = JobLogBuffer(lease.attempt, owner)
         logbook.add(run_started(job, lease))
     log.info("claimed job %s attempt %d as %s", job_id, lease.attempt, owner)
+    _drop_scratch(settings, job_id, tenant)  # what a killed run on this machine left
     with capture(logbook):
         try:
             return _run_claimed(
