@@ -71,10 +71,18 @@ def _unreachable() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
+def _local_disk(exc: BaseException, local: Path | None) -> bool:
+    """Whether an OSError is this machine's own cache failing (a full disk, a permission), which is
+    the server's fault (a logged 500), not the store's."""
+    name = getattr(exc, "filename", None)
+    return local is not None and bool(name) and Path(str(name)).is_relative_to(local)
+
+
 @contextmanager
-def store_errors(ref: str) -> Iterator[None]:
+def store_errors(ref: str, local: Path | None = None) -> Iterator[None]:
     """Reading `ref` from the store inside this block: the store's failures become the domain
-    errors the module docstring lists (a client error never reaches them: keys are the server's)."""
+    errors the module docstring lists (a client error never reaches them: keys are the server's).
+    `local`: this machine's cache root, whose own disk errors are left as they are."""
     try:
         yield
     except DomainError:
@@ -96,7 +104,7 @@ def store_errors(ref: str) -> Iterator[None]:
             " manifest or is missing); it is not read until it is restored"
         ) from None
     except Exception as exc:
-        if not isinstance(exc, _unreachable()):
+        if not isinstance(exc, _unreachable()) or _local_disk(exc, local):
             raise
         log.warning("the artifact store did not answer for %s", ref, exc_info=True)
         raise ArtifactStoreUnavailable(
@@ -113,7 +121,7 @@ def local_path(settings: Settings, artifacts: Artifacts, ref: str) -> Iterator[P
         yield contained_artifact(settings, ref)
         return
     with ExitStack() as held:
-        with store_errors(ref):
+        with store_errors(ref, artifacts.cache.root):
             bundle = open_bundle(artifacts.store, ref)
             path = held.enter_context(artifacts.cache.bundle(bundle))
         yield path

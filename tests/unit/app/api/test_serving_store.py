@@ -269,3 +269,29 @@ def test_a_failed_object_deletion_still_deletes_the_version(
     assert "could not delete the model bundle" in caplog.text
     monkeypatch.setattr(type(store), "delete", original)
     assert open_bundle(store, key).names() == ["card.json", "model.safetensors"]
+
+
+def test_the_api_machines_own_cache_failing_is_not_blamed_on_the_store(
+    client: TestClient,
+    worker: Registry,
+    store: ObjectStore,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache's own disk failing (full) is the server's fault: a 500 with nothing internal in
+    it, not a 503 telling the client to retry against a store that answered."""
+    import errno
+
+    from tas.core.objstore import Bundle
+
+    publish(worker, store, "m")
+
+    def disk_full(self: Bundle, name: str, path: Path | str) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    original = Bundle.fetch
+    monkeypatch.setattr(Bundle, "fetch", disk_full)
+    r = client.get("/models/m/versions/1/card")
+    assert r.status_code == 500 and "artifact store" not in r.text
+    monkeypatch.setattr(Bundle, "fetch", original)
+    assert client.get("/models/m/versions/1/card").status_code == 200
