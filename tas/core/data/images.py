@@ -4,9 +4,10 @@ C×H×W arrays in [0, 1].
 Pillow is told to try no format but PNG and JPEG (no other parser ever sees user bytes), and every
 image is judged from its lazily-read header (size, mode) before `load()` decodes it, so a pixel bomb
 costs a header read. A set of images is read in two passes: headers first (channels, one common size,
-the final array's bytes, all known before anything is decoded), then one preallocated N×C×H×W array
-is filled in archive order. `decode_image` is the one place an image becomes a tensor, so an upload and
-a later `/predict` image are decoded and resized the same way."""
+the final array's bytes, all known before anything is decoded), then one N×C×H×W array, a
+memory-mapped scratch file, is filled in archive order an image at a time. `decode_image` is the
+one place an image becomes a tensor, so an upload and a later `/predict` image are decoded and
+resized the same way."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from tas.core.data.archive import UploadError, UploadLimits, nbytes, num, read_entry
+from tas.core.data.scratch import ScratchArray
 
 FORMATS = ("PNG", "JPEG")
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -235,13 +238,18 @@ def read_images(
             status=413,
             hint="give a smaller size, or upload fewer images",
         )
-    X = np.empty((len(entries), channels, height, width), dtype=np.float32)
     rows: dict[str, list[int]] = {}
     for i, info in enumerate(entries):
         rows.setdefault(info.filename, []).append(i)
-    for name, info in sorted(unique.items(), key=lambda kv: kv[1].header_offset):
-        image = decode_image(
-            read_entry(zf, info), name, channels, (height, width), limits.max_pixels
-        )
-        X[rows[name]] = image
-    return X
+    # Decoded images go to a memory-mapped scratch file one at a time: an archive whose images
+    # decode to more than memory holds one image, and the API (which only needs the schema) never
+    # reads them back.
+    near = Path(zf.filename) if isinstance(zf.filename, str) else None
+    with ScratchArray((channels, height, width), np.float32, near=near) as X:
+        for name, info in sorted(unique.items(), key=lambda kv: kv[1].header_offset):
+            image = decode_image(
+                read_entry(zf, info), name, channels, (height, width), limits.max_pixels
+            )
+            for row in rows[name]:
+                X.put(row, image)
+        return X.array(len(entries))

@@ -67,7 +67,8 @@ def encode_target(
             )
         uniq, inverse = np.unique(np.char.strip(keys.astype(str)), return_inverse=True)
         labels = [str(u) for u in uniq]
-        return "classification", torch.from_numpy(inverse[codes].astype(np.int64)), labels
+        y = inverse[codes].astype(np.int64, copy=False)
+        return "classification", torch.from_numpy(y), labels
     finite = np.isfinite(numeric)
     if not finite.all():
         row = int(np.argmax(~finite[codes]))
@@ -91,7 +92,7 @@ def encode_target(
             None,
         )
     uniq, inverse = np.unique(numeric, return_inverse=True)
-    y = torch.from_numpy(inverse[codes].astype(np.int64))
+    y = torch.from_numpy(inverse[codes].astype(np.int64, copy=False))
     return "classification", y, [_class_name(v) for v in uniq]
 
 

@@ -9,6 +9,8 @@ CSV inside an image archive."""
 from __future__ import annotations
 
 import csv
+import itertools
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -26,11 +28,15 @@ from tas.core.data.formats.common import (
     encode_target,
     listing,
 )
+from tas.core.data.scratch import ScratchArray
 
 #: Candidate CSV delimiters, in order of preference when the header splits equally well on several.
 DELIMITERS = (",", ";", "\t", "|")
 #: Target codes ride in the float32 table: exact up to 2**24 distinct values.
 _EXACT_CODES = 1 << 24
+#: Bytes of float32 table parsed at a time: a CSV of any size is read holding about this much
+#: of it (plus its label codes, 4 bytes a row), the features going to a memory-mapped file.
+CHUNK_BYTES = 16 << 20
 #: File name extensions a text upload may have without `format` given ("" for none).
 TEXT_SUFFIXES = ("", ".csv", ".tsv", ".txt", ".dat")
 
@@ -116,8 +122,10 @@ def _target_index(names: list[str], target: str | None, what: str) -> int:
 
 
 def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
-    """The header with the csv module, then the whole table in numpy's C parser (float32, the target
-    column interned to codes by a converter): a few passes over the file, never a list of lines."""
+    """The header with the csv module, then the table in numpy's C parser (float32, the target
+    column interned to codes by a converter), `CHUNK_BYTES` of it at a time: each piece is checked
+    (column count, finite features, the sample limit) and its features written to a memory-mapped
+    scratch file (`ScratchArray`), so a CSV larger than memory is read holding one piece."""
     with path.open(encoding="utf-8-sig", newline="") as fh:
         lines = text_lines(fh)
         delimiter, names, skip = _header(lines, "the CSV", limits.max_columns)
@@ -130,37 +138,55 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
             f"the CSV has only the target column {names[t]!r}; it needs feature columns too"
         )
     labels = Codes()
-    try:
-        with path.open(encoding="utf-8-sig") as fh:
-            table = np.loadtxt(
-                fh,
-                delimiter=delimiter,
-                quotechar='"',
-                skiprows=skip,
-                comments=None,
-                dtype=np.float32,
-                ndmin=2,
-                converters={t: labels},
+    piece_rows = max(1024, CHUNK_BYTES // (4 * len(names)))
+    code_pieces: list[np.ndarray] = []
+    with ScratchArray((len(features),), np.float32, near=path) as scratch:
+        try:
+            with path.open(encoding="utf-8-sig") as fh:
+                for _ in range(skip):
+                    next(fh)
+                while True:
+                    piece = _Counted(itertools.islice(fh, piece_rows))
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # a piece of blank lines
+                        table = np.loadtxt(
+                            piece,
+                            delimiter=delimiter,
+                            quotechar='"',
+                            comments=None,
+                            dtype=np.float32,
+                            ndmin=2,
+                            converters={t: labels},
+                        )
+                    if table.shape[0] == 0:
+                        if piece.lines == 0:
+                            break
+                        continue  # blank lines only
+                    if table.shape[1] != len(names):
+                        raise ValueError("column count")
+                    if scratch.rows + table.shape[0] > limits.max_samples:
+                        raise UploadError(
+                            f"the CSV holds more than {limits.max_samples:,} samples; the limit"
+                            f" is {limits.max_samples:,} (TAS_UPLOAD_MAX_SAMPLES)",
+                            status=413,
+                        )
+                    code_pieces.append(table[:, t].astype(np.int32))
+                    X = np.delete(table, t, axis=1)
+                    del table
+                    _check_finite(X, features, scratch.rows)
+                    scratch.append(X)
+        except ValueError as exc:  # UnicodeDecodeError too: the diagnosis says where
+            raise _diagnose_csv(path, delimiter, names, t, exc) from None
+        check_samples(scratch.rows, limits, "the CSV")
+        if len(labels.index) > _EXACT_CODES:
+            raise UploadError(
+                f"the target column {names[t]!r} has over {_EXACT_CODES:,} distinct values"
             )
-    except ValueError as exc:  # UnicodeDecodeError too: the diagnosis says where
-        raise _diagnose_csv(path, delimiter, names, t, exc) from None
-    if table.shape[1] != len(names):
-        raise _diagnose_csv(path, delimiter, names, t, ValueError("column count"))
-    check_samples(table.shape[0], limits, "the CSV")
-    if len(labels.index) > _EXACT_CODES:
-        raise UploadError(
-            f"the target column {names[t]!r} has over {_EXACT_CODES:,} distinct values"
-        )
-    codes = table[:, t].astype(np.int64)
-    X = np.ascontiguousarray(np.delete(table, t, axis=1))
-    del table
-    finite = np.isfinite(X)
-    if not finite.all():
-        r, c = divmod(int(np.argmin(finite.reshape(-1))), X.shape[1])
-        raise UploadError(
-            f"column {features[c]!r} has a missing or non-finite value ({X[r, c]}) in row {r + 1};"
-            " fill or drop it"
-        )
+        # int32 codes (exact: fewer than 2**24 labels): the label side is the one array that
+        # grows with the rows, besides y itself.
+        codes = np.concatenate(code_pieces)
+        del code_pieces
+        X_all = scratch.array()
     target = names[t]
     empty = labels.first_row(codes, "")
     if empty is not None:
@@ -174,7 +200,7 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
         else None
     )
     return Contents(
-        arrays=Arrays(torch.from_numpy(X), y),
+        arrays=Arrays(torch.from_numpy(X_all), y),
         task=task,
         kind="tabular",
         class_names=class_names,
@@ -182,6 +208,30 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
         feature_names=features,
         target=target,
     )
+
+
+class _Counted:
+    """Lines passed through, counted: a piece that parses to no rows is the end of the file only
+    when no line was left to read (numpy skips blank lines)."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._lines:
+            self.lines += 1
+            yield line
+
+
+def _check_finite(X: np.ndarray, features: list[str], rows_before: int) -> None:
+    finite = np.isfinite(X)
+    if not finite.all():
+        r, c = divmod(int(np.argmin(finite.reshape(-1))), X.shape[1])
+        raise UploadError(
+            f"column {features[c]!r} has a missing or non-finite value ({X[r, c]}) in row"
+            f" {rows_before + r + 1}; fill or drop it"
+        )
 
 
 def _diagnose_csv(
