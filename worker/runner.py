@@ -6,6 +6,7 @@ write, so a job is never left `running` by a worker that is still alive."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -131,42 +132,62 @@ def _run_job(
         logbook = JobLogBuffer(lease.attempt, owner)
         logbook.add(run_started(job, lease))
     log.info("claimed job %s attempt %d as %s", job_id, lease.attempt, owner)
-    _drop_scratch(settings, job_id, tenant)  # what a killed run on this machine left
+    _drop_earlier_scratch(settings, job_id, tenant, lease.attempt)
     with capture(logbook):
         try:
             return _run_claimed(
                 job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions
             )
         finally:
-            _drop_scratch(settings, job_id, tenant)
+            _drop_scratch(settings, job_id, tenant, lease.attempt)
 
 
 def _remote(settings: Settings) -> bool:
     return settings.artifact_url is not None
 
 
-def scratch_dir(settings: Settings, job_id: str, tenant: str) -> Path:
+_RUN_DIR = re.compile(r"^run-(\d+)$")
+
+
+def scratch_dir(settings: Settings, job_id: str, tenant: str, run: int | None = None) -> Path:
     """This machine's working directory for a job when the artifact store is shared instead of a
     directory: under TAS_CACHE_DIR (never the artifact store, which other machines read), at the
-    job's key, so two tenants' jobs never meet."""
-    key = job_store.job_key(job_id, tenant=tenant)
-    return settings.resolved_local_cache_dir / "scratch" / key
+    job's key (two tenants' jobs never meet), one folder per run (`run-<claims>`, the lease's
+    fencing token): a run that lost its lease never writes into the files of the run that took
+    the job over on the same machine. Without `run`: the job's folder of runs."""
+    job = settings.resolved_local_cache_dir / "scratch" / job_store.job_key(job_id, tenant=tenant)
+    return job if run is None else job / f"run-{run}"
 
 
-def job_workdir(settings: Settings, job_id: str, tenant: str) -> Path:
+def job_workdir(settings: Settings, job_id: str, tenant: str, run: int) -> Path:
     """Where a run writes its files: the job's directory in the shared artifact directory, or,
-    with a remote store, this machine's scratch (what must outlive the run is pushed to the
-    store by the pipeline)."""
+    with a remote store, this run's scratch on this machine (what must outlive the run is pushed
+    to the store by the pipeline)."""
     if _remote(settings):
-        return scratch_dir(settings, job_id, tenant)
+        return scratch_dir(settings, job_id, tenant, run)
     return job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant=tenant)
 
 
-def _drop_scratch(settings: Settings, job_id: str, tenant: str) -> None:
+def _drop_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> None:
     """A run's scratch goes when it ends, however it ended: checkpoints, the model and the
     predictions are in the store, and a resume may happen on another machine anyway."""
-    if _remote(settings):
-        shutil.rmtree(scratch_dir(settings, job_id, tenant), ignore_errors=True)
+    if not _remote(settings):
+        return
+    shutil.rmtree(scratch_dir(settings, job_id, tenant, run), ignore_errors=True)
+    with contextlib.suppress(OSError):  # another run's folder is still there: keep the job's
+        scratch_dir(settings, job_id, tenant).rmdir()
+
+
+def _drop_earlier_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> None:
+    """What earlier runs of the job left on this machine (a run killed with its process, or one
+    fenced out by this one, whose files no longer count)."""
+    if not _remote(settings):
+        return
+    with contextlib.suppress(OSError):
+        for entry in scratch_dir(settings, job_id, tenant).iterdir():
+            m = _RUN_DIR.match(entry.name)
+            if m is not None and int(m.group(1)) < run:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def run_started(job: Job, lease: lease_store.Lease) -> str:
@@ -212,7 +233,7 @@ def _run_claimed(
         )
         reporter.start()
         ctx = RunContext(
-            job_dir=job_workdir(settings, job_id, tenant),
+            job_dir=job_workdir(settings, job_id, tenant, lease.attempt),
             datasets_dir=settings.resolved_datasets_dir,
             allow_download=settings.allow_download,
             device=settings.device if spec.resources.device == "auto" else spec.resources.device,

@@ -59,12 +59,16 @@ SPEC: dict[str, Any] = {
 def test_scratch_is_the_machines_own_with_a_remote_store(
     settings: Settings, tmp_path: Path
 ) -> None:
-    work = job_workdir(settings, "j1", "acme")
-    assert work == scratch_dir(settings, "j1", "acme")
+    work = job_workdir(settings, "j1", "acme", 3)
+    assert (
+        work
+        == scratch_dir(settings, "j1", "acme", 3)
+        == scratch_dir(settings, "j1", "acme") / "run-3"
+    )
     assert work.is_relative_to(tmp_path / "machine-a")
-    assert "tenants/acme/jobs/j1" in work.as_posix()
+    assert "tenants/acme/jobs/j1/run-3" in work.as_posix()
     local = Settings(data_dir=tmp_path / "var")
-    assert job_workdir(local, "j1", "default") == local.resolved_artifact_dir / "jobs" / "j1"
+    assert job_workdir(local, "j1", "default", 3) == local.resolved_artifact_dir / "jobs" / "j1"
 
 
 def test_a_job_keeps_its_checkpoints_and_model_in_the_store(
@@ -75,6 +79,10 @@ def test_a_job_keeps_its_checkpoints_and_model_in_the_store(
             s, JobSpec.model_validate(SPEC), tenant="default", max_attempts=3, settings=settings
         ).id
         s.commit()
+    # What a run killed on this machine left (run 0), and a file of it: gone once run 1 starts.
+    left = scratch_dir(settings, job_id, "default", 0) / "predictions" / "val.npz"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"torn")
     run_job(job_id, settings=settings, sessions=sessions, owner="test/1/x")
 
     store = open_store(tmp_path / "bucket")
