@@ -188,6 +188,13 @@ def test_a_job_killed_on_one_worker_resumes_on_another_from_the_store(
 
     onnx.checker.check_model(onnx.load_model(io.BytesIO(r.content)))
 
+    # A job starting from that model's weights (init_from) reads them from the store too.
+    tuned = digits("tuned", 1)
+    tuned["model"]["init_from"] = f"{name}:{version}"
+    tuned_job = st.wait(st.submit(tuned)["id"], timeout=300)
+    assert tuned_job["status"] == "succeeded", (tuned_job, st.logs())
+    assert tuned_job["result"]["init_from"]["job_id"] == job_id
+
     # Deleting the job deletes its prefix in the bucket (the version first: it is served).
     assert st.http.delete(f"/models/{name}/versions/{version}").status_code == 204
     assert st.http.delete(f"/jobs/{job_id}").status_code == 204
