@@ -50,7 +50,15 @@ class Settings(BaseSettings):
         " (workers read them, so they live in the shared artifact store).",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_upload_mb: int = Field(512, ge=1)
+    max_upload_mb: int = Field(
+        512,
+        ge=1,
+        description="Bytes one upload to POST /datasets or /weights may have (MiB); past it a 413."
+        " An upload is received, hashed and decoded in bounded pieces (the API's memory grows by"
+        " its labels only, about 16 bytes a row), so this can be raised to several GB; it bounds"
+        " the temp file on the receiving machine's disk and, with TAS_ARTIFACT_URL, the object"
+        " in the store.",
+    )
     # Limits on what an upload may unpack to (archives, images, rows): see README, "Datasets".
     upload_max_uncompressed_mb: int = Field(
         2048, ge=1, description="Total bytes a ZIP upload may inflate to (MiB)."

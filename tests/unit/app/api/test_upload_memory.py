@@ -1,0 +1,34 @@
+"""A large upload costs the API a bounded amount of memory, whatever its size: received, hashed,
+decoded and stored in bounded pieces (tests/helpers/upload_memory.py measures a real `tas serve`).
+The figures for uploads over 1 GB, locally and to an artifact store, are bench/upload_memory.py's
+(BENCHMARKS.md, "Upload memory"); this keeps a smaller one in the suite."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.upload_memory import measure
+
+#: What the API may grow by, over its peak after a small upload, while it takes one of any size:
+#: a piece of the decoded table (16 MiB of float32) and its temporaries, the receive buffers, and
+#: the labels (int32 codes and y, 12 bytes a row: 11 MB for this CSV). The same upload read whole,
+#: as before it was read in pieces, took 4 times the CSV's size.
+GROWTH_BOUND_MB = 160
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("store", ["local", "file"])
+def test_a_large_csv_upload_stays_within_a_bounded_memory(tmp_path: Path, store: str) -> None:
+    env = {} if store == "local" else {"TAS_ARTIFACT_URL": f"file://{tmp_path / 'bucket'}"}
+    m = measure(tmp_path / "var", 160 << 20, **env)
+    assert m.status == 201 and m.samples == m.rows
+    assert m.growth_mb < GROWTH_BOUND_MB, m
+    assert m.growth_mb < m.csv_mb, m
+    if store == "file":
+        uploaded = list((tmp_path / "bucket" / "uploads" / "datasets").rglob("big.csv"))
+        assert len(uploaded) == 1 and uploaded[0].stat().st_size == int(m.csv_mb * 2**20)
+        assert not list((tmp_path / "var").rglob("big.csv"))  # the API kept no copy
