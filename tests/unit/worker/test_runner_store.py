@@ -20,6 +20,7 @@ from tas.core.spec import JobSpec
 from tas.settings import Settings
 from tas.store import jobs as job_store
 from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.leases import Lease
 from tas.store.migrate import upgrade
 from tas.store.orm import Checkpoint, Job, ModelVersion
 from worker.reporter import DbReporter
@@ -115,8 +116,13 @@ def test_a_local_artifact_directory_deletes_nothing_from_a_store(tmp_path: Path)
 
 
 def test_store_urls_become_keys_in_what_the_database_keeps() -> None:
-    reporter = DbReporter.__new__(DbReporter)
-    reporter.store_root = "s3://bucket/tas/"
+    reporter = DbReporter(
+        sessionmaker(),
+        Lease("j", "test/1/x", 1),
+        lease_seconds=10,
+        interval=1,
+        store_root="s3://bucket/tas/",
+    )
     out = reporter.relative(
         {"resumed_from": {"path": "s3://bucket/tas/jobs/j/checkpoints/c", "epoch": 2}, "n": 1}
     )
