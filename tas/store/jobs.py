@@ -104,9 +104,9 @@ def delete_stored(settings: Settings, job_id: str, *, tenant: str) -> int:
     with a local artifact directory: the job's directory is those files, removed by the caller.
     Best effort: a store that fails is logged, never a failed request (the rows are gone, and a
     leftover prefix is only space)."""
-    artifacts = open_artifacts(settings)
-    if not artifacts.remote:
+    if settings.artifact_url is None:  # checked first: opening the store makes its cache dirs
         return 0
+    artifacts = open_artifacts(settings)
     key = job_key(job_id, tenant=tenant)
     try:
         return artifacts.store.delete_prefix(key)
