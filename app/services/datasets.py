@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,14 @@ from tas.core.data.dataset import DatasetInfo
 from tas.core.data.formats.upload import UploadError, UploadLimits, UploadOptions, read_upload
 from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.errors import DataError
+from tas.core.objstore import ObjectStoreError
 from tas.core.transfer import WeightsMismatch, safetensors_shapes
-from tas.errors import body_error
+from tas.errors import ArtifactStoreError, ArtifactStoreUnavailable, DomainError, body_error
 from tas.settings import Settings
 from tas.store import datasets as dataset_store
 from tas.store import files as file_store
 from tas.store import weights as weights_store
+from tas.store.artifacts import open_artifacts
 from tas.store.orm import Dataset, WeightsFile
 from tas.store.unit_of_work import after_commit
 
@@ -161,6 +165,46 @@ def _read(
         ) from exc
 
 
+@contextmanager
+def _storing(settings: Settings) -> Iterator[None]:
+    """Storing a checked upload: with an artifact store, its failures are the upstream's (the
+    request was fine): a store that does not answer is a 503 to retry, one that takes other bytes
+    than were sent a 502; nothing is recorded either way (the row is rolled back with the unit of
+    work). Locally, errors are left as they are (the server's own disk)."""
+    try:
+        yield
+    except DomainError:
+        raise
+    except ObjectStoreError as exc:
+        log.error("the artifact store did not keep an upload: %s", exc)
+        raise ArtifactStoreError(
+            "the artifact store did not keep the upload as sent; send it again"
+        ) from None
+    except Exception as exc:
+        if not open_artifacts(settings).remote or not isinstance(exc, _unreachable()):
+            raise
+        name = getattr(exc, "filename", None)
+        if name and Path(str(name)).is_relative_to(settings.resolved_uploads_dir):
+            raise  # this machine's own disk (the temp file), not the store
+        log.warning("the artifact store did not answer while storing an upload", exc_info=True)
+        raise ArtifactStoreUnavailable(
+            "the artifact store did not answer while the upload was stored; send it again"
+        ) from None
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    """What a store that does not answer raises: OSError (s3fs turns HTTP failures into it) and
+    botocore's errors for a connection that got no response (imported only if installed)."""
+    kinds: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        pass
+    else:
+        kinds.append(BotoCoreError)
+    return tuple(kinds)
+
+
 async def upload_dataset(
     request: Request, session: Session, settings: Settings, tenant: str
 ) -> tuple[Dataset, bool]:
@@ -173,18 +217,19 @@ async def upload_dataset(
         schema = await run_in_threadpool(
             _read, spool.path, file_name, options, file_store.upload_limits(settings)
         )
-        return await run_in_threadpool(
-            functools.partial(
-                dataset_store.add_dataset,
-                session,
-                settings,
-                tenant=tenant,
-                name=name,
-                file_name=file_name,
-                spool=spool,
-                schema=schema,
+        with _storing(settings):
+            return await run_in_threadpool(
+                functools.partial(
+                    dataset_store.add_dataset,
+                    session,
+                    settings,
+                    tenant=tenant,
+                    name=name,
+                    file_name=file_name,
+                    spool=spool,
+                    schema=schema,
+                )
             )
-        )
 
 
 def delete_dataset(session: Session, settings: Settings, row: Dataset) -> None:
@@ -226,14 +271,15 @@ async def upload_weights(
         name = dataset_name(
             got.fields.get("name"), file_store.safe_file_name(got.filename, "weights")
         )
-        return await run_in_threadpool(
-            functools.partial(
-                weights_store.add_weights,
-                session,
-                settings,
-                tenant=tenant,
-                name=name,
-                spool=spool,
-                tensors=tensors,
+        with _storing(settings):
+            return await run_in_threadpool(
+                functools.partial(
+                    weights_store.add_weights,
+                    session,
+                    settings,
+                    tenant=tenant,
+                    name=name,
+                    spool=spool,
+                    tensors=tensors,
+                )
             )
-        )

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
-from tas.core.objstore import ObjectStoreError
+from tas.core.objstore import BundleCorrupt, ObjectStoreError
 from tas.errors import InvalidUpload, body_error
 from tas.settings import Settings
 from tas.store.artifacts import open_artifacts
@@ -327,9 +327,12 @@ def fetch(settings: Settings, relative: str, *, size: int, sha256: str) -> Itera
             )
         except FileNotFoundError as exc:
             raise StoredFileMissing(f"{key} is missing from the artifact store") from exc
-        except ObjectStoreError as exc:
+        except BundleCorrupt as exc:
+            # The cause (chained) names the store's URL and this machine's cache; the message,
+            # which reaches a job's submitter, names the key only.
             raise StoredFileMissing(
-                f"{key} in the artifact store is not the file uploaded ({exc})"
+                f"{key} in the artifact store is not the file uploaded (its size or sha256"
+                " differs from the upload's)"
             ) from exc
         yield path
 

@@ -108,11 +108,14 @@ class Measured:
 
 
 @contextlib.contextmanager
-def api_server(data_dir: Path, **env: str) -> Iterator[tuple[str, int]]:
-    """`tas serve --no-worker` on a free port: (its URL, its pid)."""
+def api_server(data_dir: Path, code: Path | None = None, **env: str) -> Iterator[tuple[str, int]]:
+    """`tas serve --no-worker` on a free port: (its URL, its pid). `code`: a source tree to run
+    instead of the installed one (another revision, for a before/after comparison)."""
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("TAS_")}
     full.update(TAS_DATA_DIR=str(data_dir), TAS_ALLOW_DOWNLOAD="false", OMP_NUM_THREADS="1")
+    if code is not None:
+        full["PYTHONPATH"] = str(code)
     full.update(env)
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / "api.log").open("wb")
@@ -120,6 +123,7 @@ def api_server(data_dir: Path, **env: str) -> Iterator[tuple[str, int]]:
         [sys.executable, "-m", "tas", "serve", "--no-worker", "--port", str(port)],
         env=full,
         stdin=subprocess.DEVNULL,
+        cwd=code,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -150,13 +154,13 @@ def api_server(data_dir: Path, **env: str) -> Iterator[tuple[str, int]]:
         log.close()
 
 
-def measure(data_dir: Path, csv_bytes: int, **env: str) -> Measured:
+def measure(data_dir: Path, csv_bytes: int, code: Path | None = None, **env: str) -> Measured:
     """Upload a generated CSV of about `csv_bytes` to a fresh API and read its memory."""
     body = Body(blocks_for(csv_bytes))
     limit_mb = str(max(512, int(len(body) / 2**20) + 16))
     env = {"TAS_MAX_UPLOAD_MB": limit_mb, "TAS_UPLOAD_MAX_SAMPLES": str(body.rows + 1), **env}
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    with api_server(data_dir, **env) as (url, pid), httpx.Client(timeout=600) as http:
+    with api_server(data_dir, code, **env) as (url, pid), httpx.Client(timeout=900) as http:
         warm = Body(2)
         r = http.post(url + "/datasets", content=bytes(b"".join(warm)), headers=headers)
         assert r.status_code == 201, r.text

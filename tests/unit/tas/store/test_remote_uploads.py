@@ -235,3 +235,34 @@ def test_a_model_versions_weights_are_read_from_its_bundle(
     assert path is not None and path.read_bytes() == data
     assert path.is_relative_to(worker_settings.object_cache_dir)
     assert sources.model_weights(worker_settings, "jobs/j2/model") is None
+
+
+def test_a_store_that_fails_is_the_upstreams_error_and_nothing_is_recorded(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that does not answer is a 503 to retry, one that keeps other bytes a 502; neither
+    leaves a row, an object or a temp file."""
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr(type(store_of(settings)), "put_file", unreachable)
+    r = client.post("/datasets", files={"file": ("t.csv", CSV, "text/csv")})
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] and "send it again" in r.text
+    r = client.post("/weights", files={"file": ("w.safetensors", b"x", "application/x")})
+    assert r.status_code == 422  # checked before anything is stored
+
+    real_sha = hashlib.sha256
+
+    def other_bytes(self: object, key: str, path: Path) -> object:
+        from tas.core.objstore import ObjectStat
+
+        return ObjectStat(key, len(CSV), real_sha(b"other").hexdigest())
+
+    monkeypatch.setattr(type(store_of(settings)), "put_file", other_bytes)
+    monkeypatch.setattr(type(store_of(settings)), "delete", lambda self, key: None)
+    r = client.post("/datasets", files={"file": ("t.csv", CSV, "text/csv")})
+    assert r.status_code == 502, r.text
+    assert all(d["builtin"] for d in client.get("/datasets").json()["items"])
+    assert local_files(settings) == []
