@@ -399,6 +399,7 @@ class _DataSteps:
                 d.stratify,
                 d.normalize,
                 self.norm_stats,
+                scratch_dir=self._scratch_dir(),
             )
             self.loaded = None  # the raw arrays are not needed any more: free them
             if cache is not None:
@@ -409,6 +410,17 @@ class _DataSteps:
         if cache_out is not None:
             out["cache"] = cache_out
         return prepared
+
+    def _scratch_dir(self) -> Path | None:
+        """Where a split too large for memory is written: beside the preprocessing cache (a local
+        disk, where its entry is written next), else the system's temp folder."""
+        if self.cache is None:
+            return None
+        try:
+            self.cache.root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return self.cache.root
 
 
 def _collect_outputs(info: DatasetInfo, loaded: Loaded) -> dict[str, Any]:

@@ -14,11 +14,13 @@ model sees are unchanged."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from tas.core.data.dataset import PIXELS, Arrays, DatasetInfo, Loaded, as_float
+from tas.core.data.scratch import ScratchArray
 from tas.core.errors import DataError
 
 #: A standard deviation below this is treated as a constant feature: divide by 1, not by ~0.
@@ -257,8 +259,25 @@ def split_indices(
     return SplitIndices(train, val, test, stratified)
 
 
-def _take(a: Arrays, idx: torch.Tensor) -> Arrays:
-    return Arrays(a.X.index_select(0, idx), a.y.index_select(0, idx))
+#: A split whose inputs take more than this is gathered into a memory-mapped scratch file, a chunk
+#: at a time, instead of into memory: its pages are then the kernel's to write back and drop, so a
+#: dataset larger than memory (an upload decoded into its own scratch file) can be split at all.
+SCRATCH_SPLIT_BYTES = 256 << 20
+
+
+def _take(a: Arrays, idx: torch.Tensor, scratch_dir: Path | None) -> Arrays:
+    """The rows `idx` of a split (a copy: the caller's arrays are left alone); large inputs go
+    to a scratch file beside the preprocessing cache (`scratch_dir`; else the system's temp)."""
+    X, y = a.X, a.y.index_select(0, idx)
+    row_bytes = X[0].numel() * X.element_size() if X.shape[0] else 0
+    if idx.numel() * row_bytes <= SCRATCH_SPLIT_BYTES:
+        return Arrays(X.index_select(0, idx), y)
+    near = scratch_dir / "split" if scratch_dir is not None else None
+    with ScratchArray(tuple(X.shape[1:]), X.numpy().dtype, near=near) as scratch:
+        step = _row_chunks(X).step
+        for start in range(0, int(idx.numel()), step):
+            scratch.append(X.index_select(0, idx[start : start + step]).numpy())
+        return Arrays(torch.from_numpy(scratch.array()), y)
 
 
 @dataclass
@@ -337,20 +356,22 @@ def prepare(
     stratify: bool = True,
     normalize: bool | None = None,
     norm_stats: dict[str, list[float]] | None = None,
+    scratch_dir: Path | None = None,
 ) -> Prepared:
     """Split (test held out only when the source has no official test split), then fit the
     normaliser on the training split; the splits stay compact and unnormalised (`Prepared.inputs`
     does both per batch). `norm_stats`: per-channel mean/std to use for images instead of fitted
-    ones (a pretrained model's own)."""
+    ones (a pretrained model's own). `scratch_dir`: where a split too large for memory is written
+    (an existing folder on a local disk)."""
     data = loaded.train
     check_arrays(data, info, "training data")
     if loaded.test is not None:
         check_arrays(loaded.test, info, "test data")
     held_out = test_fraction if loaded.test is None else 0.0
     idx = split_indices(data.y, val_fraction, held_out, split_seed, stratify)
-    train = _take(data, idx.train)
+    train = _take(data, idx.train, scratch_dir)
     indices = {"train": idx.train}
-    val = _take(data, idx.val) if idx.val is not None and idx.val.numel() else None
+    val = _take(data, idx.val, scratch_dir) if idx.val is not None and idx.val.numel() else None
     if val is not None and idx.val is not None:
         indices["val"] = idx.val
     if loaded.test is not None:
@@ -358,7 +379,7 @@ def prepare(
         source: str | None = "official"
         indices["test"] = torch.arange(len(loaded.test))
     elif idx.test is not None and idx.test.numel():
-        test, source = _take(data, idx.test), "held_out"
+        test, source = _take(data, idx.test, scratch_dir), "held_out"
         indices["test"] = idx.test
     else:
         test, source = None, None

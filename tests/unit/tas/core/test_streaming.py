@@ -16,6 +16,7 @@ from torch import nn
 
 from tas.core.augment import BatchAugment
 from tas.core.batches import StreamedBatches, fits_on_device
+from tas.core.data import prepare as prepare_module
 from tas.core.data.dataset import Arrays, DatasetInfo, LoadContext, Loaded, as_float
 from tas.core.data.prepare import InputTransform, Normalizer
 from tas.core.errors import Stopped
@@ -202,6 +203,24 @@ def test_a_streamed_run_resumes_in_memory_to_the_same_weights(run: Run) -> None:
     assert stopped.status == "preempted"
     resumed = run("victim")
     assert same(weights(reference), weights(resumed))
+
+
+def test_larger_than_memory_path_end_to_end_trains_the_same_weights(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every piece of the path for data larger than memory at once: splits gathered into scratch
+    files, the cache entry written from them, and the job streamed from the entry's map on its
+    first (miss) and second (hit) run: the in-memory run's weights, to the bit."""
+    reference = run("reference")
+    monkeypatch.setattr(prepare_module, "SCRATCH_SPLIT_BYTES", 0)
+    cache = {"cache_dir": tmp_path / "cache", "data_fingerprint": "sha256:big", "device_data_mb": 0}
+    for job in ("miss", "hit"):
+        hooks = RecordingHooks()
+        result = run(job, hooks=hooks, **cache)
+        assert hooks.outputs("preprocess")["cache"]["hit"] is (job == "hit")
+        assert hooks.outputs("train")["data"]["streamed"] is True
+        assert same(weights(reference), weights(result))
+        assert reference.evaluation == result.evaluation
 
 
 def test_streamed_batches_follow_the_epoch_order_from_any_step() -> None:

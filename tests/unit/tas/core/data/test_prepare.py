@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from tas.core.data import prepare as prepare_module
 from tas.core.data.dataset import Arrays, DatasetInfo, Loaded, as_float
 from tas.core.data.prepare import Normalizer, prepare, split_indices
 
@@ -122,3 +125,39 @@ def test_normalize_off_and_bad_data() -> None:
         prepare(Loaded(Arrays(X, torch.arange(30) % 3)), TAB, 0.2)
     with pytest.raises(DataError, match="shape"):
         prepare(Loaded(Arrays(torch.randn(30, 4), torch.arange(30) % 3)), TAB, 0.2)
+
+
+def _file_backed(t: torch.Tensor) -> bool:
+    """Whether the tensor's memory lies in a mapping of a file (Linux's /proc/self/maps)."""
+    ptr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= ptr < end:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_a_split_too_large_for_memory_goes_to_a_scratch_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Past the threshold a split is gathered a chunk at a time into a memory-mapped scratch file:
+    the same numbers, none of them in the process's own memory."""
+    g = torch.Generator().manual_seed(2)
+    pixels = torch.randint(0, 256, (500, 3, 4, 4), dtype=torch.uint8, generator=g)
+    y = torch.arange(500) % 3
+    loaded = Loaded(Arrays(pixels, y))
+    in_memory = prepare(loaded, IMG, val_fraction=0.2, test_fraction=0.0, split_seed=1)
+    monkeypatch.setattr(prepare_module, "SCRATCH_SPLIT_BYTES", 0)
+    monkeypatch.setattr(prepare_module, "CHUNK_BYTES", 1000)  # many chunks
+    scratch = prepare(loaded, IMG, val_fraction=0.2, split_seed=1, scratch_dir=tmp_path)
+    assert scratch.val is not None and in_memory.val is not None
+    for got, want in ((scratch.train, in_memory.train), (scratch.val, in_memory.val)):
+        assert got.X.dtype == torch.uint8 and torch.equal(got.X, want.X)
+        assert torch.equal(got.y, want.y)
+        assert _file_backed(got.X) and not _file_backed(want.X)
+    assert scratch.normalizer is not None and in_memory.normalizer is not None
+    assert torch.equal(scratch.normalizer.mean, in_memory.normalizer.mean)
+    assert list(tmp_path.iterdir()) == []  # an unnamed file: nothing left behind
