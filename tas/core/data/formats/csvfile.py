@@ -9,7 +9,6 @@ CSV inside an image archive."""
 from __future__ import annotations
 
 import csv
-import itertools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +33,10 @@ from tas.core.data.scratch import ScratchArray
 DELIMITERS = (",", ";", "\t", "|")
 #: Target codes ride in the float32 table: exact up to 2**24 distinct values.
 _EXACT_CODES = 1 << 24
-#: Bytes of float32 table parsed at a time: a CSV of any size is read holding about this much
-#: of it (plus its label codes, 4 bytes a row), the features going to a memory-mapped file.
-CHUNK_BYTES = 16 << 20
+#: Characters of CSV text parsed at a time: a CSV of any size is read holding about this much
+#: of it and its table (plus its label codes, 4 bytes a row), the features going to a
+#: memory-mapped file.
+PIECE_CHARS = 4 << 20
 #: File name extensions a text upload may have without `format` given ("" for none).
 TEXT_SUFFIXES = ("", ".csv", ".tsv", ".txt", ".dat")
 
@@ -123,7 +123,7 @@ def _target_index(names: list[str], target: str | None, what: str) -> int:
 
 def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
     """The header with the csv module, then the table in numpy's C parser (float32, the target
-    column interned to codes by a converter), `CHUNK_BYTES` of it at a time: each piece is checked
+    column interned to codes by a converter), `PIECE_CHARS` of it at a time: each piece is checked
     (column count, finite features, the sample limit) and its features written to a memory-mapped
     scratch file (`ScratchArray`), so a CSV larger than memory is read holding one piece."""
     with path.open(encoding="utf-8-sig", newline="") as fh:
@@ -138,15 +138,13 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
             f"the CSV has only the target column {names[t]!r}; it needs feature columns too"
         )
     labels = Codes()
-    piece_rows = max(1024, CHUNK_BYTES // (4 * len(names)))
     code_pieces: list[np.ndarray] = []
     with ScratchArray((len(features),), np.float32, near=path) as scratch:
         try:
             with path.open(encoding="utf-8-sig") as fh:
                 for _ in range(skip):
-                    next(fh)
-                while True:
-                    piece = _Counted(itertools.islice(fh, piece_rows))
+                    fh.readline()
+                for piece in _pieces(fh):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)  # a piece of blank lines
                         table = np.loadtxt(
@@ -158,10 +156,9 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
                             ndmin=2,
                             converters={t: labels},
                         )
+                    del piece
                     if table.shape[0] == 0:
-                        if piece.lines == 0:
-                            break
-                        continue  # blank lines only
+                        continue
                     if table.shape[1] != len(names):
                         raise ValueError("column count")
                     if scratch.rows + table.shape[0] > limits.max_samples:
@@ -210,18 +207,23 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
     )
 
 
-class _Counted:
-    """Lines passed through, counted: a piece that parses to no rows is the end of the file only
-    when no line was left to read (numpy skips blank lines)."""
-
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines = lines
-        self.lines = 0
-
-    def __iter__(self) -> Iterator[str]:
-        for line in self._lines:
-            self.lines += 1
-            yield line
+def _pieces(fh: IO[str]) -> Iterator[list[str]]:
+    """The rest of the file as lists of whole lines, about PIECE_CHARS characters each (a line
+    longer than that is one piece): what numpy's parser is given at a time."""
+    rest = ""
+    while True:
+        chunk = fh.read(PIECE_CHARS)
+        text = rest + chunk
+        if not chunk:
+            if text:
+                yield text.splitlines()
+            return
+        cut = text.rfind("\n") + 1
+        if cut == 0:
+            rest = text  # no line ends in it yet: read on
+            continue
+        rest = text[cut:]
+        yield text[:cut].splitlines()
 
 
 def _check_finite(X: np.ndarray, features: list[str], rows_before: int) -> None:

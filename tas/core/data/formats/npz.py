@@ -18,6 +18,10 @@ from tas.core.data.dataset import Arrays, Task
 from tas.core.data.formats.base import NO_TARGET, Contents, Format, Probe, ReadOptions
 from tas.core.data.formats.common import check_classes, check_samples, encode_target, listing
 from tas.core.data.images import resize
+from tas.core.data.scratch import ScratchArray
+
+#: Bytes of X (as float32) read, converted and checked at a time.
+CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class _NpyHeader:
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    fortran: bool = False
 
 
 def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> _NpyHeader:
@@ -35,7 +40,7 @@ def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> _NpyHe
         with zf.open(info) as fp:
             version = fmt.read_magic(fp)
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, _fortran, dtype = read(fp)
+            shape, fortran, dtype = read(fp)
             offset = fp.tell()
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise UploadError(f"array {name!r} is not a valid .npy array: {exc}") from None
@@ -50,7 +55,7 @@ def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> _NpyHe
             f"array {name!r} is truncated: its header promises shape {tuple(shape)} ({nbytes(need)})"
             f" but the entry holds {nbytes(info.file_size - offset)}"
         )
-    return _NpyHeader(name, tuple(int(s) for s in shape), dtype)
+    return _NpyHeader(name, tuple(int(s) for s in shape), dtype, bool(fortran))
 
 
 def _npy_read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.ndarray:
@@ -76,15 +81,8 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
         hx = _npy_header(zf, arrays["X"], "X")
         hy = _npy_header(zf, arrays["y"], "y")
         _check_npz_shapes(hx, hy, limits)
-        X_raw = _npy_read(zf, arrays["X"], "X")
+        X = torch.from_numpy(_read_X(zf, arrays["X"], hx, path))
         y_raw = _npy_read(zf, arrays["y"], "y")
-    X = torch.from_numpy(np.asarray(X_raw, dtype=np.float32))
-    del X_raw
-    finite = torch.isfinite(X).reshape(X.shape[0], -1).all(dim=1)
-    if not bool(finite.all()):
-        raise UploadError(
-            f"array 'X' has a NaN or infinite value in sample {int((~finite).nonzero()[0, 0])}"
-        )
     kind: Literal["tabular", "image"] = "tabular" if X.dim() == 2 else "image"
     if X.dim() == 3:
         X = X.unsqueeze(1)
@@ -94,12 +92,60 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
                 f"size applies to images; this NPZ's X is {X.shape[0]}×{X.shape[1]} features",
                 field="size",
             )
-        X = resize(X, options.size)
+        X = _resized(X, options.size, path)
     task, y, class_names = _npz_target(y_raw, options.task)
     counts = check_classes(y, class_names, "array 'y'", "file") if class_names else None
     return Contents(
         arrays=Arrays(X, y), task=task, kind=kind, class_names=class_names, class_counts=counts
     )
+
+
+def _read_X(zf: zipfile.ZipFile, info: zipfile.ZipInfo, h: _NpyHeader, near: Path) -> np.ndarray:
+    """X as float32, `CHUNK_BYTES` of it at a time: each piece read from the entry, converted,
+    checked finite and written to a memory-mapped scratch file, so an NPZ larger than memory is
+    read holding one piece. (A Fortran-ordered array, which `np.savez` writes only when given
+    one, is read whole.)"""
+    if h.fortran:
+        X = np.asarray(_npy_read(zf, info, "X"), dtype=np.float32)
+        _check_finite(X, 0)
+        return X
+    row_shape = h.shape[1:]
+    row_items = int(np.prod(row_shape, dtype=np.int64))
+    piece = max(1, CHUNK_BYTES // max(1, row_items * max(4, h.dtype.itemsize)))
+    try:
+        with zf.open(info) as fp, ScratchArray(row_shape, np.float32, near=near) as out:
+            fmt = np.lib.format
+            version = fmt.read_magic(fp)
+            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            header(fp)  # leaves fp at the data
+            for start in range(0, h.shape[0], piece):
+                rows = min(piece, h.shape[0] - start)
+                data = fp.read(rows * row_items * h.dtype.itemsize)
+                block = np.frombuffer(data, dtype=h.dtype).reshape(rows, *row_shape)
+                values = block.astype(np.float32)
+                del data, block
+                _check_finite(values, start)
+                out.append(values)
+            return out.array()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UploadError(f"array 'X' cannot be read: {exc}") from None
+
+
+def _check_finite(X: np.ndarray, first: int) -> None:
+    finite = np.isfinite(X.reshape(X.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        raise UploadError(
+            f"array 'X' has a NaN or infinite value in sample {first + int(np.argmin(finite))}"
+        )
+
+
+def _resized(X: torch.Tensor, size: tuple[int, int], near: Path) -> torch.Tensor:
+    """Images resized a piece at a time into a scratch file (`resize` itself fills one array)."""
+    piece = max(1, CHUNK_BYTES // max(1, 4 * X.shape[1] * size[0] * size[1]))
+    with ScratchArray((X.shape[1], *size), np.float32, near=near) as out:
+        for start in range(0, X.shape[0], piece):
+            out.append(resize(X[start : start + piece], size).numpy())
+        return torch.from_numpy(out.array())
 
 
 def _check_npz_shapes(hx: _NpyHeader, hy: _NpyHeader, limits: UploadLimits) -> None:

@@ -52,8 +52,8 @@ def read(path: Path, **options: str) -> object:
 
 @pytest.fixture
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pieces of 1024 rows (the smallest), so a few thousand rows cross many piece boundaries."""
-    monkeypatch.setattr(csvfile, "CHUNK_BYTES", 1)
+    """Pieces of about 20 rows, so a few thousand rows cross many piece boundaries."""
+    monkeypatch.setattr(csvfile, "PIECE_CHARS", 300)
 
 
 def test_a_csv_read_in_pieces_is_the_table_read_whole(
@@ -68,7 +68,7 @@ def test_a_csv_read_in_pieces_is_the_table_read_whole(
     rows += [""] * 2100  # whole pieces of blank lines before the end
     path = _csv(tmp_path, rows)
     pieces = read(path)
-    monkeypatch.setattr(csvfile, "CHUNK_BYTES", 1 << 30)
+    monkeypatch.setattr(csvfile, "PIECE_CHARS", 1 << 30)
     whole = read(path)
     assert pieces.schema() == whole.schema()  # type: ignore[attr-defined]
     assert torch.equal(pieces.arrays.X, whole.arrays.X)  # type: ignore[attr-defined]
@@ -112,3 +112,46 @@ def test_images_land_in_their_rows_from_a_scratch_file(tmp_path: Path) -> None:
     assert X.shape == (4, 1, 4, 4) and X.dtype == torch.float32
     assert [round(float(X[i].mean()) * 255) for i in range(4)] == [50, 10, 150, 200]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pets.zip"]
+
+
+def test_an_npz_read_in_pieces_is_the_array_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tas.core.data.formats import npz
+
+    rng = np.random.default_rng(1)
+    images = rng.random((50, 3, 6, 6))
+    cases = {
+        "tab.npz": {"X": rng.normal(size=(300, 7)).astype(">f8"), "y": np.arange(300) % 3},
+        "fortran.npz": {"X": np.asfortranarray(rng.normal(size=(40, 5))), "y": np.arange(40) % 2},
+        "img.npz": {"X": images, "y": np.arange(50) % 2},
+    }
+    for name, arrays in cases.items():
+        np.savez(tmp_path / name, **arrays)
+    for name, size in [("tab.npz", None), ("fortran.npz", None), ("img.npz", "4x4")]:
+        opts = {"size": size} if size else {}
+        monkeypatch.setattr(npz, "CHUNK_BYTES", 1)  # one sample a piece
+        pieces = read(tmp_path / name, **opts)
+        monkeypatch.setattr(npz, "CHUNK_BYTES", 1 << 30)
+        whole = read(tmp_path / name, **opts)
+        assert torch.equal(pieces.arrays.X, whole.arrays.X), name  # type: ignore[attr-defined]
+        assert pieces.schema() == whole.schema()  # type: ignore[attr-defined]
+    expected = torch.from_numpy(cases["tab.npz"]["X"].astype(np.float32))
+    assert torch.equal(read(tmp_path / "tab.npz").arrays.X, expected)  # type: ignore[attr-defined]
+    bad = rng.normal(size=(30, 4))
+    bad[17, 2] = np.nan
+    np.savez(tmp_path / "bad.npz", X=bad, y=np.arange(30) % 2)
+    monkeypatch.setattr(npz, "CHUNK_BYTES", 64)
+    with pytest.raises(UploadError, match="NaN or infinite value in sample 17"):
+        read(tmp_path / "bad.npz")
+
+
+def test_lines_longer_than_a_piece_and_no_final_newline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\r\n1.5,2,x\r\n3,4.25,y\r\n5,6,x\r\n7,8,y")
+    monkeypatch.setattr(csvfile, "PIECE_CHARS", 4)
+    got = read(path)
+    assert got.arrays.X.tolist() == [[1.5, 2], [3, 4.25], [5, 6], [7, 8]]  # type: ignore[attr-defined]
+    assert got.arrays.y.tolist() == [0, 1, 0, 1]  # type: ignore[attr-defined]
