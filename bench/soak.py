@@ -44,8 +44,9 @@ from rich.table import Table  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
+from tests.helpers.s3 import s3_server  # noqa: E402
 from tests.helpers.servers import start_postgres, start_redis  # noqa: E402
-from tests.helpers.stack import FINISHED, Proc, Stack, distributed_stack  # noqa: E402
+from tests.helpers.stack import FINISHED, Proc, Stack, distributed_stack, spawn  # noqa: E402
 
 SECTION = "## Soak"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -259,6 +260,28 @@ def model_file(data_dir: Path, job_id: str) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
+@dataclass
+class Models:
+    """Where a succeeded job's model.safetensors is read: the shared artifact directory, or the
+    bucket (the job's model bundle, every byte checked against its manifest), fetched to `tmp`."""
+
+    data_dir: Path
+    store_url: str | None = None
+    tmp: Path | None = None
+
+    def fetch(self, job_id: str) -> Path | None:
+        if self.store_url is None:
+            return model_file(self.data_dir, job_id)
+        from tas.core.objstore import ObjectStoreError, open_bundle, open_store
+
+        assert self.tmp is not None
+        try:
+            bundle = open_bundle(open_store(self.store_url), f"jobs/{job_id}/model")
+            return bundle.fetch("model.safetensors", self.tmp / f"{job_id}.safetensors")
+        except (ObjectStoreError, FileNotFoundError):
+            return None
+
+
 def same_weights(a: Path, b: Path) -> bool:
     ta, tb = load_file(str(a)), load_file(str(b))
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
@@ -272,6 +295,9 @@ def same_weights(a: Path, b: Path) -> bool:
 class Soak:
     stack: Stack
     rng: random.Random
+    #: Each worker incarnation gets a data directory of its own (scratch, caches): with an object
+    #: store, workers share nothing but Redis, PostgreSQL and the bucket.
+    own_dirs: bool = False
     workers: list[Worker] = field(default_factory=list)
     serial: int = 0
     #: When the poller first saw each job back in `queued` after being `running` (kill → reaped).
@@ -281,7 +307,13 @@ class Soak:
     def start_worker(self) -> Worker:
         self.serial += 1
         node = f"soak{self.serial}@{platform.node()}"
-        proc = self.stack.start_worker(f"worker-{self.serial}", "--hostname", node)
+        if self.own_dirs:
+            env = {**self.stack.env, "TAS_DATA_DIR": str(self.stack.logdir / f"w{self.serial}")}
+            args = ["worker", "--queues", "default,cpu", "--hostname", node]
+            proc = spawn(f"worker-{self.serial}", args, env, self.stack.logdir)
+            self.stack.procs.append(proc)
+        else:
+            proc = self.stack.start_worker(f"worker-{self.serial}", "--hostname", node)
         w = Worker(node, proc, time.time())
         self.workers.append(w)
         return w
@@ -420,7 +452,16 @@ def main(
     ] = False,
     write: Annotated[bool, typer.Option(help="Write the BENCHMARKS.md section.")] = True,
     keep: Annotated[bool, typer.Option(help="Keep the work dir (logs, artifacts).")] = False,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="local: artifacts in the data dir the API and workers share; s3: in a bucket of"
+            " moto's S3 server, every process with a data dir of its own."
+        ),
+    ] = "local",
 ) -> None:
+    if store not in ("local", "s3"):
+        raise typer.BadParameter("local or s3", param_hint="--store")
     t0 = time.monotonic()
     code_before = code_version()
     rng = random.Random(seed)
@@ -429,15 +470,27 @@ def main(
     redis = start_redis(tmp)
     postgres = start_postgres(tmp)
     failed_run = True
+    servers = contextlib.ExitStack()
+    store_env: dict[str, str] = {}
+    if store == "s3":
+        s3 = servers.enter_context(s3_server())
+        store_env = {**s3.env, "TAS_ARTIFACT_URL": f"s3://{s3.make_bucket()}/artifacts"}
+        os.environ.update(s3.env)  # this process reads the models from the bucket too
+        (tmp / "models").mkdir()
     try:
-        with distributed_stack(
-            tmp,
-            database_url=postgres.url,
-            broker_url=redis.url,
-            workers=0,
-            **soak_env(kills),
-        ) as stack:
-            soak = Soak(stack, rng)
+        with (
+            servers,
+            distributed_stack(
+                tmp,
+                database_url=postgres.url,
+                broker_url=redis.url,
+                workers=0,
+                **soak_env(kills),
+                **store_env,
+            ) as stack,
+        ):
+            soak = Soak(stack, rng, own_dirs=store == "s3")
+            models = Models(stack.data_dir, store_env.get("TAS_ARTIFACT_URL"), tmp / "models")
             soak.start_worker()
             soak.start_worker()
 
@@ -458,7 +511,7 @@ def main(
                 raise typer.Exit(2)
             ref_model: dict[str, Path] = {}
             for key, job_id in ref_ids.items():
-                path = model_file(stack.data_dir, job_id)
+                path = models.fetch(job_id)
                 if path is None:
                     console.print(f"[red]no model.safetensors for reference {key} ({job_id})[/red]")
                     raise typer.Exit(2)
@@ -494,7 +547,7 @@ def main(
             for job_id, j in final.items():
                 if j["status"] != "succeeded":
                     continue
-                path = model_file(stack.data_dir, job_id)
+                path = models.fetch(job_id)
                 if path is None:
                     missing_model.append(job_id)
                     continue
@@ -576,12 +629,20 @@ def main(
                 for name, value in {**must_be_zero, **info}.items()
             )
             victims = "any live worker" if any_worker else "a random worker that is running a job"
+            stack_text = (
+                "sharing one data directory (the artifacts in it)"
+                if store == "local"
+                else "the artifacts in a bucket of moto's S3 server (`TAS_ARTIFACT_URL=s3://…`),"
+                " each process (and each fresh worker) with a data directory of its own, so a"
+                " job resumes on another worker from the checkpoints in the bucket; every model"
+                " is read back from its bundle, checked against its manifest"
+            )
             body = f"""
 - **What**: SIGKILL the whole process group (main process and prefork child) of {victims}, at
   random moments ({min_gap:g}–{max_gap:g} s apart), start a fresh worker after each kill, then
   check what the database, the workers' logs and the artifacts say.
 - **Stack**: real redis-server and PostgreSQL, `tas serve --no-worker` and two `tas worker`s
-  (prefork, a fresh child per job), leases shortened for the soak:
+  (prefork, a fresh child per job), {stack_text}, leases shortened for the soak:
   `{" ".join(f"{k}={v}" for k, v in soak_env(kills).items())}`.
 - **Jobs**: digits MLPs, three specs ({", ".join(SPECS)}: dropout, momentum, Adam/AdamW moments,
   cosine and step schedules), 12 epochs, a checkpoint every epoch. Each spec first runs once with
@@ -604,8 +665,9 @@ Machine: {machine()}. Code: {code}. Run {datetime.now().strftime("%Y-%m-%d %H:%M
 | --- | --- | --- |
 {rows}
 """
-            write_section(SECTION, body)
-            console.print(f"wrote the {SECTION!r} section of {BENCHMARKS}")
+            heading = SECTION if store == "local" else f"{SECTION} (object store)"
+            write_section(heading, body)
+            console.print(f"wrote the {heading!r} section of {BENCHMARKS}")
     finally:
         redis.kill()
         postgres.stop()
