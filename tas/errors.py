@@ -155,6 +155,14 @@ class DatasetInUse(Conflict):
         )
 
 
+class WeightsInUse(Conflict):
+    def __init__(self, weights_id: str, job_ids: Sequence[str]) -> None:
+        super().__init__(
+            f"weights {weights_id!r} are the init_from of {len(job_ids)} queued or running"
+            f" job(s) ({', '.join(job_ids[:5])}); cancel them or wait for them to finish"
+        )
+
+
 class PredictionsNotReady(Conflict):
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(

@@ -244,6 +244,13 @@ def delete_dataset(session: Session, settings: Settings, row: Dataset) -> None:
 # Weights.
 
 
+def delete_weights(session: Session, settings: Settings, row: WeightsFile) -> None:
+    """Drop the row; its file (or, with an artifact store, its object) goes once the deletion is
+    committed."""
+    relative = weights_store.delete_weights(session, row)
+    after_commit(session, file_store.remove_upload, settings, relative)
+
+
 def safetensors_tensors(path: Path) -> dict[str, list[int]]:
     """Each tensor's shape, from the safetensors header (what init_from's shape check reads too);
     422 for anything that is not one. Nothing is unpickled, nothing but the header is read."""

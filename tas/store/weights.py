@@ -6,12 +6,13 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from tas.errors import WeightsInUse
 from tas.settings import Settings
 from tas.store import files as file_store
-from tas.store.orm import WeightsFile
+from tas.store.orm import Job, JobStatus, WeightsFile
 from tas.store.unit_of_work import insert_or_get
 
 # ---------------------------------------------------------------------------------------------
@@ -86,3 +87,34 @@ def _weights_by_sha(session: Session, tenant: str, sha256: str) -> WeightsFile |
     return session.scalar(
         select(WeightsFile).where(WeightsFile.tenant == tenant, WeightsFile.sha256 == sha256)
     )
+
+
+def jobs_using(session: Session, row: WeightsFile) -> list[str]:
+    """Queued or running jobs of the tenant that start from these weights: named by
+    `init_from: "weights:<id>"`, or pinned to their sha256 when they were submitted."""
+    jobs = session.execute(
+        select(Job.id, Job.spec, Job.result).where(
+            Job.tenant == row.tenant,
+            Job.status.in_([JobStatus.queued.value, JobStatus.running.value]),
+        )
+    )
+    using = []
+    for job_id, spec, result in jobs:
+        ref = str(((spec or {}).get("model") or {}).get("init_from") or "").strip()
+        pinned = (result or {}).get("init_from") or {}
+        named = ref.startswith("weights:") and row.sha256.startswith(ref.partition(":")[2] or "-")
+        if named or (pinned.get("kind") == "weights" and pinned.get("sha256") == row.sha256):
+            using.append(job_id)
+    return using
+
+
+def delete_weights(session: Session, row: WeightsFile) -> str:
+    """Drop the row (409 while a queued or running job starts from it); the file's path relative
+    to the uploads directory, to remove once the caller has committed (`file_store.remove_upload`:
+    its file, or with an artifact store its object). One row per tenant and hash, so nothing else
+    uses the file."""
+    using = jobs_using(session, row)
+    if using:
+        raise WeightsInUse(row.public_id, using)
+    session.execute(delete(WeightsFile).where(WeightsFile.id == row.id))
+    return weights_relative(row.sha256, tenant=row.tenant)

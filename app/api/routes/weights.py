@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AuditedRouter, SessionDep, SettingsDep, TenantDep, requires
 from app.schemas.datasets import WeightsForm, WeightsOut
@@ -62,3 +63,22 @@ def get_weights(
     if row is None:
         raise WeightsNotFound(weights_id)
     return service.weights_out(row)
+
+
+@router.delete(
+    "/{weights_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "A queued or running job starts from them (init_from)"}},
+)
+async def delete_weights(
+    weights_id: Annotated[str, Path(max_length=64)],
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+) -> None:
+    """Delete uploaded weights and their file. Jobs that already started from them keep their
+    own copy of what they trained."""
+    row = await run_in_threadpool(weights_store.find_weights, session, weights_id, tenant=tenant)
+    if row is None:
+        raise WeightsNotFound(weights_id)
+    await run_in_threadpool(service.delete_weights, session, settings, row)

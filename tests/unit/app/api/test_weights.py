@@ -130,6 +130,31 @@ def test_init_from_weights_that_fit_is_queued_and_pinned(client: TestClient) -> 
     }
 
 
+def test_weights_in_use_are_kept_then_deleted_with_their_file(
+    client: TestClient, settings: Settings
+) -> None:
+    """DELETE /weights/{id}: 409 while a queued job starts from them, then 204 and the file gone;
+    404 after, and for an id that never existed."""
+    w = post_weights(client, st_bytes(mlp_state([8], 4, 3))).json()
+    stored = settings.resolved_uploads_dir / "weights" / f"{w['sha256']}.safetensors"
+    job = client.post(
+        "/jobs",
+        json={
+            "name": "ft",
+            "dataset": {"name": "iris"},
+            "model": {"arch": "mlp", "hidden": [8], "init_from": f"weights:{w['id']}"},
+        },
+    ).json()
+    r = client.delete(f"/weights/{w['id']}")
+    assert r.status_code == 409 and job["id"] in r.text and stored.is_file()
+    assert client.post(f"/jobs/{job['id']}/cancel").status_code in (200, 202)
+    assert client.delete(f"/weights/{w['id']}").status_code == 204
+    assert not stored.exists()
+    assert client.get(f"/weights/{w['id']}").status_code == 404
+    assert client.delete(f"/weights/{w['id']}").status_code == 404
+    assert client.delete("/weights/" + "0" * 16).status_code == 404
+
+
 def test_init_from_weights_of_another_shape_names_the_layer(client: TestClient) -> None:
     """Weights of an MLP with 16 hidden units, for a job that builds one with 8."""
     w = post_weights(client, st_bytes(mlp_state([16], 4, 3))).json()

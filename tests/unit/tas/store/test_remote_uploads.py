@@ -208,6 +208,9 @@ def test_weights_are_an_object_and_init_from_reads_them_on_another_machine(
     again = client.post("/weights", files={"file": ("w.safetensors", data, "application/x")})
     assert again.status_code == 200  # the repeat puts the object back
     assert store_of(settings).get_bytes(key) == data
+    assert client.delete(f"/weights/{w['id']}").status_code == 204  # and its object with it
+    assert not store_of(settings).exists(key)
+    assert client.post("/weights", files={"file": ("w", data, "application/x")}).status_code == 201
     store_of(settings).delete(key)
     # a fresh machine, nothing cached: the pin fails as a missing source
     other = worker_settings.model_copy(
