@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Bytes one upload to POST /datasets or /weights may have (MiB); past it a 413."
         " An upload is received, hashed and decoded in bounded pieces (the API's memory grows by"
-        " its labels only, about 16 bytes a row), so this can be raised to several GB; it bounds"
+        " its labels only, about 20 bytes a row), so this can be raised to several GB; it bounds"
         " the temp file on the receiving machine's disk and, with TAS_ARTIFACT_URL, the object"
         " in the store.",
     )
