@@ -1,7 +1,14 @@
 """NPZ: `np.savez(path, X=features, y=labels)`. X is N×F (features), N×H×W or N×C×H×W (images);
-y is N labels or N×d regression targets. X is kept as it is (cast to float32), so `/predict` inputs
-use the same scale; `size` resizes image arrays. Nothing is unpickled: each array's header (shape,
-dtype) is judged before its data is read, and object arrays are refused."""
+y is N labels or N×d regression targets. Nothing is unpickled: each array's header (shape, dtype) is
+judged before its data is read, and object arrays are refused.
+
+The scale of X: a uint8 image array (N×H×W or N×C×H×W) stays uint8, a byte a pixel, and is read as
+the built-in image sets are (pixel / 255, then the dataset's normalisation, per batch on the training
+device): a quarter of float32's bytes in the scratch file, the preprocessing cache and memory, so a
+million CIFAR-sized images take 3 GB, not 12. `/predict` then takes pixel / 255 (values in [0, 1]) or
+PNG/JPEG images, as for any image model. Any other X (features, float or other integer images) is
+kept as it is, cast to float32, so `/predict` inputs use the same scale. `size` resizes image arrays
+(uint8 ones are rounded back to uint8)."""
 
 from __future__ import annotations
 
@@ -22,6 +29,14 @@ from tas.core.data.scratch import ScratchArray
 
 #: Bytes of X (as float32) read, converted and checked at a time.
 CHUNK_BYTES = 16 << 20
+
+
+def _kept_dtype(h: _NpyHeader) -> np.dtype[Any]:
+    """uint8 for a uint8 image array (a byte a pixel, read as pixel / 255 per batch), else float32."""
+    return np.dtype(np.uint8) if h.dtype == np.uint8 and len(h.shape) in (3, 4) else _FLOAT
+
+
+_FLOAT = np.dtype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -101,19 +116,20 @@ def read(path: Path, options: ReadOptions, limits: UploadLimits) -> Contents:
 
 
 def _read_X(zf: zipfile.ZipFile, info: zipfile.ZipInfo, h: _NpyHeader, near: Path) -> np.ndarray:
-    """X as float32, `CHUNK_BYTES` of it at a time: each piece read from the entry, converted,
-    checked finite and written to a memory-mapped scratch file, so an NPZ larger than memory is
-    read holding one piece. (A Fortran-ordered array, which `np.savez` writes only when given
-    one, is read whole.)"""
+    """X in its kept dtype (`_kept_dtype`: uint8 images as they are, else float32), `CHUNK_BYTES`
+    of it at a time: each piece read from the entry, converted, checked finite and written to a
+    memory-mapped scratch file, so an NPZ larger than memory is read holding one piece. (A
+    Fortran-ordered array, which `np.savez` writes only when given one, is read whole.)"""
+    kept = _kept_dtype(h)
     if h.fortran:
-        X = np.asarray(_npy_read(zf, info, "X"), dtype=np.float32)
+        X = np.ascontiguousarray(_npy_read(zf, info, "X"), dtype=kept)
         _check_finite(X, 0)
         return X
     row_shape = h.shape[1:]
     row_items = int(np.prod(row_shape, dtype=np.int64))
     piece = max(1, CHUNK_BYTES // max(1, row_items * max(4, h.dtype.itemsize)))
     try:
-        with zf.open(info) as fp, ScratchArray(row_shape, np.float32, near=near) as out:
+        with zf.open(info) as fp, ScratchArray(row_shape, kept, near=near) as out:
             fmt = np.lib.format
             version = fmt.read_magic(fp)
             header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
@@ -122,7 +138,7 @@ def _read_X(zf: zipfile.ZipFile, info: zipfile.ZipInfo, h: _NpyHeader, near: Pat
                 rows = min(piece, h.shape[0] - start)
                 data = fp.read(rows * row_items * h.dtype.itemsize)
                 block = np.frombuffer(data, dtype=h.dtype).reshape(rows, *row_shape)
-                values = block.astype(np.float32)
+                values = block.astype(kept)
                 del data, block
                 _check_finite(values, start)
                 out.append(values)
@@ -132,6 +148,8 @@ def _read_X(zf: zipfile.ZipFile, info: zipfile.ZipInfo, h: _NpyHeader, near: Pat
 
 
 def _check_finite(X: np.ndarray, first: int) -> None:
+    if X.dtype.kind not in "fc":
+        return  # integers (uint8 pixels) are always finite
     finite = np.isfinite(X.reshape(X.shape[0], -1)).all(axis=1)
     if not finite.all():
         raise UploadError(
@@ -140,11 +158,19 @@ def _check_finite(X: np.ndarray, first: int) -> None:
 
 
 def _resized(X: torch.Tensor, size: tuple[int, int], near: Path) -> torch.Tensor:
-    """Images resized a piece at a time into a scratch file (`resize` itself fills one array)."""
+    """Images resized a piece at a time into a scratch file (`resize` itself fills one array).
+    uint8 pixels are resized as pixel values and rounded back to uint8, so they stay compact (the
+    bilinear filter keeps values within 0..255)."""
     piece = max(1, CHUNK_BYTES // max(1, 4 * X.shape[1] * size[0] * size[1]))
-    with ScratchArray((X.shape[1], *size), np.float32, near=near) as out:
+    pixels = X.dtype == torch.uint8
+    with ScratchArray(
+        (X.shape[1], *size), X.numpy().dtype if pixels else np.float32, near=near
+    ) as out:
         for start in range(0, X.shape[0], piece):
-            out.append(resize(X[start : start + piece], size).numpy())
+            done = resize(X[start : start + piece], size)
+            if pixels and done.dtype != torch.uint8:
+                done = done.round_().clamp_(0, 255).to(torch.uint8)
+            out.append(done.numpy())
         return torch.from_numpy(out.array())
 
 
@@ -164,10 +190,11 @@ def _check_npz_shapes(hx: _NpyHeader, hy: _NpyHeader, limits: UploadLimits) -> N
             f"X has {hx.shape[0]:,} samples but y has {hy.shape[0]:,}; they must match row for row"
         )
     check_samples(hx.shape[0], limits, "the NPZ")
-    need = int(np.prod(hx.shape, dtype=np.int64)) * 4
+    kept = _kept_dtype(hx)
+    need = int(np.prod(hx.shape, dtype=np.int64)) * kept.itemsize
     if need > limits.max_array_bytes:
         raise UploadError(
-            f"array 'X' {hx.shape} takes {nbytes(need)} as float32; the limit is"
+            f"array 'X' {hx.shape} takes {nbytes(need)} as {kept}; the limit is"
             f" {nbytes(limits.max_array_bytes)}",
             status=413,
         )
