@@ -269,3 +269,36 @@ def test_a_store_that_fails_is_the_upstreams_error_and_nothing_is_recorded(
     assert r.status_code == 502, r.text
     assert all(d["builtin"] for d in client.get("/datasets").json()["items"])
     assert local_files(settings) == []
+
+
+def test_a_job_on_another_machine_trains_on_the_uploaded_dataset(
+    client: TestClient, worker_settings: Settings
+) -> None:
+    """The worker's side end to end: a job run on a machine that has nothing but the database and
+    the store reads the upload through its cache and trains."""
+    from tas.store import jobs as job_store
+    from tas.store.orm import Job
+    from worker.runner import run_job
+
+    rows = b"".join(f"{i % 5},{(i * 3) % 7},{'xy'[i % 2]}\n".encode() for i in range(200))
+    ds = client.post("/datasets", files={"file": ("t.csv", b"a,b,label\n" + rows, "text/csv")})
+    assert ds.status_code == 201, ds.text
+    engine = make_engine(worker_settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    spec = {
+        "name": "remote-upload",
+        "dataset": {"id": ds.json()["id"], "test_fraction": 0.2},
+        "model": {"arch": "mlp", "hidden": [4]},
+        "training": {"epochs": 1, "batch_size": 32},
+    }
+    with sessions() as s:
+        job_id = job_store.create_job(s, spec, tenant="default", max_attempts=1).id
+        s.commit()
+    settings = worker_settings.model_copy(update={"device": "cpu"})
+    outcome = run_job(job_id, settings=settings, sessions=sessions, owner="m2")
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert outcome.status == "succeeded", job.error
+    engine.dispose()
+    assert any((worker_settings.object_cache_dir / "entries").rglob("t.csv"))
