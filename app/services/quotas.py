@@ -17,7 +17,7 @@ from tas.store import usage as usage_store
 #: A full job quota frees a slot when one of the tenant's jobs finishes: a guess at how soon.
 JOBS_RETRY_AFTER_S = 30
 #: A full storage quota frees room only when the tenant deletes something; retrying sooner than
-#: this only repeats the walk of its job directories.
+#: this only repeats the walk of its job directories (or the listing of its jobs in the store).
 STORAGE_RETRY_AFTER_S = 300
 
 
@@ -39,7 +39,8 @@ def admit_job(session: Session, settings: Settings, tenant: str) -> None:
     racing at the limit admit one job. The cost is that one tenant's submits queue behind each
     other for the length of a submit (milliseconds); other tenants' never wait. The storage check
     needs no lock (a submit adds no bytes), so it comes first and its walk of the tenant's job
-    directories is never done while the lock is held."""
+    directories (or listing of its jobs in the store) is never done while the lock is held; a
+    store that does not answer it is a 503 (`usage_store.artifact_bytes`)."""
     quota = stored_limit(settings)
     if quota is not None:
         used = usage_store.stored_bytes(session, settings, tenant).total

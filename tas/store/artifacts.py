@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from functools import cache
 
 from tas.core.objstore import LocalCache, ObjectStore, open_store
 from tas.settings import Settings
@@ -51,3 +52,18 @@ def open_artifacts(settings: Settings) -> Artifacts:
             )
             _opened[key] = found
         return found
+
+
+@cache
+def store_unreachable() -> tuple[type[BaseException], ...]:
+    """What a store that does not answer raises: OSError (s3fs turns HTTP failures into it) and
+    botocore's errors for a connection that got no response (imported on first use, and only if
+    installed: only an S3 store can raise them, and botocore is slow to import)."""
+    kinds: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:  # no S3 support installed: no S3 store either
+        pass
+    else:
+        kinds.append(BotoCoreError)
+    return tuple(kinds)
