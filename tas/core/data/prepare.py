@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from tas.core.data.dataset import PIXELS, Arrays, DatasetInfo, Loaded, as_float
+from tas.core.data.pages import page_out
 from tas.core.data.scratch import ScratchArray
 from tas.core.errors import DataError
 
@@ -383,6 +384,11 @@ def prepare(
         indices["test"] = idx.test
     else:
         test, source = None, None
+    if data.X.numel() * data.X.element_size() > SCRATCH_SPLIT_BYTES:
+        # The splits are copies: the source's pages, all read by the split, would otherwise stay
+        # in the resident set beside the split's while the fit and the cache store read those,
+        # twice the dataset (a no-op unless the source is a memory-mapped file).
+        page_out(data.X)
     use_norm = info.default_normalize if normalize is None else normalize
     normalizer = None
     if use_norm:
