@@ -59,19 +59,23 @@ def job_data(
     tenant: str,
     pinned: dict[str, Any] | None,
     settings: Settings,
+    hold: contextlib.ExitStack | None = None,
 ) -> JobData:
     """Everything the job reads, resolved from the database; TrainingError (stage collect) when
-    something it was submitted with is gone."""
+    something it was submitted with is gone. With an artifact store the init_from file is this
+    machine's cached copy, held from eviction on `hold` (the run keeps it open until it ends):
+    another job's fetch on this machine may evict anything not held, and the pipeline opens the
+    file only once it has built the model."""
     with sessions() as s:
         source = _data_source(s, spec, tenant, settings)
         init = None
         if spec.model.init_from is not None:
             try:
                 if pinned:
-                    init = sources.resolve_pinned(s, tenant, pinned, settings)
+                    init = sources.resolve_pinned(s, tenant, pinned, settings, hold=hold)
                 else:
                     init = sources.resolve_init_source(
-                        s, tenant, spec.model.init_from, settings
+                        s, tenant, spec.model.init_from, settings, hold=hold
                     ).path
             except sources.InitSourceError as exc:
                 raise TrainingError(
@@ -133,10 +137,12 @@ def _run_job(
         logbook.add(run_started(job, lease))
     log.info("claimed job %s attempt %d as %s", job_id, lease.attempt, owner)
     _drop_earlier_scratch(settings, job_id, tenant, lease.attempt)
-    with capture(logbook):
+    # `held`: what the run reads from this machine's object cache, kept from eviction until
+    # the run has ended.
+    with capture(logbook), contextlib.ExitStack() as held:
         try:
             return _run_claimed(
-                job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions
+                job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions, held
             )
         finally:
             _drop_scratch(settings, job_id, tenant, lease.attempt)
@@ -211,13 +217,14 @@ def _run_claimed(
     logbook: JobLogBuffer,
     settings: Settings,
     sessions: sessionmaker[Session],
+    held: contextlib.ExitStack,
 ) -> Outcome:
     spec = JobSpec.model_validate(raw_spec)
     reporter: DbReporter | None = None
     limits = log_store.LogLimits.of(settings)
     settle = _Settle(sessions, lease, logbook, limits)
     try:
-        data = job_data(sessions, spec, tenant, pinned, settings)
+        data = job_data(sessions, spec, tenant, pinned, settings, held)
         info = data.source.info
         # The spec is checked against this dataset by the pipeline (`check_spec`), and the
         # reporter's best metrics follow the loop's own verdict on each epoch row.

@@ -5,10 +5,18 @@ A reference is a succeeded job's id, a registered model `name` (its latest versi
 `name:version`, `name@alias`, or `weights:<id>` (an upload to POST /weights). The API pins what it
 resolved to (`InitSource.pinned`: the model version's job, or the weights' hash) so that the job
 trains from what was checked even if `name` gets a newer version meanwhile; the worker resolves
-the pin, and a version deleted in between fails the job in `collect`, saying so."""
+the pin, and a version deleted in between fails the job in `collect`, saying so.
+
+With an artifact store the file is this machine's cached copy, which another process's eviction
+may delete once nothing holds it. A caller that reads the file passes `hold` (an ExitStack it
+keeps open for as long as it reads: the API for its check, the worker for the whole run), and
+the cache entry is held from eviction on it until the stack closes; without `hold` the path is
+only good for seeing that the source exists (an entry is evicted only when not held, so a file
+already opened stays readable)."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,20 +53,28 @@ class InitSource:
     pinned: dict[str, Any]
 
 
-def resolve_init_source(session: Session, tenant: str, ref: str, settings: Settings) -> InitSource:
+def resolve_init_source(
+    session: Session, tenant: str, ref: str, settings: Settings, *, hold: ExitStack | None = None
+) -> InitSource:
+    """What `ref` names; its file held on `hold` (see the module docstring)."""
     ref = ref.strip()
     if ref.startswith("weights:"):
-        return _weights(session, tenant, ref, ref.partition(":")[2], settings)
-    return _model(_registered(session, tenant, ref), ref, settings)
+        return _weights(session, tenant, ref, ref.partition(":")[2], settings, hold)
+    return _model(_registered(session, tenant, ref), ref, settings, hold)
 
 
 def resolve_pinned(
-    session: Session, tenant: str, pinned: dict[str, Any], settings: Settings
+    session: Session,
+    tenant: str,
+    pinned: dict[str, Any],
+    settings: Settings,
+    *,
+    hold: ExitStack | None = None,
 ) -> Path:
-    """The file a pin names, as the job runs (InitSourceError when it is gone)."""
+    """The file a pin names, as the job runs (InitSourceError when it is gone), held on `hold`."""
     ref = str(pinned.get("ref", ""))
     if pinned.get("kind") == "weights":
-        return _weights(session, tenant, ref, str(pinned.get("id", "")), settings).path
+        return _weights(session, tenant, ref, str(pinned.get("id", "")), settings, hold).path
     mv = session.scalar(
         select(ModelVersion).where(
             ModelVersion.job_id == str(pinned.get("job_id", "")), ModelVersion.tenant == tenant
@@ -69,11 +85,25 @@ def resolve_pinned(
             f"init_from {ref!r} resolved to model {pinned.get('name')}:{pinned.get('version')}"
             " when the job was submitted, and that version has been deleted since"
         )
-    return _model(mv, ref, settings).path
+    return _model(mv, ref, settings, hold).path
+
+
+def held(entry: AbstractContextManager[Path], hold: ExitStack | None) -> Path:
+    """The path a cache context manager yields, held on `hold` until it closes; without `hold`,
+    released at once (the path is then only good for seeing that it exists)."""
+    if hold is not None:
+        return hold.enter_context(entry)
+    with entry as path:
+        return path
 
 
 def _weights(
-    session: Session, tenant: str, ref: str, weights_id: str, settings: Settings
+    session: Session,
+    tenant: str,
+    ref: str,
+    weights_id: str,
+    settings: Settings,
+    hold: ExitStack | None,
 ) -> InitSource:
     row = weights_store.find_weights(session, weights_id, tenant=tenant)
     if row is None:
@@ -82,7 +112,7 @@ def _weights(
             " characters POST /weights answered)"
         )
     try:
-        path = weights_store.weights_file(settings, row)
+        path = weights_store.weights_file(settings, row, hold=hold)
     except file_store.StoredFileMissing:
         raise InitSourceError(
             f"init_from {ref!r}: the weights file is missing from the store; upload it again"
@@ -135,13 +165,14 @@ def _not_found(session: Session, tenant: str, ref: str) -> str:
     )
 
 
-def model_weights(settings: Settings, model_dir: str) -> Path | None:
+def model_weights(
+    settings: Settings, model_dir: str, *, hold: ExitStack | None = None
+) -> Path | None:
     """A local path to a model version's weights file, or None when it is missing. `model_dir` is
     an absolute directory in the local set-up (read in place, contained in the artifact
     directory) or, with an artifact store, the key of the model's bundle: its weights object is
-    fetched into this machine's cache, verified against the bundle's manifest, and the path
-    returned without holding it (another process may evict it later; an opened file stays
-    readable)."""
+    fetched into this machine's cache, verified against the bundle's manifest, and held from
+    eviction on `hold` until it closes (without `hold`, not held: see the module docstring)."""
     if Path(model_dir).is_absolute():
         root = settings.resolved_artifact_dir
         path = (Path(model_dir) / WEIGHTS_FILE).resolve()
@@ -151,14 +182,13 @@ def model_weights(settings: Settings, model_dir: str) -> Path | None:
         bundle = open_bundle(artifacts.store, model_dir)
         if WEIGHTS_FILE not in bundle.names():
             return None
-        with artifacts.cache.object(bundle, WEIGHTS_FILE) as path:
-            return path
+        return held(artifacts.cache.object(bundle, WEIGHTS_FILE), hold)
     except (ObjectStoreError, FileNotFoundError, ValueError):
         return None
 
 
-def _model(mv: ModelVersion, ref: str, settings: Settings) -> InitSource:
-    path = model_weights(settings, mv.model_dir)
+def _model(mv: ModelVersion, ref: str, settings: Settings, hold: ExitStack | None) -> InitSource:
+    path = model_weights(settings, mv.model_dir, hold=hold)
     if path is None:
         raise InitSourceError(
             f"init_from {ref!r}: the weights of model {mv.name}:{mv.version} are missing from"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -33,11 +34,16 @@ def weights_relative(sha256: str, *, tenant: str) -> str:
     return f"{file_store.tenant_prefix(tenant)}weights/{sha256}.safetensors"
 
 
-def weights_file(settings: Settings, row: WeightsFile) -> Path:
+def weights_file(settings: Settings, row: WeightsFile, *, hold: ExitStack | None = None) -> Path:
     """A local path to the weights' bytes: the stored file itself, or with an artifact store this
-    machine's verified cached copy (`file_store.cached_copy`). StoredFileMissing when they are gone."""
+    machine's verified cached copy, held from eviction on `hold` until it closes (without `hold`,
+    not held: `file_store.cached_copy`). StoredFileMissing when they are gone."""
     relative = weights_relative(row.sha256, tenant=row.tenant)
-    return file_store.cached_copy(settings, relative, size=row.size_bytes, sha256=row.sha256)
+    if hold is None:
+        return file_store.cached_copy(settings, relative, size=row.size_bytes, sha256=row.sha256)
+    return hold.enter_context(
+        file_store.fetch(settings, relative, size=row.size_bytes, sha256=row.sha256)
+    )
 
 
 def find_weights(session: Session, weights_id: str, *, tenant: str) -> WeightsFile | None:
