@@ -1,13 +1,19 @@
-"""Decoding uploaded images: PNG and JPEG only, straight from memory or a zip entry, into float32
-C×H×W arrays in [0, 1].
+"""Decoding uploaded images: PNG and JPEG only, straight from memory or a zip entry, into uint8
+C×H×W pixels (`decode_pixels`), read as pixel / 255 (`decode_image`, `dataset.as_float`).
+
+An archive's images are kept as the built-in image sets are, a byte a pixel: a quarter of float32's
+bytes in the scratch file, the preprocessing cache and memory, decoded to [0, 1] and normalised per
+batch on the training device. A resized image is resampled from its pixel values (bilinear,
+antialiased, in float) and rounded once back to whole pixel values, so it differs from the float
+resize by at most half a level (0.5 / 255); 16-bit grey is scaled to 0..255 and rounded the same way.
 
 Pillow is told to try no format but PNG and JPEG (no other parser ever sees user bytes), and every
 image is judged from its lazily-read header (size, mode) before `load()` decodes it, so a pixel bomb
 costs a header read. A set of images is read in two passes: headers first (channels, one common size,
 the final array's bytes, all known before anything is decoded), then one N×C×H×W array, a
-memory-mapped scratch file, is filled in archive order an image at a time. `decode_image` is the
-one place an image becomes a tensor, so an upload and a later `/predict` image are decoded and
-resized the same way."""
+memory-mapped uint8 scratch file, is filled in archive order an image at a time. `decode_pixels` is
+the one place an image becomes a tensor, so an upload and a later `/predict` image are decoded,
+resized and rounded the same way (`/predict` then reads them as pixel / 255, as training does)."""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from tas.core.data.archive import UploadError, UploadLimits, nbytes, num, read_entry
+from tas.core.data.dataset import as_float
 from tas.core.data.scratch import ScratchArray
 
 FORMATS = ("PNG", "JPEG")
@@ -125,21 +132,29 @@ def probe_image(fp: IO[bytes], name: str, max_pixels: int) -> ImageHeader:
         return ImageHeader(name, im.size[1], im.size[0], im.mode in GREY_MODES)
 
 
-def _pixels(im: Image.Image, channels: int) -> np.ndarray:
-    """C×h×w float32 in [0, 1]: grey as one channel, colour as RGB (alpha dropped)."""
+def _levels(im: Image.Image, channels: int) -> np.ndarray:
+    """C×h×w pixel values on the 8-bit scale: grey as one channel, colour as RGB (alpha dropped).
+    8-bit images are their bytes (uint8); 16-bit grey is float32 in [0, 255] (value × 255 / 65535),
+    rounded by the caller once, after any resize, so it is quantised only once."""
     if im.mode in WIDE_MODES:
-        a = np.asarray(im, dtype=np.float32)[None] * np.float32(1 / 65535)
-        np.clip(a, 0.0, 1.0, out=a)
+        a = np.asarray(im, dtype=np.float32)[None] * np.float32(255 / 65535)
+        np.clip(a, 0.0, 255.0, out=a)
         return np.repeat(a, channels, axis=0) if channels == 3 else a
     if channels == 1:
-        return np.asarray(im.convert("L"), dtype=np.float32)[None] * np.float32(1 / 255)
-    rgb = np.asarray(im.convert("RGB"), dtype=np.float32) * np.float32(1 / 255)
-    return rgb.transpose(2, 0, 1)
+        return np.asarray(im.convert("L"), dtype=np.uint8)[None]
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def round_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Float pixel values (0..255 scale) → uint8, rounded to the nearest level (ties to even) and
+    clamped: how a resized image goes back to a byte a pixel."""
+    return x.round().clamp_(0, 255).to(torch.uint8)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], chunk: int = 256) -> torch.Tensor:
-    """N×C×h×w → N×C×H×W, bilinear with antialiasing (so shrinking does not alias), in chunks so the
-    temporaries stay small. Used for one decoded image and for whole NPZ image arrays alike."""
+    """N×C×h×w → N×C×H×W float32, bilinear with antialiasing (so shrinking does not alias), in
+    chunks so the temporaries stay small. Any dtype in (uint8 pixels are resampled as their
+    values); used for one decoded image and for whole NPZ image arrays alike."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     out = torch.empty((x.shape[0], x.shape[1], *size), dtype=torch.float32)
@@ -154,20 +169,21 @@ def resize(x: torch.Tensor, size: tuple[int, int], chunk: int = 256) -> torch.Te
     return out
 
 
-def decode_image(
+def decode_pixels(
     data: bytes | IO[bytes],
     name: str,
     channels: int,
     size: tuple[int, int] | None = None,
     max_pixels: int = UploadLimits.max_pixels,
 ) -> np.ndarray:
-    """One PNG/JPEG → float32 C×H×W in [0, 1] (`channels` 1 or 3), resized to `size` (H, W) if given.
-    Every failure is an `UploadError` that names the image."""
+    """One PNG/JPEG → uint8 C×H×W pixels (`channels` 1 or 3), resized to `size` (H, W) if given
+    (resampled in float, then rounded: `round_pixels`). Every failure is an `UploadError` that
+    names the image."""
     fp = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     with open_image(fp, name, max_pixels) as im:
         try:
             im.load()
-            a = _pixels(im, channels)
+            a = _levels(im, channels)
         except Image.DecompressionBombError as exc:
             raise UploadError(f"image {name!r}: {_reason(exc)}", status=413) from None
         except _BROKEN as exc:
@@ -175,9 +191,24 @@ def decode_image(
                 f"image {name!r} is a damaged PNG or JPEG image: {_reason(exc)}"
             ) from None
     if size is not None and a.shape[1:] != tuple(size):
-        resized = resize(torch.from_numpy(np.ascontiguousarray(a))[None], size)[0]
-        a = resized.clamp_(0.0, 1.0).numpy()
+        a = resize(torch.from_numpy(np.ascontiguousarray(a))[None], size)[0].numpy()
+    if a.dtype != np.uint8:
+        a = round_pixels(torch.from_numpy(a)).numpy()
     return a
+
+
+def decode_image(
+    data: bytes | IO[bytes],
+    name: str,
+    channels: int,
+    size: tuple[int, int] | None = None,
+    max_pixels: int = UploadLimits.max_pixels,
+) -> np.ndarray:
+    """One PNG/JPEG → float32 C×H×W in [0, 1]: `decode_pixels` read as pixel / 255 by the same
+    operations training uses on a batch (`as_float`), so a `/predict` image reaches the model's
+    normalisation as the same numbers a training image of the same file did."""
+    pixels = decode_pixels(data, name, channels, size, max_pixels)
+    return as_float(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()
 
 
 def common_shape(
@@ -206,8 +237,8 @@ def read_images(
     size: tuple[int, int] | None,
     limits: UploadLimits,
 ) -> np.ndarray:
-    """The entries as one float32 N×C×H×W array, row i from entries[i] (an entry listed twice is
-    decoded once). Headers are checked first (each image's pixels, then all images' together), then
+    """The entries as one uint8 N×C×H×W array (a byte a pixel, read as pixel / 255 per batch), row
+    i from entries[i] (an entry listed twice is decoded once). Headers are checked first (each image's pixels, then all images' together), then
     the array's bytes, then images are decoded in archive order (the zip is read front to back)."""
     unique: dict[str, zipfile.ZipInfo] = {}
     for info in entries:
@@ -230,10 +261,10 @@ def read_images(
                 hint="downscale the images before uploading, or upload fewer",
             )
     channels, height, width = common_shape(list(headers.values()), size)
-    total = len(entries) * channels * height * width * 4
+    total = len(entries) * channels * height * width  # uint8: a byte a pixel and channel
     if total > limits.max_array_bytes:
         raise UploadError(
-            f"{len(entries):,} images of {channels}×{height}×{width} take {nbytes(total)} as float32;"
+            f"{len(entries):,} images of {channels}×{height}×{width} take {nbytes(total)} as uint8;"
             f" the limit is {nbytes(limits.max_array_bytes)}",
             status=413,
             hint="give a smaller size, or upload fewer images",
@@ -245,9 +276,9 @@ def read_images(
     # decode to more than memory holds one image, and the API (which only needs the schema) never
     # reads them back.
     near = Path(zf.filename) if isinstance(zf.filename, str) else None
-    with ScratchArray((channels, height, width), np.float32, near=near) as X:
+    with ScratchArray((channels, height, width), np.uint8, near=near) as X:
         for name, info in sorted(unique.items(), key=lambda kv: kv[1].header_offset):
-            image = decode_image(
+            image = decode_pixels(
                 read_entry(zf, info), name, channels, (height, width), limits.max_pixels
             )
             for row in rows[name]:

@@ -1,7 +1,8 @@
 """A ZIP of images with an annotations CSV: rows of file name and label, the image being
 img_dir/file_name as a custom Dataset reads it. Labels that are integers or text give classes,
-non-integral numbers regression. Images are scaled to [0, 1]; all grey gives C=1, any colour image
-makes every image RGB (C=3)."""
+non-integral numbers regression. Images are kept as uint8 pixels, a byte a pixel, read as pixel / 255
+per batch as the built-in image sets are; all grey gives C=1, any colour image makes every image RGB
+(C=3)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A ZIP of class folders: cats/1.png, dogs/x.jpg (under shared root folders, if any), the class
 being the first folder below the root. Files beside the class folders (a README) are ignored; a file
 inside a class folder that is not .png/.jpg/.jpeg is refused rather than silently left out of that
-class. Images are scaled to [0, 1]; all grey gives C=1, any colour image makes every image RGB (C=3)."""
+class. Images are kept as uint8 pixels, a byte a pixel, read as pixel / 255 per batch as the built-in
+image sets are; all grey gives C=1, any colour image makes every image RGB (C=3)."""
 
 from __future__ import annotations
 

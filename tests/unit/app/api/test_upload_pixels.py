@@ -56,7 +56,8 @@ def test_an_upload_of_eight_6000_square_pngs_is_refused_before_decoding(
     def refuse(*args: object, **kw: object) -> None:
         raise AssertionError("an image was decoded before the pixels were counted")
 
-    monkeypatch.setattr(core_images, "decode_image", refuse)
+    # decode_pixels is where every image is decoded (decode_image reads its pixels / 255).
+    monkeypatch.setattr(core_images, "decode_pixels", refuse)
     with running_client(make_app(settings)) as c:
         r = c.post("/datasets", files={"file": ("bomb.zip", data, "application/zip")})
     assert r.status_code == 413, r.text
