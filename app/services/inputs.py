@@ -8,8 +8,8 @@ Tabular rows may also come keyed by feature name (`{"age": 59, ...}`): one type 
 sample tells them apart, so the array path pays nothing for them, and they become an array once the
 model's card (its `feature_names`) is known. Images (base64 in `"images"`, or multipart files) are
 decoded by the image loaders' own decoder (`tas.core.data.images.decode_image`: the model's channels,
-its H×W, [0, 1]), so a served image is prepared exactly as a training image was; the model's own
-normalisation is applied later, by the predictor.
+its H×W, the uint8 pixels an upload keeps, read as pixel / 255), so a served image is prepared
+exactly as a training image was; the model's own normalisation is applied later, by the predictor.
 
 What a body may cost is bounded before the cost is paid: the numbers in a JSON body are counted on its
 bytes before orjson makes a Python float of each (`max_values`), and the images' pixels, all images

@@ -40,8 +40,9 @@ def export_card(card: ModelCard, about: Mapping[str, Any] | None = None) -> dict
     out["preprocessing"] = {
         "input_dtype": "float32",
         "input_shape": ["N", *card.input_shape],
-        "images": "decoded to the input's channels (L or RGB), resized to H×W (bilinear),"
-        " scaled to [0, 1] (pixel / 255), laid out C×H×W",
+        "images": "decoded to the input's channels (L or RGB) as 8-bit pixels, resized to H×W"
+        " (bilinear, antialiased, rounded back to whole pixel values), scaled to [0, 1]"
+        " (pixel / 255), laid out C×H×W",
         "normalization": None
         if norm is None
         else {

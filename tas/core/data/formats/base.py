@@ -37,7 +37,9 @@ class ReadOptions(Protocol):
 class Contents:
     """What a reader found. `read_upload` adds the format and the resolved options around it."""
 
-    #: X float32 (N, *input_shape); y int64 (N,) for classes, float32 (N, d) for regression.
+    #: X (N, *input_shape), compact: uint8 pixels for image archives and uint8 image NPZs (read
+    #: as pixel / 255 per batch), float32 otherwise; y int64 (N,) for classes, float32 (N, d) for
+    #: regression.
     arrays: Arrays
     task: Task
     kind: Kind

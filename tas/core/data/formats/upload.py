@@ -126,7 +126,9 @@ class UploadOptions:
 @dataclass
 class ParsedUpload:
     format: str
-    #: X float32 (N, *input_shape); y int64 (N,) for classes, float32 (N, d) for regression.
+    #: X (N, *input_shape), compact: uint8 pixels for image archives and uint8 image NPZs (read
+    #: as pixel / 255 per batch), float32 otherwise; y int64 (N,) for classes, float32 (N, d) for
+    #: regression.
     arrays: Arrays
     task: Task
     input_shape: tuple[int, ...]
