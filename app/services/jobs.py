@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.services import quotas
+from app.services.artifacts import store_errors
 from tas.core.data.dataset import DatasetInfo
 from tas.core.data.registry import BUILTIN_DATASETS
 from tas.core.footprint import Limit
@@ -28,9 +30,10 @@ from tas.store import jobs as job_store
 from tas.store import logs as log_store
 from tas.store import usage as usage_store
 from tas.store import workers as worker_store
+from tas.store.artifacts import open_artifacts
 from tas.store.datasets import data_source
 from tas.store.orm import Job, JobStatus
-from tas.store.sources import InitSourceError, resolve_init_source
+from tas.store.sources import InitSource, InitSourceError, resolve_init_source
 from tas.store.unit_of_work import after_commit
 
 log = logging.getLogger(__name__)
@@ -69,18 +72,35 @@ def transfer_problems(
     problems: Problems = []
     pinned = None
     if spec.model.init_from is not None:
-        try:
-            source = resolve_init_source(session, tenant, spec.model.init_from, settings)
-        except InitSourceError as exc:
-            problems.append((("body", "model", "init_from"), exc.message))
-        else:
-            pinned = source.pinned
-            problems += _checked(
-                ("body", "model", "init_from"),
-                lambda: init_problems(spec, info, out_dim, source.path),
-            )
+        # `held`: the file's cached copy (with an artifact store) kept from eviction while its
+        # header is read.
+        with ExitStack() as held:
+            try:
+                source = _init_source(session, tenant, spec.model.init_from, settings, held)
+            except InitSourceError as exc:
+                problems.append((("body", "model", "init_from"), exc.message))
+            else:
+                pinned = source.pinned
+                problems += _checked(
+                    ("body", "model", "init_from"),
+                    lambda: init_problems(spec, info, out_dim, source.path),
+                )
     problems += _checked(("body", "model", "freeze"), lambda: freeze_problems(spec, info, out_dim))
     return problems, pinned
+
+
+def _init_source(
+    session: Session, tenant: str, ref: str, settings: Settings, held: ExitStack
+) -> InitSource:
+    """`resolve_init_source`, with an artifact store's failures as a client sees them when it
+    serves a model: one that does not answer is a 503 with Retry-After (the request was fine: try
+    again), a corrupt object a 502 (`store_errors`); a source that is simply gone stays the 422
+    InitSourceError. This machine's own cache disk failing stays the server's error."""
+    if settings.artifact_url is None:  # checked first: opening a store makes its cache dirs
+        return resolve_init_source(session, tenant, ref, settings, hold=held)
+    artifacts = open_artifacts(settings)
+    with store_errors(f"init_from {ref.strip()}", artifacts.cache.root):
+        return resolve_init_source(session, tenant, ref, settings, hold=held)
 
 
 def with_time_limit(spec: JobSpec, settings: Settings) -> JobSpec:
