@@ -141,7 +141,7 @@ class Sampler(threading.Thread):
                 for pid in level:
                     values = _status(pid)
                     if values:
-                        role = ["api (tas serve)", "worker (main)", "worker (pool child)"][
+                        role = ["api (tas serve)", "worker (main)", f"worker (pool child {pid})"][
                             min(depth, 2)
                         ]
                         peak = self.peaks.setdefault(pid, Peak(role, _cmdline(pid)))
@@ -412,11 +412,14 @@ largest anonymous (RssAnon) and file-backed (RssFile) parts seen.
   on 2 shared CPU cores: it reached step {progress.get("step")} of {progress.get("steps_per_epoch")}
   of epoch 1 at {rate or 0:,.0f} samples/s (last reported; the CPU is shared with other work).
   Final status: {result.job.get("final_status")}.
-- **What the RSS is**: RssAnon is what the process allocated (torch, the model, a batch and its
-  float32 decode, the labels and split indices); RssFile is pages of the memory-mapped files (the
-  decoded scratch file, the split's scratch, the preprocessing cache entry) that the process has
-  touched: counted in its RSS while mapped, but clean page cache the kernel drops under pressure
-  and reads again, so they do not need the machine's memory the way anonymous pages do.
+- **What the RSS is**: RssAnon is what the process allocated (torch and its libraries, the
+  model, a batch and its float32 decode, the labels and split indices). RssFile is pages of
+  memory-mapped files the process has read: in preprocess and train, the training split's scratch
+  file, read whole by the normaliser's fit and the cache store, then a batch at a time by
+  training (the same pages, so it does not grow); they count in the RSS while mapped, but are
+  clean page cache that the kernel drops under pressure and reads again. The API never maps the
+  upload: it is received into a temp file and decoded into a scratch file by `write`, a piece at
+  a time, to learn its schema.
 
 Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB;
 no GPU; {rev}; {secs / 60:.0f} min in all.
