@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from functools import cache
 from pathlib import Path
 
 from tas.core.objstore import (
@@ -33,7 +32,7 @@ from tas.core.objstore import (
 )
 from tas.errors import ArtifactStoreError, ArtifactStoreUnavailable, DomainError, ModelNotFound
 from tas.settings import Settings
-from tas.store.artifacts import Artifacts
+from tas.store.artifacts import Artifacts, store_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +52,6 @@ def is_store_key(ref: str) -> bool:
     """Whether a registry row's `model_dir` names a key in the artifact store (relative) rather
     than a directory on the shared local disk (absolute)."""
     return not Path(ref).is_absolute()
-
-
-@cache
-def _unreachable() -> tuple[type[BaseException], ...]:
-    """What a store that does not answer raises: OSError (s3fs turns HTTP failures into it, and
-    a local store's disk raises it), and botocore's own errors for a connection that never got a
-    response (imported on first use: only an S3 store can raise them, and botocore is slow to
-    import)."""
-    kinds: list[type[BaseException]] = [OSError]
-    try:
-        from botocore.exceptions import BotoCoreError
-    except ImportError:  # no S3 support installed: no S3 store either
-        pass
-    else:
-        kinds.append(BotoCoreError)
-    return tuple(kinds)
 
 
 def _local_disk(exc: BaseException, local: Path | None) -> bool:
@@ -104,7 +87,7 @@ def store_errors(ref: str, local: Path | None = None) -> Iterator[None]:
             " manifest or is missing); it is not read until it is restored"
         ) from None
     except Exception as exc:
-        if not isinstance(exc, _unreachable()) or _local_disk(exc, local):
+        if not isinstance(exc, store_unreachable()) or _local_disk(exc, local):
             raise
         log.warning("the artifact store did not answer for %s", ref, exc_info=True)
         raise ArtifactStoreUnavailable(

@@ -37,7 +37,7 @@ from tas.settings import Settings
 from tas.store import datasets as dataset_store
 from tas.store import files as file_store
 from tas.store import weights as weights_store
-from tas.store.artifacts import open_artifacts
+from tas.store.artifacts import open_artifacts, store_unreachable
 from tas.store.orm import Dataset, WeightsFile
 from tas.store.unit_of_work import after_commit
 
@@ -181,7 +181,7 @@ def _storing(settings: Settings) -> Iterator[None]:
             "the artifact store did not keep the upload as sent; send it again"
         ) from None
     except Exception as exc:
-        if not open_artifacts(settings).remote or not isinstance(exc, _unreachable()):
+        if not open_artifacts(settings).remote or not isinstance(exc, store_unreachable()):
             raise
         name = getattr(exc, "filename", None)
         if name and Path(str(name)).is_relative_to(settings.resolved_uploads_dir):
@@ -190,19 +190,6 @@ def _storing(settings: Settings) -> Iterator[None]:
         raise ArtifactStoreUnavailable(
             "the artifact store did not answer while the upload was stored; send it again"
         ) from None
-
-
-def _unreachable() -> tuple[type[BaseException], ...]:
-    """What a store that does not answer raises: OSError (s3fs turns HTTP failures into it) and
-    botocore's errors for a connection that got no response (imported only if installed)."""
-    kinds: list[type[BaseException]] = [OSError]
-    try:
-        from botocore.exceptions import BotoCoreError
-    except ImportError:
-        pass
-    else:
-        kinds.append(BotoCoreError)
-    return tuple(kinds)
 
 
 async def upload_dataset(
