@@ -213,8 +213,11 @@ def test_the_loss_curve_grows_while_the_job_trains_and_cancel_stops_it(
     job = submitted["live"]
     page.goto(f"/ui/jobs/{job['id']}")
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads or navigates
-    first = wait_points(page, "#chart-loss", 0, timeout=120)
-    later = wait_points(page, "#chart-loss", first, timeout=60)
+    try:
+        first = wait_points(page, "#chart-loss", 0, timeout=120)
+        later = wait_points(page, "#chart-loss", first, timeout=60)
+    except AssertionError as exc:  # say where the job stood and what the server logged
+        raise AssertionError(f"{exc}; job: {stack.job(job['id'])}\n{stack.logs()}") from None
     assert later > first
     assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
     assert stack.job(job["id"])["status"] == "running"
