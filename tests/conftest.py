@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ import pytest
 pytest.register_assert_rewrite("tests.helpers")
 
 from tests.helpers import servers  # noqa: E402
+from tests.helpers.s3 import S3Server, bucket_url, s3_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +57,21 @@ def postgres_url(postgres_server: servers.PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database()
     yield url
     postgres_server.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 server (in a subprocess) for the whole session; each test takes its own bucket."""
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["file", "s3"])
+def remote_store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A TAS_ARTIFACT_URL that makes the artifact store remote: a `file://` directory (remote
+    without S3), or a new bucket on the S3 server with the AWS environment pointing at it."""
+    if request.param == "file":
+        return f"file://{tmp_path / 'bucket'}"
+    return bucket_url(request.getfixturevalue("s3"), monkeypatch.setenv, "tas")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -44,6 +44,14 @@ class S3Server:
             region_name=env["AWS_DEFAULT_REGION"],
         ).create_bucket(Bucket=name)
         return name
+
+
+def bucket_url(server: S3Server, env: Callable[[str, str], None], prefix: str) -> str:
+    """A new, empty bucket's `s3://bucket/prefix` URL, with the AWS environment pointing at the
+    server set through `env` (e.g. `monkeypatch.setenv`), as a deployment would set it."""
+    for name, value in server.env.items():
+        env(name, value)
+    return f"s3://{server.make_bucket()}/{prefix}"
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from safetensors.torch import load
 
 from tas.core.objstore import MANIFEST, ObjectStore, list_bundles, open_bundle, open_store
 from tests.helpers.lifecycle import FAST, digits, epoch_of, running_past
-from tests.helpers.s3 import S3Server, s3_server
+from tests.helpers.s3 import S3Server
 from tests.helpers.servers import PostgresServer, free_port
 from tests.helpers.stack import Proc, Stack, base_env, spawn, wait_http
 
@@ -31,12 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 #: Both runs train the same spec (the cosine schedule spans the epochs), long enough to be killed
 #: well before its end.
 EPOCHS = 20
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
 
 
 def _pgid(pid: int) -> int | None:

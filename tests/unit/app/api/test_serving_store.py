@@ -29,32 +29,13 @@ from tas.store.artifacts import open_artifacts
 from tas.store.orm import ModelVersion
 from tests.helpers.api import make_app, migrated_settings, running_client
 from tests.helpers.registry import IMAGE_SHAPE, Registered, Registry
-from tests.helpers.s3 import S3Server, s3_server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["file", "s3"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path / 'bucket'}"
-    server: S3Server = request.getfixturevalue("s3")
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    return f"s3://{server.make_bucket()}/tas"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
+def settings(tmp_path: Path, remote_store_url: str) -> Settings:
     """The API's machine: its own data dir and cache, sharing only the database and the store."""
     return migrated_settings(
-        tmp_path / "api", artifact_url=store_url, local_cache_dir=tmp_path / "api-cache"
+        tmp_path / "api", artifact_url=remote_store_url, local_cache_dir=tmp_path / "api-cache"
     )
 
 

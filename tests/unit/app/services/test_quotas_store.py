@@ -6,7 +6,6 @@ store without S3) and on moto's S3 server."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +20,18 @@ from tas.store.artifacts import open_artifacts
 from tas.store.orm import Job
 from tests.helpers import servers
 from tests.helpers.api import RecordingPublisher, make_app, migrated_settings, running_client
-from tests.helpers.s3 import S3Server, s3_server
 from tests.helpers.specs import iris_spec
 
 MIB = 2**20
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["file", "s3"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path / 'bucket'}"
-    server: S3Server = request.getfixturevalue("s3")
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    return f"s3://{server.make_bucket()}/tas"
-
-
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
+def settings(tmp_path: Path, remote_store_url: str) -> Settings:
     """The API's machine with a 1 MiB quota: its own data dir and cache, sharing only the
     database and the store with the workers."""
     return migrated_settings(
         tmp_path / "api",
-        artifact_url=store_url,
+        artifact_url=remote_store_url,
         local_cache_dir=tmp_path / "api-cache",
         max_stored_mb_per_tenant=1,
     )

@@ -27,44 +27,25 @@ from tas.store.artifacts import open_artifacts
 from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import Dataset, WeightsFile
 from tests.helpers.api import make_app, migrated_settings, running_client
-from tests.helpers.s3 import S3Server, s3_server
 
 CSV = b"a,b,label\n" + b"".join(f"{i},{i * 2 % 7},{'xy'[i % 2]}\n".encode() for i in range(40))
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["file", "s3"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path / 'bucket'}"
-    server: S3Server = request.getfixturevalue("s3")
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    return f"s3://{server.make_bucket()}/tas"
-
-
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
+def settings(tmp_path: Path, remote_store_url: str) -> Settings:
     """The API's machine."""
     return migrated_settings(
-        tmp_path / "api", artifact_url=store_url, local_cache_dir=tmp_path / "api-cache"
+        tmp_path / "api", artifact_url=remote_store_url, local_cache_dir=tmp_path / "api-cache"
     )
 
 
 @pytest.fixture
-def worker_settings(tmp_path: Path, settings: Settings, store_url: str) -> Settings:
+def worker_settings(tmp_path: Path, settings: Settings, remote_store_url: str) -> Settings:
     """Another machine: its own data dir and cache; the same database and store."""
     s = Settings(
         data_dir=tmp_path / "worker",
         database_url=settings.resolved_database_url,
-        artifact_url=store_url,
+        artifact_url=remote_store_url,
         local_cache_dir=tmp_path / "worker-cache",
     )
     s.ensure_dirs()

@@ -30,36 +30,17 @@ from tas.store.artifacts import open_artifacts
 from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import Job, WeightsFile
 from tests.helpers.api import migrated_settings
-from tests.helpers.s3 import S3Server, s3_server
 from worker import runner
 
 DATA = safetensors.torch.save({"w": torch.arange(6.0)})
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["file", "s3"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path / 'bucket'}"
-    server: S3Server = request.getfixturevalue("s3")
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    return f"s3://{server.make_bucket()}/tas"
-
-
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
+def settings(tmp_path: Path, remote_store_url: str) -> Settings:
     return migrated_settings(
         tmp_path / "worker",
-        artifact_url=store_url,
+        artifact_url=remote_store_url,
         local_cache_dir=tmp_path / "cache",
         device="cpu",
     )

@@ -4,28 +4,13 @@ service uses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tas.core.objstore import ObjectStore, open_store
 from tas.core.objstore.remote import FsspecStore
-from tests.helpers.s3 import S3Server, s3_server
-
-
-@pytest.fixture(scope="session")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
-
-
-def s3_url(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new bucket (and prefix) on the S3 server, with the AWS environment pointing at it (as a
-    deployment would set it)."""
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    return f"s3://{server.make_bucket()}/artifacts"
+from tests.helpers.s3 import S3Server, bucket_url
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -35,7 +20,7 @@ def store_url(
     """The URL of an empty store: a local directory, or a new bucket on the S3 server."""
     if request.param == "local":
         return str(tmp_path / "store")
-    return s3_url(request.getfixturevalue("s3"), monkeypatch)
+    return bucket_url(request.getfixturevalue("s3"), monkeypatch.setenv, "artifacts")
 
 
 @pytest.fixture
@@ -46,6 +31,6 @@ def store(store_url: str) -> ObjectStore:
 @pytest.fixture
 def s3_store(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> FsspecStore:
     """An empty store on the S3 server only (for what only S3 has: multipart uploads)."""
-    store = open_store(s3_url(s3, monkeypatch))
+    store = open_store(bucket_url(s3, monkeypatch.setenv, "artifacts"))
     assert isinstance(store, FsspecStore)
     return store
