@@ -54,6 +54,21 @@ def bucket_url(server: S3Server, env: Callable[[str, str], None], prefix: str) -
     return f"s3://{server.make_bucket()}/{prefix}"
 
 
+def unreachable_store_url(env: Callable[[str, str], None]) -> str:
+    """An `s3://` URL whose endpoint is a loopback port where nothing listens, set through `env`:
+    a store that does not answer. One attempt per request, so a test of it is quick."""
+    env("AWS_ENDPOINT_URL", f"http://127.0.0.1:{servers.free_port()}")
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        env(name, value)
+    return "s3://nowhere/tas"
+
+
 @contextmanager
 def s3_server() -> Iterator[S3Server]:
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None:

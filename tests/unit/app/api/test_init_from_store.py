@@ -11,27 +11,19 @@ from sqlalchemy import func, select, update
 
 from tas.settings import Settings
 from tas.store.orm import Job, ModelVersion, WeightsFile
-from tests.helpers import servers
 from tests.helpers.api import RecordingPublisher, make_app, migrated_settings, running_client
 from tests.helpers.registry import Registry
+from tests.helpers.s3 import unreachable_store_url
 from tests.helpers.specs import iris_spec
 
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """An S3 endpoint where nothing listens (one attempt per request, so the test is quick)."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{servers.free_port()}")
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_MAX_ATTEMPTS": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    url = unreachable_store_url(monkeypatch.setenv)
     return migrated_settings(
         tmp_path / "api",
-        artifact_url="s3://nowhere/tas",
+        artifact_url=url,
         local_cache_dir=tmp_path / "cache",
         max_stored_mb_per_tenant=None,  # its check lists the store first (tested on its own)
     )

@@ -29,6 +29,7 @@ from tas.store.artifacts import open_artifacts
 from tas.store.orm import ModelVersion
 from tests.helpers.api import make_app, migrated_settings, running_client
 from tests.helpers.registry import IMAGE_SHAPE, Registered, Registry
+from tests.helpers.s3 import unreachable_store_url
 
 
 @pytest.fixture
@@ -198,19 +199,9 @@ def test_deleting_the_version_deletes_its_objects_only(
 
 def test_an_unreachable_store_is_a_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An S3 endpoint where nothing listens: the API answers 503 with Retry-After (not a 500)."""
-    from tests.helpers import servers
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{servers.free_port()}")
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_MAX_ATTEMPTS": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    url = unreachable_store_url(monkeypatch.setenv)
     settings = migrated_settings(
-        tmp_path / "api", artifact_url="s3://nowhere/tas", local_cache_dir=tmp_path / "cache"
+        tmp_path / "api", artifact_url=url, local_cache_dir=tmp_path / "cache"
     )
     worker = Registry(
         Settings(data_dir=tmp_path / "worker", database_url=settings.resolved_database_url)

@@ -18,8 +18,8 @@ from tas.store import jobs as job_store
 from tas.store import usage as usage_store
 from tas.store.artifacts import open_artifacts
 from tas.store.orm import Job
-from tests.helpers import servers
 from tests.helpers.api import RecordingPublisher, make_app, migrated_settings, running_client
+from tests.helpers.s3 import unreachable_store_url
 from tests.helpers.specs import iris_spec
 
 MIB = 2**20
@@ -125,17 +125,9 @@ def test_deleting_a_job_deletes_its_objects_and_makes_room_at_once(
 
 def unreachable_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Settings:
     """An S3 endpoint where nothing listens (one attempt per request, so the test is quick)."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{servers.free_port()}")
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_MAX_ATTEMPTS": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    url = unreachable_store_url(monkeypatch.setenv)
     return migrated_settings(
-        tmp_path / "api", artifact_url="s3://nowhere/tas", local_cache_dir=tmp_path / "cache", **kw
+        tmp_path / "api", artifact_url=url, local_cache_dir=tmp_path / "cache", **kw
     )
 
 
