@@ -11,6 +11,10 @@ import pytest
 # module's asserts, a failure shows the values. Registered before the first import of them.
 pytest.register_assert_rewrite("tests.helpers")
 
+from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+
+from tas.settings import Settings  # noqa: E402
+from tas.store.engine import make_engine, make_sessionmaker  # noqa: E402
 from tests.helpers import servers  # noqa: E402
 from tests.helpers.s3 import S3Server, bucket_url, s3_server  # noqa: E402
 
@@ -75,3 +79,11 @@ def remote_store_url(
     if request.param == "file":
         return f"file://{tmp_path / 'bucket'}"
     return bucket_url(request.getfixturevalue("s3"), monkeypatch.setenv, "tas")
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the database of the test module's own `settings` fixture."""
+    engine = make_engine(settings.resolved_database_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()

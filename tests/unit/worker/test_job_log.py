@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from tas.settings import Settings
 from tas.store import jobs as job_store
 from tas.store import leases as lease_store
 from tas.store import logs as log_store
-from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.migrate import upgrade
 from tas.store.orm import Job, JobLog
 from worker import runner
@@ -39,13 +37,6 @@ def settings(tmp_path: Path) -> Settings:
     s.ensure_dirs()
     upgrade(s.resolved_database_url)
     return s
-
-
-@pytest.fixture
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def claimed(sessions: sessionmaker[Session]) -> lease_store.Lease:

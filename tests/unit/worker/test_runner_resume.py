@@ -5,7 +5,6 @@ a run never stopped."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from tas.core.spec import JobSpec
 from tas.errors import InvalidInput
 from tas.settings import Settings
 from tas.store import jobs as job_store
-from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.migrate import upgrade
 from tas.store.orm import Job, JobStage
 from worker.runner import run_job
@@ -32,13 +30,6 @@ def settings(tmp_path: Path) -> Settings:
     s.ensure_dirs()
     upgrade(s.resolved_database_url)
     return s
-
-
-@pytest.fixture
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def spec(name: str, max_minutes: float) -> dict[str, Any]:

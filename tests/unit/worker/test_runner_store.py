@@ -6,7 +6,6 @@ its prefix in the store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from tas.core.objstore import latest_bundle, open_bundle, open_store
 from tas.core.spec import JobSpec
 from tas.settings import Settings
 from tas.store import jobs as job_store
-from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.leases import Lease
 from tas.store.migrate import upgrade
 from tas.store.orm import Checkpoint, Job, ModelVersion
@@ -39,13 +37,6 @@ def settings(tmp_path: Path) -> Settings:
     s.ensure_dirs()
     upgrade(s.resolved_database_url)
     return s
-
-
-@pytest.fixture
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 SPEC: dict[str, Any] = {

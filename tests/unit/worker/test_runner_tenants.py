@@ -4,7 +4,6 @@ there: the registered model, the per-sample predictions, the API's containment c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from app.services.predictions import available_splits
 from app.services.serving import contained_artifact
 from tas.settings import Settings
 from tas.store import jobs as job_store
-from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import Job, ModelVersion
 from tests.helpers.api import migrated_settings
 from tests.helpers.specs import iris_spec
@@ -25,13 +23,6 @@ from worker.runner import run_job
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return migrated_settings(tmp_path, device="cpu", heartbeat_seconds=0.2)
-
-
-@pytest.fixture
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def test_a_tenants_job_writes_under_its_prefix(

@@ -4,7 +4,6 @@ to the end with its preprocessed tensors cached; what a job was submitted with a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from tas.store import datasets as dataset_store
 from tas.store import files as file_store
 from tas.store import jobs as job_store
 from tas.store import registry as registry_store
-from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.migrate import upgrade
 from tas.store.orm import Dataset, Job, JobStatus, ModelVersion
 from worker.runner import job_data, run_job
@@ -36,13 +34,6 @@ def settings(tmp_path: Path) -> Settings:
     s.ensure_dirs()
     upgrade(s.resolved_database_url)
     return s
-
-
-@pytest.fixture
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def add_upload(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> Dataset:

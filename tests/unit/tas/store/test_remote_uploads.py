@@ -53,13 +53,6 @@ def worker_settings(tmp_path: Path, settings: Settings, remote_store_url: str) -
 
 
 @pytest.fixture
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with running_client(make_app(settings)) as c:
         yield c

@@ -7,7 +7,6 @@ on moto's S3 server."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from tas.store import jobs as job_store
 from tas.store import sources
 from tas.store import weights as weights_store
 from tas.store.artifacts import open_artifacts
-from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import Job, WeightsFile
 from tests.helpers.api import migrated_settings
 from worker import runner
@@ -44,13 +42,6 @@ def settings(tmp_path: Path, remote_store_url: str) -> Settings:
         local_cache_dir=tmp_path / "cache",
         device="cpu",
     )
-
-
-@pytest.fixture
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ that undoes only its own INSERT (a SAVEPOINT, which SQLite honours through make_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from tas.settings import Settings
 from tas.store import datasets as dataset_store
 from tas.store import files as file_store
-from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.migrate import upgrade
 from tas.store.orm import Dataset, WeightsFile
 from tas.store.unit_of_work import after_commit, insert_or_get, unit_of_work
@@ -26,13 +25,6 @@ def settings(tmp_path: Path) -> Settings:
     s.ensure_dirs()
     upgrade(s.resolved_database_url)
     return s
-
-
-@pytest.fixture
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def weights(sha: str, name: str = "w") -> WeightsFile:
