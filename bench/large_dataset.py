@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.servers import free_port  # noqa: E402
+from tests.helpers.servers import free_port, http_server  # noqa: E402
 
 SECTION = "## A dataset larger than memory (1,000,000 CIFAR-shaped images)"
 SHAPE = (3, 32, 32)
@@ -163,39 +163,9 @@ def server(data_dir: Path, **env: str) -> Iterator[tuple[str, int]]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("TAS_")}
     full.update(TAS_DATA_DIR=str(data_dir), TAS_ALLOW_DOWNLOAD="false", **env)
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = (data_dir / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tas", "serve", "--port", str(port), "--concurrency", "1"],
-        env=full,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"tas serve exited with {proc.returncode}:\n"
-                    + (data_dir / "serve.log").read_text()[-4000:]
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("tas serve did not answer /healthz in 180 s")
-            time.sleep(0.5)
+    cmd = [sys.executable, "-m", "tas", "serve", "--port", str(port), "--concurrency", "1"]
+    with http_server(cmd, port, env=full, timeout=180, grace=60) as (url, proc):
         yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def multipart(path: Path) -> tuple[Iterator[bytes], int]:

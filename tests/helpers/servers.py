@@ -309,7 +309,7 @@ def start_postgres(tmpdir: Path | str) -> PostgresServer:
 
 
 @contextlib.contextmanager
-def http_process(
+def http_server(
     cmd: list[str],
     port: int,
     *,
@@ -317,9 +317,11 @@ def http_process(
     cwd: Path | str | None = None,
     ready_path: str = "/healthz",
     timeout: float = 90.0,
-) -> Iterator[str]:
+    grace: float = 15.0,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run ``cmd`` (an HTTP server on 127.0.0.1:``port``), wait until ``ready_path`` answers 200,
-    yield its base URL, then stop the whole process group (TERM, then KILL)."""
+    yield its base URL and its process, then stop the whole process group (TERM, ``grace``
+    seconds, then KILL)."""
     import httpx
 
     base = f"http://127.0.0.1:{port}"
@@ -353,10 +355,28 @@ def http_process(
                     f"{_tail(log_path, 60)}"
                 )
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
-        _stop_group(proc)
+        _stop_group(proc, grace)
         log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def http_process(
+    cmd: list[str],
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
+    ready_path: str = "/healthz",
+    timeout: float = 90.0,
+) -> Iterator[str]:
+    """`http_server` for a caller that needs only the base URL."""
+    with http_server(cmd, port, env=env, cwd=cwd, ready_path=ready_path, timeout=timeout) as (
+        base,
+        _,
+    ):
+        yield base
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.helpers.servers import free_port
+from tests.helpers.servers import free_port, http_server
 
 #: Feature columns of the generated CSV, each a value in [0, 1) written as `0.dddd`.
 FEATURES = 16
@@ -118,40 +117,9 @@ def api_server(data_dir: Path, code: Path | None = None, **env: str) -> Iterator
         full["PYTHONPATH"] = str(code)
     full.update(env)
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = (data_dir / "api.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tas", "serve", "--no-worker", "--port", str(port)],
-        env=full,
-        stdin=subprocess.DEVNULL,
-        cwd=code,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"tas serve exited with {proc.returncode}:\n"
-                    + (data_dir / "api.log").read_text()[-4000:]
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("tas serve did not answer /healthz in 120 s")
-            time.sleep(0.2)
+    cmd = [sys.executable, "-m", "tas", "serve", "--no-worker", "--port", str(port)]
+    with http_server(cmd, port, env=full, cwd=code, timeout=120, grace=20) as (url, proc):
         yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def measure(data_dir: Path, csv_bytes: int, code: Path | None = None, **env: str) -> Measured:
