@@ -161,7 +161,7 @@ def write(
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from bench.report import write_section
+    from bench.report import code_rev, write_section
 
     n = args.samples + TEST_SAMPLES
     pixels = n * 3 * 32 * 32
@@ -174,9 +174,7 @@ def write(
             f"| {name} | {phase} | {m['peak_mb']:,.0f} MB | {m['imported_mb']:,.0f} MB"
             f" | {m['peak_mb'] - m['imported_mb']:,.0f} MB |"
         )
-    rev = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    rev = code_rev()
     body = f"""
 Peak resident memory of one job on the CPU through `run_pipeline`, in-memory path (the data fit),
 on a CIFAR-shaped synthetic set: {args.samples:,} training + {TEST_SAMPLES:,} test images of

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -354,14 +353,12 @@ def main() -> None:
 
 
 def write(args: argparse.Namespace, result: Run, lines: list[str], secs: float) -> None:
-    from bench.report import write_section
+    from bench.report import code_rev, write_section
 
     progress = result.job.get("progress") or {}
     assert isinstance(progress, dict)
     rate = progress.get("samples_per_second")
-    rev = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    rev = code_rev()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
     body = f"""

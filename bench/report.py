@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+
+def code_rev() -> str:
+    """The checkout's short commit, for a section to say which code it measured ("unknown"
+    outside a git checkout)."""
+    try:
+        return (
+            subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or "unknown"
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def write_section(heading: str, body: str, path: Path = BENCHMARKS) -> None:

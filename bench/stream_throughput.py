@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ if str(ROOT) not in sys.path:  # `python bench/stream_throughput.py` puts bench/
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from bench.report import write_section  # noqa: E402
+from bench.report import code_rev, write_section  # noqa: E402
 from tas.core.data.dataset import Arrays, DatasetInfo, LoadContext, Loaded  # noqa: E402
 from tas.core.hooks import NullHooks  # noqa: E402
 from tas.core.pipeline import PipelineResult, RunContext, run_pipeline  # noqa: E402
@@ -175,9 +174,7 @@ def write(
             f" | {max(st) / max(mem):.0%} | {med:.0%} | {'yes' if equal[model] else '**no**'}"
             f" | {', '.join(f'{r:,.0f}' for r in mem)} | {', '.join(f'{r:,.0f}' for r in st)} |"
         )
-    rev = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    rev = code_rev()
     body = f"""
 Training samples/s on {args.device}, the same job from the same preprocessing-cache entry (a memory
 map) with the data whole on the device vs streamed (`TAS_DEVICE_DATA_MB=0`: a reader thread

@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from bench.report import write_section  # noqa: E402
+from bench.report import code_rev, write_section  # noqa: E402
 from tas.core.data.dataset import Arrays, DatasetInfo, LoadContext, Loaded  # noqa: E402
 from tas.core.hooks import NullHooks  # noqa: E402
 from tas.core.pipeline import RunContext, run_pipeline  # noqa: E402
@@ -367,15 +367,7 @@ def main() -> int:
   against the 9-GEMM limit ({t2_9:.0%}), {"met" if t2_8 >= 0.8 else "not met"} against the tighter
   8-GEMM one ({t2_8:.0%}).
 """
-    try:
-        code = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        code = "unknown"
+    code = code_rev()
     body = f"""
 Samples per second on {device.type}, best of {args.rounds} interleaved rounds (one whole
 60,000-sample epoch each), on the quickstart's 784-512-512-10 relu MLP, 60,000 × 1 × 28 × 28 synthetic

@@ -78,7 +78,7 @@ def main() -> None:
 
 
 def write(args: argparse.Namespace, rows: list[tuple[str, Measured]], secs: float) -> None:
-    from bench.report import write_section
+    from bench.report import code_rev, write_section
 
     table = [
         "| code, store | CSV | rows | status | time | peak RSS | after warm-up | growth |",
@@ -89,9 +89,7 @@ def write(args: argparse.Namespace, rows: list[tuple[str, Measured]], secs: floa
             f"| {name} | {m.csv_mb:,.0f} MiB | {m.rows:,} | {m.status} | {m.seconds:.0f} s"
             f" | {m.upload_peak_mb:,.0f} MB | {m.warm_peak_mb:,.0f} MB | {m.growth_mb:,.0f} MB |"
         )
-    rev = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    rev = code_rev()
     body = f"""
 The API's memory while it takes one upload over 1 GB: `tas serve --no-worker` (SQLite), a CSV of
 {FEATURES} feature columns and a class label generated on the fly and streamed to POST /datasets
