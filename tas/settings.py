@@ -337,6 +337,14 @@ class Settings(BaseSettings):
         return (self.uploads_dir or self.resolved_artifact_dir / "uploads").resolve()
 
     @property
+    def remote_artifacts(self) -> bool:
+        """Whether the artifact store is not the local artifact directory (TAS_ARTIFACT_URL is
+        set): then the processes share nothing but the store and read it through their own
+        caches. Decided from the settings alone, so a local set-up never opens a store (opening
+        one makes this machine's cache directories)."""
+        return self.artifact_url is not None
+
+    @property
     def resolved_artifact_url(self) -> str:
         """The artifact store's URL (`tas.core.objstore.open_store`): artifact_url, or the local
         artifact directory."""

@@ -148,10 +148,6 @@ def _run_job(
             _drop_scratch(settings, job_id, tenant, lease.attempt)
 
 
-def _remote(settings: Settings) -> bool:
-    return settings.artifact_url is not None
-
-
 _RUN_DIR = re.compile(r"^run-(\d+)$")
 
 
@@ -169,7 +165,7 @@ def job_workdir(settings: Settings, job_id: str, tenant: str, run: int) -> Path:
     """Where a run writes its files: the job's directory in the shared artifact directory, or,
     with a remote store, this run's scratch on this machine (what must outlive the run is pushed
     to the store by the pipeline)."""
-    if _remote(settings):
+    if settings.remote_artifacts:
         return scratch_dir(settings, job_id, tenant, run)
     return job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant=tenant)
 
@@ -177,7 +173,7 @@ def job_workdir(settings: Settings, job_id: str, tenant: str, run: int) -> Path:
 def _drop_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> None:
     """A run's scratch goes when it ends, however it ended: checkpoints, the model and the
     predictions are in the store, and a resume may happen on another machine anyway."""
-    if not _remote(settings):
+    if not settings.remote_artifacts:
         return
     shutil.rmtree(scratch_dir(settings, job_id, tenant, run), ignore_errors=True)
     with contextlib.suppress(OSError):  # another run's folder is still there: keep the job's
@@ -187,7 +183,7 @@ def _drop_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> Non
 def _drop_earlier_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> None:
     """What earlier runs of the job left on this machine (a run killed with its process, or one
     fenced out by this one, whose files no longer count)."""
-    if not _remote(settings):
+    if not settings.remote_artifacts:
         return
     with contextlib.suppress(OSError):
         for entry in scratch_dir(settings, job_id, tenant).iterdir():
@@ -287,7 +283,7 @@ def _store_context(settings: Settings, job_id: str, tenant: str) -> dict[str, An
     """RunContext's store and the job's prefix in it, with a remote store only (a local artifact
     directory is the job directory itself, as before there was a store). The store is opened
     here, in the process that runs the job (a pool child, after the fork), once per process."""
-    if not _remote(settings):
+    if not settings.remote_artifacts:
         return {}
     return {
         "store": open_artifacts(settings).store,
@@ -297,7 +293,7 @@ def _store_context(settings: Settings, job_id: str, tenant: str) -> dict[str, An
 
 def _store_root(settings: Settings) -> str | None:
     """The remote store's URL as checkpoint paths start with it (None with a local directory)."""
-    return open_artifacts(settings).store.describe("") if _remote(settings) else None
+    return open_artifacts(settings).store.describe("") if settings.remote_artifacts else None
 
 
 def failure_line(error: dict[str, Any], settings: Settings) -> str:

@@ -96,7 +96,7 @@ def _init_source(
     serves a model: one that does not answer is a 503 with Retry-After (the request was fine: try
     again), a corrupt object a 502 (`store_errors`); a source that is simply gone stays the 422
     InitSourceError. This machine's own cache disk failing stays the server's error."""
-    if settings.artifact_url is None:  # checked first: opening a store makes its cache dirs
+    if not settings.remote_artifacts:
         return resolve_init_source(session, tenant, ref, settings, hold=held)
     artifacts = open_artifacts(settings)
     with store_errors(f"init_from {ref.strip()}", artifacts.cache.root):

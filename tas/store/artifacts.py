@@ -48,7 +48,7 @@ def open_artifacts(settings: Settings) -> Artifacts:
             found = Artifacts(
                 store=open_store(settings.resolved_artifact_url),
                 cache=LocalCache(settings.object_cache_dir, settings.object_cache_max_mb * MIB),
-                remote=settings.artifact_url is not None,
+                remote=settings.remote_artifacts,
             )
             _opened[key] = found
         return found

@@ -104,7 +104,7 @@ def delete_stored(settings: Settings, job_id: str, *, tenant: str) -> int:
     with a local artifact directory: the job's directory is those files, removed by the caller.
     Best effort: a store that fails is logged, never a failed request (the rows are gone, and a
     leftover prefix is only space)."""
-    if settings.artifact_url is None:  # checked first: opening the store makes its cache dirs
+    if not settings.remote_artifacts:
         return 0
     artifacts = open_artifacts(settings)
     key = job_key(job_id, tenant=tenant)

@@ -94,7 +94,7 @@ def artifact_bytes(settings: Settings, tenant: str) -> int:
     under its jobs prefix; measured at most once per WALK_TTL_S (blocking I/O: call it off the
     event loop). ArtifactStoreUnavailable when the store does not answer."""
     root = job_store.jobs_root(settings.resolved_artifact_dir, tenant)
-    remote = settings.artifact_url is not None  # checked first: opening a store makes its dirs
+    remote = settings.remote_artifacts
     key = (settings.resolved_artifact_url if remote else None, root)
     now = time.monotonic()
     with _walks_lock:
