@@ -193,8 +193,21 @@ def spec_fingerprint(spec: JobSpec) -> str:
     d["training"].pop("log_every_steps", None)
     d["training"].pop("keep", None)  # which weights are registered, not how they are trained
     d.pop("tags", None)  # labels a user may change (PATCH) while a job is interrupted
+    # Fields added later count only when set: a checkpoint written before they existed (their
+    # defaults) still resumes.
+    for section, key, default in _LATER_FIELDS:
+        if d.get(section, {}).get(key) == default:
+            d[section].pop(key)
     blob = repr(sorted(_flatten(d)))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+#: (section, field, default) of spec fields added after checkpoints already existed.
+_LATER_FIELDS = (
+    ("resources", "processes", 1),
+    ("training", "channels_last", "auto"),
+    ("training", "compile", False),
+)
 
 
 def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:

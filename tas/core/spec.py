@@ -329,7 +329,21 @@ class TrainingSpec(StrictModel):
         description="Training time limit over all runs of the job (minutes); not given: the"
         " deployment's default (TAS_DEFAULT_JOB_MINUTES), at most TAS_MAX_JOB_MINUTES.",
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: fp32 on CPU; on a GPU, bf16 autocast where it is supported, else fp16"
+        " autocast with a gradient scaler.",
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Train a CNN with channels_last memory (faster convolutions on tensor"
+        " cores). auto: on for image models on a GPU, off elsewhere.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the training forward pass (a one-off compile, faster"
+        " steps after it).",
+    )
     grad_clip: float | None = Field(
         None, gt=0.0, description="Clip the gradient norm to this value."
     )
@@ -365,8 +379,21 @@ class CheckpointSpec(StrictModel):
     )
 
 
+#: The most data-parallel processes one job can ask for (a deployment's workers offer fewer: the
+#: API checks a job against the live workers of its queue).
+MAX_PROCESSES = 64
+
+
 class ResourcesSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    processes: int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="Data-parallel training processes (DDP launched by torchrun: gloo on CPU,"
+        " NCCL on CUDA, one GPU per process). training.batch_size stays the global batch, split"
+        " evenly across the processes, so the learning rate needs no change.",
+    )
 
 
 #: Tags are labels for people and filters (`GET /jobs?tag=team:vision`), never training input.
@@ -415,6 +442,25 @@ class JobSpec(StrictModel):
 
 #: A problem with a spec: the field to blame (its path in the spec) and what is wrong with it.
 SpecProblem = tuple[tuple[str, ...], str]
+
+
+def resource_problems(spec: JobSpec) -> list[SpecProblem]:
+    """What the processes of a data-parallel job need from the rest of the spec: the global batch
+    splits into equal per-process batches (every process steps the same number of times on the
+    same share, which keeps the averaged gradient the full batch's)."""
+    n, bs = spec.resources.processes, spec.training.batch_size
+    if n > 1 and bs % n:
+        lower, upper = bs - bs % n, bs + n - bs % n
+        fits = f"{lower} or {upper}" if lower else f"{upper}"
+        return [
+            (
+                ("training", "batch_size"),
+                f"with resources.processes {n}, training.batch_size (the global batch, split"
+                f" evenly across the processes) must be a multiple of {n}; {bs} is not: use"
+                f" {fits}",
+            )
+        ]
+    return []
 
 
 def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
@@ -466,6 +512,7 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
                 f"augmentation needs image samples (C×H×W); dataset {info.name!r} is {info.kind}",
             )
         )
+    problems += resource_problems(spec)
     if spec.dataset.target_scaling == "standard" and info.task != "regression":
         problems.append(
             (
