@@ -1,4 +1,4 @@
-"""The `tas jobs`, `tas datasets` and `tas models` verbs: a terminal on a (local or remote) tas API,
+"""The `tas jobs`, `tas datasets`, `tas models` and `tas searches` verbs: a terminal on a (local or remote) tas API,
 built on `tas.client` alone, so they need no database, no torch import and no server code; the
 contract test (tests/unit/test_import_contract.py) holds this module to that.
 
@@ -24,7 +24,8 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from typer.core import TyperGroup
@@ -37,6 +38,9 @@ from tas.client import (
     JobCancelled,
     JobFailed,
     LogLine,
+    Search,
+    SearchEnded,
+    Trial,
     WaitTimeout,
 )
 
@@ -52,9 +56,14 @@ STATUS_EXIT = {"succeeded": EXIT_SUCCEEDED, "failed": EXIT_FAILED, "cancelled": 
 
 #: The dashboard's page of a job, under the API's URL.
 JOB_PAGE = "/ui/jobs/{id}"
+#: The dashboard's page of a search.
+SEARCH_PAGE = "/ui/searches/{id}"
 
 #: How often the follower reads new log lines (it also reads them at each change of the job).
 LOG_POLL_S = 1.0
+#: How often a followed search is read again (it has no event stream; its trials' epochs take
+#: seconds at the least, so a faster poll would show nothing new).
+SEARCH_POLL_S = 2.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -186,8 +195,9 @@ def _tty() -> bool:
 jobs_cli = _group("Jobs: submit one and follow it live, list, inspect, tail logs, wait, cancel.")
 
 
-def _load_spec(path: Path) -> dict[str, Any]:
-    """A spec from JSON or YAML (by the file's suffix; `-` is standard input, either)."""
+def _load_spec(path: Path, what: str = "job spec") -> dict[str, Any]:
+    """A spec (or a search: `what`) from JSON or YAML (by the file's suffix; `-` is standard
+    input, either)."""
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text()
     except OSError as exc:
@@ -200,11 +210,9 @@ def _load_spec(path: Path) -> dict[str, Any]:
         else:
             spec = json.loads(text)
     except Exception as exc:  # yaml's and json's errors share no base class
-        _exit(EXIT_USAGE, f"error: {path} is not a valid spec file: {exc}")
+        _exit(EXIT_USAGE, f"error: {path} is not a valid {what} file: {exc}")
     if not isinstance(spec, dict):
-        _exit(
-            EXIT_USAGE, f"error: {path} holds a {type(spec).__name__}, not a job spec (a mapping)"
-        )
+        _exit(EXIT_USAGE, f"error: {path} holds a {type(spec).__name__}, not a {what} (a mapping)")
     return spec
 
 
@@ -313,6 +321,8 @@ def _summary(job: Job) -> list[tuple[str, str]]:
             rows.append(("hint", job.error.hint))
     if job.model:
         rows.append(("model", f"{job.model[0]} v{job.model[1]}"))
+    if job.search_id:
+        rows.append(("search", f"{job.search_id} (trial {job.trial_number})"))
     return rows
 
 
@@ -787,8 +797,296 @@ def models_download(
     print(saved)
 
 
+# --- searches ---------------------------------------------------------------------------------------
+
+searches_cli = _group(
+    "Searches: hyperparameter searches whose trials are jobs; create, follow, list, cancel."
+)
+
+
+@searches_cli.command("create")
+@handles_errors
+def searches_create(
+    ctx: typer.Context,
+    search_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SEARCH",
+            help="The search (name, spec, space, objective, sampler, pruner, max_trials,"
+            " max_concurrent, model_name), .json or .yaml (- for stdin).",
+        ),
+    ],
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow/--detach",
+            help="Follow the search's trials to its end, or print its id and return (default).",
+        ),
+    ] = False,
+) -> None:
+    """Start a search. Following, the exit code is the search's: 0 succeeded, 1 failed,
+    2 cancelled; Ctrl-C detaches (the search keeps running: `tas searches get ID --follow`)."""
+    body = _load_spec(search_file, "search")
+    client = _client(ctx)
+    search = client.searches.create(body)
+    if not follow:
+        print(search.id)
+        return
+    raise typer.Exit(_follow_search(client, search))
+
+
+@searches_cli.command("get")
+@handles_errors
+def searches_get(
+    ctx: typer.Context,
+    search_id: Annotated[str, typer.Argument(metavar="ID")],
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep the trials table live until the search finishes; the exit code is then"
+            " the search's (0 succeeded, 1 failed, 2 cancelled).",
+        ),
+    ] = False,
+    output: Output = Format.table,
+) -> None:
+    """A search: status, objective, best trial, registered model, and its trials."""
+    client = _client(ctx)
+    search = client.searches.get(search_id)
+    if output is Format.json:
+        if follow:
+            try:
+                search.wait(poll_s=SEARCH_POLL_S)
+            except KeyboardInterrupt:
+                _detached_search(search.id)
+            except SearchEnded:
+                pass  # the search ended otherwise: its object says how, the exit code too
+        _print_json(search.raw)
+        if follow:
+            raise typer.Exit(STATUS_EXIT.get(search.status, EXIT_USAGE))
+        return
+    if follow:
+        raise typer.Exit(_follow_search(client, search))
+    out.print(_search_view(search))
+
+
+@searches_cli.command("list")
+@handles_errors
+def searches_list(
+    ctx: typer.Context,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="queued, running, succeeded, failed, cancelled (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 20,
+    output: Output = Format.table,
+) -> None:
+    """Your searches, newest first."""
+    searches = list(_client(ctx).searches.list(status=status or None, limit=limit))
+    if output is Format.json:
+        _print_json([s.raw for s in searches])
+        return
+    table = Table("id", "name", "status", "objective", "trials", "best", "created", box=box.SIMPLE)
+    for s in searches:
+        best = s.best.value if s.best else None
+        table.add_row(
+            s.id,
+            s.name,
+            s.status,
+            _objective_text(s),
+            _trials_done_text(s),
+            f"{s.metric}={_num(best)}" if best is not None else "",
+            f"{s.created_at:%Y-%m-%d %H:%M:%S}" if s.created_at else "",
+        )
+    out.print(table)
+
+
+@searches_cli.command("cancel")
+@handles_errors
+def searches_cancel(
+    ctx: typer.Context, search_id: Annotated[str, typer.Argument(metavar="ID")]
+) -> None:
+    """Cancel a search: no new trials, its running trials cancelled (exit 3 if it has finished)."""
+    search = _client(ctx).searches.cancel(search_id)
+    print(f"cancel requested: search {search.id} is {search.status}")
+
+
+def _objective_text(s: Search) -> str:
+    return f"{s.direction} {s.metric}".strip()
+
+
+def _trials_done_text(s: Search) -> str:
+    """How far it is: the finished trials (complete, pruned, failed) out of max_trials."""
+    c = s.counts
+    done = c.get("complete", 0) + c.get("pruned", 0) + c.get("failed", 0)
+    running = c.get("running", 0)
+    return f"{done}/{s.max_trials}" + (f" (+{running} running)" if running else "")
+
+
+def _counts_text(s: Search) -> str:
+    c = s.counts
+    return ", ".join(f"{c.get(k, 0)} {k}" for k in ("running", "complete", "pruned", "failed"))
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _params_text(trial: Trial) -> str:
+    return " ".join(f"{k}={_param_text(v)}" for k, v in trial.params.items())
+
+
+def _search_facts(s: Search) -> Table:
+    sampler = s.sampler.get("type", "")
+    if s.sampler.get("seed") is not None:
+        sampler += f" (seed {s.sampler['seed']})"
+    rows = [
+        ("id", s.id),
+        ("name", s.name),
+        ("status", s.status),
+        ("objective", _objective_text(s)),
+        ("sampler", sampler),
+        ("pruner", str(s.pruner.get("type", ""))),
+        ("trials", f"{_trials_done_text(s)}: {_counts_text(s)}"),
+        ("concurrent", str(s.max_concurrent)),
+    ]
+    if s.created_at:
+        rows.append(("created", f"{s.created_at:%Y-%m-%d %H:%M:%S}"))
+    if s.finished_at:
+        rows.append(("finished", f"{s.finished_at:%Y-%m-%d %H:%M:%S}"))
+    if s.best:
+        rows.append(("best", _best_text(s, s.best)))
+    if s.model:
+        rows.append(("model", f"{s.model[0]} v{s.model[1]}"))
+    elif s.model_name:
+        rows.append(("model", f"{s.model_name} (registered once the search succeeds)"))
+    table = Table("field", "value", box=box.SIMPLE, show_header=False)
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _best_text(s: Search, best: Trial) -> str:
+    return f"trial {best.number}: {s.metric}={_num(best.value)} (job {best.job_id}) {_params_text(best)}"
+
+
+def _trials_table(s: Search) -> Table:
+    """A row per trial (newest last), a column per searched path; the best trial marked."""
+    paths = list(dict.fromkeys([*s.space, *(k for t in s.trials for k in t.params)]))
+    best = s.best.number if s.best else None
+    table = Table("#", "state", *paths, s.metric or "value", "epochs", "job", box=box.SIMPLE)
+    for t in sorted(s.trials, key=lambda t: t.number):
+        value = t.last_value
+        shown = "" if value is None else _num(value) + ("" if t.value is not None else " (last)")
+        table.add_row(
+            str(t.number) + (" *" if t.number == best else ""),
+            t.state,
+            *(_param_text(t.params[p]) if p in t.params else "" for p in paths),
+            shown,
+            str(t.epochs),
+            t.job_id or "",
+        )
+    return table
+
+
+def _importances_table(s: Search) -> Table | None:
+    if not s.importances:
+        return None
+    table = Table("parameter", "importance", box=box.SIMPLE)
+    for path, value in sorted(s.importances.items(), key=lambda kv: -kv[1]):
+        table.add_row(path, f"{value:.3f}")
+    return table
+
+
+def _search_view(s: Search) -> Group:
+    parts: list[Any] = [_search_facts(s)]
+    if s.trials:
+        parts.append(_trials_table(s))
+    importances = _importances_table(s)
+    if importances is not None:
+        parts.append(importances)
+    return Group(*parts)
+
+
+def _follow_search(client: Client, search: Search) -> int:
+    """Print the search's id and page, then follow its trials to its end; its exit code."""
+    url = f"{client.url}{SEARCH_PAGE.format(id=search.id)}"
+    print(f"search {search.id} {search.status}: {url}", flush=True)
+    try:
+        if _tty():
+            with Live(_search_view(search), console=out, auto_refresh=False) as live:
+                for s in search.watch(poll_s=SEARCH_POLL_S):
+                    live.update(_search_view(s), refresh=True)
+        else:
+            _follow_search_plain(search)
+    except KeyboardInterrupt:
+        _detached_search(search.id)
+    return _search_final(search)
+
+
+def _follow_search_plain(search: Search) -> None:
+    """A line per trial that starts or changes state, and per change of the search's status."""
+    shown: dict[int, str] = {}
+    status: str | None = None
+    for s in search.watch(poll_s=SEARCH_POLL_S):
+        for t in sorted(s.trials, key=lambda t: t.number):
+            if shown.get(t.number) == t.state:
+                continue
+            shown[t.number] = t.state
+            print(_trial_line(s, t), flush=True)
+        if s.status != status:
+            status = s.status
+            print(f"search {s.status}: {_counts_text(s)}", flush=True)
+
+
+def _trial_line(s: Search, t: Trial) -> str:
+    if t.state == "running":
+        return f"trial {t.number} running (job {t.job_id}) {_params_text(t)}".rstrip()
+    value = t.last_value
+    result = f" {s.metric}={_num(value)}" if value is not None else ""
+    epochs = f" after {t.epochs} epoch{'s' if t.epochs != 1 else ''}"
+    return f"trial {t.number} {t.state}{result}{epochs}"
+
+
+def _detached_search(search_id: str) -> NoReturn:
+    _exit(
+        EXIT_DETACHED,
+        f"\ndetached: search {search_id} keeps running (only `tas searches cancel {search_id}`"
+        f" stops it). Re-attach with `tas searches get {search_id} --follow`.",
+    )
+
+
+def _search_final(s: Search) -> int:
+    """The search's end: its best trial and model, or how it ended; the exit code."""
+    summary = f"{len(s.trials) or sum(s.counts.values())} trials ({_counts_text(s)})"
+    if s.status == "succeeded":
+        print(f"search {s.id} succeeded: {summary}", flush=True)
+        if s.best:
+            print(f"best: {_best_text(s, s.best)}", flush=True)
+        if s.model:
+            name, version = s.model
+            print(f"registered model: {name} v{version}  (tas models predict {name}:{version} ...)")
+    elif s.status in ("failed", "cancelled"):
+        err.print(f"search {s.id} {s.status}: {summary}", markup=False)
+        error = s.raw.get("error")
+        if error:
+            message = error.get("message", error) if isinstance(error, dict) else error
+            err.print(str(message), markup=False)
+        if s.best:
+            err.print(f"best so far: {_best_text(s, s.best)}", markup=False)
+    else:
+        print(f"search {s.id} is {s.status}")
+    return STATUS_EXIT.get(s.status, EXIT_USAGE)
+
+
 def register(cli: typer.Typer) -> None:
     """Add the verb groups to the `tas` command."""
     cli.add_typer(jobs_cli, name="jobs")
     cli.add_typer(datasets_cli, name="datasets")
     cli.add_typer(models_cli, name="models")
+    cli.add_typer(searches_cli, name="searches")

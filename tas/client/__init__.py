@@ -7,15 +7,28 @@ job = client.jobs.submit({"name": "iris", "dataset": {"name": "iris"}, ...})
 for event in job.events():  # live; reconnects by itself
     print(job.status, job.progress)
 job.wait()  # JobFailed / JobCancelled unless it succeeded
+search = client.searches.create({"name": "lr", "spec": {...}, "space": {...}, ...})
+search.wait()  # SearchFailed / SearchCancelled unless it succeeded; search.best is a Trial
 """
 
-from tas.client.client import DEFAULT_URL, Client, DatasetsApi, JobsApi, ModelsApi, Retry
+from tas.client.client import (
+    DEFAULT_URL,
+    Client,
+    DatasetsApi,
+    JobsApi,
+    ModelsApi,
+    Retry,
+    SearchesApi,
+)
 from tas.client.errors import (
     ApiError,
     ConnectionFailed,
     JobCancelled,
     JobEnded,
     JobFailed,
+    SearchCancelled,
+    SearchEnded,
+    SearchFailed,
     TasError,
     WaitTimeout,
 )
@@ -33,7 +46,9 @@ from tas.client.types import (
     Prediction,
     Predictions,
     Progress,
+    Search,
     Stage,
+    Trial,
 )
 
 __all__ = [
@@ -61,8 +76,14 @@ __all__ = [
     "Predictions",
     "Progress",
     "Retry",
+    "Search",
+    "SearchCancelled",
+    "SearchEnded",
+    "SearchFailed",
+    "SearchesApi",
     "SseParser",
     "Stage",
     "TasError",
+    "Trial",
     "WaitTimeout",
 ]

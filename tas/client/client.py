@@ -27,6 +27,8 @@ from tas.client.errors import (
     ConnectionFailed,
     JobCancelled,
     JobFailed,
+    SearchCancelled,
+    SearchFailed,
     WaitTimeout,
 )
 from tas.client.sse import Event, SseParser
@@ -39,6 +41,7 @@ from tas.client.types import (
     LogPage,
     Model,
     Predictions,
+    Search,
 )
 
 #: Where `Client()` connects when neither `url` nor TAS_URL says (what `tas serve` binds).
@@ -91,7 +94,7 @@ class Client:
 
     `url` defaults to TAS_URL (else http://127.0.0.1:8000), `api_key` to TAS_API_KEY (sent as
     `Authorization: Bearer`; a loopback server with no keys needs none). `jobs`, `datasets` and
-    `models` hold the calls; every error the API answers is an `ApiError` carrying its status
+    `models` and `searches` hold the calls; every error the API answers is an `ApiError` carrying its status
     and `detail`, and an unreachable server is `ConnectionFailed`."""
 
     def __init__(
@@ -118,6 +121,7 @@ class Client:
         self.jobs = JobsApi(self)
         self.datasets = DatasetsApi(self)
         self.models = ModelsApi(self)
+        self.searches = SearchesApi(self)
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -384,6 +388,102 @@ def _outcome(job: Job) -> Job:
     if job.status == "cancelled":
         raise JobCancelled(job)
     return job
+
+
+class SearchesApi:
+    """Hyperparameter searches: a base job spec, a space over its paths, an objective; the
+    server's controller runs the trials as ordinary jobs (each in `/jobs` with `search_id`)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def create(self, body: Mapping[str, Any]) -> Search:
+        """Start a search (the body as POST /searches takes it: name, spec, space, objective,
+        sampler, pruner, max_trials, max_concurrent, model_name). A space that could produce an
+        invalid spec is ApiError 422 naming the path."""
+        return Search.of(self.client.json("POST", "/searches", json=dict(body)), self)
+
+    def get_raw(self, search_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.client.json("GET", f"/searches/{search_id}")
+        return data
+
+    def get(self, search_id: str) -> Search:
+        return Search.of(self.get_raw(search_id), self)
+
+    def list(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = None,
+        page_size: int = 50,
+    ) -> Iterator[Search]:
+        """Newest first, filtered by the server; pages are fetched as the iteration reaches them
+        (`next_cursor`), until `limit` searches or the last page. The items carry no trials."""
+        params: dict[str, Any] = {"limit": min(page_size, limit or page_size)}
+        if status:
+            params["status"] = [status] if isinstance(status, str) else list(status)
+        seen = 0
+        while True:
+            page = self.client.json("GET", "/searches", params=params)
+            for item in page["items"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield Search.of(item, self)
+            cursor = page.get("next_cursor")
+            if not cursor or (limit is not None and seen >= limit):
+                return
+            params["cursor"] = cursor
+
+    def cancel_raw(self, search_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.client.json("POST", f"/searches/{search_id}/cancel")
+        return data
+
+    def cancel(self, search_id: str) -> Search:
+        """Stop the search: it asks for no more trials and its running trials are cancelled."""
+        return Search.of(self.cancel_raw(search_id), self)
+
+    def watch(
+        self, search: Search, *, poll_s: float = 2.0, timeout: float | None = None
+    ) -> Iterator[Search]:
+        """Poll the search until it finishes, handing it on (updated in place) each time the
+        API's answer changes, the first read included. A failed read is retried as a dropped
+        event stream is (a server restart is ridden out); WaitTimeout after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        retry, failures = self.client.retry, 0
+        last: dict[str, Any] | None = None
+        while True:
+            try:
+                data = self.get_raw(search.id)
+                failures = 0
+            except ConnectionFailed:
+                failures += 1
+                if failures > retry.attempts:
+                    raise
+            else:
+                if data != last:
+                    last = data
+                    search.update(data)
+                    yield search
+            if search.finished:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"search {search.id} still {search.status} after {timeout} s")
+            pause = retry.delay(failures) if failures else poll_s
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            self.client.sleep(pause)
+
+    def wait(self, search: Search, *, timeout: float | None = None, poll_s: float = 2.0) -> Search:
+        """Until the search finishes. Succeeded: the search. Failed: SearchFailed. Cancelled:
+        SearchCancelled."""
+        for _ in self.watch(search, poll_s=poll_s, timeout=timeout):
+            pass
+        if search.status == "failed":
+            raise SearchFailed(search)
+        if search.status == "cancelled":
+            raise SearchCancelled(search)
+        return search
 
 
 class DatasetsApi:

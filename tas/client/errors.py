@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tas.client.types import Job, JobError
+    from tas.client.types import Job, JobError, Search
 
 
 class TasError(Exception):
@@ -54,6 +54,30 @@ class JobCancelled(JobEnded):
     def __init__(self, job: Job) -> None:
         self.error: JobError | None = job.error
         super().__init__(job, f"job {job.id} was cancelled")
+
+
+class SearchEnded(TasError):
+    """A search the caller waited for ended without succeeding."""
+
+    def __init__(self, search: Search, text: str) -> None:
+        self.search = search
+        super().__init__(text)
+
+
+class SearchFailed(SearchEnded):
+    """The search failed (its trials did, or its study could not go on)."""
+
+    def __init__(self, search: Search) -> None:
+        error = search.raw.get("error")
+        why = f": {describe(error.get('message', error) if isinstance(error, dict) else error)}"
+        super().__init__(search, f"search {search.id} failed{why if error else ''}")
+
+
+class SearchCancelled(SearchEnded):
+    """The search was cancelled (its running trials with it)."""
+
+    def __init__(self, search: Search) -> None:
+        super().__init__(search, f"search {search.id} was cancelled")
 
 
 class WaitTimeout(TasError, TimeoutError):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tas.client.client import JobsApi
+    from tas.client.client import JobsApi, SearchesApi
     from tas.client.sse import Event
 
 #: The statuses a job never leaves.
@@ -112,6 +112,9 @@ class Job:
     warnings: list[str]
     raw: dict[str, Any] = field(repr=False)
     _api: JobsApi | None = field(default=None, repr=False, compare=False)
+    #: The search this job is a trial of, and its number there (None for a job of its own).
+    search_id: str | None = None
+    trial_number: int | None = None
 
     @classmethod
     def of(cls, d: dict[str, Any], api: JobsApi | None = None) -> Job:
@@ -142,6 +145,8 @@ class Job:
             "tags": d.get("tags") or {},
             "warnings": list(d.get("warnings") or []),
             "raw": d,
+            "search_id": d.get("search_id"),
+            "trial_number": d.get("trial_number"),
         }
 
     def update(self, d: dict[str, Any]) -> None:
@@ -368,3 +373,145 @@ class Predictions:
 class Download:
     path: Path
     size_bytes: int
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a search: an ordinary job (`job_id`) run with `params` (keyed by spec path,
+    e.g. `training.lr`). `state` is running, complete, pruned or failed; `value` the objective it
+    ended with (None until then); `intermediate` the objective after each epoch, as the pruner saw
+    it."""
+
+    number: int
+    job_id: str | None
+    params: dict[str, Any]
+    state: str
+    value: float | None
+    epochs: int
+    intermediate: dict[int, float]
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Trial:
+        value = d.get("value")
+        steps: dict[int, float] = {}
+        for k, v in (d.get("intermediate") or {}).items():
+            # JSON keys are strings; the epochs are numbers (a key that is not one is skipped).
+            if str(k).isdigit() and isinstance(v, int | float):
+                steps[int(k)] = float(v)
+        return cls(
+            number=int(d.get("number", 0)),
+            job_id=d.get("job_id"),
+            params=d.get("params") or {},
+            state=str(d.get("state", "")),
+            value=float(value) if isinstance(value, int | float) else None,
+            epochs=int(d.get("epochs") or 0),
+            intermediate=dict(sorted(steps.items())),
+            raw=d,
+        )
+
+    @property
+    def last_value(self) -> float | None:
+        """The objective it ended with, else its last reported epoch's (a pruned trial's)."""
+        if self.value is not None:
+            return self.value
+        return self.intermediate[max(self.intermediate)] if self.intermediate else None
+
+
+@dataclass
+class Search:
+    """A search as `GET /searches/{id}` shows it. An item of `searches.list()` has no `trials`
+    (the list leaves them out; `refresh()` reads them). `refresh()`, `wait()` and `watch()`
+    update it in place."""
+
+    id: str
+    name: str
+    status: str
+    objective: dict[str, Any]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    space: dict[str, Any]
+    max_trials: int
+    max_concurrent: int
+    model_name: str | None
+    created_at: datetime | None
+    finished_at: datetime | None
+    trials: list[Trial]
+    best: Trial | None
+    importances: dict[str, float] | None
+    counts: dict[str, int]
+    raw: dict[str, Any] = field(repr=False)
+    _api: SearchesApi | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any], api: SearchesApi | None = None) -> Search:
+        return cls(**cls._fields(d), _api=api)
+
+    @staticmethod
+    def _fields(d: dict[str, Any]) -> dict[str, Any]:
+        best = d.get("best")
+        return {
+            "id": str(d["id"]),
+            "name": str(d.get("name", "")),
+            "status": str(d.get("status", "")),
+            "objective": d.get("objective") or {},
+            "sampler": d.get("sampler") or {},
+            "pruner": d.get("pruner") or {},
+            "space": d.get("space") or {},
+            "max_trials": int(d.get("max_trials") or 0),
+            "max_concurrent": int(d.get("max_concurrent") or 0),
+            "model_name": d.get("model_name"),
+            "created_at": _dt(d.get("created_at")),
+            "finished_at": _dt(d.get("finished_at")),
+            "trials": [Trial.of(t) for t in d.get("trials") or []],
+            "best": Trial.of(best) if isinstance(best, dict) else None,
+            "importances": d.get("importances"),
+            "counts": {str(k): int(v) for k, v in (d.get("counts") or {}).items()},
+            "raw": d,
+        }
+
+    def update(self, d: dict[str, Any]) -> None:
+        for key, value in self._fields(d).items():
+            setattr(self, key, value)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def metric(self) -> str:
+        return str(self.objective.get("metric", ""))
+
+    @property
+    def direction(self) -> str:
+        return str(self.objective.get("direction", ""))
+
+    @property
+    def model(self) -> tuple[str, int] | None:
+        """The best trial's model as registered under `model_name`: (name, version)."""
+        m = self.raw.get("model")
+        return (str(m["name"]), int(m["version"])) if isinstance(m, dict) else None
+
+    def _client(self) -> SearchesApi:
+        if self._api is None:
+            raise RuntimeError("this Search was not read through a Client")
+        return self._api
+
+    def refresh(self) -> Search:
+        self.update(self._client().get_raw(self.id))
+        return self
+
+    def watch(self, poll_s: float = 2.0) -> Iterator[Search]:
+        """Itself each time the API's answer changes (a trial starts, reports, ends), until the
+        search finishes."""
+        return self._client().watch(self, poll_s=poll_s)
+
+    def wait(self, timeout: float | None = None, poll_s: float = 2.0) -> Search:
+        """Until the search finishes: itself when it succeeded, else SearchFailed /
+        SearchCancelled; WaitTimeout after `timeout` seconds (the search keeps running)."""
+        return self._client().wait(self, timeout=timeout, poll_s=poll_s)
+
+    def cancel(self) -> Search:
+        """Stop it: no new trials, its running trials cancelled."""
+        self.update(self._client().cancel_raw(self.id))
+        return self
