@@ -202,9 +202,25 @@ def _quiet_logging(loglevel: str) -> None:
 @cli.command()
 def worker(
     queues: Annotated[
-        str, typer.Option(help="Comma-separated queues: default, cpu, gpu.")
-    ] = "default,cpu",
-    concurrency: Annotated[int, typer.Option(help="Jobs at once (one process per GPU).")] = 1,
+        str | None,
+        typer.Option(
+            help="Comma-separated queues: default, cpu, gpu. Default: default,cpu; gpu,default"
+            " with --gpus."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Jobs at once. Default: 1; with --gpus, one per GPU.", min=1),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="The GPUs this worker owns: nvidia-smi indices or UUIDs (0,1), or all. The"
+            " worker and its jobs see only these (CUDA_VISIBLE_DEVICES), it consumes the gpu"
+            " queue, and each job holds its own GPUs (one per process) while it runs, so no two"
+            " jobs, of this worker or of another given the same GPUs, share one."
+        ),
+    ] = None,
     pool: Annotated[str, typer.Option(help="prefork (a fresh child per job) or solo.")] = "prefork",
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
@@ -212,7 +228,11 @@ def worker(
     ready_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
     stop_grace: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """A Celery worker. Its main process never touches CUDA; each job runs in a fresh child."""
+    """A Celery worker. Its main process never touches CUDA; each job runs in a fresh child.
+
+    On a GPU machine: `tas worker --gpus all` (or `--gpus 0,1`, or one worker per GPU with
+    `--gpus 0`, `--gpus 1`, ...). A job with `resources.device` cuda waits for as many free GPUs
+    as it has processes; one that never could fit this worker is refused at submit."""
     from worker.celery_app import app, settings
 
     if embedded:
@@ -228,6 +248,8 @@ def worker(
         logging.basicConfig(
             level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    # Before anything detects devices or forks a child: they must see only the owned GPUs.
+    queue_list, jobs_at_once = _gpu_worker(gpus, queues, concurrency)
     from worker import lifeline
 
     lifeline.install(
@@ -235,14 +257,13 @@ def worker(
         grace_s=stop_grace if stop_grace is not None else settings.worker_stop_grace_s,
     )
     settings.ensure_dirs()
-    queues = _servable(queues)
     argv = [
         *(["--quiet"] if embedded else []),
         "worker",
         "-Q",
-        queues,
+        _servable(queue_list),
         "-c",
-        str(concurrency),
+        str(jobs_at_once),
         "--pool",
         pool,
         "-l",
@@ -253,6 +274,28 @@ def worker(
     if hostname:
         argv += ["-n", hostname]
     app.worker_main(argv)
+
+
+def _gpu_worker(gpus: str | None, queues: str | None, concurrency: int | None) -> tuple[str, int]:
+    """The queues and concurrency a worker runs with. With `--gpus` it owns those GPUs (set in
+    CUDA_VISIBLE_DEVICES before anything detects devices or starts a child), consumes `gpu`, and
+    runs one job per GPU unless told otherwise; a GPU that is not there is exit status 2."""
+    if gpus is None:
+        return queues or "default,cpu", concurrency or 1
+    from worker.machine import GpuChoiceError, own_gpus
+
+    try:
+        owned = own_gpus(gpus)
+    except GpuChoiceError as exc:
+        console.print(f"[red]error[/red]: --gpus {gpus}: {exc}")
+        raise typer.Exit(2) from exc
+    logging.getLogger("tas.worker").info(
+        "owning GPU(s) %s", ", ".join(f"{g['index']} ({g['name']}, {g['uuid']})" for g in owned)
+    )
+    wanted = [q.strip() for q in (queues or "gpu,default").split(",") if q.strip()]
+    if "gpu" not in wanted:
+        wanted.append("gpu")
+    return ",".join(wanted), concurrency or len(owned)
 
 
 def _servable(queues: str) -> str:

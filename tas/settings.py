@@ -161,6 +161,24 @@ class Settings(BaseSettings):
         " cut and ends with a marker saying how much was dropped.",
     )
     max_attempts: int = Field(3, ge=1)
+    distributed_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long one collective of a data-parallel job (resources.processes > 1)"
+        " may wait for its peers: a hung or vanished process fails the run after it.",
+    )
+    distributed_wait_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long the other processes of a data-parallel job wait for the first one"
+        " while it works alone (preparing the data, writing a checkpoint, evaluating).",
+    )
+    distributed_stop_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a data-parallel job's processes may take to checkpoint and exit"
+        " after a cancel before the whole group is killed.",
+    )
     worker_stop_grace_s: float = Field(
         8.0,
         gt=0,
@@ -193,6 +211,13 @@ class Settings(BaseSettings):
         3600.0,
         gt=0,
         description="How long an offline or lost worker is still listed by GET /workers.",
+    )
+    device_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a job waits on a GPU worker for its GPUs to be free (another job, or"
+        " another worker given the same GPUs, holds them) before its message is handed back for"
+        " another worker; the job is not claimed while it waits, so it never fails for this.",
     )
 
     # Serving (see README, "Serving").
@@ -285,6 +310,14 @@ class Settings(BaseSettings):
         " activations, estimated at submit) a job may need when no live worker of its queue"
         " reports its memory; with one, the largest such worker's memory (GPU memory for a job"
         " that trains on CUDA) is the bound.",
+    )
+    max_processes: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="resources.processes a job may ask for when no live worker of its queue says"
+        " what it offers; with one, the largest such worker is the bound (its GPUs for a cuda job,"
+        " its CPUs otherwise).",
     )
 
     # Live job updates (GET /jobs/{id}/events).

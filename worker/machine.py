@@ -1,6 +1,6 @@
 """What this machine offers a worker: its devices (CPU, and GPUs listed by `nvidia-smi`, mapped
 through `CUDA_VISIBLE_DEVICES` the way the CUDA runtime maps them), its capacity, and which of the
-requested queues it can serve.
+requested queues it can serve; and the GPUs a worker is given to own (`tas worker --gpus`).
 
 Detection never initialises CUDA in the calling process: a worker's main process forks a child per
 job, and a CUDA context does not survive a fork."""
@@ -13,7 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -81,10 +81,8 @@ def _run_nvidia_smi() -> str | None:
     return out.stdout
 
 
-def parse_nvidia_smi(text: str, visible: str | None) -> list[dict[str, Any]]:
-    """`nvidia-smi --query-gpu=index,uuid,name,memory.total` rows as devices `cuda:N`, numbered
-    as the CUDA runtime numbers them under `CUDA_VISIBLE_DEVICES` (indices or UUID prefixes; the
-    list ends at the first entry that names no GPU, as in CUDA)."""
+def _smi_rows(text: str) -> list[dict[str, Any]]:
+    """nvidia-smi's rows: its own index, the UUID, the name, the memory (MiB)."""
     gpus: list[dict[str, Any]] = []
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
@@ -95,6 +93,14 @@ def parse_nvidia_smi(text: str, visible: str | None) -> list[dict[str, Any]]:
         except ValueError:
             memory = None
         gpus.append({"index": int(parts[0]), "uuid": parts[1], "name": parts[2], "mb": memory})
+    return gpus
+
+
+def parse_nvidia_smi(text: str, visible: str | None) -> list[dict[str, Any]]:
+    """`nvidia-smi --query-gpu=index,uuid,name,memory.total` rows as devices `cuda:N`, numbered
+    as the CUDA runtime numbers them under `CUDA_VISIBLE_DEVICES` (indices or UUID prefixes; the
+    list ends at the first entry that names no GPU, as in CUDA)."""
+    gpus = _smi_rows(text)
     if visible is not None:
         chosen = []
         for entry in (e.strip() for e in visible.split(",")):
@@ -112,6 +118,53 @@ def parse_nvidia_smi(text: str, visible: str | None) -> list[dict[str, Any]]:
         {"id": f"cuda:{i}", "name": g["name"], "memory_mb": g["mb"], "uuid": g["uuid"]}
         for i, g in enumerate(gpus)
     ]
+
+
+class GpuChoiceError(ValueError):
+    """`--gpus` names no GPU this machine has (or this machine has none a job could use)."""
+
+
+def _match_gpu(entry: str, gpus: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    if entry.isdigit():
+        found = [g for g in gpus if g["index"] == int(entry)]
+    else:
+        found = [g for g in gpus if entry and g["uuid"].startswith(entry)]
+    if len(found) != 1:
+        listed = ", ".join(f"{g['index']} ({g['uuid']}, {g['name']})" for g in gpus)
+        why = "names several GPUs" if found else "names no GPU"
+        raise GpuChoiceError(f"{entry!r} {why} of this machine's: {listed}")
+    return found[0]
+
+
+def choose_gpus(requested: str, smi_text: str, visible: str | None) -> list[dict[str, Any]]:
+    """The GPUs `tas worker --gpus` names: `all` (those `visible` already lets this process
+    see, every one when it is unset), or nvidia-smi indices and UUIDs (prefixes) separated by
+    commas, each naming exactly one GPU, none twice. Rows as `parse_nvidia_smi` reads them before
+    numbering (`index` is nvidia-smi's), in the order asked for."""
+    every = [
+        {"index": g["index"], "uuid": g["uuid"], "name": g["name"]} for g in _smi_rows(smi_text)
+    ]
+    if not every:
+        raise GpuChoiceError("nvidia-smi lists no GPU on this machine")
+    if requested.strip().lower() == "all":
+        if visible is None:
+            return every
+        seen = {d["uuid"] for d in parse_nvidia_smi(smi_text, visible)}
+        chosen = [g for g in every if g["uuid"] in seen]
+        if not chosen:
+            raise GpuChoiceError(f"CUDA_VISIBLE_DEVICES={visible!r} leaves no GPU visible")
+        return chosen
+    chosen = []
+    for entry in (e.strip() for e in requested.split(",")):
+        if not entry:
+            continue
+        gpu = _match_gpu(entry, every)
+        if gpu in chosen:
+            raise GpuChoiceError(f"GPU {gpu['index']} ({gpu['uuid']}) is named twice")
+        chosen.append(gpu)
+    if not chosen:
+        raise GpuChoiceError("no GPU named: give indices or UUIDs (0,1) or all")
+    return chosen
 
 
 def _torch_has_cuda() -> bool:
@@ -185,3 +238,24 @@ def detect_machine() -> MachineInfo:
         else os.cpu_count(),
     }
     return MachineInfo(devices, capacity)
+
+
+def own_gpus(
+    requested: str,
+    environ: MutableMapping[str, str] = os.environ,
+    smi: Callable[[], str | None] = _run_nvidia_smi,
+    torch_cuda: Callable[[], bool] = _torch_has_cuda,
+) -> list[dict[str, Any]]:
+    """Make this process (and every process it starts) see exactly the GPUs `requested` names:
+    CUDA_VISIBLE_DEVICES is set to their UUIDs (the CUDA runtime orders GPUs fastest first
+    unless told otherwise, so an nvidia-smi index could name another GPU to it; a UUID cannot).
+    Must run before anything detects devices; returns the chosen GPUs."""
+    if not torch_cuda():
+        raise GpuChoiceError("the installed torch is built without CUDA")
+    text = smi()
+    if not text:
+        raise GpuChoiceError("nvidia-smi is missing or lists no GPU on this machine")
+    chosen = choose_gpus(requested, text, environ.get("CUDA_VISIBLE_DEVICES"))
+    environ["CUDA_VISIBLE_DEVICES"] = ",".join(g["uuid"] for g in chosen)
+    detect_machine.cache_clear()
+    return chosen

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ from tas.store import usage as usage_store
 from tas.store import workers as worker_store
 from tas.store.artifacts import open_artifacts
 from tas.store.datasets import data_source
-from tas.store.orm import Job, JobStatus
+from tas.store.orm import Job, JobStatus, Worker
 from tas.store.sources import InitSource, InitSourceError, resolve_init_source
 from tas.store.unit_of_work import after_commit
 
@@ -139,9 +139,11 @@ def size_problems(
 
     The parameter limit is also what bounds one training step: a cancel is seen between steps,
     so a job whose step runs for seconds would make its cancel wait that long."""
+    live = worker_store.live(session, heartbeat_s=settings.worker_heartbeat_s)
+    problems = processes_problems(spec, settings, live)
     loss = LOSSES[resolved_loss(spec, info)]
     out_dim = loss.out_dim(info.num_classes, info.target_dim)
-    memory = training_memory_limit(session, spec, settings)
+    memory = training_memory_limit(session, spec, settings, live)
     try:
         found = footprint_problems(
             spec,
@@ -151,19 +153,80 @@ def size_problems(
             max_memory_mb=memory,
         )
     except Exception as exc:  # a spec the model builder refuses: a 422 there, never a 500
-        return [(("body", "model"), f"this model cannot be built: {exc}")]
-    return [(("body", *loc), msg) for loc, msg in found]
+        return [*problems, (("body", "model"), f"this model cannot be built: {exc}")]
+    return [*problems, *((("body", *loc), msg) for loc, msg in found)]
 
 
-def training_memory_limit(session: Session, spec: JobSpec, settings: Settings) -> Limit:
+def processes_problems(spec: JobSpec, settings: Settings, live: Sequence[Worker]) -> Problems:
+    """`resources.processes` against what the live workers of the job's queue offer: one GPU per
+    process for a cuda job, and for the others the most of a worker's GPUs (where an `auto` job
+    trains on them) and CPUs (gloo's processes). The largest offer is the bound, as for memory: a
+    job is refused only when no live worker could ever run it; with none live (or none saying),
+    TAS_MAX_PROCESSES."""
+    n = spec.resources.processes
+    if n == 1:
+        return []
+    device = spec.resources.device
+    queue = job_store.queue_for(device)
+    best: tuple[int, str, str] | None = None
+    for w in live:
+        if queue not in (w.queues or []):
+            continue
+        offer = _processes_offer(w, device)
+        if offer is not None and (best is None or offer[0] > best[0]):
+            best = (*offer, w.id)
+    loc = ("body", "resources", "processes")
+    if best is None:
+        if n <= settings.max_processes:
+            return []
+        return [
+            (
+                loc,
+                f"{n} processes is above this deployment's limit while no live worker of queue"
+                f" {queue!r} says what it offers: at most {settings.max_processes}"
+                " (TAS_MAX_PROCESSES)",
+            )
+        ]
+    most, unit, worker_id = best
+    if n <= most:
+        return []
+    per = "one process per GPU" if unit == "GPUs" else "one process per CPU"
+    return [
+        (
+            loc,
+            f"{n} processes, but the largest live worker on queue {queue!r} offers {most} {unit}"
+            f" (worker {worker_id}); at most {most} ({per})",
+        )
+    ]
+
+
+def _processes_offer(w: Worker, device: str) -> tuple[int, str] | None:
+    """How many processes a worker can run for a job on `device`, and in what unit; None when it
+    does not say."""
+    gpus = sum(1 for d in w.devices or [] if str(d.get("id", "")).startswith("cuda"))
+    if device == "cuda":
+        return gpus, "GPUs"
+    cpus = (w.capacity or {}).get("cpus")
+    cpus = cpus if isinstance(cpus, int) and not isinstance(cpus, bool) else None
+    if device == "auto" and gpus and (cpus is None or gpus >= cpus):
+        return gpus, "GPUs"
+    return (cpus, "CPUs") if cpus is not None else None
+
+
+def training_memory_limit(
+    session: Session, spec: JobSpec, settings: Settings, live: Sequence[Worker] | None = None
+) -> Limit:
     """The most memory a job of `spec` can train in: the largest of the live workers that consume
     its queue (their GPU memory where the job trains on CUDA: `device` cuda, or auto on a worker
     with a GPU), or TAS_MAX_TRAINING_MEMORY_MB when none of them is live or reports its memory.
-    The largest, not the smallest: a job is refused only when no worker could ever run it."""
+    The largest, not the smallest: a job is refused only when no worker could ever run it.
+    `live`: the live workers, when the caller has read them already."""
     device = spec.resources.device
     queue = job_store.queue_for(device)
     best: Limit | None = None
-    for w in worker_store.live(session, heartbeat_s=settings.worker_heartbeat_s):
+    if live is None:
+        live = worker_store.live(session, heartbeat_s=settings.worker_heartbeat_s)
+    for w in live:
         if queue not in (w.queues or []):
             continue
         found = _training_memory_mb(w.capacity or {}, device)

@@ -144,7 +144,7 @@ def waiting_reason(queue: str, live_workers: Sequence[Worker]) -> dict[str, str]
     else:
         seen = "no worker is live"
     hint = (
-        "start `tas worker --queues gpu` on a machine with a CUDA device"
+        "start `tas worker --gpus all` on a machine with a CUDA device"
         if queue == "gpu"
         else f"start `tas worker --queues {queue}`"
     )
