@@ -71,18 +71,27 @@ class Precision:
         return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+FP32 = Precision("fp32", None)
+BF16 = Precision("bf16", torch.bfloat16)
+FP16 = Precision("fp16", torch.float16, needs_scaler=True)
+
+
 def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """auto: fp32 on CPU (bf16 autocast there trades accuracy for speed the user did not ask for);
-    bf16 autocast on a GPU that supports it, else fp32. Explicit choices are honoured."""
+    """auto: fp32 on the CPU (bf16 autocast there trades accuracy for speed the user did not ask
+    for); on a GPU, mixed precision: bf16 autocast where the GPU computes in bf16 natively (Ampere
+    and later), else fp16 autocast with a gradient scaler (tensor cores since Volta compute fp16;
+    bf16 emulated on them would be slower than fp32). Explicit choices are honoured."""
     if requested == "fp32":
-        return Precision("fp32", None)
+        return FP32
     if requested == "bf16":
-        return Precision("bf16", torch.bfloat16)
+        return BF16
     if requested == "fp16":
-        return Precision("fp16", torch.float16, needs_scaler=True)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-        return Precision("bf16", torch.bfloat16)
-    return Precision("fp32", None)
+        return FP16
+    if requested != "auto":
+        raise ValueError(f"unknown precision {requested!r}; allowed: auto, fp32, bf16, fp16")
+    if device.type != "cuda":
+        return FP32
+    return BF16 if torch.cuda.is_bf16_supported(including_emulation=False) else FP16
 
 
 def synchronize(device: torch.device) -> None:

@@ -512,6 +512,15 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
                 f"augmentation needs image samples (C×H×W); dataset {info.name!r} is {info.kind}",
             )
         )
+    if spec.training.channels_last == "on" and arch.needs != "image":
+        problems.append(
+            (
+                ("training", "channels_last"),
+                f"channels_last lays out the weights and batches of image convolutions; arch"
+                f" {spec.model.arch!r} flattens its input, so it would only cost a copy per batch:"
+                " use 'auto' or 'off', or an image arch (cnn, resnet18, ...)",
+            )
+        )
     problems += resource_problems(spec)
     if spec.dataset.target_scaling == "standard" and info.task != "regression":
         problems.append(

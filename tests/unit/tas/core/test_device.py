@@ -42,11 +42,44 @@ def test_cuda_requested_without_a_gpu() -> None:
         resolve_device("cuda")
 
 
-def test_precision() -> None:
+def test_explicit_precisions_are_honoured() -> None:
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu).dtype is None  # fp32 on the CPU
     bf16 = resolve_precision("bf16", cpu)
     with bf16.autocast(cpu)():
         out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
-    assert out.dtype == torch.bfloat16
-    assert resolve_precision("fp16", cpu).needs_scaler
+    assert out.dtype == torch.bfloat16 and not bf16.needs_scaler
+    assert resolve_precision("fp16", cpu).needs_scaler  # fp16's range needs loss scaling
+    assert resolve_precision("fp32", torch.device("cuda")).dtype is None
+    with pytest.raises(ValueError, match="allowed: auto, fp32, bf16, fp16"):
+        resolve_precision("fp8", cpu)
+
+
+@pytest.mark.parametrize(
+    ("device", "bf16_native", "name", "dtype", "scaler"),
+    [
+        ("cpu", True, "fp32", None, False),  # the CPU: fp32 unless asked
+        ("cuda", True, "bf16", torch.bfloat16, False),  # Ampere and later
+        ("cuda", False, "fp16", torch.float16, True),  # Volta, Turing: fp16 with a scaler
+    ],
+)
+def test_auto_precision(
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    bf16_native: bool,
+    name: str,
+    dtype: torch.dtype | None,
+    scaler: bool,
+) -> None:
+    """auto: mixed precision on any GPU, bf16 where it is native, else fp16 with a scaler. The GPU
+    is faked (this asks nothing of a device): only whether it computes bf16 natively matters."""
+    asked: list[bool] = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return bf16_native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    p = resolve_precision("auto", torch.device(device))
+    assert (p.name, p.dtype, p.needs_scaler) == (name, dtype, scaler)
+    # Emulated bf16 (a pre-Ampere GPU) would be slower than fp16: only native support counts.
+    assert asked == ([False] if device == "cuda" else [])
