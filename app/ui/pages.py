@@ -32,6 +32,8 @@ PAGES: dict[str, tuple[str, str]] = {
     "model": ("Model", "model.js"),
     "datasets": ("Datasets", "datasets.js"),
     "submit": ("Submit a job", "submit.js"),
+    "searches": ("Searches", "searches.js"),
+    "search": ("Search", "search.js"),
 }
 
 
@@ -82,6 +84,16 @@ async def jobs_page(request: Request) -> Response:
 @router.get("/ui/jobs/{job_id}")
 async def job_page(request: Request, job_id: str) -> Response:
     return await page(request, "job", title=f"Job {job_id[:8]}", object_id=job_id)
+
+
+@router.get("/ui/searches")
+async def searches_page(request: Request) -> Response:
+    return await page(request, "searches")
+
+
+@router.get("/ui/searches/{search_id}")
+async def search_page(request: Request, search_id: str) -> Response:
+    return await page(request, "search", title=f"Search {search_id[:8]}", object_id=search_id)
 
 
 @router.get("/ui/compare")

@@ -255,6 +255,10 @@ function drawFacts(job) {
     ["Attempts", `${job.attempts} of ${job.max_attempts}${job.preemptions ? ` (+${job.preemptions} preempted)` : ""}`],
     ["Queue", job.queue],
   ];
+  if (job.search_id) {
+    facts.push(["Search", h("a", { href: `/ui/searches/${encodeURIComponent(job.search_id)}`, id: "job-search" },
+      `trial ${job.trial_number ?? "?"} of search ${job.search_id.slice(0, 8)}`)]);
+  }
   if (tags) facts.push(["Tags", tags]);
   if (job.waiting_for) facts.push(["Waiting for", JSON.stringify(job.waiting_for)]);
   document.getElementById("job-facts").replaceChildren(
