@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from tas.core.data.cache import PreprocessCache
+from tas.core.distributed import SOLO, Solo
 from tas.core.errors import Stopped, TrainingError
+from tas.core.hooks import NullHooks
 from tas.core.pipeline import PipelineResult, RunContext, run_pipeline
 from tas.core.spec import JobSpec
 from tas.errors import DatasetNotFound
@@ -31,6 +33,7 @@ from tas.store import registry as registry_store
 from tas.store import sources
 from tas.store.artifacts import open_artifacts
 from tas.store.orm import Job, JobStatus
+from worker import group
 from worker.gate import PREEMPT
 from worker.joblog import JobLogBuffer, capture
 from worker.reporter import DbReporter, jsonable
@@ -141,6 +144,10 @@ def _run_job(
     # the run has ended.
     with capture(logbook), contextlib.ExitStack() as held:
         try:
+            if _processes(raw_spec) > 1:
+                return _run_group(
+                    job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions
+                )
             return _run_claimed(
                 job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions, held
             )
@@ -204,6 +211,154 @@ def run_started(job: Job, lease: lease_store.Lease) -> str:
     return text
 
 
+def _processes(raw_spec: dict[str, Any]) -> int:
+    """The job's processes (a spec that does not validate runs in one, and fails there)."""
+    try:
+        return int(JobSpec.model_validate(raw_spec).resources.processes)
+    except Exception:
+        return 1
+
+
+def _run_group(
+    job_id: str,
+    raw_spec: dict[str, Any],
+    tenant: str,
+    pinned: dict[str, Any] | None,
+    lease: lease_store.Lease,
+    logbook: JobLogBuffer,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+) -> Outcome:
+    """A data-parallel job: its processes run as a torchrun group (`worker.group`); rank 0 runs
+    `run_first_rank`, the others `run_replica`. This process settles only what rank 0 could not:
+    a failed process, a lost lease, a cancel the group did not honour in time."""
+    spec = JobSpec.model_validate(raw_spec)
+    limits = log_store.LogLimits.of(settings)
+    settle = _Settle(sessions, lease, logbook, limits)
+
+    def launched(pid: int) -> None:  # the run's first lines, before the ranks write theirs
+        with sessions() as s:
+            settle.write_logs(
+                s,
+                f"started {spec.resources.processes} data-parallel processes through torchrun"
+                f" (pid {pid})",
+            )
+            s.commit()
+
+    run = {
+        "job_id": job_id,
+        "tenant": tenant,
+        "spec": raw_spec,
+        "pinned": pinned,
+        "lease": {"job_id": lease.job_id, "owner": lease.owner, "attempt": lease.attempt},
+        "settings": settings_payload(settings),
+    }
+    ended = group.run_group(
+        run,
+        processes=spec.resources.processes,
+        settings=settings,
+        sessions=sessions,
+        lease=lease,
+        preempt=PREEMPT,
+        on_launch=launched,
+    )
+    if ended.kind == "outcome":
+        return Outcome(job_id, str(ended.outcome.get("status")), ended.outcome.get("queue"))
+    if ended.kind == "lease_lost":
+        return Outcome(job_id, "skipped")
+    if ended.kind == "cancelled":
+        return _stopped(settle, None, "cancelled")
+    error = public_error(ended.error, settings)
+    where = f" in stage {error['stage']}" if error.get("stage") else ""
+    tb = public_error({"message": ended.traceback}, settings)["message"]
+    logbook.add(
+        f"failed{where}: {error.get('type')}: {error.get('message')}\n{tb}".rstrip(),
+        level="error",
+    )
+    return _failed(settle, None, error)
+
+
+def settings_payload(settings: Settings) -> dict[str, Any]:
+    """The settings as every rank of a group rebuilds them (`Settings(**payload)`): the values
+    this worker runs with, secrets included (the run file is readable by this user only)."""
+    out: dict[str, Any] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        elif isinstance(value, Path):
+            value = str(value)
+        out[name] = value
+    return out
+
+
+def run_first_rank(
+    run: dict[str, Any],
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    parallel: Solo,
+    preempted: Any,
+) -> Outcome:
+    """Rank 0 of a group: the job's run as one process runs it (reporter, pipeline, settling),
+    with its place in the group. Its log lines are the run's, after the launcher's."""
+    lease = lease_store.Lease(**run["lease"])
+    logbook = JobLogBuffer(lease.attempt, lease.owner)
+    with capture(logbook), contextlib.ExitStack() as held:
+        return _run_claimed(
+            run["job_id"],
+            run["spec"],
+            run["tenant"],
+            run["pinned"],
+            lease,
+            logbook,
+            settings,
+            sessions,
+            held,
+            parallel=parallel,
+            preempted=preempted,
+        )
+
+
+def run_replica(
+    run: dict[str, Any], settings: Settings, sessions: sessionmaker[Session], parallel: Solo
+) -> None:
+    """Another rank of a group: the same pipeline, training its share; it reports nothing
+    (rank 0 speaks for the job). Raises what fails it."""
+    spec = JobSpec.model_validate(run["spec"])
+    job_id, tenant = run["job_id"], run["tenant"]
+    with contextlib.ExitStack() as held:
+        data = job_data(sessions, spec, tenant, run["pinned"], settings, held)
+        ctx = _run_context(settings, spec, job_id, tenant, run["lease"]["attempt"], data, parallel)
+        try:
+            run_pipeline(spec, data.source.info, ctx, NullHooks(), load=data.source.load)
+        except Stopped:  # the lease was lost: rank 0 writes nothing, and neither does this one
+            return
+
+
+def _run_context(
+    settings: Settings,
+    spec: JobSpec,
+    job_id: str,
+    tenant: str,
+    attempt: int,
+    data: JobData,
+    parallel: Solo = SOLO,
+) -> RunContext:
+    return RunContext(
+        job_dir=job_workdir(settings, job_id, tenant, attempt),
+        datasets_dir=settings.resolved_datasets_dir,
+        allow_download=settings.allow_download,
+        device=settings.device if spec.resources.device == "auto" else spec.resources.device,
+        cache_dir=settings.cache_dir,
+        data_fingerprint=data.source.fingerprint,
+        weights_dir=settings.resolved_weights_dir,
+        init_weights=data.init_weights,
+        device_data_mb=settings.device_data_mb,
+        parallel=parallel,
+        **_store_context(settings, job_id, tenant),
+    )
+
+
 def _run_claimed(
     job_id: str,
     raw_spec: dict[str, Any],
@@ -214,6 +369,9 @@ def _run_claimed(
     settings: Settings,
     sessions: sessionmaker[Session],
     held: contextlib.ExitStack,
+    *,
+    parallel: Solo = SOLO,
+    preempted: Any = PREEMPT,
 ) -> Outcome:
     spec = JobSpec.model_validate(raw_spec)
     reporter: DbReporter | None = None
@@ -229,24 +387,13 @@ def _run_claimed(
             lease,
             lease_seconds=settings.lease_seconds,
             interval=settings.heartbeat_seconds,
-            preempted=PREEMPT,
+            preempted=preempted,
             logbook=logbook,
             log_limits=limits,
             store_root=_store_root(settings),
         )
         reporter.start()
-        ctx = RunContext(
-            job_dir=job_workdir(settings, job_id, tenant, lease.attempt),
-            datasets_dir=settings.resolved_datasets_dir,
-            allow_download=settings.allow_download,
-            device=settings.device if spec.resources.device == "auto" else spec.resources.device,
-            cache_dir=settings.cache_dir,
-            data_fingerprint=data.source.fingerprint,
-            weights_dir=settings.resolved_weights_dir,
-            init_weights=data.init_weights,
-            device_data_mb=settings.device_data_mb,
-            **_store_context(settings, job_id, tenant),
-        )
+        ctx = _run_context(settings, spec, job_id, tenant, lease.attempt, data, parallel)
         result = run_pipeline(spec, info, ctx, reporter, load=data.source.load)
         _trim_cache(settings)
     except Stopped as stop:

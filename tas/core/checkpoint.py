@@ -403,6 +403,7 @@ def save_training(
     batch_size: int,
     spec_sha256: str,
     job: str,
+    rank_rng: list[dict[str, Any]] | None = None,
 ) -> CheckpointRecord:
     """Checkpoint a run: the weights, `state.pt` (every key `restore_training` reads) and, in the
     manifest, the fingerprint of the spec a resume must match. `loop` is the loop's state as
@@ -419,6 +420,8 @@ def save_training(
         # resume starts at `step` of it; nothing reads this back.
         "data_order": {"seed": seed, "epoch": epoch, "step": step, "batch_size": batch_size},
     }
+    if rank_rng is not None:  # a data-parallel run: each process's generators, in rank order
+        state["rank_rng"] = rank_rng
     return manager.save(
         live.model.state_dict(),
         state,

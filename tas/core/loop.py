@@ -16,6 +16,10 @@ What differs from a plain `DataLoader` loop, and why:
 - `hooks.should_stop()` is read at every step boundary (a flag read); on a cancel or preemption the
   loop saves a mid-epoch checkpoint and raises `Stopped`. A time limit does the same, then raises
   `TimeLimitExceeded`.
+- Data-parallel (N processes): the same loop on every rank, with the few points where the ranks
+  must agree (their share of each batch, the stop decision, the reported losses, the evaluated
+  row, the buffers) delegated to `parallel` (`tas.core.distributed`); in one process each of those
+  is the identity.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from torch import nn
 from tas.core.augment import step_generator
 from tas.core.batches import batch_source
 from tas.core.checkpoint import CheckpointRecord
+from tas.core.distributed import SOLO, TIME_LIMIT, Solo
 from tas.core.errors import NonFiniteLoss, OutOfMemory, Stopped, TimeLimitExceeded
 from tas.core.hooks import EpochRow, Hooks, NullHooks, Progress
 from tas.core.metrics import predict, summary_metrics
@@ -152,19 +157,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(state[0]) >> 1
 
 
-def epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
-    """The epoch's sample order, the same in every run with this seed (CPU generator, then moved)."""
+def epoch_order(
+    seed: int, epoch: int, n: int, device: torch.device, used: int | None = None
+) -> torch.Tensor:
+    """The epoch's sample order, the same in every run with this seed (CPU generator, then moved):
+    a permutation of all `n` samples, of which the first `used` are trained on (the others, a
+    different few each epoch, wait for a later one)."""
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    return torch.randperm(n, generator=g).to(device, non_blocking=True)
+    order = torch.randperm(n, generator=g)
+    if used is not None and used < n:
+        order = order[:used]
+    return order.to(device, non_blocking=True)
 
 
-def samples_per_epoch(model: nn.Module, n: int, batch_size: int) -> int:
-    """How many of the epoch's shuffled samples are trained on: all, except that a lone sample left
-    for the last batch is dropped when the model has BatchNorm, which cannot normalise a batch of
-    one in training mode (a different sample each epoch: the order is reshuffled)."""
-    lone = n > 1 and n % batch_size == 1
-    if lone and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return n - 1
+def samples_per_epoch(model: nn.Module, n: int, batch_size: int, processes: int = 1) -> int:
+    """How many of the epoch's shuffled samples are trained on: all, except a last batch too
+    small to share: a lone sample when the model has BatchNorm, which cannot normalise a batch of
+    one in training mode; with N processes, a last batch that would leave a process with no
+    sample (or, with BatchNorm, fewer than two). A different few each epoch: the order is
+    reshuffled."""
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    last = n % batch_size
+    least = processes * (2 if batchnorm else 1) if processes > 1 else (2 if batchnorm else 1)
+    if n > last and 0 < last < least:
+        return n - last
     return n
 
 
@@ -222,8 +238,14 @@ class Trainer:
         on_checkpoint: CheckpointFn | None = None,
         augment: AugmentFn | None = None,
         on_epoch_start: Callable[[int], None] | None = None,
+        parallel: Solo = SOLO,
+        net: nn.Module | None = None,
     ) -> None:
         self.model = model
+        #: What the training step calls: the model, or a wrapper of it (DDP, torch.compile) whose
+        #: parameters are the model's; checkpoints, evaluation and best weights use `model`.
+        self.net = net if net is not None else model
+        self.parallel = parallel
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.cfg = cfg
@@ -249,14 +271,21 @@ class Trainer:
         state = state if state is not None else LoopState()
         cfg, model, optimizer, loss_fn = self.cfg, self.model, self.optimizer, self.loss_fn
         device, inputs = data.train_device, data.transform
-        bs = cfg.batch_size
-        batches = batch_source(data.X, data.y, bs, device, data.stream)
-        n = samples_per_epoch(model, int(data.X.shape[0]), bs)
+        bs, parallel = cfg.batch_size, self.parallel
+        total = int(data.X.shape[0])
+        # `bs` is the global batch: each of the N processes steps on its 1/N share of it.
+        batches = batch_source(data.X, data.y, bs // parallel.world, device, data.stream)
+        n = samples_per_epoch(model, total, bs, parallel.world)
         self._n = n
         steps = math.ceil(n / bs)
-        # Batch sizes per step (the last batch may be short): weights of the epoch's mean loss.
-        self._weights = torch.full((steps,), float(bs), device=device)
-        self._weights[-1] = float(n - bs * (steps - 1))
+        # Batch sizes per step (the last batch may be short): weights of the epoch's mean loss,
+        # this process's share and the whole batch's.
+        self._batches = torch.full((steps,), float(bs), device=device)
+        self._batches[-1] = float(n - bs * (steps - 1))
+        self._weights = self._share(self._batches)
+        # The last batch's shares may differ by one sample: its loss is weighted so that the
+        # averaged gradient is still the batch's mean (1 for every other step).
+        grad_scale = (self._weights * parallel.world / self._batches).tolist()
         self._clock = _Clock(state, cfg, steps, n)
         step_every = cfg.scheduler_interval == "step" and self.scheduler is not None
 
@@ -266,8 +295,10 @@ class Trainer:
                     break
                 if self.on_epoch_start is not None:
                     self.on_epoch_start(epoch)
-                model.train()
-                order = epoch_order(cfg.seed, epoch, n, batches.order_device)
+                self.net.train()  # (`on_epoch_start` may have wrapped the model anew)
+                order = parallel.shard(
+                    epoch_order(cfg.seed, epoch, total, batches.order_device, n), bs
+                )
                 if state.step_losses is None:
                     state.step_losses = torch.zeros(steps, device=device)
                 losses = state.step_losses
@@ -282,8 +313,11 @@ class Trainer:
                             xb = self.augment(xb, step_generator(cfg.seed, epoch, step))
 
                         with self.autocast():
-                            pred = model(xb)  # forward
+                            pred = self.net(xb)  # forward
                             loss = loss_fn(pred, yb)  # loss
+                        losses[step] = loss.detach()
+                        if grad_scale[step] != 1.0:
+                            loss = loss * grad_scale[step]
                         optimizer.zero_grad(set_to_none=True)
                         if self.scaler is None:
                             loss.backward()  # backward
@@ -295,7 +329,6 @@ class Trainer:
                         if step_every:
                             self.scheduler.step()  # type: ignore[union-attr]
 
-                        losses[step] = loss.detach()
                         state.global_step += 1
                         if state.global_step % cfg.log_every_steps == 0:
                             self._log_steps(state, epoch, step + 1)
@@ -309,6 +342,14 @@ class Trainer:
             state.finished, state.stop_reason = True, state.stop_reason or "completed"
         self._clock.finish(state, self.hooks)
         return state
+
+    def _share(self, batches: torch.Tensor) -> torch.Tensor:
+        """This process's samples of each step's batch (`Solo`: the whole batch): the strided
+        share of `tas.core.distributed.DataParallel.shard`, ceil((size - rank) / N)."""
+        world, rank = self.parallel.world, self.parallel.rank
+        if world == 1:
+            return batches
+        return torch.div(batches - rank - 1, world, rounding_mode="floor") + 1
 
     def _scaled_step(self, loss: torch.Tensor) -> None:
         """fp16: scale the loss so small gradients survive, unscale before clipping."""
@@ -326,36 +367,43 @@ class Trainer:
         """Between two steps: a stop request, the time limit, progress. Cheap: a flag read and a clock."""
         reason = self.hooks.should_stop()
         now = self._clock.tick(state, epoch, step, self.hooks)
-        if reason is None and (self.cfg.deadline is None or now < self.cfg.deadline):
+        if reason is None and self.cfg.deadline is not None and now >= self.cfg.deadline:
+            reason = TIME_LIMIT
+        reason = self.parallel.agree(reason)  # the first process decides for all of them
+        if reason is None:
             return
         state.step = step
         self._clock.pause(state)
-        if reason is not None:
-            # A lost lease means another worker owns this job's directory now: write nothing.
-            record = None if reason == "lease_lost" else self._checkpoint(state, None)
-            raise Stopped(reason, record)
-        self._checkpoint(state, None)
-        raise TimeLimitExceeded(self.cfg.max_minutes or 0.0, epoch + 1, step)
+        if reason != "lease_lost":
+            self.parallel.sync_buffers(self.model)  # saved: the first process's
+        if reason == TIME_LIMIT:
+            self._checkpoint(state, None)
+            raise TimeLimitExceeded(self.cfg.max_minutes or 0.0, epoch + 1, step)
+        # A lost lease means another worker owns this job's directory now: write nothing.
+        record = None if reason == "lease_lost" else self._checkpoint(state, None)
+        raise Stopped(reason, record)
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _check_finite(
-        self, losses: torch.Tensor, lo: int, hi: int, value: float, epoch: int
-    ) -> None:
-        if math.isfinite(value):
-            return
-        bad = torch.nonzero(~torch.isfinite(losses[lo:hi])).flatten()
-        at = lo + int(bad[0]) if bad.numel() else hi - 1
-        raise NonFiniteLoss(epoch + 1, at + 1, float(losses[at]))
+    def _mean_loss(self, state: LoopState, epoch: int, lo: int, hi: int) -> float:
+        """The mean training loss of steps lo..hi-1 over every process's share of their batches
+        (one read-back; with N processes, one sum across them). A NaN/inf raises NonFiniteLoss
+        naming the first step where it appeared."""
+        assert state.step_losses is not None
+        sums = self.parallel.sum(state.step_losses[lo:hi] * self._weights[lo:hi])
+        batches = self._batches[lo:hi]
+        value = float(sums.sum() / batches.sum())
+        if not math.isfinite(value):
+            bad = torch.nonzero(~torch.isfinite(sums)).flatten()
+            at = int(bad[0]) if bad.numel() else hi - lo - 1
+            raise NonFiniteLoss(epoch + 1, lo + at + 1, float(sums[at] / batches[at]))
+        return value
 
     def _log_steps(self, state: LoopState, epoch: int, upto: int) -> None:
-        """A step row: the mean loss since the last row in this epoch (one read-back)."""
-        assert state.step_losses is not None
+        """A step row: the mean loss since the last row in this epoch."""
         lo = state.logged_upto
-        w = self._weights[lo:upto]
-        value = float((state.step_losses[lo:upto] * w).sum() / w.sum())
-        self._check_finite(state.step_losses, lo, upto, value, epoch)
+        value = self._mean_loss(state, epoch, lo, upto)
         state.logged_upto = upto
         self.hooks.step_logged(
             {"epoch": epoch + 1, "step": state.global_step, "train_loss": value, "lr": self._lr()}
@@ -366,21 +414,24 @@ class Trainer:
         assert state.step_losses is not None
         train_seconds = self._clock.pause(state)
         n = self._n
-        train_loss = float((state.step_losses * self._weights).sum() / n)
-        self._check_finite(state.step_losses, 0, steps, train_loss, epoch)
+        train_loss = self._mean_loss(state, epoch, 0, steps)
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
-        if data.val_X is not None and data.val_y is not None:
-            val = evaluate(
-                self.model,
-                data.val_X,
-                data.val_y,
-                self.loss_fn,
-                cfg.target,
-                cfg.eval_batch_size or max(cfg.batch_size, 1024),
-                self.autocast,
-                data.target_inverse,
-                transform=data.transform,
-                device=data.train_device,
+        self.parallel.sync_buffers(self.model)  # evaluated and saved: the first process's
+        val_X, val_y = data.val_X, data.val_y
+        if val_X is not None and val_y is not None:
+            val = self.parallel.from_main(
+                lambda: evaluate(
+                    self.model,
+                    val_X,
+                    val_y,
+                    self.loss_fn,
+                    cfg.target,
+                    cfg.eval_batch_size or max(cfg.batch_size, 1024),
+                    self.autocast,
+                    data.target_inverse,
+                    transform=data.transform,
+                    device=data.train_device,
+                )
             )
             row.update({f"val_{k}": v for k, v in val.items()})
         row["lr"] = self._lr()

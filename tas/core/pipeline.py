@@ -43,6 +43,7 @@ from tas.core.data.cache import PreprocessCache, PrepSpec, cache_key
 from tas.core.data.dataset import DatasetInfo, LoadContext, Loaded
 from tas.core.data.prepare import Prepared, TargetScaler, prepare
 from tas.core.device import Precision, resolve_device, resolve_precision
+from tas.core.distributed import SOLO, DataParallel, Solo
 from tas.core.errors import DeviceUnavailable, Stopped, TrainingError, as_training_error
 from tas.core.hooks import Hooks
 from tas.core.loop import (
@@ -68,7 +69,7 @@ from tas.core.spec import (
     resolved_monitor,
     resolved_target_scaling,
 )
-from tas.core.state import seed_everything
+from tas.core.state import capture_rng, restore_rng, seed_everything
 from tas.core.transfer import (
     Transfer,
     prepare_transfer,
@@ -110,6 +111,9 @@ class RunContext:
     #: store, `job_dir` is only this machine's scratch: what outlives the attempt goes to the store.
     store: ObjectStore | None = None
     store_prefix: str | None = None
+    #: This process's place in a data-parallel job (`tas.core.distributed`): the first process
+    #: reports, checkpoints, evaluates and registers; the others only train their share.
+    parallel: Solo = SOLO
 
     def __post_init__(self) -> None:
         if (self.store is None) != (self.store_prefix is None):
@@ -284,15 +288,23 @@ def _run(
     loss = LOSSES[loss_name]
 
     data = _DataSteps(spec, info, ctx, load)
+    # With several processes the first prepares the data (and fills the preprocessing cache)
+    # while the others wait, then read what it prepared.
+    ctx.parallel.wait_for_main()
     with stage("collect") as out:
         out.update(data.collect())
     with stage("preprocess") as out:
         prepared = data.preprocess(out)
+    ctx.parallel.main_done()
     target_scaler = _target_scaler(spec, info, loss, prepared)
 
     with stage("train") as out:
         trained = _train(spec, info, ctx, hooks, prepared, loss, target_scaler)
         out.update(_train_outputs(trained, target_scaler))
+    if not ctx.parallel.is_main:  # evaluating and registering are the first process's
+        return PipelineResult(
+            status="succeeded", epochs_run=trained.state.epoch, history=trained.state.history
+        )
 
     with stage("evaluate") as out:
         evaluation, written_predictions = _evaluate(
@@ -530,6 +542,8 @@ class _Trained:
     parameters: dict[str, int]
     #: How the training data were fed: {"streamed": bool, "bytes": compact bytes, "dtype"}.
     data: dict[str, Any]
+    #: Data-parallel runs: {"processes", "backend", "weights_sha256", "identical_weights"}.
+    distributed: dict[str, Any] | None = None
 
 
 def _train(
@@ -559,10 +573,21 @@ def _train(
     model, transfer = _build_model(spec, info, ctx, loss, device, resuming=latest is not None)
     opt = _build_optimization(spec, model, transfer, len(prepared.train), device)
     fingerprint = spec_fingerprint(spec)
-    state, resumed_from = _resume(latest, opt.live, fingerprint, device)
+    parallel = ctx.parallel
+    state, resumed_from = _resume(latest, opt.live, fingerprint, device, parallel)
     transfer.at_epoch(state.epoch)  # resumed after unfreeze_after epochs: everything trains
 
     augment = build_augment(spec.dataset.augment)
+    # Wrapped after the resume: every process starts from the checkpoint's weights.
+    net = parallel.wrap(model)
+    if parallel.world > 1 and parallel.is_main:
+        log.info(
+            "training in %d processes on %s (%s), pids %s",
+            parallel.world,
+            device.type,
+            parallel.backend,
+            (parallel.describe() or {}).get("pids"),
+        )
     trainer = Trainer(
         model,
         opt.live.optimizer,
@@ -572,12 +597,17 @@ def _train(
         scheduler=opt.live.scheduler,
         scaler=opt.live.scaler,
         autocast=opt.precision.autocast(device),
-        on_checkpoint=_checkpointer(spec, fingerprint, checkpoints, opt.live, hooks),
+        on_checkpoint=_checkpointer(spec, fingerprint, checkpoints, opt.live, hooks, parallel),
         augment=augment,
         on_epoch_start=transfer.at_epoch,
+        parallel=parallel,
+        net=net,
     )
+    if parallel.world > 1:
+        trainer.on_epoch_start = _unfreezer(transfer, parallel, trainer)
     data = _train_data(prepared, loss, target_scaler, device, ctx.device_data_mb)
     state = trainer.fit(data, state)
+    replicas = _replicas(parallel, model)
     weights = _keep_weights(t.keep, has_val, model, trainer, checkpoints, state, monitor, device)
     model.eval()
     return _Trained(
@@ -596,10 +626,44 @@ def _train(
             "bytes": data_bytes(data.X, data.y, data.val_X, data.val_y),
             "dtype": str(data.X.dtype).removeprefix("torch."),
         },
+        distributed=replicas,
     )
 
 
+def _unfreezer(transfer: Transfer, parallel: Solo, trainer: Trainer) -> Callable[[int], None]:
+    """A data-parallel run's `on_epoch_start`: the transfer's unfreezing, then the model wrapped
+    again when more of it trains from now on (DDP synchronises the gradients of the parameters
+    that trained when it wrapped the model; every process does this at the same epoch)."""
+
+    def at_epoch(epochs_done: int) -> None:
+        model = trainer.model
+        before = [p.requires_grad for p in model.parameters()]
+        transfer.at_epoch(epochs_done)
+        if [p.requires_grad for p in model.parameters()] != before:
+            trainer.net = parallel.wrap(model)
+
+    return at_epoch
+
+
+def _replicas(parallel: Solo, model: nn.Module) -> dict[str, Any] | None:
+    """With several processes: how many, the backend, and each process's digest of its trained
+    weights (DDP keeps the replicas identical; a difference is logged, never hidden)."""
+    if parallel.world == 1:
+        return None
+    digests = parallel.weights_digests(model)
+    identical = len(set(digests)) == 1
+    if parallel.is_main and not identical:
+        log.warning("the processes' final weights differ: %s", digests)
+    return {
+        **(parallel.describe() or {}),
+        "weights_sha256": digests,
+        "identical_weights": identical,
+    }
+
+
 def _pick_device(spec: JobSpec, ctx: RunContext) -> torch.device:
+    if isinstance(ctx.parallel, DataParallel):  # each process got its device as the group formed
+        return ctx.parallel.device
     wanted = spec.resources.device
     if wanted == "auto":
         return resolve_device(ctx.device)
@@ -660,13 +724,21 @@ def _build_optimization(
 
 
 def _resume(
-    latest: LoadedCheckpoint | None, live: Resumable, fingerprint: str, device: torch.device
+    latest: LoadedCheckpoint | None,
+    live: Resumable,
+    fingerprint: str,
+    device: torch.device,
+    parallel: Solo = SOLO,
 ) -> tuple[LoopState, dict[str, Any] | None]:
     """A fresh loop state, or the latest checkpoint's with everything else it holds restored
-    (and where the run resumed from)."""
+    (and where the run resumed from). Each process of a data-parallel run gets its own random
+    generators back (its dropout masks continue where they stopped)."""
     if latest is None:
         return LoopState(), None
     loop = restore_training(latest, live, spec_sha256=fingerprint)
+    ranks = latest.state.get("rank_rng")
+    if parallel.world > 1 and isinstance(ranks, list) and len(ranks) == parallel.world:
+        restore_rng(ranks[parallel.rank])
     record = latest.record
     resumed_from = {"epoch": record.epoch, "step": record.step, "path": record.path}
     # The job's log line of a resumed run (a worker captures the core's loggers while it runs).
@@ -724,10 +796,16 @@ def _checkpointer(
     checkpoints: CheckpointManager,
     live: Resumable,
     hooks: Hooks,
+    parallel: Solo = SOLO,
 ) -> CheckpointFn:
-    """The loop's `on_checkpoint`: one checkpoint of the run (`save_training`), told to the hooks."""
+    """The loop's `on_checkpoint`: one checkpoint of the run (`save_training`), told to the hooks.
+    With several processes every one of them calls it at the same step; the first writes the
+    checkpoint, with each process's random generators in it."""
 
-    def save(state: LoopState, metrics: dict[str, float] | None) -> CheckpointRecord:
+    def save(state: LoopState, metrics: dict[str, float] | None) -> CheckpointRecord | None:
+        ranks = parallel.gather(capture_rng()) if parallel.world > 1 else None
+        if not parallel.is_main:
+            return None
         record = save_training(
             checkpoints,
             live,
@@ -737,6 +815,7 @@ def _checkpointer(
             batch_size=spec.training.batch_size,
             spec_sha256=fingerprint,
             job=spec.name,
+            rank_rng=ranks,
         )
         hooks.checkpoint_saved(record)
         return record
@@ -864,6 +943,7 @@ def _train_outputs(trained: _Trained, target_scaler: TargetScaler | None) -> dic
         "transfer": trained.transfer.outputs(),
         "augment": trained.augment.describe() if trained.augment is not None else None,
         "data": trained.data,
+        "distributed": trained.distributed,
         "weights": trained.weights,
         "target_scaling": target_scaler.to_dict() if target_scaler is not None else None,
     }
