@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,16 @@ FIRST_PAUSE_S = 0.05
 MAX_PAUSE_S = 1.0
 
 
-class NotEnoughDevices(Exception):
-    """More slots asked for than this worker has GPUs: no wait would ever give them."""
-
-
 class DevicesBusy(Exception):
     """The slots were not free within the wait (or the wait was stopped): the job was not
     claimed, and another worker, or this one later, may run it."""
+
+
+class NotEnoughDevices(DevicesBusy):
+    """More slots asked for than this worker has GPUs: no wait here would ever give them, but a
+    larger worker of the same queue may (the submit checked that one is live). Raised once the
+    wait has passed, as DevicesBusy is, so a job that lands on a worker too small for it is
+    handed back at the pace of a busy one, never in a hot loop."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def device_slots(
     takes none must not put a CUDA context on one another job holds). While the `n` are not all
     free it waits, trying again with a backoff up to a second apart, until `wait_s` has passed
     (None: no bound) or `stop()` says to give up: then DevicesBusy. More than the worker has:
-    NotEnoughDevices at once. `devices` (the worker's `cuda:N` devices) defaults to this machine's
+    NotEnoughDevices (a DevicesBusy) once the same wait has passed. `devices` (the worker's `cuda:N` devices) defaults to this machine's
     as `worker.machine` found them; `label` (a job id) is written beside the holder's pid."""
     if n < 0:
         raise ValueError(f"n must be at least 0, not {n}")
@@ -202,6 +205,7 @@ def device_slots(
         return
     devices = cuda_devices_here() if devices is None else devices
     if n > len(devices):
+        _wait_out(wait_s, stop)
         raise NotEnoughDevices(
             f"{n} GPUs wanted but this worker has {len(devices)}"
             + (f" ({', '.join(str(d['id']) for d in devices)})" if devices else "")
@@ -237,6 +241,36 @@ def device_slots(
         yield slots
     finally:
         _release(taken)
+
+
+def _wait_out(wait_s: float | None, stop: Callable[[], bool]) -> None:
+    """Sleep through a wait that cannot succeed, still ending it early when told to stop (a
+    wait without a bound ends only then)."""
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    while not stop():
+        left = MAX_PAUSE_S if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(MAX_PAUSE_S, left))
+
+
+def job_slots(
+    settings: Settings,
+    resources: Mapping[str, Any],
+    *,
+    label: str,
+    stop: Callable[[], bool] = lambda: False,
+    devices: Sequence[dict[str, Any]] | None = None,
+) -> contextlib.AbstractContextManager[Slots]:
+    """`device_slots` for a job whose spec has these `resources` (device, processes), on this
+    worker's GPUs (`gpus_wanted`), waiting at most TAS_DEVICE_WAIT_S."""
+    devices = cuda_devices_here() if devices is None else devices
+    n = gpus_wanted(
+        str(resources.get("device", "auto")), int(resources.get("processes", 1)), len(devices)
+    )
+    return device_slots(
+        settings, n, wait_s=settings.device_wait_s, devices=devices, stop=stop, label=label
+    )
 
 
 def _held(settings: Settings, devices: Sequence[dict[str, Any]]) -> str:

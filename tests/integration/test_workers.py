@@ -137,3 +137,23 @@ def test_a_running_job_is_counted_on_its_worker(stack: Stack) -> None:
     finally:
         assert stack.http.post(f"/jobs/{job['id']}/cancel").status_code == 200
     assert stack.wait(job["id"])["status"] == "cancelled"
+
+
+def test_processes_beyond_the_live_workers_cpus_are_refused_at_submit(stack: Stack) -> None:
+    """The bound is what the real worker registered (its CPUs for a cpu job), not a guess."""
+    (worker,) = live_workers(stack)
+    n = worker["capacity"]["cpus"] + 1
+    spec = {
+        **IRIS,
+        "name": "iris-wide",
+        "training": {**IRIS["training"], "batch_size": 4 * n},
+        "resources": {"device": "cpu", "processes": n},
+    }
+    r = stack.http.post("/jobs", json=spec)
+    assert r.status_code == 422, r.text
+    [problem] = r.json()["detail"]
+    assert problem["loc"] == ["body", "resources", "processes"]
+    assert (
+        f"{n} processes, but the largest live worker on queue 'cpu' offers {n - 1} CPUs"
+        f" (worker {worker['id']})"
+    ) in problem["msg"]

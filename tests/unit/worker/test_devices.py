@@ -110,14 +110,36 @@ def test_a_run_that_takes_no_gpu_sees_none(settings: Settings) -> None:
     assert not devices.lock_dir(settings).exists()  # nothing taken, nothing written
 
 
-def test_more_gpus_than_the_worker_has_is_refused_at_once(settings: Settings) -> None:
+def test_more_gpus_than_the_worker_has_is_handed_back_after_the_wait(settings: Settings) -> None:
+    """A job on a worker too small for it (a larger one of its queue may take it): refused as a
+    busy one is, after the wait (never at once, or the message would bounce in a hot loop), and
+    sooner when the worker stops."""
     start = time.monotonic()
     with (
         pytest.raises(NotEnoughDevices, match="3 GPUs wanted but this worker has 2"),
-        device_slots(settings, 3, wait_s=30, devices=FOUR[:2]),
+        device_slots(settings, 3, wait_s=0.3, devices=FOUR[:2]),
     ):
         pass
-    assert time.monotonic() - start < 1
+    assert 0.3 <= time.monotonic() - start < 1.5
+    start = time.monotonic()
+    with (
+        pytest.raises(DevicesBusy),
+        device_slots(settings, 3, wait_s=None, devices=[], stop=lambda: True),
+    ):
+        pass
+    assert time.monotonic() - start < 0.5
+
+
+def test_a_job_takes_gpus_by_its_resources(settings: Settings) -> None:
+    fast = settings.model_copy(update={"device_wait_s": 0.1})
+    with devices.job_slots(fast, {"device": "cuda", "processes": 2}, label="j", devices=FOUR) as s:
+        assert s.indices == [0, 1]
+    with devices.job_slots(fast, {"device": "auto"}, label="j", devices=FOUR) as s:
+        assert s.indices == [0]
+    with devices.job_slots(fast, {"device": "cpu", "processes": 4}, label="j", devices=FOUR) as s:
+        assert s.indices == [] and s.cuda_visible_devices == ""
+    with devices.job_slots(fast, {"device": "auto", "processes": 4}, label="j", devices=[]) as s:
+        assert s.indices == []  # no GPU here: auto trains on the CPU
 
 
 def test_a_held_gpu_waits_for_its_holder_and_is_taken_when_released(
