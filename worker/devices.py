@@ -162,7 +162,9 @@ def _release(taken: Sequence[tuple[int, int]]) -> None:
 
 
 def holders(settings: Settings, devices: Sequence[dict[str, Any]] | None = None) -> dict[int, str]:
-    """Which visible GPU is held, and by what (`<pid> <label>` as its holder wrote it)."""
+    """Which visible GPU is held, and by what (`<pid> <label>` as its holder wrote it). For
+    messages only: the probe is a shared lock taken for an instant, during which a run trying
+    that GPU finds it busy and tries again on its next round."""
     devices = cuda_devices_here() if devices is None else devices
     out: dict[int, str] = {}
     for c in _candidates(lock_dir(settings), devices, os.environ.get("CUDA_VISIBLE_DEVICES")):
@@ -196,8 +198,9 @@ def device_slots(
     takes none must not put a CUDA context on one another job holds). While the `n` are not all
     free it waits, trying again with a backoff up to a second apart, until `wait_s` has passed
     (None: no bound) or `stop()` says to give up: then DevicesBusy. More than the worker has:
-    NotEnoughDevices (a DevicesBusy) once the same wait has passed. `devices` (the worker's `cuda:N` devices) defaults to this machine's
-    as `worker.machine` found them; `label` (a job id) is written beside the holder's pid."""
+    NotEnoughDevices (a DevicesBusy) once the same wait has passed. `devices` (the worker's
+    `cuda:N` devices) defaults to this machine's as `worker.machine` found them; `label` (a job
+    id) is written beside the holder's pid."""
     if n < 0:
         raise ValueError(f"n must be at least 0, not {n}")
     if n == 0:
@@ -263,11 +266,13 @@ def job_slots(
     devices: Sequence[dict[str, Any]] | None = None,
 ) -> contextlib.AbstractContextManager[Slots]:
     """`device_slots` for a job whose spec has these `resources` (device, processes), on this
-    worker's GPUs (`gpus_wanted`), waiting at most TAS_DEVICE_WAIT_S."""
+    worker's GPUs (`gpus_wanted`), waiting at most TAS_DEVICE_WAIT_S. A job that asks for
+    `auto` runs on the worker's TAS_DEVICE, as the run resolves it."""
     devices = cuda_devices_here() if devices is None else devices
-    n = gpus_wanted(
-        str(resources.get("device", "auto")), int(resources.get("processes", 1)), len(devices)
-    )
+    device = str(resources.get("device", "auto"))
+    if device == "auto":
+        device = settings.device
+    n = gpus_wanted(device, int(resources.get("processes", 1)), len(devices))
     return device_slots(
         settings, n, wait_s=settings.device_wait_s, devices=devices, stop=stop, label=label
     )

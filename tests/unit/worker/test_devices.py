@@ -140,6 +140,10 @@ def test_a_job_takes_gpus_by_its_resources(settings: Settings) -> None:
         assert s.indices == [] and s.cuda_visible_devices == ""
     with devices.job_slots(fast, {"device": "auto", "processes": 4}, label="j", devices=[]) as s:
         assert s.indices == []  # no GPU here: auto trains on the CPU
+    # a worker whose TAS_DEVICE is cpu runs `auto` jobs there: they hold no GPU
+    on_cpu = fast.model_copy(update={"device": "cpu"})
+    with devices.job_slots(on_cpu, {"device": "auto"}, label="j", devices=FOUR) as s:
+        assert s.indices == []
 
 
 def test_a_held_gpu_waits_for_its_holder_and_is_taken_when_released(
