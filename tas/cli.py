@@ -232,7 +232,7 @@ def worker(
 
     On a GPU machine: `tas worker --gpus all` (or `--gpus 0,1`, or one worker per GPU with
     `--gpus 0`, `--gpus 1`, ...). A job with `resources.device` cuda waits for as many free GPUs
-    as it has processes; one that never could fit this worker is refused at submit."""
+    as it has processes; one that no live worker of its queue could fit is refused at submit."""
     from worker.celery_app import app, settings
 
     if embedded:
