@@ -339,6 +339,28 @@ class Settings(BaseSettings):
         description="How often one shared query reads every watched job for the event streams.",
     )
 
+    # Hyperparameter searches (POST /searches; see README, "Searches").
+    search_storage_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of Optuna's storage for searches (Optuna creates and migrates"
+        " its own tables there). Default: optuna.db in data_dir when the database is SQLite; on"
+        " PostgreSQL the same database, in a schema of its own (`optuna`), so Optuna's tables and"
+        " its Alembic version table never mix with tas's.",
+    )
+    search_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the API process advances each search it drives: reads its trials'"
+        " new epochs, prunes, tells Optuna the results and starts the next trials.",
+    )
+    search_lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="How long an API process holds a search it drives without renewing it (each"
+        " step renews it); another API process takes the search over once it has expired, e.g."
+        " after the first was killed.",
+    )
+
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -86,6 +86,10 @@ class JobOut(BaseModel):
     tags: dict[str, str] = Field(
         default_factory=dict, description="Free labels: set at submit, changed by PATCH."
     )
+    search_id: str | None = Field(
+        None, description="The search this job is a trial of (GET /searches/{id}); null if none."
+    )
+    trial_number: int | None = Field(None, description="Its trial's number in that search.")
     waiting_for: WaitingFor | None = Field(
         None,
         description="For a queued job that no live worker can take (none consumes its queue):"

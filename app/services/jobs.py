@@ -307,6 +307,7 @@ def job_filter(
     created_after: datetime | None,
     created_before: datetime | None,
     tag: list[str] | None,
+    search_id: str | None = None,
 ) -> job_store.JobFilter:
     """`GET /jobs`' query, checked (a 422 naming the parameter and what it takes)."""
     problems: Problems = []
@@ -343,6 +344,7 @@ def job_filter(
         created_after=after,
         created_before=before,
         tags=tuple(tags),
+        search_id=search_id or None,
     )
 
 

@@ -155,9 +155,13 @@ class JobFilter:
     created_before: datetime | None = None
     #: (key, value) pairs that must all be among the job's tags.
     tags: Sequence[tuple[str, str]] = ()
+    #: Only the trials of this search.
+    search_id: str | None = None
 
 
 def _filtered(q: Select[Job], f: JobFilter) -> Select[Job]:
+    if f.search_id is not None:
+        q = q.where(Job.search_id == f.search_id)
     if f.name_prefix:
         # substr rather than LIKE: SQLite's LIKE ignores case and PostgreSQL's does not, and a
         # name may hold `_`, LIKE's wildcard.

@@ -73,6 +73,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_until"),
+        Index("uq_jobs_search_trial", "search_id", "trial_number", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -111,6 +112,11 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: The search this job is a trial of (null for a job submitted on its own), and the trial's
+    #: number in the search's Optuna study: unique together (`uq_jobs_search_trial`, which also
+    #: serves lookups by search), so a trial is never two jobs.
+    search_id: Mapped[str | None] = mapped_column(String(32))
+    trial_number: Mapped[int | None] = mapped_column(Integer)
 
     stages: Mapped[list[JobStage]] = relationship(
         back_populates="job", order_by="JobStage.id", cascade="all, delete-orphan"
@@ -342,3 +348,89 @@ class JobLog(Base):
     #: stage | train | worker | api
     source: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text)
+
+
+class SearchStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class Search(Base):
+    """A hyperparameter search: a base job spec, a space over spec paths, an objective, and the
+    Optuna study (`study_name`, in Optuna's own storage) that proposes each trial. Its trials are
+    ordinary jobs (`Job.search_id`); `SearchTrial` is what the controller last saw of each.
+
+    `settled` is false while the controller still has work to do (start trials, tell results,
+    finish; after a cancel, tell Optuna the trials that were stopped); the API process that holds
+    the lease (`lease_owner`, `lease_until`) is the one driving it."""
+
+    __tablename__ = "searches"
+    __table_args__ = (
+        Index("ix_searches_tenant_created", "tenant", "created_at", "id"),
+        Index("ix_searches_settled", "settled"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=SearchStatus.queued.value)
+    #: The base job spec every trial starts from (as the client gave it, checked).
+    spec: Mapped[dict[str, Any]]
+    #: spec path -> {"type": "float" | "int" | "categorical", ...}
+    space: Mapped[dict[str, Any]]
+    #: {"metric": ..., "direction": "maximize" | "minimize"}
+    objective: Mapped[dict[str, Any]]
+    #: {"type": "tpe" | "random" | "grid", "seed": ...}
+    sampler: Mapped[dict[str, Any]]
+    #: {"type": "median" | "asha" | "none", ...knobs}
+    pruner: Mapped[dict[str, Any]]
+    max_trials: Mapped[int] = mapped_column(Integer)
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    study_name: Mapped[str] = mapped_column(String(128))
+    #: The seed the sampler draws from: the client's, or one drawn at creation when it gave
+    #: none, so a restarted controller goes on with the same draws either way.
+    seed: Mapped[int] = mapped_column(BigInteger)
+    best_trial: Mapped[int | None] = mapped_column(Integer)
+    #: {"name", "version"}: where the best trial's model was registered (model_name).
+    model: Mapped[dict[str, Any] | None]
+    #: spec path -> share of the objective's variance (Optuna's fANOVA), once enough trials
+    #: have completed.
+    importances: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    #: Why no trial is being started now (e.g. the tenant is at its job limit); null otherwise.
+    waiting_for: Mapped[str | None] = mapped_column(Text)
+    settled: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SearchTrial(Base):
+    """One trial of a search as the controller last saw it: its job, its parameters (spec path
+    -> value), its state in the study and the objective per epoch. Written with the trial's job
+    (one transaction) and kept up to date by the controller; the API reads searches from these
+    rows alone, never from Optuna's storage."""
+
+    __tablename__ = "search_trials"
+
+    search_id: Mapped[str] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: No foreign key: a finished trial's job may be deleted, and its row stays the search's.
+    job_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    params: Mapped[dict[str, Any]]
+    #: running | complete | pruned | failed
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    value: Mapped[float | None] = mapped_column(Float)
+    #: {"<epoch>": objective value}
+    intermediate: Mapped[dict[str, Any]]
+    epochs: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -112,6 +112,9 @@ async def list_jobs(
             " newest first. A cursor pages only the sort that issued it.",
         ),
     ] = None,
+    search_id: Annotated[
+        str | None, Query(max_length=64, description="Only the trials of this search.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
@@ -125,6 +128,7 @@ async def list_jobs(
         created_after=created_after,
         created_before=created_before,
         tag=tag,
+        search_id=search_id,
     )
 
     def build(session: Session) -> bytes:

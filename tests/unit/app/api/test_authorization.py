@@ -49,6 +49,7 @@ DASHBOARD = ("/ui/", "/ui")
 #: a new prefix fails `test_every_route_has_a_scope_rule` until it is given one here.
 SCOPE_RULES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "/jobs": (("jobs:read",), "jobs:write"),
+    "/searches": (("jobs:read",), "jobs:write"),
     "/datasets": (("datasets:read",), "datasets:write"),
     "/weights": (("datasets:read",), "datasets:write"),
     "/models": (("models:read",), "models:write"),
@@ -70,6 +71,7 @@ MISSING = {
     "version": "7",
     "alias": "nope",
     "key_id": "0" * 16,
+    "search_id": "0" * 32,
 }
 
 #: Bodies that pass validation, so a write reaches its lookup (404) instead of stopping at 422.
@@ -196,7 +198,20 @@ def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[World]:
             headers=w.key("team-a"),
         )
         assert weights.status_code == 201, weights.text
+        search = client.post(
+            "/searches",
+            json={
+                "name": "a-search",
+                "spec": iris_spec(),
+                "space": {"training.lr": {"type": "float", "low": 0.001, "high": 0.1}},
+                "objective": {"metric": "val_accuracy"},
+                "max_trials": 2,
+            },
+            headers=w.key("team-a"),
+        )
+        assert search.status_code == 201, search.text
         w.a = {
+            "search_id": search.json()["id"],
             "job_id": a_model.job_id,
             "dataset_id": r.json()["id"],
             "weights_id": weights.json()["id"],
@@ -311,6 +326,7 @@ def test_another_tenants_object_is_a_404_like_one_that_does_not_exist(world: Wor
         f"/jobs/{world.a['job_id']}",
         f"/datasets/{world.a['dataset_id']}",
         f"/weights/{world.a['weights_id']}",
+        f"/searches/{world.a['search_id']}",
         "/models/a-model",
         "/models/a-model@production/card",
     ):

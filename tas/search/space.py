@@ -1,0 +1,289 @@
+"""A search space: job spec paths (`training.lr`, `model.hidden`) and the values each may take.
+
+A trial's parameters are set into the base spec at their paths (`trial_spec`), and the result is
+submitted as any job spec is. Before a search is accepted, `probes` lists the specs whose
+checking covers the space: each parameter's bounds (and every value of a short int range) and
+each categorical choice with the other parameters at their first value, then the all-low and
+all-high corners; a grid small enough is checked whole.
+
+Optuna's categorical choices are scalars, while a choice here may be any JSON value (a list of
+layer widths): each choice is handed to Optuna as its canonical JSON text and read back with
+`decode`, so the value a trial trains with is exactly the one the client sent."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from tas.core.spec import JobSpec
+
+#: Parameters one search may vary, choices one categorical may list, and combinations a grid
+#: may have: bounds on what one request makes the server check and store.
+MAX_PARAMS = 16
+MAX_CHOICES = 64
+MAX_GRID = 10_000
+#: A grid with at most this many combinations is checked whole before the search is accepted;
+#: a larger one as any space is (bounds, choices, corners).
+CHECK_WHOLE_GRID = 256
+#: An int range with at most this many values has every value checked.
+CHECK_EVERY_INT = 32
+#: Spec paths a space may not set: a trial's name and registered model name are the search's,
+#: and tags label jobs rather than train them.
+RESERVED = ("name", "model_name", "tags")
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class FloatParam(_Param):
+    """A real number in [low, high], drawn uniformly or, with `log`, log-uniformly."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FloatParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) must not be above high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low above 0; got {self.low:g}")
+        return self
+
+
+class IntParam(_Param):
+    """An integer in low, low + step, ..., high (or, with `log`, log-uniform with step 1)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> IntParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not be above high ({self.high})")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError("a log range needs low of at least 1 and step 1")
+        if (self.high - self.low) % self.step:
+            top = self.low + (self.high - self.low) // self.step * self.step
+            raise ValueError(
+                f"high must be low + a whole number of steps: {self.low} + k × {self.step}"
+                f" (e.g. {top} or {top + self.step}); got {self.high}"
+            )
+        return self
+
+    def values(self) -> range:
+        return range(self.low, self.high + 1, self.step)
+
+
+class CategoricalParam(_Param):
+    """One of `choices`, each any JSON value (a number, a string, a list such as [256, 256])."""
+
+    type: Literal["categorical"]
+    choices: list[JsonValue] = Field(..., min_length=1, max_length=MAX_CHOICES)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CategoricalParam:
+        seen: set[str] = set()
+        for choice in self.choices:
+            text = encode(choice)
+            if text in seen:
+                raise ValueError(f"choice {choice!r} is listed twice; choices must be distinct")
+            seen.add(text)
+        return self
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+def encode(value: Any) -> str:
+    """A categorical choice as Optuna holds it: its canonical JSON text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(param: Param, raw: Any) -> Any:
+    """The value a trial trains with, from what Optuna holds."""
+    if isinstance(param, CategoricalParam):
+        return json.loads(raw)
+    if isinstance(param, IntParam):
+        return int(raw)
+    return float(raw)
+
+
+def distribution(param: Param) -> BaseDistribution:
+    if isinstance(param, FloatParam):
+        return FloatDistribution(param.low, param.high, log=param.log)
+    if isinstance(param, IntParam):
+        return IntDistribution(param.low, param.high, log=param.log, step=param.step)
+    return CategoricalDistribution([encode(c) for c in param.choices])
+
+
+Space = dict[str, Param]
+
+
+def parse(raw: Mapping[str, Any]) -> Space:
+    """A stored space (its JSON) as parameters."""
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Param] = TypeAdapter(Param)
+    return {path: adapter.validate_python(p) for path, p in raw.items()}
+
+
+def path_problem(path: str) -> str | None:
+    """What is wrong with `path` as a place in a job spec a search may set, if anything: it must
+    name a field (nested fields dotted, `training.early_stopping.patience`), not one of
+    `RESERVED`."""
+    parts = path.split(".")
+    if parts[0] in RESERVED:
+        return (
+            f"{parts[0]!r} cannot be searched: a trial's name and registered model come from the"
+            " search, and tags label jobs; set them on the search or its base spec"
+        )
+    model: type[BaseModel] | None = JobSpec
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the spec"
+        if model is None:
+            return f"{'.'.join(parts[:i])} has no fields below it; search it whole"
+        fields = [f for f in model.model_fields if i or f not in RESERVED]
+        if part not in model.model_fields:
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"{part!r} is not a field of {where}{hint}; its fields: {', '.join(fields)}"
+        model = _model_of(model.model_fields[part].annotation)
+    return None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The spec section a field holds (through `X | None`), or None for a value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def overlap_problem(paths: list[str]) -> tuple[str, str] | None:
+    """Two paths of which one lies inside the other (`training` and `training.lr`): which would
+    win is undefined, so a space holds neither both."""
+    for a, b in itertools.permutations(paths, 2):
+        if b.startswith(a + "."):
+            return b, f"{b!r} lies inside {a!r}, which the space also sets whole"
+    return None
+
+
+def trial_spec(base: Mapping[str, Any], params: Mapping[str, Any], *, name: str) -> dict[str, Any]:
+    """The job spec of a trial: `base` with each parameter set at its path (a section the base
+    leaves out, or null, is started empty, so the spec's defaults fill the rest) and `name`."""
+    out = copy.deepcopy(dict(base))
+    for path, value in params.items():
+        node = out
+        *head, last = path.split(".")
+        for part in head:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[last] = copy.deepcopy(value)
+    out["name"] = name
+    return out
+
+
+def trial_job_spec(
+    base: Mapping[str, Any], params: Mapping[str, Any], *, name: str, metric: str
+) -> dict[str, Any]:
+    """The job spec a trial is submitted with: `trial_spec`, registered under the trial's own
+    name (the search registers its best under its model_name), and, where the base spec leaves
+    the checkpoint's monitored metric to its default, monitoring the objective, so the weights a
+    trial keeps and registers are its best by the objective."""
+    spec = trial_spec(base, params, name=name)
+    spec.pop("model_name", None)
+    checkpoint = spec.get("checkpoint")
+    if not isinstance(checkpoint, dict):
+        checkpoint = spec["checkpoint"] = {}
+    if checkpoint.get("monitor") is None:
+        checkpoint["monitor"] = metric
+    return spec
+
+
+def trial_name(search_name: str, number: int) -> str:
+    """`<search name>-t<number>`, the search's name cut to fit a job name's 64 characters."""
+    suffix = f"-t{number}"
+    return search_name[: 64 - len(suffix)] + suffix
+
+
+def grid(space: Space) -> dict[str, list[Any]] | None:
+    """Every value of every parameter, for a grid search (Optuna's grid takes the encoded
+    choices); None when a parameter is a float range, which has no finite grid."""
+    values: dict[str, list[Any]] = {}
+    for path, p in space.items():
+        if isinstance(p, FloatParam):
+            return None
+        values[path] = (
+            list(p.values()) if isinstance(p, IntParam) else [encode(c) for c in p.choices]
+        )
+    return values
+
+
+def grid_size(values: Mapping[str, list[Any]]) -> int:
+    return math.prod(len(v) for v in values.values())
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Parameters to check a spec with, and the path to blame when it fails (None: a corner,
+    where every parameter is at one of its ends)."""
+
+    params: dict[str, Any]
+    blame: str | None
+
+
+def _ends(p: Param) -> list[Any]:
+    """The values of `p` that its checks cover."""
+    if isinstance(p, FloatParam):
+        return [p.low, p.high] if p.low != p.high else [p.low]
+    if isinstance(p, IntParam):
+        values = p.values()
+        if len(values) <= CHECK_EVERY_INT:
+            return list(values)
+        return [p.low, p.high]
+    return list(p.choices)
+
+
+def probes(space: Space, *, whole_grid: bool = False) -> Iterator[Probe]:
+    """Parameter sets whose specs must all be valid for the space to be accepted: each value of
+    `_ends` with the others at their first value (blaming that parameter), then the corners.
+    `whole_grid`: every combination instead (a small grid search, which runs exactly these)."""
+    ends = {path: _ends(p) for path, p in space.items()}
+    if whole_grid:
+        paths = list(ends)
+        for combo in itertools.product(*(ends[p] for p in paths)):
+            params = dict(zip(paths, combo, strict=True))
+            yield Probe(params, paths[0] if len(paths) == 1 else None)
+        return
+    first = {path: values[0] for path, values in ends.items()}
+    for path, values in ends.items():
+        for value in values:
+            yield Probe({**first, path: value}, path)
+    yield Probe({path: values[0] for path, values in ends.items()}, None)
+    yield Probe({path: values[-1] for path, values in ends.items()}, None)
