@@ -959,6 +959,10 @@ def _search_facts(s: Search) -> Table:
         rows.append(("created", f"{s.created_at:%Y-%m-%d %H:%M:%S}"))
     if s.finished_at:
         rows.append(("finished", f"{s.finished_at:%Y-%m-%d %H:%M:%S}"))
+    if s.waiting_for and not s.finished:
+        rows.append(("waiting for", s.waiting_for))
+    if s.error:
+        rows.append(("error", _error_text(s.error)))
     if s.best:
         rows.append(("best", _best_text(s, s.best)))
     if s.model:
@@ -969,6 +973,10 @@ def _search_facts(s: Search) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    return f"{error.get('type', 'Error')}: {error.get('message', '')}"
 
 
 def _best_text(s: Search, best: Trial) -> str:
@@ -1073,10 +1081,8 @@ def _search_final(s: Search) -> int:
             print(f"registered model: {name} v{version}  (tas models predict {name}:{version} ...)")
     elif s.status in ("failed", "cancelled"):
         err.print(f"search {s.id} {s.status}: {summary}", markup=False)
-        error = s.raw.get("error")
-        if error:
-            message = error.get("message", error) if isinstance(error, dict) else error
-            err.print(str(message), markup=False)
+        if s.error:
+            err.print(_error_text(s.error), markup=False)
         if s.best:
             err.print(f"best so far: {_best_text(s, s.best)}", markup=False)
     else:

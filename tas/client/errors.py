@@ -68,9 +68,9 @@ class SearchFailed(SearchEnded):
     """The search failed (its trials did, or its study could not go on)."""
 
     def __init__(self, search: Search) -> None:
-        error = search.raw.get("error")
-        why = f": {describe(error.get('message', error) if isinstance(error, dict) else error)}"
-        super().__init__(search, f"search {search.id} failed{why if error else ''}")
+        error = search.error
+        why = f": {error.get('type', 'Error')}: {error.get('message', '')}" if error else ""
+        super().__init__(search, f"search {search.id} failed{why}")
 
 
 class SearchCancelled(SearchEnded):

@@ -440,6 +440,9 @@ class Search:
     best: Trial | None
     importances: dict[str, float] | None
     counts: dict[str, int]
+    #: Why it failed ({type, message}), and why no trial starts now (e.g. the tenant's job limit).
+    error: dict[str, Any] | None
+    waiting_for: str | None
     raw: dict[str, Any] = field(repr=False)
     _api: SearchesApi | None = field(default=None, repr=False, compare=False)
 
@@ -467,6 +470,8 @@ class Search:
             "best": Trial.of(best) if isinstance(best, dict) else None,
             "importances": d.get("importances"),
             "counts": {str(k): int(v) for k, v in (d.get("counts") or {}).items()},
+            "error": d.get("error") if isinstance(d.get("error"), dict) else None,
+            "waiting_for": d.get("waiting_for"),
             "raw": d,
         }
 

@@ -151,10 +151,12 @@ def test_follow_on_a_terminal_ends_with_the_trials_table(
 
 @pytest.mark.parametrize(("status", "code"), [("failed", 1), ("cancelled", 2)])
 def test_the_exit_code_is_the_searchs(serve: Callable[..., None], status: str, code: int) -> None:
-    serve(api(search_json(), search_json(status)))
+    error = {"type": "TrialsFailed", "message": "3 trials failed"} if status == "failed" else None
+    serve(api(search_json(), search_json(status, error=error)))
     result = run("searches", "get", "s1", "--follow")
     assert result.exit_code == code, result.output
     assert f"search s1 {status}" in result.stderr
+    assert ("TrialsFailed: 3 trials failed" in result.stderr) == (status == "failed")
     assert "best so far: trial 0" in result.stderr
     serve(api(search_json(status)))
     as_json = run("searches", "get", "s1", "-f", "-o", "json")
@@ -175,6 +177,13 @@ def test_ctrl_c_detaches_and_says_how_to_reattach(serve: Callable[..., None]) ->
     assert result.exit_code == 130
     assert "detached: search s1 keeps running" in result.stderr
     assert "tas searches get s1 --follow" in result.stderr
+
+
+def test_get_says_why_no_trial_starts(serve: Callable[..., None]) -> None:
+    serve(api(search_json(waiting_for="the tenant's job limit (4 running)")))
+    result = run("searches", "get", "s1")
+    assert result.exit_code == 0, result.output
+    assert "waiting for" in result.stdout and "the tenant's job limit (4 running)" in result.stdout
 
 
 def test_get_shows_the_facts_the_trials_and_the_importances(serve: Callable[..., None]) -> None:

@@ -180,11 +180,11 @@ def test_watch_hands_on_each_change_once_and_ends_when_the_search_does() -> None
 
 
 def test_wait_raises_how_the_search_ended() -> None:
-    failed = search_json("failed", error={"message": "every trial failed"})
+    failed = search_json("failed", error={"type": "TrialsFailed", "message": "every trial failed"})
     server = Server({"/searches/s1": [httpx.Response(200, json=failed)] * 2})
     client = make(server, [])
     search = client.searches.get("s1")
-    with pytest.raises(SearchFailed, match="every trial failed") as caught:
+    with pytest.raises(SearchFailed, match="failed: TrialsFailed: every trial failed") as caught:
         search.wait()
     assert caught.value.search is search
 

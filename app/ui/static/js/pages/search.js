@@ -191,6 +191,11 @@ function drawHeader(search) {
     ["Best trial", bestFact(search)],
     ["Model", modelFact(search)],
   ];
+  // Why no trial starts now (the tenant's job limit, say), and why a failed search failed.
+  if (search.waiting_for && active) facts.push(["Waiting for", h("span", { id: "search-waiting" }, search.waiting_for)]);
+  if (search.error) {
+    facts.push(["Error", h("span", { class: "error", id: "search-error" }, `${search.error.type}: ${search.error.message}`)]);
+  }
   document.getElementById("search-facts").replaceChildren(
     ...facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
