@@ -51,7 +51,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas.core.spec import JobSpec
+from tas.core.spec import JobSpec, TrainingSpec
 from tas.errors import ArtifactStoreError, InvalidInput, JobFinished, TooManyRequests
 from tas.search import space as space_mod
 from tas.search import study as study_mod
@@ -190,8 +190,9 @@ class Controller:
         if search.status == SearchStatus.cancelled.value:
             self._settle_cancelled(search, study, frozen, jobs, epochs, step)
             return step
+        params = {n: dict(t.params) for n, t in rows.items()}
         updates, to_cancel, completed = self._observe(
-            search, study, frozen, jobs, live, epochs, states, step
+            search, study, frozen, jobs, live, epochs, params, states, step
         )
         importances = self._importances(study) if completed else None
         self._record(search, updates, to_cancel, importances, step)
@@ -219,6 +220,7 @@ class Controller:
         jobs: dict[int, store.TrialJob],
         live: list[int],
         epochs: dict[str, store.EpochValues],
+        params: dict[int, dict[str, Any]],
         states: dict[int, TrialState],
         step: Step,
     ) -> tuple[dict[int, dict[str, Any]], list[str], bool]:
@@ -235,10 +237,13 @@ class Controller:
             state, value = ft.state, ft.value
             if state == TrialState.RUNNING:
                 trial: Trial | None = None
+                last = _epochs(search.spec, params[n])
                 for epoch in sorted(e for e in ev.values if e not in ft.intermediate_values):
                     trial = trial or Trial(study, ft._trial_id)
                     trial.report(ev.values[epoch], epoch)
-                    if active and pruning and trial.should_prune():
+                    # A trial seen only once its training is over is left to complete: stopping
+                    # it would save nothing.
+                    if active and pruning and epoch < last and trial.should_prune():
                         told = study.tell(n, state=TrialState.PRUNED)
                         state, value = told.state, told.value
                         step.told[n] = "pruned"
@@ -555,6 +560,15 @@ class Controller:
                 best_trial=best.number if best is not None else None,
             )
         step.finished = SearchStatus.cancelled.value
+
+
+def _epochs(base: dict[str, Any], params: dict[str, Any]) -> int:
+    """The epochs a trial's job trains for (its spec's training.epochs, searched or not)."""
+    if "training.epochs" in params:
+        return int(params["training.epochs"])
+    training = params.get("training") or base.get("training") or {}
+    epochs = training.get("epochs") if isinstance(training, dict) else None
+    return int(epochs) if isinstance(epochs, int) else int(TrainingSpec().epochs)
 
 
 def _best(trials: list[FrozenTrial], *, maximize: bool) -> FrozenTrial:

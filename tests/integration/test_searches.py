@@ -5,13 +5,35 @@ good model, and the best model is registered under the search's model_name."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import searches
-from tests.helpers.stack import Stack
+from tests.helpers.servers import PostgresServer, RedisServer
+from tests.helpers.stack import Stack, distributed_stack, embedded_stack
 
 pytestmark = pytest.mark.integration
+
+#: The controller steps every 0.25 s here (1 s by default), so a pruner's decision reaches a
+#: trial that trains an epoch in a fraction of a second while it still has epochs to go.
+FAST = {"TAS_SEARCH_INTERVAL_S": "0.25"}
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis_pg"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp(f"searches-{request.param}")
+    if request.param == "embedded":
+        with embedded_stack(tmp, **FAST) as s:
+            yield s
+    else:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        pg: PostgresServer = request.getfixturevalue("postgres_server")
+        url = pg.create_database()
+        with distributed_stack(tmp, database_url=url, broker_url=redis.url, **FAST) as s:
+            yield s
 
 
 @pytest.mark.timeout(600)
@@ -86,3 +108,38 @@ def test_a_seeded_random_search_is_reproducible(stack: Stack) -> None:
     # The same parameters trained the same (seeded, on the CPU): the same values, the same best.
     assert [t["value"] for t in runs[0]["trials"]] == [t["value"] for t in runs[1]["trials"]]
     assert runs[0]["best"]["number"] == runs[1]["best"]["number"]
+
+
+@pytest.mark.timeout(900)
+def test_asha_prunes_trials_early_and_the_best_reaches_095(stack: Stack) -> None:
+    """12 trials of 20 epochs: ASHA stops the trials that fall behind at epochs 1, 3 and 9 (a
+    bad learning rate shows within an epoch), and the best trial still trains to the end."""
+    body = searches.search_body(
+        "asha",
+        spec=searches.digits_base(epochs=20, batch_size=16),
+        space={
+            "training.lr": {"type": "float", "low": 0.00003, "high": 0.3, "log": True},
+            "model.hidden": {"type": "categorical", "choices": [[32], [64]]},
+        },
+        sampler={"type": "random", "seed": 5},
+        pruner={"type": "asha", "min_epochs": 1, "reduction_factor": 3},
+        max_trials=12,
+        max_concurrent=2,
+        model_name="asha-best",
+    )
+    done = searches.wait(stack, searches.create(stack, body)["id"], timeout=800)
+    assert done["status"] == "succeeded", (done, stack.logs())
+    trials = done["trials"]
+    assert len(trials) == 12
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    complete = [t for t in trials if t["state"] == "complete"]
+    shown = [(t["state"], t["epochs"], stack.job(t["job_id"])["status"]) for t in trials]
+    assert pruned and complete, shown
+    assert max(t["epochs"] for t in pruned) < 20 == min(t["epochs"] for t in complete), shown
+    assert done["counts"]["pruned"] == len(pruned)
+    for t in pruned:  # a pruned trial's job was stopped: cancelled, not trained out
+        assert stack.job(t["job_id"])["status"] == "cancelled"
+    assert done["best"]["state"] == "complete" and done["best"]["value"] >= 0.95
+    assert done["model"]["name"] == "asha-best"
+    versions = stack.http.get("/models/asha-best").json()["versions"]
+    assert [v["job_id"] for v in versions] == [done["best"]["job_id"]]

@@ -1,0 +1,156 @@
+"""The search space: what a parameter may be, which spec paths a space may set, how a trial's
+parameters become its spec, and which specs are checked before a search is accepted."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from tas.search import space as sp
+
+PARAM: TypeAdapter[sp.Param] = TypeAdapter(sp.Param)
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ({"type": "float", "low": 0.1, "high": 0.01}, "must not be above high"),
+        ({"type": "float", "low": 0, "high": 1, "log": True}, "log range needs low above 0"),
+        ({"type": "int", "low": 32, "high": 100, "step": 32}, "e.g. 96 or 128"),
+        ({"type": "int", "low": 0, "high": 8, "log": True}, "low of at least 1"),
+        ({"type": "categorical", "choices": [[8], [8]]}, "listed twice"),
+        ({"type": "categorical", "choices": []}, "at least 1"),
+        ({"type": "float", "low": 0.1, "high": 1, "steps": 2}, "Extra inputs"),
+        ({"type": "uniform", "low": 0.1, "high": 1}, "float"),
+    ],
+)
+def test_a_bad_parameter_is_refused_saying_why(raw: dict[str, object], says: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        PARAM.validate_python(raw)
+    assert says in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("training.lr", None),
+        ("training.early_stopping.patience", None),
+        ("model.hidden", None),
+        ("training", None),
+        ("training.lrr", "did you mean 'lr'?"),
+        ("trainin.lr", "did you mean 'training'?"),
+        ("training.lr.x", "training.lr has no fields below it"),
+        ("name", "cannot be searched"),
+        ("tags", "cannot be searched"),
+        ("model_name", "cannot be searched"),
+    ],
+)
+def test_a_path_must_name_a_spec_field(path: str, problem: str | None) -> None:
+    found = sp.path_problem(path)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+def test_paths_inside_each_other_are_refused() -> None:
+    assert sp.overlap_problem(["training.lr", "model.hidden"]) is None
+    found = sp.overlap_problem(["training.lr", "training"])
+    assert found is not None and found[0] == "training.lr"
+
+
+def test_a_trial_spec_sets_each_path_and_starts_missing_sections_empty() -> None:
+    base = {"name": "s", "dataset": {"name": "digits"}, "training": {"lr": 0.1, "epochs": 3}}
+    spec = sp.trial_spec(
+        base,
+        {"training.lr": 0.01, "training.early_stopping.patience": 2, "model.hidden": [8, 8]},
+        name="s-t0",
+    )
+    assert spec == {
+        "name": "s-t0",
+        "dataset": {"name": "digits"},
+        "training": {"lr": 0.01, "epochs": 3, "early_stopping": {"patience": 2}},
+        "model": {"hidden": [8, 8]},
+    }
+    assert base["training"] == {"lr": 0.1, "epochs": 3}  # the base is never changed
+
+
+def test_a_trial_job_spec_registers_under_its_name_and_monitors_the_objective() -> None:
+    base = {"name": "s", "model_name": "m", "dataset": {"name": "digits"}}
+    spec = sp.trial_job_spec(base, {}, name="s-t1", metric="val_loss")
+    assert "model_name" not in spec and spec["name"] == "s-t1"
+    assert spec["checkpoint"] == {"monitor": "val_loss"}
+    kept = sp.trial_job_spec(
+        {**base, "checkpoint": {"monitor": "val_accuracy"}}, {}, name="x", metric="val_loss"
+    )
+    assert kept["checkpoint"] == {"monitor": "val_accuracy"}
+
+
+def test_a_trial_name_fits_a_job_name() -> None:
+    assert sp.trial_name("s", 3) == "s-t3"
+    long = sp.trial_name("x" * 64, 123)
+    assert len(long) == 64 and long.endswith("-t123")
+
+
+def test_categorical_choices_go_through_optuna_as_json_and_come_back_whole() -> None:
+    p = PARAM.validate_python({"type": "categorical", "choices": [[256, 256], "adam", 1, None]})
+    dist = sp.distribution(p)
+    assert dist.choices == ("[256,256]", '"adam"', "1", "null")  # type: ignore[attr-defined]
+    assert [sp.decode(p, c) for c in dist.choices] == [[256, 256], "adam", 1, None]  # type: ignore[attr-defined]
+
+
+def test_a_grid_is_the_product_of_choices_and_stepped_int_ranges() -> None:
+    space = sp.parse(
+        {
+            "training.batch_size": {"type": "int", "low": 32, "high": 96, "step": 32},
+            "model.hidden": {"type": "categorical", "choices": [[8], [16]]},
+        }
+    )
+    values = sp.grid(space)
+    assert values == {"training.batch_size": [32, 64, 96], "model.hidden": ["[8]", "[16]"]}
+    assert sp.grid_size(values) == 6
+    assert sp.grid(sp.parse({"training.lr": {"type": "float", "low": 0.1, "high": 1}})) is None
+
+
+def test_probes_cover_every_choice_bound_and_both_corners() -> None:
+    space = sp.parse(
+        {
+            "training.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
+            "training.batch_size": {"type": "int", "low": 1, "high": 100},
+            "training.optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        }
+    )
+    probes = list(sp.probes(space))
+    blamed = [(p.blame, p.params[p.blame]) for p in probes if p.blame is not None]
+    assert blamed == [
+        ("training.lr", 0.001),
+        ("training.lr", 0.1),
+        ("training.batch_size", 1),
+        ("training.batch_size", 100),
+        ("training.optimizer", "adam"),
+        ("training.optimizer", "sgd"),
+    ]
+    corners = [p.params for p in probes if p.blame is None]
+    assert corners == [
+        {"training.lr": 0.001, "training.batch_size": 1, "training.optimizer": "adam"},
+        {"training.lr": 0.1, "training.batch_size": 100, "training.optimizer": "sgd"},
+    ]
+    # A short int range is checked value by value (a middle value can be the bad one).
+    short = sp.parse({"training.batch_size": {"type": "int", "low": 30, "high": 36, "step": 2}})
+    assert [p.params["training.batch_size"] for p in sp.probes(short) if p.blame] == [
+        30,
+        32,
+        34,
+        36,
+    ]
+
+
+def test_a_small_grid_is_probed_whole() -> None:
+    space = sp.parse(
+        {
+            "training.lr": {"type": "categorical", "choices": [0.1, 0.01]},
+            "model.hidden": {"type": "categorical", "choices": [[8], [16], [32]]},
+        }
+    )
+    combos = [p.params for p in sp.probes(space, whole_grid=True)]
+    assert len(combos) == 6 and len({str(c) for c in combos}) == 6
