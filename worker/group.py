@@ -21,8 +21,6 @@ the others train their share (`worker.ranks`). This process only keeps the group
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import logging
 import os
 import shutil
@@ -40,28 +38,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tas.settings import Settings
 from tas.store import leases as lease_store
+from worker import rundir
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-STOP_FILE = "stop"
-OUTCOME_FILE = "outcome.json"
-GROUP_LOG = "group.log"
 #: After rank 0 has written the outcome, how long the others may take to leave.
 AFTER_OUTCOME_S = 10.0
+#: After a process has reported a failure, how long the others may take to report theirs (the
+#: run is lost: torchrun would wait its own 30 s before killing a process that does not stop).
+AFTER_FAILURE_S = 3.0
 POLL_S = 0.05
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """This process gets SIGKILL when the process (thread) that started it dies: a killed worker
-    leaves no torchrun agent or rank behind holding a GPU or a lease. Linux only; elsewhere a
-    no-op (the lease then expires and the ranks fail on their vanished peers)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -86,16 +72,20 @@ def run_group(
     preempt: Any,
     devices: list[str] | None = None,
     on_launch: Callable[[int], None] | None = None,
+    entry: str = "worker.ranks",
+    pass_fds: list[int] | None = None,
 ) -> GroupResult:
     """Launch the job's process group and supervise it to its end. `run` is what every rank
-    reads (`worker.ranks`); `devices` the CUDA devices the group may use (CUDA_VISIBLE_DEVICES)."""
+        reads (`worker.ranks`); `devices` the CUDA devices the group may use (CUDA_VISIBLE_DEVICES;
+    an empty list hides every GPU); `pass_fds` what the group holds with this process (the GPUs'
+    slots: free only once both are gone)."""
     root = settings.resolved_local_cache_dir / "groups"
     root.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{lease.job_id}-run{lease.attempt}-", dir=root))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        write_json(run_dir / RUN_FILE, run)
-        proc = _launch(run_dir, processes, settings, devices)
+        rundir.write_json(run_dir / rundir.RUN_FILE, run)
+        proc = _launch(run_dir, processes, settings, devices, entry, pass_fds or [])
         log.info(
             "job %s: %d processes launched through torchrun (pid %d)",
             lease.job_id,
@@ -111,13 +101,20 @@ def run_group(
 
 
 def _launch(
-    run_dir: Path, processes: int, settings: Settings, devices: list[str] | None
+    run_dir: Path,
+    processes: int,
+    settings: Settings,
+    devices: list[str] | None,
+    entry: str,
+    pass_fds: list[int],
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    # Each process gets its share of the cores (torchrun would give each a single thread).
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (cpus or 1) // processes)))
+    # Each process gets its share of the threads a one-process run would have (torchrun would
+    # give each a single thread; the worker's OMP_NUM_THREADS, if set, is what there is to share).
+    threads = int(env.get("OMP_NUM_THREADS") or 0) or cpus or 1
+    env["OMP_NUM_THREADS"] = str(max(1, threads // processes))
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     cmd = [
@@ -130,10 +127,10 @@ def _launch(
         "--max-restarts=0",  # a failed attempt is the job's to retry, from its checkpoint
         "--monitor-interval=0.1",
         "-m",
-        "worker.ranks",
+        entry,
         str(run_dir),
     ]
-    with open(run_dir / GROUP_LOG, "wb") as out:
+    with open(run_dir / rundir.GROUP_LOG, "wb") as out:
         return subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -141,7 +138,8 @@ def _launch(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=rundir.die_with_parent,
+            pass_fds=pass_fds,
         )
 
 
@@ -156,12 +154,13 @@ def _supervise(
     next_beat = 0.0
     cancel_seen: float | None = None
     outcome_seen: float | None = None
+    failure_seen: float | None = None
     stop_written = False
     while proc.poll() is None:
         now = time.monotonic()
         if not stop_written and preempt.is_set():
             # rank 0 reads it at its next step: the group checkpoints and hands the job back
-            (run_dir / STOP_FILE).write_text("preempted")
+            (run_dir / rundir.STOP_FILE).write_text("preempted")
             stop_written = True
         if now >= next_beat:
             next_beat = now + settings.heartbeat_seconds
@@ -178,15 +177,19 @@ def _supervise(
                 settings.distributed_stop_grace_s,
             )
             return GroupResult("cancelled")
-        if outcome_seen is None and (run_dir / OUTCOME_FILE).exists():
+        if outcome_seen is None and (run_dir / rundir.OUTCOME_FILE).exists():
             outcome_seen = now
         if outcome_seen is not None and now - outcome_seen > AFTER_OUTCOME_S:
             break  # rank 0 is done; the others are stopped with the group
+        if failure_seen is None and outcome_seen is None and any(run_dir.glob("error-*.json")):
+            failure_seen = now
+        if failure_seen is not None and now - failure_seen > AFTER_FAILURE_S:
+            break  # the attempt has failed; what is left of the group is killed
         time.sleep(POLL_S)
-    outcome = read_json(run_dir / OUTCOME_FILE)
+    outcome = rundir.read_json(run_dir / rundir.OUTCOME_FILE)
     if outcome is not None:
         return GroupResult("outcome", outcome=outcome)
-    return _failure(run_dir, proc.returncode, processes_log=run_dir / GROUP_LOG)
+    return _failure(run_dir, proc.returncode, processes_log=run_dir / rundir.GROUP_LOG)
 
 
 def _renew(sessions: sessionmaker[Session], lease: lease_store.Lease, seconds: float) -> str | None:
@@ -207,7 +210,7 @@ def _renew(sessions: sessionmaker[Session], lease: lease_store.Lease, seconds: f
 def _failure(run_dir: Path, returncode: int | None, *, processes_log: Path) -> GroupResult:
     """The group ended without rank 0's outcome: the earliest failure among the processes'
     error files is the cause (the others fail after it, waiting on a peer that is gone)."""
-    errors = [e for p in run_dir.glob("error-*.json") if (e := read_json(p)) is not None]
+    errors = [e for p in run_dir.glob("error-*.json") if (e := rundir.read_json(p)) is not None]
     if errors:
         first = min(errors, key=lambda e: float(e.get("time", 0.0)))
         return GroupResult("failed", error=first["error"], traceback=first.get("traceback", ""))
@@ -241,22 +244,6 @@ def stop_group(proc: subprocess.Popen[bytes] | None, run_dir: Path) -> None:
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Written whole or not at all (a reader never sees half), readable by this user only."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _tail(path: Path, max_bytes: int = 6000) -> str:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from tas.core.distributed import DataParallel, GroupEnv
 from tas.core.errors import TrainingError
 from tas.settings import Settings
 from tas.store.engine import make_engine, make_sessionmaker
-from worker import group, runner
+from worker import rundir, runner
 
 log = logging.getLogger("worker.ranks")
 
@@ -72,7 +73,9 @@ def _error_record(exc: BaseException, rank: int, world: int) -> dict[str, Any]:
             "hint": "the traceback is in the job's log",
             "stage": None,
         }
-    error["message"] = f"process {rank} of {world}: {error.get('message')}"
+    label = f"process {rank} of {world}: "
+    if not str(error.get("message", "")).startswith(label):  # the pipeline's errors say it
+        error["message"] = label + str(error.get("message"))
     return {
         "rank": rank,
         "time": time.time(),
@@ -81,8 +84,28 @@ def _error_record(exc: BaseException, rank: int, world: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    group.die_with_parent()
+#: What a rank runs once it is in the group: (the run, the settings, its place in the group).
+Body = Callable[[dict[str, Any], Settings, DataParallel], None]
+
+
+def run_rank(run: dict[str, Any], settings: Settings, parallel: DataParallel) -> None:
+    """Rank 0 runs the job and reports for it (its outcome goes to the launcher); the others
+    train their share."""
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    if parallel.rank == 0:
+        run_dir = Path(run["run_dir"])
+        outcome = runner.run_first_rank(
+            run, settings, sessions, parallel, StopFile(run_dir / rundir.STOP_FILE)
+        )
+        rundir.write_json(
+            run_dir / rundir.OUTCOME_FILE, {"status": outcome.status, "queue": outcome.queue}
+        )
+    else:
+        runner.run_replica(run, settings, sessions, parallel)
+
+
+def main(argv: list[str] | None = None, body: Body = run_rank) -> int:
+    rundir.die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     run_dir = Path(args[0])
     env = GroupEnv.read()
@@ -90,14 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         print("worker.ranks runs under torchrun with WORLD_SIZE > 1", file=sys.stderr)
         return 2
     (run_dir / f"rank-{env.rank}.pid").write_text(str(os.getpid()))
-    run = group.read_json(run_dir / group.RUN_FILE)
-    settings = Settings(**run["settings"])
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s rank {env.rank} %(levelname)s %(name)s: %(message)s",
     )
     parallel: DataParallel | None = None
     try:
+        run = rundir.read_json(run_dir / rundir.RUN_FILE) | {"run_dir": str(run_dir)}
+        settings = Settings(**run["settings"])
         device = _device(run["spec"], settings, env)
         parallel = DataParallel(
             env,
@@ -105,18 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=settings.distributed_timeout_s,
             wait_s=settings.distributed_wait_s,
         )
-        sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-        if env.rank == 0:
-            outcome = runner.run_first_rank(
-                run, settings, sessions, parallel, StopFile(run_dir / group.STOP_FILE)
-            )
-            group.write_json(
-                run_dir / group.OUTCOME_FILE, {"status": outcome.status, "queue": outcome.queue}
-            )
-        else:
-            runner.run_replica(run, settings, sessions, parallel)
+        body(run, settings, parallel)
     except BaseException as exc:
-        group.write_json(
+        rundir.write_json(
             run_dir / f"error-{env.rank}.json", _error_record(exc, env.rank, env.world)
         )
         log.exception("process %d of %d failed", env.rank, env.world)

@@ -33,7 +33,6 @@ from tas.store import registry as registry_store
 from tas.store import sources
 from tas.store.artifacts import open_artifacts
 from tas.store.orm import Job, JobStatus
-from worker import group
 from worker.gate import PREEMPT
 from worker.joblog import JobLogBuffer, capture
 from worker.reporter import DbReporter, jsonable
@@ -111,50 +110,6 @@ def _data_source(
     return source
 
 
-def run_job(
-    job_id: str, *, settings: Settings, sessions: sessionmaker[Session], owner: str
-) -> Outcome:
-    outcome = _run_job(job_id, settings=settings, sessions=sessions, owner=owner)
-    log.info("settled job %s as %s (owner %s)", job_id, outcome.status, owner)
-    return outcome
-
-
-def _run_job(
-    job_id: str, *, settings: Settings, sessions: sessionmaker[Session], owner: str
-) -> Outcome:
-    with sessions() as s:
-        lease = lease_store.claim(s, job_id, owner, settings.lease_seconds)
-        if lease is None:
-            settled = lease_store.fail_unclaimable(s, job_id, log_store.LogLimits.of(settings))
-            s.commit()
-            log.info(
-                "job %s not claimed (%s)", job_id, settled.status if settled else "busy or done"
-            )
-            return Outcome(job_id, "skipped")
-        s.commit()
-        job = s.get(Job, job_id)
-        assert job is not None
-        raw_spec, tenant = job.spec, job.tenant
-        pinned = (job.result or {}).get("init_from")
-        logbook = JobLogBuffer(lease.attempt, owner)
-        logbook.add(run_started(job, lease))
-    log.info("claimed job %s attempt %d as %s", job_id, lease.attempt, owner)
-    _drop_earlier_scratch(settings, job_id, tenant, lease.attempt)
-    # `held`: what the run reads from this machine's object cache, kept from eviction until
-    # the run has ended.
-    with capture(logbook), contextlib.ExitStack() as held:
-        try:
-            if _processes(raw_spec) > 1:
-                return _run_group(
-                    job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions
-                )
-            return _run_claimed(
-                job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions, held
-            )
-        finally:
-            _drop_scratch(settings, job_id, tenant, lease.attempt)
-
-
 _RUN_DIR = re.compile(r"^run-(\d+)$")
 
 
@@ -177,7 +132,7 @@ def job_workdir(settings: Settings, job_id: str, tenant: str, run: int) -> Path:
     return job_store.job_dir(settings.resolved_artifact_dir, job_id, tenant=tenant)
 
 
-def _drop_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> None:
+def drop_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> None:
     """A run's scratch goes when it ends, however it ended: checkpoints, the model and the
     predictions are in the store, and a resume may happen on another machine anyway."""
     if not settings.remote_artifacts:
@@ -187,7 +142,7 @@ def _drop_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> Non
         scratch_dir(settings, job_id, tenant).rmdir()
 
 
-def _drop_earlier_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> None:
+def drop_earlier_scratch(settings: Settings, job_id: str, tenant: str, run: int) -> None:
     """What earlier runs of the job left on this machine (a run killed with its process, or one
     fenced out by this one, whose files no longer count)."""
     if not settings.remote_artifacts:
@@ -211,87 +166,6 @@ def run_started(job: Job, lease: lease_store.Lease) -> str:
     return text
 
 
-def _processes(raw_spec: dict[str, Any]) -> int:
-    """The job's processes (a spec that does not validate runs in one, and fails there)."""
-    try:
-        return int(JobSpec.model_validate(raw_spec).resources.processes)
-    except Exception:
-        return 1
-
-
-def _run_group(
-    job_id: str,
-    raw_spec: dict[str, Any],
-    tenant: str,
-    pinned: dict[str, Any] | None,
-    lease: lease_store.Lease,
-    logbook: JobLogBuffer,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-) -> Outcome:
-    """A data-parallel job: its processes run as a torchrun group (`worker.group`); rank 0 runs
-    `run_first_rank`, the others `run_replica`. This process settles only what rank 0 could not:
-    a failed process, a lost lease, a cancel the group did not honour in time."""
-    spec = JobSpec.model_validate(raw_spec)
-    limits = log_store.LogLimits.of(settings)
-    settle = _Settle(sessions, lease, logbook, limits)
-
-    def launched(pid: int) -> None:  # the run's first lines, before the ranks write theirs
-        with sessions() as s:
-            settle.write_logs(
-                s,
-                f"started {spec.resources.processes} data-parallel processes through torchrun"
-                f" (pid {pid})",
-            )
-            s.commit()
-
-    run = {
-        "job_id": job_id,
-        "tenant": tenant,
-        "spec": raw_spec,
-        "pinned": pinned,
-        "lease": {"job_id": lease.job_id, "owner": lease.owner, "attempt": lease.attempt},
-        "settings": settings_payload(settings),
-    }
-    ended = group.run_group(
-        run,
-        processes=spec.resources.processes,
-        settings=settings,
-        sessions=sessions,
-        lease=lease,
-        preempt=PREEMPT,
-        on_launch=launched,
-    )
-    if ended.kind == "outcome":
-        return Outcome(job_id, str(ended.outcome.get("status")), ended.outcome.get("queue"))
-    if ended.kind == "lease_lost":
-        return Outcome(job_id, "skipped")
-    if ended.kind == "cancelled":
-        return _stopped(settle, None, "cancelled")
-    error = public_error(ended.error, settings)
-    where = f" in stage {error['stage']}" if error.get("stage") else ""
-    tb = public_error({"message": ended.traceback}, settings)["message"]
-    logbook.add(
-        f"failed{where}: {error.get('type')}: {error.get('message')}\n{tb}".rstrip(),
-        level="error",
-    )
-    return _failed(settle, None, error)
-
-
-def settings_payload(settings: Settings) -> dict[str, Any]:
-    """The settings as every rank of a group rebuilds them (`Settings(**payload)`): the values
-    this worker runs with, secrets included (the run file is readable by this user only)."""
-    out: dict[str, Any] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        elif isinstance(value, Path):
-            value = str(value)
-        out[name] = value
-    return out
-
-
 def run_first_rank(
     run: dict[str, Any],
     settings: Settings,
@@ -304,7 +178,7 @@ def run_first_rank(
     lease = lease_store.Lease(**run["lease"])
     logbook = JobLogBuffer(lease.attempt, lease.owner)
     with capture(logbook), contextlib.ExitStack() as held:
-        return _run_claimed(
+        return run_claimed(
             run["job_id"],
             run["spec"],
             run["tenant"],
@@ -359,7 +233,7 @@ def _run_context(
     )
 
 
-def _run_claimed(
+def run_claimed(
     job_id: str,
     raw_spec: dict[str, Any],
     tenant: str,
@@ -376,7 +250,7 @@ def _run_claimed(
     spec = JobSpec.model_validate(raw_spec)
     reporter: DbReporter | None = None
     limits = log_store.LogLimits.of(settings)
-    settle = _Settle(sessions, lease, logbook, limits)
+    settle = Settle(sessions, lease, logbook, limits)
     try:
         data = job_data(sessions, spec, tenant, pinned, settings, held)
         info = data.source.info
@@ -397,11 +271,11 @@ def _run_claimed(
         result = run_pipeline(spec, info, ctx, reporter, load=data.source.load)
         _trim_cache(settings)
     except Stopped as stop:
-        return _stopped(settle, reporter, stop.reason)
+        return stopped(settle, reporter, stop.reason)
     except TrainingError as exc:
         error = public_error(exc.to_error_dict(), settings)
         logbook.add(failure_line(error, settings), level="error")
-        return _failed(settle, reporter, error)
+        return failed(settle, reporter, error)
     except Exception as exc:
         stage = reporter.stage if reporter else None
         log.exception("job %s failed in stage %s", job_id, stage)
@@ -417,12 +291,12 @@ def _run_claimed(
             settings,
         )
         logbook.add(failure_line(error, settings), level="error")
-        return _failed(settle, reporter, error)
+        return failed(settle, reporter, error)
     finally:
         if reporter is not None:
             reporter.close()
     if result.status != "succeeded":
-        return _stopped(settle, reporter, result.status, result)
+        return stopped(settle, reporter, result.status, result)
     return _succeeded(settle, reporter, result)
 
 
@@ -452,7 +326,7 @@ def failure_line(error: dict[str, Any], settings: Settings) -> str:
 
 
 @dataclass
-class _Settle:
+class Settle:
     """What ending a run writes with: its lease, and its log's last lines, written in the same
     transaction as the job's new status (a client that sees it failed finds why in the log)."""
 
@@ -526,7 +400,7 @@ def _final_flush(reporter: DbReporter | None) -> None:
             log.exception("final flush failed")
 
 
-def _succeeded(settle: _Settle, reporter: DbReporter | None, result: PipelineResult) -> Outcome:
+def _succeeded(settle: Settle, reporter: DbReporter | None, result: PipelineResult) -> Outcome:
     _final_flush(reporter)
     from tas.core.artifact import load_card
 
@@ -598,7 +472,7 @@ def _result_dict(result: PipelineResult, **extra: Any) -> dict[str, Any]:
     return out
 
 
-def _failed(settle: _Settle, reporter: DbReporter | None, error: dict[str, Any]) -> Outcome:
+def failed(settle: Settle, reporter: DbReporter | None, error: dict[str, Any]) -> Outcome:
     _final_flush(reporter)
     lease = settle.lease
     with settle.sessions() as s:
@@ -609,8 +483,8 @@ def _failed(settle: _Settle, reporter: DbReporter | None, error: dict[str, Any])
     return Outcome(lease.job_id, JobStatus.failed.value if ok else "skipped")
 
 
-def _stopped(
-    settle: _Settle,
+def stopped(
+    settle: Settle,
     reporter: DbReporter | None,
     reason: str,
     result: PipelineResult | None = None,

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tas.queue import RUN_JOB, TasCelery, send_job
 from tas.store.engine import make_engine, make_sessionmaker
+from worker.claim import run_job
 from worker.gate import PREEMPT, JobRequest, job_strategy
-from worker.runner import run_job
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ def run_job_task(self: Task, job_id: str) -> str:
         # worker (or this one's next start) resumes it now rather than when the reaper looks.
         # This worker's own gate hands the message back if it arrives while it stops.
         send_job(self.app, job_id, outcome.queue or "default", resumed=True)
+    elif outcome.status == "busy":
+        # Its GPUs stayed busy: unclaimed, it goes back to the end of its queue, for whichever
+        # worker has them free first (this one tries again only after its other messages).
+        send_job(self.app, job_id, outcome.queue or "default")
     return outcome.status
 
 

@@ -77,6 +77,9 @@ class Solo:
     def wait_for_main(self) -> None:
         return None
 
+    def barrier(self) -> None:
+        return None
+
     def main_done(self) -> None:
         return None
 
@@ -132,11 +135,13 @@ class DataParallel(Solo):
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=device if device.type == "cuda" else None,
         )
-        control = dist.new_group(
-            backend="gloo", timeout=datetime.timedelta(seconds=max(wait_s, timeout_s))
-        )
-        assert isinstance(control, dist.ProcessGroup)  # every rank is a member
-        self.control = control
+        #: Host-side agreements at every step: bounded like the training's collectives.
+        self.control = _gloo_group(timeout_s)
+        #: The other ranks' waits while rank 0 works alone (the data, an evaluation, a
+        #: checkpoint), bounded by `wait_s`: only ever a broadcast from rank 0, which rank 0
+        #: sends without waiting, so rank 0 itself never waits on a silent peer for that long.
+        self.patient = _gloo_group(max(wait_s, timeout_s))
+        self._go = torch.zeros(1, dtype=torch.int64)
         #: Every process's pid, on rank 0 (the job's log names them).
         self.pids = self.gather(os.getpid())
         self._flag = torch.zeros(1, dtype=torch.int64)
@@ -180,7 +185,7 @@ class DataParallel(Solo):
     def from_main(self, fn: Callable[[], T]) -> T:
         """`fn()` run on rank 0 only; its (picklable, our own) result on every rank."""
         box: list[Any] = [fn() if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, group=self.control)
+        dist.broadcast_object_list(box, src=0, group=self.patient)
         return box[0]  # type: ignore[no-any-return]
 
     def gather(self, obj: T) -> list[T] | None:
@@ -188,6 +193,10 @@ class DataParallel(Solo):
         out: list[Any] | None = [None] * self.world if self.rank == 0 else None
         dist.gather_object(obj, out, dst=0, group=self.control)
         return out
+
+    def barrier(self) -> None:
+        """The other ranks wait here until rank 0 has done its own work (and called it too)."""
+        dist.broadcast(self._go, src=0, group=self.patient)
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Make every rank's buffers rank 0's (the last step updated each rank's own)."""
@@ -197,11 +206,11 @@ class DataParallel(Solo):
     def wait_for_main(self) -> None:
         """The other ranks wait here while rank 0 prepares what they then read (the data)."""
         if self.rank != 0:
-            dist.barrier(group=self.control)
+            self.barrier()
 
     def main_done(self) -> None:
         if self.rank == 0:
-            dist.barrier(group=self.control)
+            self.barrier()
 
     def weights_digests(self, model: nn.Module) -> list[str]:
         """Every rank's digest of its weights and buffers, on rank 0 (a check that DDP kept the
@@ -215,6 +224,12 @@ class DataParallel(Solo):
 
 #: Stop reasons `agree` carries as a code (index 0: go on).
 _STOP_CODES: tuple[str | None, ...] = (None, "cancelled", "preempted", "lease_lost", TIME_LIMIT)
+
+
+def _gloo_group(timeout_s: float) -> dist.ProcessGroup:
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+    return group
 
 
 def state_digest(model: nn.Module) -> str:

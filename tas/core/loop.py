@@ -239,12 +239,12 @@ class Trainer:
         augment: AugmentFn | None = None,
         on_epoch_start: Callable[[int], None] | None = None,
         parallel: Solo = SOLO,
-        net: nn.Module | None = None,
+        net: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         #: What the training step calls: the model, or a wrapper of it (DDP, torch.compile) whose
         #: parameters are the model's; checkpoints, evaluation and best weights use `model`.
-        self.net = net if net is not None else model
+        self.net: Callable[[torch.Tensor], torch.Tensor] = net if net is not None else model
         self.parallel = parallel
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -295,7 +295,7 @@ class Trainer:
                     break
                 if self.on_epoch_start is not None:
                     self.on_epoch_start(epoch)
-                self.net.train()  # (`on_epoch_start` may have wrapped the model anew)
+                model.train()
                 order = parallel.shard(
                     epoch_order(cfg.seed, epoch, total, batches.order_device, n), bs
                 )

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from tas.core import predictions
+from tas.core.acceleration import accelerate
 from tas.core.artifact import ModelCard, count_parameters, save_model
 from tas.core.augment import BatchAugment, build_augment
 from tas.core.batches import data_bytes, fits_on_device
@@ -267,9 +268,24 @@ def run_pipeline(
         )
     except TrainingError as exc:
         exc.stage = exc.stage or stage.current
-        raise
+        raise _in_group(exc, ctx.parallel) from None
     except Exception as exc:
-        raise as_training_error(exc, stage.current) from exc
+        raise _in_group(as_training_error(exc, stage.current), ctx.parallel) from exc
+
+
+def _in_group(exc: TrainingError, parallel: Solo) -> TrainingError:
+    """A data-parallel run's error says which process failed; a collective that timed out says
+    what that means (a peer that hung or vanished) and what happens next."""
+    if parallel.world == 1:
+        return exc
+    exc.message = f"process {parallel.rank} of {parallel.world}: {exc.message}"
+    if "Timed out" in exc.message or "Connection closed by peer" in exc.message:
+        exc.hint = (
+            "another process of the job stopped answering (hung, or killed) for longer than"
+            " TAS_DISTRIBUTED_TIMEOUT_S; the job runs again from its last checkpoint if it has"
+            " attempts left"
+        )
+    return exc
 
 
 def _run(
@@ -544,6 +560,8 @@ class _Trained:
     data: dict[str, Any]
     #: Data-parallel runs: {"processes", "backend", "weights_sha256", "identical_weights"}.
     distributed: dict[str, Any] | None = None
+    #: {"channels_last": bool, "compile": bool or why it fell back}.
+    acceleration: dict[str, Any] = field(default_factory=dict)
 
 
 def _train(
@@ -571,6 +589,8 @@ def _train(
     )
     latest = checkpoints.load_latest_valid(map_location=device)
     model, transfer = _build_model(spec, info, ctx, loss, device, resuming=latest is not None)
+    # The layout is final before the optimizer, the checkpoint and DDP see the parameters.
+    acc = accelerate(model, t.channels_last, t.compile, info.input_shape, device)
     opt = _build_optimization(spec, model, transfer, len(prepared.train), device)
     fingerprint = spec_fingerprint(spec)
     parallel = ctx.parallel
@@ -579,7 +599,9 @@ def _train(
 
     augment = build_augment(spec.dataset.augment)
     # Wrapped after the resume: every process starts from the checkpoint's weights.
-    net = parallel.wrap(model)
+    def forward_of(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return acc.training_forward(parallel.wrap(model))
+
     if parallel.world > 1 and parallel.is_main:
         log.info(
             "training in %d processes on %s (%s), pids %s",
@@ -598,14 +620,15 @@ def _train(
         scaler=opt.live.scaler,
         autocast=opt.precision.autocast(device),
         on_checkpoint=_checkpointer(spec, fingerprint, checkpoints, opt.live, hooks, parallel),
-        augment=augment,
+        augment=acc.batches(augment),
         on_epoch_start=transfer.at_epoch,
         parallel=parallel,
-        net=net,
+        net=forward_of(model),
     )
     if parallel.world > 1:
-        trainer.on_epoch_start = _unfreezer(transfer, parallel, trainer)
+        trainer.on_epoch_start = _unfreezer(transfer, trainer, forward_of)
     data = _train_data(prepared, loss, target_scaler, device, ctx.device_data_mb)
+    data.transform = acc.inputs(data.transform)
     state = trainer.fit(data, state)
     replicas = _replicas(parallel, model)
     weights = _keep_weights(t.keep, has_val, model, trainer, checkpoints, state, monitor, device)
@@ -627,10 +650,15 @@ def _train(
             "dtype": str(data.X.dtype).removeprefix("torch."),
         },
         distributed=replicas,
+        acceleration=acc.outputs(),
     )
 
 
-def _unfreezer(transfer: Transfer, parallel: Solo, trainer: Trainer) -> Callable[[int], None]:
+def _unfreezer(
+    transfer: Transfer,
+    trainer: Trainer,
+    forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]],
+) -> Callable[[int], None]:
     """A data-parallel run's `on_epoch_start`: the transfer's unfreezing, then the model wrapped
     again when more of it trains from now on (DDP synchronises the gradients of the parameters
     that trained when it wrapped the model; every process does this at the same epoch)."""
@@ -640,7 +668,7 @@ def _unfreezer(transfer: Transfer, parallel: Solo, trainer: Trainer) -> Callable
         before = [p.requires_grad for p in model.parameters()]
         transfer.at_epoch(epochs_done)
         if [p.requires_grad for p in model.parameters()] != before:
-            trainer.net = parallel.wrap(model)
+            trainer.net = forward_of(model)
 
     return at_epoch
 
@@ -805,6 +833,7 @@ def _checkpointer(
     def save(state: LoopState, metrics: dict[str, float] | None) -> CheckpointRecord | None:
         ranks = parallel.gather(capture_rng()) if parallel.world > 1 else None
         if not parallel.is_main:
+            parallel.barrier()  # while the first process writes it
             return None
         record = save_training(
             checkpoints,
@@ -817,6 +846,7 @@ def _checkpointer(
             job=spec.name,
             rank_rng=ranks,
         )
+        parallel.barrier()
         hooks.checkpoint_saved(record)
         return record
 
@@ -944,6 +974,7 @@ def _train_outputs(trained: _Trained, target_scaler: TargetScaler | None) -> dic
         "augment": trained.augment.describe() if trained.augment is not None else None,
         "data": trained.data,
         "distributed": trained.distributed,
+        **trained.acceleration,
         "weights": trained.weights,
         "target_scaling": target_scaler.to_dict() if target_scaler is not None else None,
     }

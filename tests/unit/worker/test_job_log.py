@@ -23,7 +23,7 @@ from tas.store import leases as lease_store
 from tas.store import logs as log_store
 from tas.store.migrate import upgrade
 from tas.store.orm import Job, JobLog
-from worker import runner
+from worker import claim, runner
 from worker.gate import PREEMPT
 from worker.joblog import JobLogBuffer, capture
 from worker.reporter import DbReporter, epoch_summary, stage_summary
@@ -200,7 +200,7 @@ def submit(sessions: sessionmaker[Session], settings: Settings, body: dict[str, 
 
 
 def run(sessions: sessionmaker[Session], settings: Settings, job_id: str) -> Job:
-    runner.run_job(job_id, settings=settings, sessions=sessions, owner=OWNER)
+    claim.run_job(job_id, settings=settings, sessions=sessions, owner=OWNER)
     with sessions() as s:
         job = s.get(Job, job_id)
         assert job is not None

@@ -21,7 +21,7 @@ from tas.settings import Settings
 from tas.store import jobs as job_store
 from tas.store.migrate import upgrade
 from tas.store.orm import Job, JobStage
-from worker.runner import run_job
+from worker.claim import run_job
 
 
 @pytest.fixture

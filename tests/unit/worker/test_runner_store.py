@@ -21,8 +21,9 @@ from tas.store import jobs as job_store
 from tas.store.leases import Lease
 from tas.store.migrate import upgrade
 from tas.store.orm import Checkpoint, Job, ModelVersion
+from worker.claim import run_job
 from worker.reporter import DbReporter
-from worker.runner import job_workdir, public_error, run_job, scratch_dir
+from worker.runner import job_workdir, public_error, scratch_dir
 
 
 @pytest.fixture

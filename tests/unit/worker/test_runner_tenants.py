@@ -17,7 +17,7 @@ from tas.store import jobs as job_store
 from tas.store.orm import Job, ModelVersion
 from tests.helpers.api import migrated_settings
 from tests.helpers.specs import iris_spec
-from worker.runner import run_job
+from worker.claim import run_job
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ from tas.store import jobs as job_store
 from tas.store import registry as registry_store
 from tas.store.migrate import upgrade
 from tas.store.orm import Dataset, Job, JobStatus, ModelVersion
-from worker.runner import job_data, run_job
+from worker.claim import run_job
+from worker.runner import job_data
 
 CSV = b"a,b,label\n" + b"".join(
     f"{i % 7},{(i * 3) % 5},{'yes' if i % 7 > 3 else 'no'}\n".encode() for i in range(80)

@@ -252,7 +252,7 @@ def test_a_job_on_another_machine_trains_on_the_uploaded_dataset(
     the store reads the upload through its cache and trains."""
     from tas.store import jobs as job_store
     from tas.store.orm import Job
-    from worker.runner import run_job
+    from worker.claim import run_job
 
     rows = b"".join(f"{i % 5},{(i * 3) % 7},{'xy'[i % 2]}\n".encode() for i in range(200))
     ds = client.post("/datasets", files={"file": ("t.csv", b"a,b,label\n" + rows, "text/csv")})

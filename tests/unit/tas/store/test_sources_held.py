@@ -28,7 +28,7 @@ from tas.store import weights as weights_store
 from tas.store.artifacts import open_artifacts
 from tas.store.orm import Job, WeightsFile
 from tests.helpers.api import migrated_settings
-from worker import runner
+from worker import claim, runner
 
 DATA = safetensors.torch.save({"w": torch.arange(6.0)})
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -131,7 +131,7 @@ def test_the_worker_holds_the_init_from_file_for_the_whole_run(
         job.result = {"init_from": weights}
         s.commit()
         job_id = job.id
-    assert runner.run_job(job_id, settings=settings, sessions=sessions, owner="t").status == (
+    assert claim.run_job(job_id, settings=settings, sessions=sessions, owner="t").status == (
         "failed"
     )
     assert read == [DATA]
