@@ -280,12 +280,12 @@ class Trainer:
         steps = math.ceil(n / bs)
         # Batch sizes per step (the last batch may be short): weights of the epoch's mean loss,
         # this process's share and the whole batch's.
-        self._batches = torch.full((steps,), float(bs), device=device)
-        self._batches[-1] = float(n - bs * (steps - 1))
-        self._weights = self._share(self._batches)
+        self._batch_sizes = torch.full((steps,), float(bs), device=device)
+        self._batch_sizes[-1] = float(n - bs * (steps - 1))
+        self._weights = self._share(self._batch_sizes)
         # The last batch's shares may differ by one sample: its loss is weighted so that the
         # averaged gradient is still the batch's mean (1 for every other step).
-        grad_scale = (self._weights * parallel.world / self._batches).tolist()
+        grad_scale = (self._weights * parallel.world / self._batch_sizes).tolist()
         self._clock = _Clock(state, cfg, steps, n)
         step_every = cfg.scheduler_interval == "step" and self.scheduler is not None
 
@@ -343,13 +343,13 @@ class Trainer:
         self._clock.finish(state, self.hooks)
         return state
 
-    def _share(self, batches: torch.Tensor) -> torch.Tensor:
+    def _share(self, sizes: torch.Tensor) -> torch.Tensor:
         """This process's samples of each step's batch (`Solo`: the whole batch): the strided
         share of `tas.core.distributed.DataParallel.shard`, ceil((size - rank) / N)."""
         world, rank = self.parallel.world, self.parallel.rank
         if world == 1:
-            return batches
-        return torch.div(batches - rank - 1, world, rounding_mode="floor") + 1
+            return sizes
+        return torch.div(sizes - rank - 1, world, rounding_mode="floor") + 1
 
     def _scaled_step(self, loss: torch.Tensor) -> None:
         """fp16: scale the loss so small gradients survive, unscale before clipping."""
@@ -392,7 +392,7 @@ class Trainer:
         naming the first step where it appeared."""
         assert state.step_losses is not None
         sums = self.parallel.sum(state.step_losses[lo:hi] * self._weights[lo:hi])
-        batches = self._batches[lo:hi]
+        batches = self._batch_sizes[lo:hi]
         value = float(sums.sum() / batches.sum())
         if not math.isfinite(value):
             bad = torch.nonzero(~torch.isfinite(sums)).flatten()
