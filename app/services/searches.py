@@ -247,7 +247,8 @@ def _check_space(checker: _Checker, space: space_mod.Space, *, whole_grid: bool)
     problems: Problems = []
     blamed: set[str | None] = set()
     for probe in space_mod.probes(space, whole_grid=whole_grid):
-        if probe.blame in blamed:
+        if probe.blame in blamed or (probe.blame is None and problems):
+            # One problem per path; a corner only when no single value explains it.
             continue
         found = checker.problems(probe.params)
         if not found:

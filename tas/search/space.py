@@ -272,18 +272,18 @@ def _ends(p: Param) -> list[Any]:
 
 def probes(space: Space, *, whole_grid: bool = False) -> Iterator[Probe]:
     """Parameter sets whose specs must all be valid for the space to be accepted: each value of
-    `_ends` with the others at their first value (blaming that parameter), then the corners.
-    `whole_grid`: every combination instead (a small grid search, which runs exactly these)."""
+    `_ends` with the others at their first value (blaming that parameter), then the all-low and
+    all-high corners, or with `whole_grid` every combination (a small grid search, which runs
+    exactly these)."""
     ends = {path: _ends(p) for path, p in space.items()}
-    if whole_grid:
-        paths = list(ends)
-        for combo in itertools.product(*(ends[p] for p in paths)):
-            params = dict(zip(paths, combo, strict=True))
-            yield Probe(params, paths[0] if len(paths) == 1 else None)
-        return
     first = {path: values[0] for path, values in ends.items()}
     for path, values in ends.items():
         for value in values:
             yield Probe({**first, path: value}, path)
-    yield Probe({path: values[0] for path, values in ends.items()}, None)
+    if whole_grid:
+        paths = list(ends)
+        for combo in itertools.product(*(ends[p] for p in paths)):
+            yield Probe(dict(zip(paths, combo, strict=True)), None)
+        return
+    yield Probe(first, None)
     yield Probe({path: values[-1] for path, values in ends.items()}, None)

@@ -152,5 +152,8 @@ def test_a_small_grid_is_probed_whole() -> None:
             "model.hidden": {"type": "categorical", "choices": [[8], [16], [32]]},
         }
     )
-    combos = [p.params for p in sp.probes(space, whole_grid=True)]
+    probes = list(sp.probes(space, whole_grid=True))
+    assert [p.blame for p in probes[:5]] == ["training.lr"] * 2 + ["model.hidden"] * 3
+    combos = [p.params for p in probes[5:]]
+    assert all(p.blame is None for p in probes[5:])
     assert len(combos) == 6 and len({str(c) for c in combos}) == 6

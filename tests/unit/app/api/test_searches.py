@@ -1,0 +1,281 @@
+"""The searches API in process: a space that can produce an invalid job spec is a 422 naming the
+path (checked as POST /jobs checks a spec), the grid and objective rules, reading, paging,
+cancel, and a trial's job in /jobs. The controller is stepped by hand (the app's loop is off)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.services import searches as search_service
+from tas.search import study as study_mod
+from tas.search.controller import Controller
+from tas.settings import Settings
+from tas.store import searches as search_store
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.unit_of_work import unit_of_work
+from tests.helpers.api import RecordingPublisher
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": "lr-search",
+        "spec": {
+            "dataset": {"name": "digits"},
+            "model": {"arch": "mlp", "hidden": [16]},
+            "training": {"epochs": 2, "optimizer": "adam"},
+        },
+        "space": {"training.lr": {"type": "float", "low": 0.0001, "high": 0.1, "log": True}},
+        "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        "sampler": {"type": "random", "seed": 1},
+        "pruner": {"type": "median"},
+        "max_trials": 4,
+        "max_concurrent": 2,
+    }
+    out.update(overrides)
+    return out
+
+
+def problems(r: Any) -> list[tuple[list[Any], str]]:
+    assert r.status_code == 422, r.text
+    return [(p["loc"], p["msg"]) for p in r.json()["detail"]]
+
+
+def test_a_search_is_created_queued_with_what_it_was_given(client: TestClient) -> None:
+    r = client.post("/searches", json=body(model_name="digits-best"))
+    assert r.status_code == 201, r.text
+    s = r.json()
+    assert r.headers["location"] == f"/searches/{s['id']}"
+    assert s["status"] == "queued" and s["trials"] == [] and s["best"] is None
+    assert s["objective"] == {"metric": "val_accuracy", "direction": "maximize"}
+    assert s["sampler"] == {"type": "random", "seed": 1}
+    assert s["pruner"] == {"type": "median", "startup_trials": 5, "warmup_epochs": 0}
+    assert s["space"]["training.lr"] == {
+        "type": "float",
+        "low": 0.0001,
+        "high": 0.1,
+        "log": True,
+    }
+    assert (s["max_trials"], s["max_concurrent"], s["model_name"]) == (4, 2, "digits-best")
+    assert s["counts"] == {"running": 0, "complete": 0, "pruned": 0, "failed": 0}
+    assert s["importances"] is None and s["model"] is None and s["finished_at"] is None
+    assert client.get(f"/searches/{s['id']}").json()["id"] == s["id"]
+
+
+@pytest.mark.parametrize(
+    ("space", "path", "says"),
+    [
+        # a bound the spec's own field refuses
+        (
+            {"training.batch_size": {"type": "int", "low": 0, "high": 64, "step": 32}},
+            "training.batch_size",
+            "training.batch_size = 0 makes a job spec that is refused at training.batch_size",
+        ),
+        # a choice the spec's registry does not know
+        (
+            {"training.optimizer": {"type": "categorical", "choices": ["adam", "rmsprop"]}},
+            "training.optimizer",
+            '"rmsprop" makes a job spec that is refused at training.optimizer',
+        ),
+        # a choice the dataset refuses (BCE on 10 classes): the dataset's spec_problems
+        (
+            {"training.loss": {"type": "categorical", "choices": ["cross_entropy", "bce"]}},
+            "training.loss",
+            "at most 2 classes",
+        ),
+        # a model too big for the deployment: the size check of a submit
+        (
+            {"model.hidden": {"type": "categorical", "choices": [[16], [65536, 65536, 65536]]}},
+            "model.hidden",
+            "parameters",
+        ),
+        # a middle value of a short int range (the global batch must split across processes)
+        (
+            {"training.batch_size": {"type": "int", "low": 32, "high": 36, "step": 2}},
+            "training.batch_size",
+            "= 34 makes a job spec",
+        ),
+        # a value of a whole section
+        (
+            {
+                "training.early_stopping": {
+                    "type": "categorical",
+                    "choices": [None, {"patience": 0}],
+                }
+            },
+            "training.early_stopping",
+            "refused at training.early_stopping.patience",
+        ),
+    ],
+)
+def test_a_space_that_can_make_an_invalid_spec_is_a_422_naming_its_path(
+    client: TestClient, space: dict[str, Any], path: str, says: str, settings: Settings
+) -> None:
+    extra: dict[str, Any] = {}
+    if path == "training.batch_size" and "36" in str(space):
+        extra["spec"] = {**body()["spec"], "resources": {"processes": 4}}
+    if path == "model.hidden":
+        settings.max_parameters = 1_000_000
+    found = problems(client.post("/searches", json=body(space=space, **extra)))
+    assert found[0][0] == ["body", "space", path], found
+    assert says in found[0][1], found
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc", "says"),
+    [
+        (
+            {"space": {"training.lrr": {"type": "float", "low": 0.1, "high": 0.2}}},
+            ["body", "space", "training.lrr"],
+            "did you mean 'lr'",
+        ),
+        (
+            {"space": {"name": {"type": "categorical", "choices": ["a"]}}},
+            ["body", "space", "name"],
+            "cannot be searched",
+        ),
+        (
+            {
+                "space": {
+                    "training": {"type": "categorical", "choices": [{"lr": 0.1}]},
+                    "training.lr": {"type": "float", "low": 0.1, "high": 0.2},
+                }
+            },
+            ["body", "space", "training.lr"],
+            "lies inside 'training'",
+        ),
+        (
+            {"sampler": {"type": "grid"}},
+            ["body", "space", "training.lr"],
+            "a float range has none",
+        ),
+        (
+            {
+                "sampler": {"type": "grid"},
+                "space": {"training.lr": {"type": "categorical", "choices": [0.1, 0.01]}},
+                "max_trials": 3,
+            },
+            ["body", "max_trials"],
+            "the grid has 2 combinations",
+        ),
+        ({"max_trials": None}, ["body", "max_trials"], "required for a random search"),
+        ({"objective": {"metric": "val_r2"}}, ["body", "objective", "metric"], "val_accuracy"),
+        (
+            {"spec": {"dataset": {"name": "digits", "val_fraction": 0.0}}},
+            ["body", "objective", "metric"],
+            "needs a validation split",
+        ),
+        (
+            {"spec": {"dataset": {"name": "digits"}, "training": {"lr": -1}}},
+            ["body", "spec", "training", "lr"],
+            "greater than 0",
+        ),
+        (
+            {"spec": {"dataset": {"name": "digits"}, "training": {"loss": "bce"}}},
+            ["body", "spec", "training", "loss"],
+            "at most 2 classes",
+        ),
+        (
+            {"spec": {"dataset": {"id": "0" * 32}}},
+            ["body", "spec", "dataset", "id"],
+            "no uploaded dataset",
+        ),
+        (
+            {"space": {"training.lr": {"type": "float", "low": 0.1, "high": 0.01}}},
+            ["body", "space", "training.lr", "float"],
+            "must not be above high",
+        ),
+        ({"pruner": {"type": "hyperband"}}, ["body", "pruner"], "asha"),
+        ({"max_concurrent": 0}, ["body", "max_concurrent"], "greater than or equal to 1"),
+    ],
+)
+def test_a_bad_search_is_a_422_naming_the_field(
+    client: TestClient, overrides: dict[str, Any], loc: list[Any], says: str
+) -> None:
+    found = problems(client.post("/searches", json=body(**overrides)))
+    assert any(f[0] == loc and says in f[1] for f in found), found
+
+
+def test_a_grid_search_defaults_to_the_whole_grid(client: TestClient) -> None:
+    r = client.post(
+        "/searches",
+        json=body(
+            sampler={"type": "grid"},
+            space={
+                "training.lr": {"type": "categorical", "choices": [0.1, 0.01]},
+                "training.batch_size": {"type": "int", "low": 32, "high": 96, "step": 32},
+            },
+            max_trials=None,
+        ),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["max_trials"] == 6
+    assert r.json()["objective"]["direction"] == "maximize"
+
+
+def test_the_objective_s_direction_follows_the_metric_when_not_given(client: TestClient) -> None:
+    r = client.post("/searches", json=body(objective={"metric": "val_loss"}))
+    assert r.status_code == 201, r.text
+    assert r.json()["objective"] == {"metric": "val_loss", "direction": "minimize"}
+
+
+def test_searches_are_listed_newest_first_in_pages(client: TestClient) -> None:
+    ids = [client.post("/searches", json=body(name=f"s{i}")).json()["id"] for i in range(3)]
+    first = client.get("/searches", params={"limit": 2}).json()
+    assert [s["id"] for s in first["items"]] == ids[::-1][:2]
+    assert all("trials" not in s and s["trial_count"] == 0 for s in first["items"])
+    rest = client.get("/searches", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [s["id"] for s in rest["items"]] == [ids[0]] and rest["next_cursor"] is None
+    assert client.get("/searches", params={"status": "running"}).json()["items"] == []
+    assert problems(client.get("/searches", params={"status": "done"}))[0][0] == [
+        "query",
+        "status",
+    ]
+    assert client.get("/searches", params={"sort": "name"}).status_code == 422
+    assert client.get("/searches/" + "0" * 32).status_code == 404
+
+
+def test_a_step_starts_trials_as_jobs_and_cancel_stops_them(
+    client: TestClient, settings: Settings, published: RecordingPublisher, tmp_path: Path
+) -> None:
+    search = client.post("/searches", json=body()).json()
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    with unit_of_work(sessions) as s:
+        assert search_store.take_lease(s, search["id"], "me", 30)
+    Controller(
+        sessions=sessions,
+        storage=study_mod.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"),
+        submit=search_service.submitter(settings),
+        publish=published.publish,
+        owner="me",
+        lease_s=30,
+        max_active_jobs=100,
+    ).advance(search["id"])
+    engine.dispose()
+
+    got = client.get(f"/searches/{search['id']}").json()
+    assert got["status"] == "running" and got["started_at"] is not None
+    assert [(t["number"], t["state"]) for t in got["trials"]] == [(0, "running"), (1, "running")]
+    jobs = client.get("/jobs", params={"search_id": search["id"]}).json()["items"]
+    assert sorted((j["trial_number"], j["search_id"]) for j in jobs) == [
+        (0, search["id"]),
+        (1, search["id"]),
+    ]
+    assert {j["id"] for j in jobs} == {t["job_id"] for t in got["trials"]}
+    assert {job_id for job_id, _ in published.published} == {j["id"] for j in jobs}
+    job = client.get(f"/jobs/{jobs[0]['id']}").json()
+    assert job["search_id"] == search["id"] and job["name"].startswith("lr-search-t")
+    lr = next(t for t in got["trials"] if t["job_id"] == job["id"])["params"]["training.lr"]
+    assert job["spec"]["training"]["lr"] == lr
+    assert client.get("/jobs", params={"search_id": "0" * 32}).json()["items"] == []
+
+    cancelled = client.post(f"/searches/{search['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert {client.get(f"/jobs/{j['id']}").json()["status"] for j in jobs} == {"cancelled"}
+    again = client.post(f"/searches/{search['id']}/cancel")
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
