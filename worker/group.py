@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: After rank 0 has written the outcome, how long the others may take to leave.
 AFTER_OUTCOME_S = 10.0
+#: How long a lease that is no longer this run's may be rank 0's own settling of the job (the
+#: database says so before rank 0 has written its outcome for this process).
+LOST_OUTCOME_WAIT_S = 5.0
 #: After a process has reported a failure, how long the others may take to report theirs (the
 #: run is lost: torchrun would wait its own 30 s before killing a process that does not stop).
 AFTER_FAILURE_S = 3.0
@@ -166,6 +169,10 @@ def _supervise(
             next_beat = now + settings.heartbeat_seconds
             beat = _renew(sessions, lease, settings.lease_seconds)
             if beat == "lost":
+                # Rank 0 settling the job ends the lease too: its outcome follows at once.
+                outcome = _outcome_within(proc, run_dir, LOST_OUTCOME_WAIT_S)
+                if outcome is not None:
+                    return GroupResult("outcome", outcome=outcome)
                 log.warning("job %s: lease lost; stopping its process group", lease.job_id)
                 return GroupResult("lease_lost")
             if beat == "cancel" and cancel_seen is None:
@@ -190,6 +197,22 @@ def _supervise(
     if outcome is not None:
         return GroupResult("outcome", outcome=outcome)
     return _failure(run_dir, proc.returncode, processes_log=run_dir / rundir.GROUP_LOG)
+
+
+def _outcome_within(
+    proc: subprocess.Popen[bytes], run_dir: Path, seconds: float
+) -> dict[str, Any] | None:
+    """Rank 0's outcome, if it is written within `seconds` (or before the group ends)."""
+    deadline = time.monotonic() + seconds
+    path = run_dir / rundir.OUTCOME_FILE
+    while True:
+        outcome = rundir.read_json(path)
+        if outcome is not None:
+            return dict(outcome)
+        if time.monotonic() >= deadline or proc.poll() is not None:
+            last = rundir.read_json(path)
+            return dict(last) if last is not None else None
+        time.sleep(POLL_S)
 
 
 def _renew(sessions: sessionmaker[Session], lease: lease_store.Lease, seconds: float) -> str | None:
