@@ -181,6 +181,8 @@ def test_sigterm_to_the_run_checkpoints_the_group_and_resumes_it_to_the_same_wei
     assert done["status"] == "succeeded", (done, stack.logs())
     assert done["preemptions"] >= 1, done
     assert "preempted" in log_text(stack, job)
+    # handed back by the run itself (published again at once), not found later by the reaper
+    assert f"settled job {job} as requeued" in stack.logs(), stack.logs()
     a, b = weights(stack, long_two["id"]), weights(stack, job)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
