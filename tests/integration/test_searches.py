@@ -143,3 +143,39 @@ def test_asha_prunes_trials_early_and_the_best_reaches_095(stack: Stack) -> None
     assert done["model"]["name"] == "asha-best"
     versions = stack.http.get("/models/asha-best").json()["versions"]
     assert [v["job_id"] for v in versions] == [done["best"]["job_id"]]
+
+
+@pytest.mark.timeout(300)
+def test_optuna_keeps_its_tables_and_migrations_apart_from_tas(stack: Stack) -> None:
+    """Optuna creates and migrates its own tables (with its own alembic_version): in a SQLite
+    file of its own beside tas's, or on PostgreSQL in a schema of its own."""
+    import sqlalchemy as sa
+
+    done = searches.wait(
+        stack, searches.create(stack, searches.search_body("apart", max_trials=1))["id"]
+    )
+    assert done["status"] == "succeeded", stack.logs()
+    database = stack.env.get("TAS_DATABASE_URL") or f"sqlite:///{stack.data_dir / 'tas.db'}"
+    tas = sa.create_engine(database)
+    try:
+        with tas.connect() as conn:
+            assert conn.execute(
+                sa.text("SELECT version_num FROM alembic_version")
+            ).scalars().all() == ["0009"]
+            tables = set(sa.inspect(conn).get_table_names())
+            assert "searches" in tables and "trials" not in tables and "studies" not in tables
+            if conn.dialect.name == "postgresql":
+                optuna_tables = set(sa.inspect(conn).get_table_names(schema="optuna"))
+                assert {"studies", "trials", "alembic_version"} <= optuna_tables
+                version = conn.execute(sa.text("SELECT version_num FROM optuna.alembic_version"))
+                assert version.scalar_one() != "0009"
+    finally:
+        tas.dispose()
+    if not stack.env.get("TAS_DATABASE_URL"):
+        optuna_db = sa.create_engine(f"sqlite:///{stack.data_dir / 'optuna.db'}")
+        try:
+            with optuna_db.connect() as conn:
+                tables = set(sa.inspect(conn).get_table_names())
+                assert {"studies", "trials", "alembic_version"} <= tables and "jobs" not in tables
+        finally:
+            optuna_db.dispose()
