@@ -145,13 +145,15 @@ def wait_http(stack: Stack, proc: Proc, timeout: float = 90) -> None:
 
 
 @contextlib.contextmanager
-def embedded_stack(tmp: Path, **env_overrides: str) -> Iterator[Stack]:
+def embedded_stack(
+    tmp: Path, *, serve_args: tuple[str, ...] = (), **env_overrides: str
+) -> Iterator[Stack]:
     """`tas serve`: the API and its embedded worker, SQLite and the filesystem broker."""
     port = free_port()
     env = base_env(tmp / "var", **env_overrides)
     stack = Stack("embedded", f"http://127.0.0.1:{port}", env, tmp / "var", tmp)
     try:
-        serve = spawn("serve", ["serve", "--port", str(port)], env, tmp)
+        serve = spawn("serve", ["serve", "--port", str(port), *serve_args], env, tmp)
         stack.procs.append(serve)
         wait_http(stack, serve)
         yield stack
