@@ -14,7 +14,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -28,12 +28,13 @@ from tas.core.spec import JobSpec, metric_mode, metric_names, spec_problems
 from tas.errors import InvalidInput
 from tas.queue import Publisher
 from tas.search import space as space_mod
-from tas.search import study as study_mod
-from tas.search.controller import Controller
 from tas.search.loop import SearchLoop, new_owner
 from tas.settings import Settings
 from tas.store import searches as search_store
 from tas.store.orm import Job, Search, SearchStatus, SearchTrial, new_id
+
+if TYPE_CHECKING:
+    from tas.search.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def create(session: Session, body: SearchIn, *, tenant: str, settings: Settings)
     problems = [(("body", "spec", *loc[1:]), msg) for loc, msg in checker.problems({})]
     if problems:
         raise InvalidInput(problems)
-    values = space_mod.grid(space)
-    whole = values is not None and space_mod.grid_size(values) <= space_mod.CHECK_WHOLE_GRID
+    size = space_mod.grid_size(space)
+    whole = size is not None and size <= space_mod.CHECK_WHOLE_GRID
     _check_space(checker, space, whole_grid=whole and body.sampler.type == "grid")
     search_id = new_id()
     seed = body.sampler.seed if body.sampler.seed is not None else secrets.randbelow(2**31)
@@ -147,8 +148,8 @@ def _max_trials(body: SearchIn, space: space_mod.Space) -> int:
     if problems:
         raise InvalidInput(problems)
     if body.sampler.type == "grid":
-        values = space_mod.grid(space)
-        if values is None:
+        size = space_mod.grid_size(space)
+        if size is None:
             floats = [p for p, v in space.items() if isinstance(v, space_mod.FloatParam)]
             raise InvalidInput(
                 [
@@ -160,7 +161,6 @@ def _max_trials(body: SearchIn, space: space_mod.Space) -> int:
                     for path in floats
                 ]
             )
-        size = space_mod.grid_size(values)
         if size > space_mod.MAX_GRID:
             raise InvalidInput(
                 [
@@ -403,6 +403,11 @@ def make_loop(
     owner = new_owner()
 
     def controller() -> Controller:
+        # Imported on the first search this process drives: Optuna (and the libraries its
+        # importances need) stay out of an API process that never drives one.
+        from tas.search import study as study_mod
+        from tas.search.controller import Controller
+
         return Controller(
             sessions=sessions,
             storage=study_mod.open_storage(study_mod.storage_url(settings)),

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.storages import RDBStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -58,6 +57,7 @@ from tas.search import study as study_mod
 from tas.store import jobs as job_store
 from tas.store import searches as store
 from tas.store.orm import Job, JobStatus, ModelVersion, Search, SearchStatus, SearchTrial, utcnow
+from tas.store.searches import LeaseLost
 from tas.store.unit_of_work import after_commit, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,6 @@ _STATES = {
     TrialState.PRUNED: "pruned",
     TrialState.FAIL: "failed",
 }
-
-
-class LeaseLost(Exception):
-    """Another process drives the search now: this one stops writing."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +270,8 @@ class Controller:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(complete) < MIN_IMPORTANCE_TRIALS:
             return None
+        from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
         try:
             found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
         except Exception:

@@ -18,12 +18,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas.search.controller import Controller, LeaseLost
 from tas.store import searches as store
+from tas.store.searches import LeaseLost
 from tas.store.unit_of_work import unit_of_work
+
+if TYPE_CHECKING:  # the controller (and Optuna) load on the first search to drive
+    from tas.search.controller import Controller
 
 log = logging.getLogger(__name__)
 

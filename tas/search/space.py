@@ -19,17 +19,14 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from tas.core.spec import JobSpec
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 #: Parameters one search may vary, choices one categorical may list, and combinations a grid
 #: may have: bounds on what one request makes the server check and store.
@@ -129,6 +126,13 @@ def decode(param: Param, raw: Any) -> Any:
 
 
 def distribution(param: Param) -> BaseDistribution:
+    # Imported here: the API process validates spaces without loading Optuna.
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
     if isinstance(param, FloatParam):
         return FloatDistribution(param.low, param.high, log=param.log)
     if isinstance(param, IntParam):
@@ -232,21 +236,28 @@ def trial_name(search_name: str, number: int) -> str:
     return search_name[: 64 - len(suffix)] + suffix
 
 
-def grid(space: Space) -> dict[str, list[Any]] | None:
-    """Every value of every parameter, for a grid search (Optuna's grid takes the encoded
-    choices); None when a parameter is a float range, which has no finite grid."""
-    values: dict[str, list[Any]] = {}
-    for path, p in space.items():
+def grid_size(space: Space) -> int | None:
+    """How many combinations a grid over `space` has (counted, never listed: an int range may
+    hold billions of values); None when a parameter is a float range, which has no finite grid."""
+    sizes = []
+    for p in space.values():
         if isinstance(p, FloatParam):
             return None
+        sizes.append(len(p.values()) if isinstance(p, IntParam) else len(p.choices))
+    return math.prod(sizes)
+
+
+def grid(space: Space) -> dict[str, list[Any]]:
+    """Every value of every parameter, for a grid search (Optuna's grid takes the encoded
+    choices). Only for a space whose `grid_size` was checked to be finite and at most MAX_GRID:
+    no parameter then holds more values than that."""
+    values: dict[str, list[Any]] = {}
+    for path, p in space.items():
+        assert not isinstance(p, FloatParam), "a float range has no grid"
         values[path] = (
             list(p.values()) if isinstance(p, IntParam) else [encode(c) for c in p.choices]
         )
     return values
-
-
-def grid_size(values: Mapping[str, list[Any]]) -> int:
-    return math.prod(len(v) for v in values.values())
 
 
 @dataclass(frozen=True)

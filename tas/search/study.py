@@ -170,9 +170,7 @@ class SearchGrid(GridSampler):
 def make_sampler(sampler: Mapping[str, Any], seed: int, space: space_mod.Space) -> BaseSampler:
     kind = sampler.get("type", "tpe")
     if kind == "grid":
-        values = space_mod.grid(space)
-        assert values is not None, "a grid search's space was checked to have a grid"
-        return SearchGrid(values, seed=seed)
+        return SearchGrid(space_mod.grid(space), seed=seed)
     if kind == "random":
         return PerDrawSampler(lambda s: RandomSampler(seed=s), seed)
     startup = int(sampler.get("startup_trials") or 10)

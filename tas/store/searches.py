@@ -50,6 +50,10 @@ class SearchFinished(Conflict):
         )
 
 
+class LeaseLost(Exception):
+    """Another process drives the search now (`hold_lease` failed): this one stops writing."""
+
+
 def create_search(session: Session, **values: Any) -> Search:
     search = Search(**values)
     session.add(search)

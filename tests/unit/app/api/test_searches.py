@@ -161,6 +161,14 @@ def test_a_space_that_can_make_an_invalid_spec_is_a_422_naming_its_path(
             ["body", "max_trials"],
             "the grid has 2 combinations",
         ),
+        (
+            {
+                "sampler": {"type": "grid"},
+                "space": {"training.seed": {"type": "int", "low": 0, "high": 10**15}},
+            },
+            ["body", "space"],
+            "the grid has 1000000000000001 combinations; at most 10000",
+        ),
         ({"max_trials": None}, ["body", "max_trials"], "required for a random search"),
         ({"objective": {"metric": "val_r2"}}, ["body", "objective", "metric"], "val_accuracy"),
         (

@@ -20,12 +20,13 @@ from app.schemas.searches import SearchIn
 from app.services import searches as search_service
 from tas.core.spec import JobSpec
 from tas.search import study as study_mod
-from tas.search.controller import DISCARDED, Controller, LeaseLost, Step
+from tas.search.controller import DISCARDED, Controller, Step
 from tas.settings import Settings
 from tas.store import registry as registry_store
 from tas.store import searches as search_store
 from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import Job, JobStatus, MetricRow, ModelVersion, Search, utcnow
+from tas.store.searches import LeaseLost
 from tas.store.unit_of_work import unit_of_work
 from tests.helpers.api import migrated_settings
 

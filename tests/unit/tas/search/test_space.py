@@ -106,10 +106,15 @@ def test_a_grid_is_the_product_of_choices_and_stepped_int_ranges() -> None:
             "model.hidden": {"type": "categorical", "choices": [[8], [16]]},
         }
     )
-    values = sp.grid(space)
-    assert values == {"training.batch_size": [32, 64, 96], "model.hidden": ["[8]", "[16]"]}
-    assert sp.grid_size(values) == 6
-    assert sp.grid(sp.parse({"training.lr": {"type": "float", "low": 0.1, "high": 1}})) is None
+    assert sp.grid(space) == {
+        "training.batch_size": [32, 64, 96],
+        "model.hidden": ["[8]", "[16]"],
+    }
+    assert sp.grid_size(space) == 6
+    assert sp.grid_size(sp.parse({"training.lr": {"type": "float", "low": 0.1, "high": 1}})) is None
+    # Counted, never listed: a range of 10**15 values costs nothing to size.
+    huge = sp.parse({"training.seed": {"type": "int", "low": 0, "high": 10**15}})
+    assert sp.grid_size(huge) == 10**15 + 1
 
 
 def test_probes_cover_every_choice_bound_and_both_corners() -> None:
