@@ -71,6 +71,8 @@ Publish = Callable[[str, str], object]
 DISCARDED = "tas:discarded"
 #: Completed trials before parameter importances are computed (fANOVA on fewer says little).
 MIN_IMPORTANCE_TRIALS = 4
+#: Studies a controller keeps open between steps (one per search it drives).
+MAX_KEPT_STUDIES = 256
 #: Tries at the next version number of `model_name` when another registration takes it first.
 VERSION_TRIES = 5
 
@@ -151,12 +153,16 @@ class Controller:
     lease_s: float
     #: TAS_MAX_ACTIVE_JOBS_PER_TENANT: at it, the search waits instead of asking for a trial.
     max_active_jobs: int
+    #: Each search's study, kept between steps: its storage wrapper caches finished trials
+    #: (which never change), so a step reads only the trials still running.
+    _studies: dict[str, Study] = field(default_factory=dict, repr=False)
 
     def advance(self, search_id: str) -> Step:
         """One step of the search (see the module's doc). The caller holds its lease."""
         with unit_of_work(self.sessions) as s:
             row = s.get(Search, search_id)
             if row is None or row.settled:
+                self._studies.pop(search_id, None)
                 return Step()
             search = _Search.of(row)
             jobs = store.trial_jobs(s, search_id)
@@ -193,20 +199,27 @@ class Controller:
         importances = self._importances(study) if completed else None
         self._record(search, updates, to_cancel, importances, step)
         self._start_trials(search, study, frozen, jobs, states, step)
-        if len(jobs) + len(step.started) >= search.max_trials:
+        if step.finished is None and len(jobs) + len(step.started) >= search.max_trials:
             self._maybe_finish(search, study, states, step)
+        if step.finished is not None:
+            self._studies.pop(search_id, None)
         return step
 
     # -- Optuna -------------------------------------------------------------------------------
 
     def _study(self, search: _Search) -> Study:
-        return study_mod.open_study(
-            self.storage,
-            study_name=search.study_name,
-            objective=search.objective,
-            sampler=study_mod.make_sampler(search.sampler, search.seed, search.space),
-            pruner=study_mod.make_pruner(search.pruner),
-        )
+        study = self._studies.get(search.id)
+        if study is None:
+            if len(self._studies) >= MAX_KEPT_STUDIES:
+                self._studies.clear()
+            study = self._studies[search.id] = study_mod.open_study(
+                self.storage,
+                study_name=search.study_name,
+                objective=search.objective,
+                sampler=study_mod.make_sampler(search.sampler, search.seed, search.space),
+                pruner=study_mod.make_pruner(search.pruner),
+            )
+        return study
 
     def _observe(
         self,
