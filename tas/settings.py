@@ -212,6 +212,13 @@ class Settings(BaseSettings):
         gt=0,
         description="How long an offline or lost worker is still listed by GET /workers.",
     )
+    dispatch_start_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a job a worker has handed to its pool may wait for a pool child to"
+        " start it, and a new pool child may take to get ready for one. Past it the worker logs a"
+        " warning and replaces the child; a job that child had taken goes back to the broker.",
+    )
     device_wait_s: float = Field(
         60.0,
         gt=0,

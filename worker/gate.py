@@ -6,7 +6,10 @@ cancelled or running under a live lease elsewhere has its message acknowledged a
 the worker begins a warm shutdown it claims nothing: messages still arriving are handed back to
 the broker, and a child that gets one anyway refuses it (the stop flag is shared with every child,
 forked before or after the shutdown began). When a pool child dies under a job, this process
-learns how (signal or exit code) and ends the run at once, instead of when its lease runs out."""
+learns how (signal or exit code) and ends the run at once, instead of when its lease runs out.
+
+Every database call here runs inside the fork guard (see worker/forkguard.py) on an engine that
+keeps no connection between calls, so a pool child forked meanwhile inherits none of it."""
 
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from tas.store import leases as lease_store
 from tas.store import logs as log_store
 from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.orm import FINISHED, Job, JobStatus, utcnow
+from worker.forkguard import GUARD
+from worker.pool import JobNotStarted
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,7 @@ class Gate:
         """Why this message cannot start a run (it is acknowledged and dropped), or None: hand it
         to a pool child, whose claim decides for certain."""
         now = now or utcnow()
-        with self._sessions()() as s:
+        with GUARD.database(), self._sessions()() as s:
             row = s.execute(
                 select(
                     Job.status,
@@ -125,7 +130,7 @@ class Gate:
         as `killed` (with the signal) and the job is published again ahead of jobs not yet
         started, or settled if it has no attempts left. True: the original message is done."""
         signum, detail = lost_detail(text)
-        with self._sessions()() as s:
+        with GUARD.database(), self._sessions()() as s:
             status = lease_store.settle_killed(
                 s,
                 job_id,
@@ -148,7 +153,9 @@ class Gate:
 
 @cache
 def _main_sessions(url: str) -> sessionmaker[Session]:
-    return make_sessionmaker(make_engine(url))
+    # Unpooled: no connection outlives a call, so a pool child never inherits one (SQLite's
+    # per-process bookkeeping of an open connection is shared with the child's own connections).
+    return make_sessionmaker(make_engine(url, pooled=False))
 
 
 def _gate(app: TasCelery) -> Gate:
@@ -195,7 +202,8 @@ def job_strategy(task: Any, app: TasCelery, consumer: Any, **kwargs: Any) -> Cal
 
 class JobRequest(Request):
     """A `tas.run_job` request in the main process: a pool child lost under it ends its run as
-    `killed` (with the signal) at once rather than when its lease expires."""
+    `killed` (with the signal) at once rather than when its lease expires, and one the pool's
+    start watchdog gave up on (no child started it) goes back to the broker."""
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -203,6 +211,14 @@ class JobRequest(Request):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
+        if isinstance(exc, JobNotStarted):
+            # What Celery does for a worker lost before it accepted the task (the message goes
+            # back to the broker), without its error log and traceback: the pool said why.
+            job_id = (self.args or ["?"])[0]
+            log.warning("job %s: %s; its message goes back to the broker", job_id, exc)
+            task_ready(self)
+            self.reject(requeue=True)
+            return None
         if isinstance(exc, WorkerLostError) and self._child_lost(str(exc)):
             return None
         return super().on_failure(
