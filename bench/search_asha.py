@@ -86,6 +86,40 @@ def fate(full: dict[str, Any], asha: dict[str, Any]) -> str:
     return f"trial {number} kept to the end"
 
 
+def render(rows: list[str], *, trials: int, epochs: int, rev: str) -> str:
+    """The section's text around the measured rows."""
+    return "\n".join(
+        [
+            f"ASHA (min 1 epoch, reduction factor 3: rungs at epochs 1, 3, 9) against the same"
+            f" {trials} trials run to the end, {epochs} epochs each, on digits through `tas serve`"
+            " (one embedded worker, one trial at a time). A seeded random sampler draws trial n's"
+            " parameters from the seed, n and the path alone, so both searches try exactly the"
+            " same values: learning rate log-uniform in [3e-5, 0.3], hidden [32], [64] or [128],"
+            " weight decay in [0, 0.01]; adam, batch 16, seeded training. Best: the best trial's"
+            " best-epoch val_accuracy. Epochs: every epoch the trials' jobs trained, a pruned"
+            " trial's included (it stops at the worker's next cancel check after the controller"
+            " has seen the epoch it is pruned at, often an epoch or two later). Wall: the"
+            " search's creation to its finish, each trial's start-up included (a fresh worker"
+            " process and its data, about a second whatever the epochs), so it shrinks less than"
+            " the epochs do; on a shared machine it is also the noisiest figure."
+            f" {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared;"
+            f" code {rev}.",
+            "",
+            "| seed | search | best val_accuracy | epochs trained | pruned | wall (s) |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            "Both searches run the same trials, so a lower best under ASHA means it stopped the"
+            " trial that would have won, and an equal best from another trial number means a tie"
+            " (the search that ran everything to the end picks the lowest number among equals,"
+            " and ASHA had stopped that one early). Epochs are the cost that does not depend on"
+            " the machine's load.",
+            "",
+            "    .venv/bin/python bench/search_asha.py [--trials 16] [--epochs 20] [--seeds 1 --seeds 2]",
+        ]
+    )
+
+
 def main(
     trials: Annotated[int, typer.Option(help="Trials per search.")] = 16,
     epochs: Annotated[int, typer.Option(help="Epochs of a trial run to the end.")] = 20,
@@ -126,30 +160,7 @@ def main(
                 print(rows[-1], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    body_md = "\n".join(
-        [
-            f"ASHA (min 1 epoch, reduction factor 3: rungs at epochs 1, 3, 9) against the same"
-            f" {trials} trials run to the end, {epochs} epochs each, on digits through `tas serve`"
-            " (one embedded worker, one trial at a time). A seeded random sampler draws trial n's"
-            " parameters from the seed, n and the path alone, so both searches try exactly the"
-            " same values: learning rate log-uniform in [3e-5, 0.3], hidden [32], [64] or [128],"
-            " weight decay in [0, 0.01]; adam, batch 16, seeded training. Best: the best trial's"
-            " best-epoch val_accuracy. Epochs: every epoch the trials' jobs trained, a pruned"
-            " trial's included (it stops at the worker's next cancel check after the controller"
-            " has seen the epoch it is pruned at, often an epoch or two later). Wall: the"
-            " search's creation to its finish, each trial's start-up included (a fresh worker"
-            " process and its data, about a second whatever the epochs), so it shrinks less than"
-            " the epochs do; on a shared machine it is also the noisiest figure."
-            f" {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared;"
-            f" code {rev}.",
-            "",
-            "| seed | search | best val_accuracy | epochs trained | pruned | wall (s) |",
-            "| --- | --- | --- | --- | --- | --- |",
-            *rows,
-            "",
-            "    .venv/bin/python bench/search_asha.py [--trials 16] [--epochs 20] [--seeds 1 --seeds 2]",
-        ]
-    )
+    body_md = render(rows, trials=trials, epochs=epochs, rev=rev)
     if write:
         write_section(SECTION, body_md)
 
