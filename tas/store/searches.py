@@ -28,11 +28,6 @@ from tas.store.orm import (
 
 #: A search the controller is starting trials for or waiting on.
 ACTIVE = (SearchStatus.queued.value, SearchStatus.running.value)
-FINISHED = (
-    SearchStatus.succeeded.value,
-    SearchStatus.failed.value,
-    SearchStatus.cancelled.value,
-)
 #: Trial states, as GET /searches/{id} shows them.
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
 
@@ -287,10 +282,3 @@ def finish(
     if error is not None:
         values["error"] = error
     session.execute(update(Search).where(Search.id == search_id).values(**values))
-
-
-def job_status_counts(session: Session, search_id: str) -> dict[str, int]:
-    rows = session.execute(
-        select(Job.status, func.count()).where(Job.search_id == search_id).group_by(Job.status)
-    )
-    return {status: int(n) for status, n in rows}
