@@ -374,19 +374,20 @@ class _AsynPool(_Watched, asynpool.AsynPool):
 
     def _recover(self, job: Any, holder: Any, rows: dict[Any, Slot], now: float) -> None:
         proc = holder or job._write_to or job._scheduled_for
-        if proc is not None and proc.exitcode is None:
+        phase = rows[proc].phase if proc in rows else 0
+        if proc is not None and proc.exitcode is None and phase != RUNNING:
             log.warning(
                 "%s was sent to pool child %d, which never started it (%s); killing the child"
                 " (the pool sends the job to a fresh one)",
                 self._describe(job, now),
                 proc.pid,
-                _PHASES.get(rows.get(proc, Slot(0, 0.0, -1)).phase, "unknown"),
+                _PHASES.get(phase, "unknown"),
             )
             _kill(proc)
             self._recovered_at = now
-        elif not getattr(job, "_tas_warned", False):
+        elif not getattr(job, "_tas_warned", False):  # none, or one running another job
             job._tas_warned = True
-            log.warning("%s waits for a pool child that is up", self._describe(job, now))
+            log.warning("%s has not been taken by a pool child yet", self._describe(job, now))
 
 
 class TaskPool(prefork.TaskPool):
