@@ -598,6 +598,7 @@ def _train(
     transfer.at_epoch(state.epoch)  # resumed after unfreeze_after epochs: everything trains
 
     augment = build_augment(spec.dataset.augment)
+
     # Wrapped after the resume: every process starts from the checkpoint's weights.
     def forward_of(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return acc.training_forward(parallel.wrap(model))
