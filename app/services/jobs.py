@@ -233,7 +233,9 @@ def training_memory_limit(
         if found is not None and (best is None or found[0] > best.value):
             mb, kind = found
             best = Limit(
-                mb, f"the {kind} of worker {w.id}, the largest live one on queue {queue!r}"
+                mb,
+                f"the {kind} of worker {w.id}, the largest live one on queue {queue!r}",
+                per_process=kind == "GPU memory",  # a process a GPU
             )
     return best or Limit(settings.max_training_memory_mb, "TAS_MAX_TRAINING_MEMORY_MB")
 

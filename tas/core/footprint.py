@@ -40,6 +40,13 @@ class TrainingSettings(Protocol):
     def batch_size(self) -> int: ...
 
 
+class ResourceSettings(Protocol):
+    """The spec's `resources` fields the estimate reads (`tas.core.spec.ResourcesSpec`)."""
+
+    @property
+    def processes(self) -> int: ...
+
+
 #: Optimizer name → how many tensors of state it keeps per parameter (torch's optimizers: SGD's
 #: momentum buffer, Adam's two moments, Adagrad's sum of squares). An optimizer missing here is
 #: counted as 2, the most any of torch's built-in ones keeps.
@@ -78,6 +85,9 @@ class Footprint:
     optimizer_copies: int
     batch_size: int
     activations_per_sample: int | None = None
+    #: Data-parallel processes (resources.processes): each holds the weights, their gradients
+    #: and the optimizer's state, and the activations of its share of the batch.
+    processes: int = 1
 
     @property
     def weight_bytes(self) -> int:
@@ -90,7 +100,15 @@ class Footprint:
 
     @property
     def training_bytes(self) -> int:
-        return self.weight_bytes + self.activation_bytes
+        """What one memory shared by every process holds (a machine's, for processes on its
+        CPU): each process's weights, and the activations of the whole batch between them."""
+        return self.processes * self.weight_bytes + self.activation_bytes
+
+    @property
+    def process_bytes(self) -> int:
+        """What one process's own memory holds (a GPU each): the weights and its share of the
+        batch's activations."""
+        return self.weight_bytes + -(-self.activation_bytes // self.processes)
 
 
 def parameter_count(model: nn.Module) -> tuple[int, tuple[str, tuple[int, ...]]]:
@@ -235,6 +253,9 @@ class JobShape(Protocol):
     @property
     def training(self) -> TrainingSettings: ...
 
+    @property
+    def resources(self) -> ResourceSettings: ...
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -243,6 +264,9 @@ class Limit:
 
     value: float
     source: str
+    #: A memory each process of a data-parallel job has to itself (a GPU each), not one all of
+    #: them share (the machine's).
+    per_process: bool = False
 
 
 #: A problem with a spec: the field to blame (its path in the spec) and what is wrong.
@@ -257,7 +281,14 @@ def estimate(
     `max_parameters`: that answer is enough, and it needs no forward pass."""
     model = build_on_meta(spec.model, tuple(input_shape), out_dim)
     count, largest = parameter_count(model)
-    fp = Footprint(count, largest, optimizer_state_copies(spec.training), spec.training.batch_size)
+    processes = spec.resources.processes
+    fp = Footprint(
+        count,
+        largest,
+        optimizer_state_copies(spec.training),
+        spec.training.batch_size,
+        processes=processes,
+    )
     if max_parameters is not None and count > max_parameters:
         return fp
     return Footprint(
@@ -266,6 +297,7 @@ def estimate(
         fp.optimizer_copies,
         fp.batch_size,
         activations_per_sample(model, tuple(input_shape)),
+        processes,
     )
 
 
@@ -302,18 +334,33 @@ def size_problems(
                 f" {int(max_parameters.value):,} ({max_parameters.source})",
             )
         ]
-    if max_memory_mb is None or fp.training_bytes <= max_memory_mb.value * 2**20:
+    if max_memory_mb is None:
+        return []
+    n, per_process = fp.processes, max_memory_mb.per_process
+    needed = fp.process_bytes if per_process else fp.training_bytes
+    if needed <= max_memory_mb.value * 2**20:
         return []
     batch = fp.batch_size
     blame = ("training", "batch_size") if fp.activation_bytes > fp.weight_bytes else where
+    weights = f"{human_count(fp.parameters)} parameters with their gradients and optimizer state"
+    if n == 1:
+        parts = f"{weights}: {_mb(fp.weight_bytes)}; activations of a batch of {batch}"
+        parts += f": {_mb(fp.activation_bytes)}"
+        fix = "use a smaller model or training.batch_size"
+    elif per_process:
+        parts = f"each of {n} processes: {weights}: {_mb(fp.weight_bytes)}; activations of its"
+        parts += f" share of the batch of {batch}: {_mb(fp.process_bytes - fp.weight_bytes)}"
+        fix = "use a smaller model or training.batch_size"
+    else:
+        parts = f"{n} processes × {weights}: {_mb(n * fp.weight_bytes)}; activations of the"
+        parts += f" batch of {batch}: {_mb(fp.activation_bytes)}"
+        fix = "use a smaller model, training.batch_size or resources.processes"
     return [
         (
             blame,
-            f"{shown} with training.batch_size {batch}: training needs about"
-            f" {_mb(fp.training_bytes)} ({human_count(fp.parameters)} parameters with their"
-            f" gradients and optimizer state: {_mb(fp.weight_bytes)}; activations of a batch of"
-            f" {batch}: {_mb(fp.activation_bytes)}); at most {max_memory_mb.value:,.0f} MB"
-            f" ({max_memory_mb.source}): use a smaller model or training.batch_size",
+            f"{shown} with training.batch_size {batch}: training needs about {_mb(needed)}"
+            f"{' a process' if per_process and n > 1 else ''} ({parts}); at most"
+            f" {max_memory_mb.value:,.0f} MB ({max_memory_mb.source}): {fix}",
         )
     ]
 

@@ -121,6 +121,33 @@ def test_weights_over_the_memory_blame_the_layer_sizes() -> None:
     assert size_problems(spec, (64,), 10, max_parameters=PARAMS, max_memory_mb=None) == []
 
 
+def test_data_parallel_processes_each_hold_the_weights_and_share_the_batch() -> None:
+    """N processes on one machine's memory hold N copies of the weights and the whole batch's
+    activations between them; on a GPU each, a process holds one copy and its share."""
+    one = estimate(job({"arch": "mlp", "hidden": [8]}, batch_size=10), (4,), 3)
+    spec = job({"arch": "mlp", "hidden": [8]}, batch_size=10)
+    spec.resources.processes = 2
+    two = estimate(spec, (4,), 3)
+    assert two.training_bytes == 2 * one.weight_bytes + one.activation_bytes
+    assert two.process_bytes == one.weight_bytes + one.activation_bytes // 2
+    big = job({"arch": "mlp", "hidden": [4096, 4096]}, batch_size=64)
+    single = estimate(big, (1, 8, 8), 10)
+    # a memory that fits one process's run but not four copies of its weights
+    mb = (single.training_bytes * 2) / 2**20
+    assert (
+        size_problems(big, (1, 8, 8), 10, max_parameters=PARAMS, max_memory_mb=Limit(mb, "m")) == []
+    )
+    big.resources.processes = 4
+    [(where, message)] = size_problems(
+        big, (1, 8, 8), 10, max_parameters=PARAMS, max_memory_mb=Limit(mb, "the machine")
+    )
+    assert where == ("model", "hidden")
+    assert "4 processes × " in message and "resources.processes" in message
+    # with a GPU each, every process has the whole memory to itself: it fits
+    gpu = Limit(mb, "a GPU", per_process=True)
+    assert size_problems(big, (1, 8, 8), 10, max_parameters=PARAMS, max_memory_mb=gpu) == []
+
+
 def test_too_many_channels_blame_the_channels() -> None:
     spec = job({"arch": "cnn", "channels": [4096, 4096, 4096]})
     [(where, message)] = size_problems(
