@@ -3,9 +3,10 @@ heartbeat thread, `draining` from the moment a warm shutdown begins, `offline` w
 
 All of it runs in the worker's main process (the pool children fork from it and never touch
 CUDA or this row). The heartbeat is a thread, so that a job run in-process (the solo pool) does
-not silence it; a fork waits for a beat in progress to end (`os.register_at_fork`), so a pool
-child never inherits a database driver's lock held mid-write by this thread. The thread uses its
-own engine without a pool: no connection outlives a beat, so none is inherited by a child."""
+not silence it; each beat is a database section of `worker.forkguard`, which a fork waits for,
+so a pool child never inherits a database driver's lock held mid-write by this thread. The thread
+uses its own engine without a pool: no connection outlives a beat, so none is inherited by a
+child."""
 
 from __future__ import annotations
 
@@ -29,44 +30,22 @@ from tas.settings import Settings
 from tas.store import engine as db_engine
 from tas.store import workers
 from worker import machine
+from worker.forkguard import GUARD
 
 log = logging.getLogger(__name__)
 
-#: Held for each beat's database write, and by a fork while it forks (see the module docstring).
-_BEAT_LOCK = threading.Lock()
 _AT_FORK_REGISTERED = False
 
 
-#: Whether the fork in progress holds _BEAT_LOCK (it waits for a beat at most FORK_WAIT_S: a
-#: database that hangs must not stop the worker from forking the child that runs the next job).
-_FORK_HOLDS = False
-FORK_WAIT_S = 2.0
-
-
-def _before_fork() -> None:
-    global _FORK_HOLDS
-    _FORK_HOLDS = _BEAT_LOCK.acquire(timeout=FORK_WAIT_S)
-
-
-def _after_fork_in_parent() -> None:
-    if _FORK_HOLDS:
-        _BEAT_LOCK.release()
-
-
 def _after_fork_in_child() -> None:
-    global _BEAT_LOCK, _presence
-    _BEAT_LOCK = threading.Lock()
+    global _presence
     _presence = None  # the child has no heartbeat thread; the row is the main process's
 
 
 def _register_at_fork() -> None:
     global _AT_FORK_REGISTERED
     if not _AT_FORK_REGISTERED and hasattr(os, "register_at_fork"):
-        os.register_at_fork(
-            before=_before_fork,
-            after_in_parent=_after_fork_in_parent,
-            after_in_child=_after_fork_in_child,
-        )
+        os.register_at_fork(after_in_child=_after_fork_in_child)
         _AT_FORK_REGISTERED = True
 
 
@@ -151,7 +130,7 @@ class Presence:
 
     def _write(self, first: bool = False) -> None:
         try:
-            with _BEAT_LOCK, self.sessions() as s:
+            with GUARD.database(), self.sessions() as s:
                 if first:
                     workers.forget_old(s, older_than_s=self.settings.worker_forget_s)
                     workers.register(s, self.info, status=self.status)

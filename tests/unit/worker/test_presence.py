@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import worker.presence as presence_module
 from tas.settings import Settings
 from tas.store.orm import Worker
 from tests.helpers.store import migrated_sessions, worker_info
+from worker.forkguard import GUARD
 from worker.presence import Presence
 
 
@@ -39,12 +41,15 @@ def test_presence_registers_drains_and_goes_offline(
             return row.status
 
     assert status() == "online"
-    # a pool child forked now starts with no presence and a free lock (never one held mid-beat)
+    # a pool child forked now starts with no presence, and free to use the database (never
+    # with a section of the parent's held mid-beat); a child that would block exits by alarm
     presence_module._presence = presence
     try:
         pid = os.fork()
         if pid == 0:
-            ok = presence_module._presence is None and presence_module._BEAT_LOCK.acquire(False)
+            signal.alarm(5)
+            with GUARD.database():
+                ok = presence_module._presence is None
             os._exit(0 if ok else 1)
         assert os.waitpid(pid, 0)[1] == 0
     finally:
