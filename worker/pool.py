@@ -188,6 +188,16 @@ class _Watched:
     _cache: dict[int, Any]
     _state: int
 
+    def __init__(
+        self,
+        processes: int | None = None,
+        *args: Any,
+        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
+        self._watch(processes, start_timeout_s)
+        super().__init__(processes, *args, **kwargs)  # type: ignore[call-arg]  # billiard's Pool
+
     def _watch(self, processes: int | None, start_timeout_s: float) -> None:
         self.start_timeout_s = start_timeout_s
         self.check_every_s = min(1.0, max(0.05, start_timeout_s / 4))
@@ -285,16 +295,6 @@ class _BlockingPool(_Watched, billiard_pool.Pool):
     Supervisor = _Supervisor
     ChildWorker = _BlockingWorker
 
-    def __init__(
-        self,
-        processes: int | None = None,
-        *args: Any,
-        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
-        **kwargs: Any,
-    ) -> None:
-        self._watch(processes, start_timeout_s)
-        super().__init__(processes, *args, **kwargs)
-
     def _recover(self, job: Any, holder: Any, rows: dict[Any, Slot], now: float) -> None:
         what = self._describe(job, now)
         if holder is not None:
@@ -355,16 +355,6 @@ class _AsynPool(_Watched, asynpool.AsynPool):
     """Celery's event-loop pool (Redis): a pipe per child."""
 
     ChildWorker = _AsynWorker
-
-    def __init__(
-        self,
-        processes: int | None = None,
-        *args: Any,
-        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
-        **kwargs: Any,
-    ) -> None:
-        self._watch(processes, start_timeout_s)
-        super().__init__(processes, *args, **kwargs)
 
     @property
     def timers(self) -> dict[Callable[[], None], float]:

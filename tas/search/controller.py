@@ -325,12 +325,7 @@ class Controller:
             return
         with unit_of_work(self.sessions) as s:
             self._fenced(s, search.id)
-            for n, values in updates.items():
-                s.execute(
-                    update(SearchTrial)
-                    .where(SearchTrial.search_id == search.id, SearchTrial.number == n)
-                    .values(**values, updated_at=utcnow())
-                )
+            _write_trials(s, search.id, updates)
             for job_id in to_cancel:
                 job = s.get(Job, job_id)
                 if job is None:
@@ -558,12 +553,7 @@ class Controller:
         best = _best(complete, maximize=search.maximize) if complete else None
         with unit_of_work(self.sessions) as s:
             self._fenced(s, search.id)
-            for n, values in updates.items():
-                s.execute(
-                    update(SearchTrial)
-                    .where(SearchTrial.search_id == search.id, SearchTrial.number == n)
-                    .values(**values, updated_at=utcnow())
-                )
+            _write_trials(s, search.id, updates)
             store.finish(
                 s,
                 search.id,
@@ -571,6 +561,16 @@ class Controller:
                 best_trial=best.number if best is not None else None,
             )
         step.finished = SearchStatus.cancelled.value
+
+
+def _write_trials(s: Session, search_id: str, updates: dict[int, dict[str, Any]]) -> None:
+    """Each trial's changed row values (state, value, epochs, intermediate), by trial number."""
+    for n, values in updates.items():
+        s.execute(
+            update(SearchTrial)
+            .where(SearchTrial.search_id == search_id, SearchTrial.number == n)
+            .values(**values, updated_at=utcnow())
+        )
 
 
 def _epochs(base: dict[str, Any], params: dict[str, Any]) -> int:
