@@ -293,8 +293,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Parameters of a job's model, counted at submit on the meta device (no memory):"
         " above it is a 422 naming the layer sizes. The default takes every torchvision"
-        " classifier up to VGG (144 million); it also bounds how long one training step, and so"
-        " a cancel waiting for it, can take.",
+        " classifier up to VGG (144 million).",
     )
     default_job_minutes: float = Field(
         60.0,
@@ -317,6 +316,21 @@ class Settings(BaseSettings):
         " activations, estimated at submit) a job may need when no live worker of its queue"
         " reports its memory; with one, the largest such worker's memory (GPU memory for a job"
         " that trains on CUDA) is the bound.",
+    )
+    max_step_tflop: float = Field(
+        2.0,
+        gt=0,
+        description="Work of one training step of one process (TFLOP: 6 × the forward's"
+        " multiply-accumulates a sample × its share of the batch, estimated at submit) for a job"
+        " that trains on a CPU. A cancel or a preemption is seen between steps, and a"
+        " convolution's work grows with the image, not with its parameters. 2 TFLOP (resnet50"
+        " on 224×224 images, batch 64, is 1.6) is several seconds of an 8-core CPU.",
+    )
+    max_gpu_step_tflop: float = Field(
+        2_000.0,
+        gt=0,
+        description="As TAS_MAX_STEP_TFLOP, for a job that trains on a GPU (a cuda job, or an auto"
+        " job while a live worker of its queue has one): a few seconds of a data-centre GPU.",
     )
     max_processes: int = Field(
         8,

@@ -135,10 +135,9 @@ def size_problems(
     """A model or a training run too big for this deployment, refused before anything is
     allocated or queued: the parameters are counted on the meta device (milliseconds, no memory,
     even for billions of them), and the training footprint (`tas.core.footprint.Footprint`) is
-    held against `training_memory_limit`.
-
-    The parameter limit is also what bounds one training step: a cancel is seen between steps,
-    so a job whose step runs for seconds would make its cancel wait that long."""
+    held against `training_memory_limit`, and the work of one training step against
+    `step_limit`: a cancel is seen between steps, so a job whose step runs for minutes would
+    make its cancel wait that long."""
     live = worker_store.live(session, heartbeat_s=settings.worker_heartbeat_s)
     problems = processes_problems(spec, settings, live)
     loss = LOSSES[resolved_loss(spec, info)]
@@ -151,6 +150,7 @@ def size_problems(
             out_dim,
             max_parameters=Limit(settings.max_parameters, "TAS_MAX_PARAMETERS"),
             max_memory_mb=memory,
+            max_step_tflop=step_limit(spec, settings, live),
         )
     except Exception as exc:  # a spec the model builder refuses: a 422 there, never a 500
         return [*problems, (("body", "model"), f"this model cannot be built: {exc}")]
@@ -238,6 +238,24 @@ def training_memory_limit(
                 per_process=kind == "GPU memory",  # a process a GPU
             )
     return best or Limit(settings.max_training_memory_mb, "TAS_MAX_TRAINING_MEMORY_MB")
+
+
+def step_limit(spec: JobSpec, settings: Settings, live: Sequence[Worker]) -> Limit:
+    """The most work (TFLOP) one training step may be: a GPU's bound for a cuda job, and for an
+    auto job while a live worker of its queue has a GPU (the largest bound, as for memory: a job
+    is refused only when no worker could run it); a CPU's otherwise."""
+    device = spec.resources.device
+    queue = job_store.queue_for(device)
+    on_gpu = device == "cuda" or (
+        device == "auto"
+        and any(
+            queue in (w.queues or []) and _numbers((w.capacity or {}).get("gpu_memory_mb"))
+            for w in live
+        )
+    )
+    if on_gpu:
+        return Limit(settings.max_gpu_step_tflop, "TAS_MAX_GPU_STEP_TFLOP")
+    return Limit(settings.max_step_tflop, "TAS_MAX_STEP_TFLOP")
 
 
 def _numbers(value: object) -> list[float]:

@@ -5,12 +5,15 @@ exist, no weight does, so a spec asking for billions of parameters is counted in
 refused without a byte of them ever being allocated. The limits are passed in (the service reads
 them from its settings): this module knows nothing of the service.
 
-Bounding the parameter count also bounds the work of one optimizer step, and so how long a cancel
-(checked between steps) or a heartbeat can wait on one: the worker has no way to interrupt a step
-half-way, so a model-size limit is the bound on the step."""
+The same walk counts the multiply-accumulates of one forward pass, so the work of one training step
+is bounded too. The parameter count alone does not bound it: a convolution's work grows with the
+image (a 2,048-channel 3×3 convolution on 32×32 images is 38 million parameters but 39 billion
+multiply-accumulates a sample), and a step is what a cancel, a preemption and the lease's renewal
+wait on when the loop checks them between steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +91,18 @@ class Footprint:
     #: Data-parallel processes (resources.processes): each holds the weights, their gradients
     #: and the optimizer's state, and the activations of its share of the batch.
     processes: int = 1
+    #: Multiply-accumulates of one forward pass of one sample (linear, convolution and attention
+    #: layers; the element-wise ones are noise beside them). None when not computed, as above.
+    macs_per_sample: int | None = None
+
+    @property
+    def step_flops(self) -> int:
+        """Floating-point operations of one training step of one process: a multiply-accumulate
+        is 2 operations, and the backward pass costs about twice the forward (a gradient for the
+        input and one for the weights), so 6 × the forward's multiply-accumulates × the
+        process's share of the batch."""
+        share = -(-self.batch_size // self.processes)
+        return 6 * (self.macs_per_sample or 0) * share
 
     @property
     def weight_bytes(self) -> int:
@@ -194,33 +209,83 @@ SHAPE_RULES: dict[type[nn.Module], Callable[[nn.Module, Shape], Shape | None]] =
 }
 
 
-def _sequential_outputs(model: nn.Module, input_shape: Shape) -> list[int] | None:
-    """Each layer's output size per sample, from `SHAPE_RULES` alone; None when the model is not a
+def _linear_macs(m: nn.Module, out: Shape) -> int:
+    assert isinstance(m, nn.Linear)
+    return math.prod(out) * m.in_features
+
+
+def _conv2d_macs(m: nn.Module, out: Shape) -> int:
+    assert isinstance(m, nn.Conv2d)
+    return math.prod(out) * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+
+def _attention_macs(m: nn.Module, out: Shape) -> int:
+    """The input projections (queries, keys, values) and the two products of the attention
+    itself; its output projection is a Linear child, counted as one. `out` is one sample's
+    (sequence, embedding) output."""
+    assert isinstance(m, nn.MultiheadAttention)
+    length, dim = (out[-2], out[-1]) if len(out) >= 2 else (1, out[-1])
+    return 3 * length * dim * dim + 2 * length * length * dim
+
+
+#: Layer type → (the layer, its output shape per sample) → multiply-accumulates of its forward for
+#: one sample. The layers missing here (activations, norms, pooling) do a few operations per value
+#: they output: noise beside these.
+MAC_RULES: dict[type[nn.Module], Callable[[nn.Module, Shape], int]] = {
+    nn.Linear: _linear_macs,
+    nn.Conv2d: _conv2d_macs,
+    nn.MultiheadAttention: _attention_macs,
+}
+
+
+def _macs(m: nn.Module, out: Shape) -> int:
+    for kind, rule in MAC_RULES.items():
+        if isinstance(m, kind):
+            return rule(m, out)
+    return 0
+
+
+#: What one layer costs for one sample: the size of its output (kept for the backward pass) and
+#: the multiply-accumulates of its forward.
+LayerCost = tuple[int, int]
+
+
+def _sequential_outputs(model: nn.Module, input_shape: Shape) -> list[LayerCost] | None:
+    """Each layer's cost per sample, from `SHAPE_RULES` alone; None when the model is not a
     Sequential of layers those rules cover."""
     if not isinstance(model, nn.Sequential):
         return None
-    sizes: list[int] = []
+    costs: list[LayerCost] = []
     shape: Shape | None = tuple(input_shape)
     for layer in model:
         rule = SHAPE_RULES.get(type(layer))
         shape = None if rule is None or shape is None else rule(layer, shape)
         if shape is None:
             return None
-        sizes.append(math.prod(shape))
-    return sizes
+        costs.append((math.prod(shape), _macs(layer, shape)))
+    return costs
 
 
-def _forward_outputs(model: nn.Module, input_shape: Shape) -> list[int]:
-    """Each leaf module's output size per sample, from one forward of one sample on the meta device
-    (eval mode: BatchNorm takes a single sample then; the output shapes are the same)."""
-    sizes: list[int] = []
+def _forward_outputs(model: nn.Module, input_shape: Shape) -> list[LayerCost]:
+    """Each leaf module's cost per sample, from one forward of one sample on the meta device
+    (eval mode: BatchNorm takes a single sample then; the output shapes are the same). Attention
+    modules are not leaves (their output projection is a child) but do work of their own: they
+    are counted for their work only."""
+    costs: list[LayerCost] = []
 
-    def record(_m: nn.Module, _inputs: object, output: object) -> None:
-        if isinstance(output, torch.Tensor):
-            sizes.append(output.numel())
+    def record(m: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            out = output[0]  # MultiheadAttention: (output, weights)
+            costs.append((0, _macs(m, tuple(out.shape[1:]))))
+        elif isinstance(output, torch.Tensor):
+            costs.append((output.numel(), _macs(m, tuple(output.shape[1:]))))
 
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(record) for m in leaves]
+    hooked = [
+        m
+        for m in model.modules()
+        if next(m.children(), None) is None or isinstance(m, nn.MultiheadAttention)
+    ]
+    handles = [m.register_forward_hook(record) for m in hooked]
     was_training = model.training
     try:
         model.eval()
@@ -230,15 +295,17 @@ def _forward_outputs(model: nn.Module, input_shape: Shape) -> list[int]:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return sizes
+    return costs
 
 
-def activations_per_sample(model: nn.Module, input_shape: Shape) -> int:
-    """The sum of every layer's output size for one sample, plus the sample itself."""
-    sizes = _sequential_outputs(model, input_shape)
-    if sizes is None:
-        sizes = _forward_outputs(model, input_shape)
-    return math.prod(input_shape) + sum(sizes)
+def layer_costs(model: nn.Module, input_shape: Shape) -> tuple[int, int]:
+    """For one sample: the values autograd keeps for the backward (every layer's output, plus
+    the sample itself) and the multiply-accumulates of the forward."""
+    costs = _sequential_outputs(model, input_shape)
+    if costs is None:
+        costs = _forward_outputs(model, input_shape)
+    values = math.prod(input_shape) + sum(size for size, _ in costs)
+    return values, sum(macs for _, macs in costs)
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -291,14 +358,8 @@ def estimate(
     )
     if max_parameters is not None and count > max_parameters:
         return fp
-    return Footprint(
-        count,
-        largest,
-        fp.optimizer_copies,
-        fp.batch_size,
-        activations_per_sample(model, tuple(input_shape)),
-        processes,
-    )
+    values, macs = layer_costs(model, tuple(input_shape))
+    return dataclasses.replace(fp, activations_per_sample=values, macs_per_sample=macs)
 
 
 def model_field(spec: NetworkSpec) -> tuple[tuple[str, ...], str]:
@@ -318,10 +379,12 @@ def size_problems(
     *,
     max_parameters: Limit,
     max_memory_mb: Limit | None,
+    max_step_tflop: Limit | None = None,
 ) -> list[Problem]:
-    """Why this job's model is too big to train here: more parameters than `max_parameters`, or a
-    training footprint (see `Footprint`) above `max_memory_mb` (None: not checked). Each problem
-    names the layer sizes and the limit. Costs milliseconds at any size: nothing is allocated."""
+    """Why this job's model is too big to train here: more parameters than `max_parameters`, a
+    training footprint (see `Footprint`) above `max_memory_mb`, or a training step of more work
+    than `max_step_tflop` (None: not checked). Each problem names the layer sizes and the limit.
+    Costs milliseconds at any size: nothing is allocated."""
     fp = estimate(spec, input_shape, out_dim, max_parameters=int(max_parameters.value))
     where, shown = model_field(spec.model)
     name, shape = fp.largest
@@ -334,12 +397,13 @@ def size_problems(
                 f" {int(max_parameters.value):,} ({max_parameters.source})",
             )
         ]
+    found = _step_problems(fp, where, shown, max_step_tflop)
     if max_memory_mb is None:
-        return []
+        return found
     n, per_process = fp.processes, max_memory_mb.per_process
     needed = fp.process_bytes if per_process else fp.training_bytes
     if needed <= max_memory_mb.value * 2**20:
-        return []
+        return found
     batch = fp.batch_size
     blame = ("training", "batch_size") if fp.activation_bytes > fp.weight_bytes else where
     weights = f"{human_count(fp.parameters)} parameters with their gradients and optimizer state"
@@ -356,11 +420,36 @@ def size_problems(
         parts += f" batch of {batch}: {_mb(fp.activation_bytes)}"
         fix = "use a smaller model, training.batch_size or resources.processes"
     return [
+        *found,
         (
             blame,
             f"{shown} with training.batch_size {batch}: training needs about {_mb(needed)}"
             f"{' a process' if per_process and n > 1 else ''} ({parts}); at most"
             f" {max_memory_mb.value:,.0f} MB ({max_memory_mb.source}): {fix}",
+        ),
+    ]
+
+
+def _step_problems(
+    fp: Footprint, where: tuple[str, ...], shown: str, limit: Limit | None
+) -> list[Problem]:
+    """A training step of more work than `limit` (TFLOP). The batch size is blamed when one
+    sample a process would fit: the model is not too big, its batch is."""
+    if limit is None or fp.step_flops <= limit.value * 1e12:
+        return []
+    n, batch = fp.processes, fp.batch_size
+    share = -(-batch // n)
+    macs = fp.macs_per_sample or 0
+    blame = ("training", "batch_size") if 6 * macs <= limit.value * 1e12 else where
+    per = f"{share} samples a process of {n}" if n > 1 else f"{share} samples"
+    return [
+        (
+            blame,
+            f"{shown} with training.batch_size {batch}: one training step is about"
+            f" {_flop(fp.step_flops)} ({human_count(macs)} multiply-accumulates a sample forward,"
+            f" × 6 for the forward and backward, × {per}); at most {limit.value:g} TFLOP a step"
+            f" ({limit.source}): a cancel or a preemption waits for the step in progress, so use"
+            " a smaller model, smaller inputs or a smaller training.batch_size",
         )
     ]
 
@@ -375,3 +464,8 @@ def human_count(n: int) -> str:
 
 def _mb(n: int) -> str:
     return f"{n / 2**20:,.0f} MB"
+
+
+def _flop(n: int) -> str:
+    """`7.4 TFLOP`, `350 GFLOP`."""
+    return f"{n / 1e12:,.1f} TFLOP" if n >= 1e12 else f"{n / 1e9:,.0f} GFLOP"

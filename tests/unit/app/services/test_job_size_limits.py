@@ -207,3 +207,69 @@ def test_a_resume_cannot_raise_the_time_limit_past_the_deployment_s(
             job_service.resume(s, job, max_minutes=61, settings=strict)
         assert caught.value.problems[0][0] == ("body", "max_minutes")
         assert job_service.resume(s, job, max_minutes=60, settings=strict).status == "queued"
+
+
+# --- the work of one training step --------------------------------------------------------------
+
+
+def cnn(channels: list[int], device: str = "auto", **training: Any) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "name": "wide",
+            "dataset": {"name": "digits"},
+            "model": {"arch": "cnn", "channels": channels},
+            "training": {"optimizer": "adam", "batch_size": 64, **training},
+            "resources": {"device": device},
+        }
+    )
+
+
+def test_a_step_of_too_much_work_is_a_422_naming_the_work_and_the_limit(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """digits' 8×8 images: a 1024-channel conv, pooled to 4×4, then 1024→1024 3×3 at 4×4 is 151
+    million multiply-accumulates a sample, 58 GFLOP a step of 64. Its parameters (9.5 million)
+    and memory are far inside their limits: only the step's work tells it apart."""
+    strict = settings.model_copy(update={"max_step_tflop": 0.01, "max_training_memory_mb": 10**5})
+    [(loc, message)] = refusal(sessions, strict, cnn([1024, 1024])).problems
+    # one sample (0.9 GFLOP) would fit: the batch is what to shrink
+    assert loc == ("body", "training", "batch_size")
+    assert "model.channels [1024, 1024] with training.batch_size 64" in message
+    assert "one training step is about 58 GFLOP (151.6 million multiply-accumulates" in message
+    assert "at most 0.01 TFLOP a step (TAS_MAX_STEP_TFLOP)" in message
+    accepted(sessions, strict, cnn([1024, 1024], batch_size=8))  # 7 GFLOP
+    tiny = strict.model_copy(update={"max_step_tflop": 0.0005})
+    [(loc, _)] = refusal(sessions, tiny, cnn([1024, 1024], batch_size=1)).problems
+    assert loc == ("body", "model", "channels")  # one sample is over: the model is too big
+
+
+def test_a_data_parallel_step_is_each_process_s_share(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    strict = settings.model_copy(update={"max_step_tflop": 0.04, "max_training_memory_mb": 10**5})
+    refusal(sessions, strict, cnn([1024, 1024]))  # 58 GFLOP in one process
+    accepted(
+        sessions,
+        strict.model_copy(update={"max_processes": 2}),
+        JobSpec.model_validate(
+            {**cnn([1024, 1024]).model_dump(mode="json"), "resources": {"processes": 2}}
+        ),
+    )  # 29 GFLOP a process
+
+
+def test_a_job_on_a_gpu_has_the_gpu_s_step_bound(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    strict = settings.model_copy(
+        update={"max_step_tflop": 0.01, "max_gpu_step_tflop": 1.0, "max_training_memory_mb": 10**5}
+    )
+    add_worker(sessions, "gpu@a", ["gpu"], {"memory_mb": 10**6, "gpu_memory_mb": [10**5]})
+    accepted(sessions, strict, cnn([1024, 1024], "cuda"))
+    [(_, message)] = refusal(sessions, strict, cnn([1024, 1024], "cpu")).problems
+    assert "(TAS_MAX_STEP_TFLOP)" in message
+    # an auto job goes to the default queue: the GPU bound once a live worker there has a GPU
+    refusal(sessions, strict, cnn([1024, 1024]))
+    add_worker(
+        sessions, "gpu@b", ["default", "cpu"], {"memory_mb": 10**6, "gpu_memory_mb": [10**5]}
+    )
+    accepted(sessions, strict, cnn([1024, 1024]))

@@ -69,9 +69,11 @@ def test_the_parameter_check_needs_no_forward_pass() -> None:
 
 def test_a_small_mlp_is_counted_exactly() -> None:
     """4 inputs → 8 → 3: (4·8 + 8) + (8·3 + 3) = 67 parameters; per sample the input (4), the
-    Flatten (4), Linear (8), ReLU (8) and head (3) outputs = 27 values kept for the backward."""
+    Flatten (4), Linear (8), ReLU (8) and head (3) outputs = 27 values kept for the backward, and
+    4·8 + 8·3 = 56 multiply-accumulates forward."""
     fp = estimate(job({"arch": "mlp", "hidden": [8]}, batch_size=10), (4,), 3)
-    assert fp == Footprint(67, ("1.weight", (8, 4)), 2, 10, 27)
+    assert fp == Footprint(67, ("1.weight", (8, 4)), 2, 10, 27, macs_per_sample=56)
+    assert fp.step_flops == 6 * 56 * 10
     assert fp.weight_bytes == 67 * 4 * 4  # parameters, gradients and Adam's two moments
     assert fp.activation_bytes == 10 * 27 * 4
     assert fp.training_bytes == fp.weight_bytes + fp.activation_bytes
@@ -187,3 +189,38 @@ def test_human_counts() -> None:
     assert human_count(8_594_980_874) == "8.6 billion"
     assert human_count(11_181_642) == "11.2 million"
     assert human_count(4096) == "4,096"
+
+
+def test_a_convolution_s_work_is_counted_from_its_output_size() -> None:
+    """cnn [4, 8] on 3×16×16: conv 3→4 at 16×16 (16·16·4·3·9), pooled to 8×8, conv 4→8 at 8×8
+    (8·8·8·4·9), pooled to 4×4, head 128→5: the work of a step follows the image, not the
+    parameters."""
+    fp = estimate(job({"arch": "cnn", "channels": [4, 8]}, batch_size=6), (3, 16, 16), 5)
+    assert fp.macs_per_sample == 16 * 16 * 4 * 3 * 9 + 8 * 8 * 8 * 4 * 9 + 128 * 5
+    bigger = estimate(job({"arch": "cnn", "channels": [4, 8]}, batch_size=6), (3, 64, 64), 5)
+    assert bigger.parameters - fp.parameters == (16 * 16 - 4 * 4) * 8 * 5  # only the head grows
+    assert bigger.macs_per_sample is not None and bigger.macs_per_sample > 15 * fp.macs_per_sample
+
+
+def test_torchvision_models_work_matches_their_published_figures() -> None:
+    """torchvision's docs give resnet18 1.81 and resnet50 4.09 billion multiply-accumulates (its
+    "GFLOPS" column) for a 224×224 image; the forward hooks on meta find the same."""
+    for arch, published in (("resnet18", 1.81e9), ("resnet50", 4.09e9)):
+        fp = estimate(job({"arch": arch}), (3, 224, 224), 1000)
+        assert fp.macs_per_sample is not None
+        assert abs(fp.macs_per_sample - published) / published < 0.01, (arch, fp.macs_per_sample)
+
+
+def test_a_step_over_the_work_limit_names_it() -> None:
+    spec = job({"arch": "cnn", "channels": [256, 256]}, batch_size=512)
+    [(where, message)] = size_problems(
+        spec,
+        (3, 64, 64),
+        10,
+        max_parameters=PARAMS,
+        max_memory_mb=None,
+        max_step_tflop=Limit(1, "TAS_MAX_STEP_TFLOP"),
+    )
+    assert where == ("training", "batch_size")
+    assert "one training step is about 1.9 TFLOP" in message
+    assert "at most 1 TFLOP a step (TAS_MAX_STEP_TFLOP)" in message
