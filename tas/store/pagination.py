@@ -87,9 +87,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), row_id
+        when = datetime.fromisoformat(created)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad_cursor() from exc
+    if "\x00" in row_id:
+        # No id holds one, and PostgreSQL refuses a NUL in a text parameter (a 500 otherwise).
+        raise _bad_cursor()
+    return when, row_id
 
 
 def _bad_cursor() -> InvalidInput:
@@ -210,6 +214,8 @@ def _typed(key: SortKey, value: Any) -> Any:
         return value
     if not isinstance(value, str):
         raise TypeError("not a string")
+    if "\x00" in value:
+        raise ValueError("PostgreSQL refuses a NUL in a text parameter")
     return value
 
 
