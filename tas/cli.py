@@ -404,7 +404,7 @@ def keys_list(
     table = Table("id", "tenant", "name", "scopes", "created", "expires", "last used", "state")
     with _key_session() as (_, session):
         now = datetime.now(UTC)
-        for k in key_store.list_keys(session, tenant):
+        for k in key_store.all_keys(session, tenant):
             state = (
                 "revoked"
                 if k.revoked_at

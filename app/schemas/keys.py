@@ -37,6 +37,11 @@ class KeyOut(BaseModel):
     last_used_at: datetime | None
 
 
+class KeyPage(BaseModel):
+    items: list[KeyOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last")
+
+
 class CreatedKeyOut(KeyOut):
     key: str = Field(description="`tas_<id>_<secret>`: shown this once; only its hash is kept")
 

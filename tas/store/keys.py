@@ -13,7 +13,7 @@ import hmac
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from tas.errors import InvalidInput, KeyNotFound, MissingScope
 from tas.settings import Settings
+from tas.store import pagination
 from tas.store.orm import ApiKey, utcnow
 
 #: What each scope allows. `admin` manages keys and reads the audit log for every tenant; it is
@@ -175,11 +176,33 @@ def any_key(session: Session) -> bool:
     return bool(session.scalar(select(exists().where(ApiKey.id.is_not(None)))))
 
 
-def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
-    query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id)
+def list_keys(
+    session: Session, *, tenant: str | None, limit: int, cursor: str | None
+) -> pagination.Page[ApiKey]:
+    """One page of keys, newest first; every tenant's when `tenant` is None (keys are listed by
+    admins). Paged like every other list, so an answer's size does not grow with the table."""
+    query = select(ApiKey)
     if tenant is not None:
         query = query.where(ApiKey.tenant == tenant)
-    return list(session.scalars(query))
+    return pagination.paginate(
+        session,
+        query,
+        created_col=ApiKey.created_at,
+        id_col=ApiKey.id,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+def all_keys(session: Session, tenant: str | None = None, page: int = 200) -> Iterator[ApiKey]:
+    """Every key, newest first, read a page at a time (what `tas keys list` prints)."""
+    cursor: str | None = None
+    while True:
+        got = list_keys(session, tenant=tenant, limit=page, cursor=cursor)
+        yield from got.items
+        if got.next_cursor is None:
+            return
+        cursor = got.next_cursor
 
 
 def revoke_key(session: Session, key_id: str) -> ApiKey:

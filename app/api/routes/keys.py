@@ -8,7 +8,7 @@ from fastapi import Path, Query, Request, Response, status
 
 from app.api.deps import AuditedRouter, SessionDep, requires
 from app.api.query import StrictQuery
-from app.schemas.keys import CreatedKeyOut, KeyIn, KeyOut
+from app.schemas.keys import CreatedKeyOut, KeyIn, KeyOut, KeyPage
 from app.services.auth import Authenticator
 from tas.store import keys as key_store
 from tas.store.keys import TENANT_PATTERN
@@ -36,13 +36,19 @@ def create_key(
     return CreatedKeyOut(**KeyOut.model_validate(row).model_dump(), key=token)
 
 
-@router.get("", response_model=list[KeyOut], dependencies=[StrictQuery])
+@router.get("", response_model=KeyPage, dependencies=[StrictQuery])
 def list_keys(
     session: SessionDep,
     tenant: Annotated[str | None, Query(pattern=TENANT_PATTERN, max_length=63)] = None,
-) -> list[KeyOut]:
-    """Every key (never a secret), newest first; `tenant` narrows to one tenant's."""
-    return [KeyOut.model_validate(k) for k in key_store.list_keys(session, tenant)]
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> KeyPage:
+    """Keys (never a secret), newest first, a page at a time; every tenant's unless `tenant` is
+    given."""
+    page = key_store.list_keys(session, tenant=tenant, limit=limit, cursor=cursor)
+    return KeyPage(
+        items=[KeyOut.model_validate(k) for k in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.delete("/{key_id}", response_model=KeyOut)

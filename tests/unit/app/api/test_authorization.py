@@ -284,7 +284,7 @@ def test_revoked_and_expired_keys_are_refused_like_unknown_ones(world: World) ->
     r = world.client.get("/jobs", headers={"Authorization": f"Bearer {expired}"})
     assert (r.status_code, r.json()) == (401, unknown.json())
 
-    listed = {k["id"]: k for k in world.client.get("/keys", headers=admin).json()}
+    listed = {k["id"]: k for k in world.client.get("/keys", headers=admin).json()["items"]}
     assert listed[key_id]["revoked_at"] is not None
     assert listed[key_id]["last_used_at"] is not None
     assert all("key" not in k and "secret_hash" not in k for k in listed.values())
@@ -412,7 +412,9 @@ def test_writes_are_audited_with_their_key(world: World) -> None:
     assert actions[0] == "PUT /models/{name}/aliases/{alias}"
     assert events[0]["target"] == "a-model/staging"
     assert "POST /datasets" in actions and "POST /weights" in actions
-    team_a_key = {k["name"]: k["id"] for k in world.client.get("/keys", headers=admin).json()}
+    team_a_key = {
+        k["name"]: k["id"] for k in world.client.get("/keys", headers=admin).json()["items"]
+    }
     assert events[0]["key_id"] == team_a_key["team-a all"]
     assert world.client.get("/audit", headers=world.key("team-a")).status_code == 403
     b_events = world.client.get("/audit", params={"tenant": "team-b"}, headers=admin).json()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from tas.cli import cli
@@ -102,8 +103,8 @@ def test_the_server_secret_is_made_once_private_or_configured(tmp_path: Path) ->
 
 
 def test_tas_keys_create_list_revoke(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, sessions
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, sessions: sessionmaker[Session]
+) -> None:
     monkeypatch.setenv("TAS_DATA_DIR", str(settings.data_dir))
     runner = CliRunner()
     made = runner.invoke(
@@ -134,3 +135,26 @@ def test_tas_keys_create_list_revoke(
     with unit_of_work(sessions) as s:
         actions = [e.action for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
     assert actions == ["cli keys create", "cli keys revoke"]
+
+
+def test_tas_keys_list_prints_every_key_however_many_pages(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, sessions: sessionmaker[Session]
+) -> None:
+    """The API's pages stop at 200 keys; the CLI walks them all, so none goes missing."""
+    secret = key_store.server_secret(settings)
+    with unit_of_work(sessions) as s:
+        made = [
+            key_store.create_key(
+                s, secret, tenant="vision" if i % 3 else "nlp", scopes=["predict"]
+            )[0].id
+            for i in range(205)
+        ]
+    with unit_of_work(sessions) as s:
+        walked = [k.id for k in key_store.all_keys(s, "nlp", page=7)]
+        first = key_store.list_keys(s, tenant=None, limit=200, cursor=None)
+    assert sorted(walked) == sorted(made[::3]) and len(set(walked)) == len(walked) == 69
+    assert len(first.items) == 200 and first.next_cursor is not None
+    monkeypatch.setenv("TAS_DATA_DIR", str(settings.data_dir))
+    listed = CliRunner().invoke(cli, ["keys", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert all(key_id in listed.stdout for key_id in made)
