@@ -14,7 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from tas.settings import Settings
+from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.orm import Checkpoint, Dataset, Job, ModelAlias, ModelVersion, WeightsFile
 from tests.helpers.servers import PostgresServer, RedisServer, free_port
 from tests.helpers.specs import iris_spec
 from tests.helpers.stack import Stack, distributed_stack, embedded_stack
@@ -64,6 +68,35 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def assert_only_the_tenants(stack: Stack, job_id: str, tenant: str) -> None:
+    """What the job's run wrote carries `tenant` alone: the job and its model version in the
+    database (the only rows with a tenant so far), and every file or directory named after the
+    job under the data dir lies under the tenant's prefix."""
+    settings = Settings(data_dir=stack.data_dir, database_url=stack.env.get("TAS_DATABASE_URL"))
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            tenants = {
+                table.__name__: set(s.scalars(select(table.tenant).distinct()))
+                for table in (Job, ModelVersion, ModelAlias, Dataset, WeightsFile)
+            }
+            assert s.scalar(select(Job.tenant).where(Job.id == job_id)) == tenant
+            versions = s.scalars(select(ModelVersion.tenant).where(ModelVersion.job_id == job_id))
+            assert list(versions) == [tenant]
+            assert s.scalar(select(func.count()).where(Checkpoint.job_id == job_id)), (
+                "no checkpoint"
+            )
+    finally:
+        engine.dispose()
+    assert tenants["Job"] == tenants["ModelVersion"] == {tenant}, tenants
+    assert not (tenants["ModelAlias"] | tenants["Dataset"] | tenants["WeightsFile"]) - {tenant}
+    prefix = stack.data_dir / "artifacts" / "tenants" / tenant
+    named = [p for p in stack.data_dir.rglob(f"*{job_id}*")]
+    assert named, "the job left no file named after it"
+    outside = [p for p in named if not p.is_relative_to(prefix)]
+    assert outside == [], f"the job's files outside {prefix}"
+
+
 def test_keys_tenants_and_quotas_hold_in_the_real_processes(stack: Stack) -> None:
     http, secrets = stack.http, []
     assert http.get("/jobs").status_code == 200, "with no key the loopback server is open"
@@ -96,6 +129,8 @@ def test_keys_tenants_and_quotas_hold_in_the_real_processes(stack: Stack) -> Non
     assert [m["name"] for m in http.get("/models").json()] == [name]
     # ... and its files under the tenant's prefix.
     assert list((stack.data_dir / "artifacts" / "tenants" / "team-a").rglob("*.safetensors"))
+    # ... and nothing of the job's elsewhere: no row of another tenant, no file out of its prefix.
+    assert_only_the_tenants(stack, job_id, "team-a")
 
     # A tenant's queued + running jobs are bounded (2 here): the third is a 429 with Retry-After.
     slow = iris_spec(name="slow", training={"epochs": 400})
