@@ -179,6 +179,13 @@ class Settings(BaseSettings):
         description="How long a data-parallel job's processes may take to checkpoint and exit"
         " after a cancel before the whole group is killed.",
     )
+    cancel_grace_s: float = Field(
+        3.0,
+        gt=0,
+        description="How long a one-process job may take to stop after a cancel (or a lost lease)"
+        " before it is ended without waiting for the step in progress: the job is settled as"
+        " cancelled, and its pool process is ended and replaced.",
+    )
     worker_stop_grace_s: float = Field(
         8.0,
         gt=0,

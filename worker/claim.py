@@ -103,7 +103,16 @@ def _claim_and_run(
                 # has not touched CUDA yet, so the setting takes effect.
                 os.environ.update(slots.env)
             return run_claimed(
-                job_id, raw_spec, tenant, pinned, lease, logbook, settings, sessions, held
+                job_id,
+                raw_spec,
+                tenant,
+                pinned,
+                lease,
+                logbook,
+                settings,
+                sessions,
+                held,
+                cancel_grace_s=settings.cancel_grace_s,
             )
         finally:
             drop_scratch(settings, job_id, tenant, lease.attempt)

@@ -4,7 +4,9 @@ The training loop only sets attributes and appends to a list; a heartbeat thread
 transaction every `heartbeat_seconds`, renewing the lease in the same UPDATE and reading back the
 cancel flag. So the loop never waits on the database, writes are bounded by time (not by steps),
 and a lost lease or a cancel reaches the loop within one interval. The job's log lines (each stage's
-start and end, a line per epoch, what `worker.joblog` captures) go in the same transaction.
+start and end, a line per epoch, what `worker.joblog` captures) go in the same transaction. A
+`watchdog` (`worker.overrun`), when given, hears of each cancel or lost lease the heartbeat reads
+and of the loop taking it, and ends the run itself if the loop does not take it in time.
 
 A checkpoint's `path` is where the job's checkpoint lives: a local directory's path with a local
 artifact directory; with a remote store (S3), its key in the store (`jobs/<id>/checkpoints/ckpt-…`),
@@ -27,6 +29,7 @@ from tas.store import leases as lease_store
 from tas.store import logs as log_store
 from tas.store.leases import Lease
 from worker.joblog import JobLogBuffer
+from worker.overrun import StopWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class DbReporter(NullHooks):
         logbook: JobLogBuffer | None = None,
         log_limits: log_store.LogLimits | None = None,
         store_root: str | None = None,
+        watchdog: StopWatchdog | None = None,
     ) -> None:
         self.sessions = sessions
         self.lease = lease
@@ -75,6 +79,7 @@ class DbReporter(NullHooks):
         #: The remote store's URL with a trailing slash (`store.describe("")`): stripped from
         #: what the core reports, which names checkpoints by their URL.
         self.store_root = store_root
+        self.watchdog = watchdog
 
     def relative(self, value: Any) -> Any:
         """`value` with every string under the store's URL made its key (recursively)."""
@@ -94,6 +99,7 @@ class DbReporter(NullHooks):
         self._thread.start()
 
     def close(self) -> None:
+        self.loop_ended()
         self._done.set()
         self._thread.join(timeout=self.interval * 5 + 5)
 
@@ -122,6 +128,7 @@ class DbReporter(NullHooks):
                 if beat is None:  # another run owns the job: this one's lines are not its log
                     s.rollback()
                     self._stop_reason = "lease_lost"
+                    self._watch("lease_lost")
                     return False
                 lease_store.upsert_metrics(s, self.lease.job_id, jsonable(rows))
                 for record, kept in checkpoints:
@@ -134,7 +141,18 @@ class DbReporter(NullHooks):
         self.logbook.written(still_open)
         if beat.cancel_requested and self._stop_reason is None:
             self._stop_reason = "cancelled"
+            self._watch("cancelled")
         return True
+
+    def _watch(self, reason: str) -> None:
+        if self.watchdog is not None:
+            self.watchdog.arm(reason)
+
+    def loop_ended(self) -> None:
+        """The pipeline has returned or raised: whatever stop is pending is not the loop's to take
+        any more (the run's own ending settles the job)."""
+        if self.watchdog is not None:
+            self.watchdog.honoured()
 
     def write_logs(self, session: Session, lines: list[log_store.LogLine]) -> bool:
         """Add `lines` to the job's log in the caller's transaction; False once it is full."""
@@ -150,7 +168,10 @@ class DbReporter(NullHooks):
     def should_stop(self) -> str | None:
         if self._stop_reason is None and self._preempted.is_set():
             self._stop_reason = "preempted"
-        return self._stop_reason
+        reason = self._stop_reason
+        if reason is not None and self.watchdog is not None:
+            self.watchdog.honoured()  # the loop stops by itself from here (a checkpoint, Stopped)
+        return reason
 
     def stage_started(self, stage: str) -> None:
         self.stage = stage

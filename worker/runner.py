@@ -35,6 +35,7 @@ from tas.store.artifacts import open_artifacts
 from tas.store.orm import Job, JobStatus
 from worker.gate import PREEMPT
 from worker.joblog import JobLogBuffer, capture
+from worker.overrun import Overrun, StopWatchdog, hard_exit
 from worker.reporter import DbReporter, jsonable
 
 log = logging.getLogger(__name__)
@@ -246,11 +247,28 @@ def run_claimed(
     *,
     parallel: Solo = SOLO,
     preempted: Any = PREEMPT,
+    cancel_grace_s: float | None = None,
 ) -> Outcome:
+    """Run the claimed job to its end and settle it. With `cancel_grace_s`, a cancel or a lost
+    lease the loop has not taken within that many seconds ends the run from outside the step
+    (`worker.overrun`): only for a run that is its process's only one."""
     spec = JobSpec.model_validate(raw_spec)
     reporter: DbReporter | None = None
     limits = log_store.LogLimits.of(settings)
     settle = Settle(sessions, lease, logbook, limits)
+    watchdog = None
+    if cancel_grace_s is not None:
+        watchdog = StopWatchdog(
+            cancel_grace_s,
+            Overrun(
+                job_id,
+                cancel_grace_s,
+                logbook,
+                cancel=lambda: stopped(settle, reporter, "cancelled").status,
+                cleanup=lambda: drop_scratch(settings, job_id, tenant, lease.attempt),
+                exit=hard_exit(),
+            ),
+        )
     try:
         data = job_data(sessions, spec, tenant, pinned, settings, held)
         info = data.source.info
@@ -265,10 +283,14 @@ def run_claimed(
             logbook=logbook,
             log_limits=limits,
             store_root=_store_root(settings),
+            watchdog=watchdog,
         )
         reporter.start()
         ctx = _run_context(settings, spec, job_id, tenant, lease.attempt, data, parallel)
-        result = run_pipeline(spec, info, ctx, reporter, load=data.source.load)
+        try:
+            result = run_pipeline(spec, info, ctx, reporter, load=data.source.load)
+        finally:
+            reporter.loop_ended()  # this run's own ending settles it from here
         _trim_cache(settings)
     except Stopped as stop:
         return stopped(settle, reporter, stop.reason)
