@@ -38,8 +38,8 @@ def dataset_path(settings: Settings, row: Dataset) -> Path:
 
 
 def get_dataset(session: Session, dataset_id: str, *, tenant: str) -> Dataset:
-    row = session.get(Dataset, dataset_id)
-    if row is None or row.tenant != tenant:
+    row = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant == tenant))
+    if row is None:
         raise DatasetNotFound(dataset_id)
     return row
 

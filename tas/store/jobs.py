@@ -115,16 +115,24 @@ def delete_stored(settings: Settings, job_id: str, *, tenant: str) -> int:
         return 0
 
 
-def get_job(session: Session, job_id: str, *, tenant: str | None = None) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or (tenant is not None and job.tenant != tenant):
+def get_job(session: Session, job_id: str, *, tenant: str | None) -> Job:
+    """The job, filtered by its tenant in the statement itself: another tenant's is not found,
+    exactly as one that does not exist. `tenant=None` is for the worker and the reaper, which act
+    on every tenant's jobs; each caller says which it is."""
+    q = select(Job).where(Job.id == job_id)
+    if tenant is not None:
+        q = q.where(Job.tenant == tenant)
+    job = session.scalar(q)
+    if job is None:
         raise JobNotFound(job_id)
     return job
 
 
 #: `job_view`'s statements: every column of the job, and its stages in the order the ORM's
 #: `Job.stages` has them.
-_JOB_BY_ID = select(*Job.__table__.columns).where(Job.id == bindparam("job_id"))
+_JOB_BY_ID = select(*Job.__table__.columns).where(
+    Job.id == bindparam("job_id"), Job.tenant == bindparam("tenant")
+)
 _STAGES_OF = (
     select(*JobStage.__table__.columns)
     .where(JobStage.job_id == bindparam("job_id"))
@@ -137,8 +145,8 @@ def job_view(conn: Connection, job_id: str, *, tenant: str) -> dict[str, Any]:
     columns), read with two statements in the caller's transaction. For the read clients poll
     (GET /jobs/{id}), where building ORM objects costs several times the query; JobOut
     validates these as it does a Job."""
-    row = conn.execute(_JOB_BY_ID, {"job_id": job_id}).mappings().one_or_none()
-    if row is None or row["tenant"] != tenant:
+    row = conn.execute(_JOB_BY_ID, {"job_id": job_id, "tenant": tenant}).mappings().one_or_none()
+    if row is None:
         raise JobNotFound(job_id)
     view = dict(row)
     view["stages"] = [dict(s) for s in conn.execute(_STAGES_OF, {"job_id": job_id}).mappings()]

@@ -306,8 +306,8 @@ def resolve_model(session: Session, ref: str, *, tenant: str) -> ModelVersion:
     """A job id, `name` (latest version), `name:version` or `name@alias`: how /predict and
     `model.init_from` name a model. ModelNotFound, or ModelNotReady for an unfinished job."""
     if JOB_ID.match(ref):
-        job = session.get(Job, ref)
-        if job is None or job.tenant != tenant:
+        job = session.scalar(select(Job).where(Job.id == ref, Job.tenant == tenant))
+        if job is None:
             raise ModelNotFound(ref)
         if job.status != JobStatus.succeeded.value:
             raise ModelNotReady(ref, job.status)

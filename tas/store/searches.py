@@ -56,10 +56,14 @@ def create_search(session: Session, **values: Any) -> Search:
     return search
 
 
-def get_search(session: Session, search_id: str, *, tenant: str | None = None) -> Search:
-    """The search (another tenant's is a 404, as an unknown one)."""
-    search = session.get(Search, search_id)
-    if search is None or (tenant is not None and search.tenant != tenant):
+def get_search(session: Session, search_id: str, *, tenant: str | None) -> Search:
+    """The search, filtered by its tenant in the statement (another tenant's is a 404, as an
+    unknown one); `tenant=None` for the controller, which drives every tenant's searches."""
+    q = select(Search).where(Search.id == search_id)
+    if tenant is not None:
+        q = q.where(Search.tenant == tenant)
+    search = session.scalar(q)
+    if search is None:
         raise SearchNotFound(search_id)
     return search
 

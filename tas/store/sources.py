@@ -128,7 +128,7 @@ def _registered(session: Session, tenant: str, ref: str) -> ModelVersion:
     try:
         return registry_store.resolve_model(session, ref, tenant=tenant)
     except ModelNotReady:
-        job = session.get(Job, ref)
+        job = session.scalar(select(Job).where(Job.id == ref, Job.tenant == tenant))
         status = job.status if job is not None else "unfinished"
         raise InitSourceError(
             f"init_from {ref!r}: that job is {status}; only a succeeded job has weights to start"
@@ -140,8 +140,8 @@ def _registered(session: Session, tenant: str, ref: str) -> ModelVersion:
 
 def _not_found(session: Session, tenant: str, ref: str) -> str:
     if registry_store.JOB_ID.match(ref):
-        job = session.get(Job, ref)
-        if job is not None and job.tenant == tenant:
+        job = session.scalar(select(Job).where(Job.id == ref, Job.tenant == tenant))
+        if job is not None:
             return (
                 f"init_from {ref!r}: that job's model is no longer registered (its version was"
                 " deleted)"

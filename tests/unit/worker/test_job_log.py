@@ -278,7 +278,9 @@ def test_a_resumed_run_says_where_it_resumed_from(
     job_id = submit(sessions, settings, limited)
     assert run(sessions, settings, job_id).status == "failed"  # out of time, checkpointed
     with sessions() as s:
-        job_service.resume(s, job_store.get_job(s, job_id), max_minutes=60, settings=settings)
+        job_service.resume(
+            s, job_store.get_job(s, job_id, tenant=None), max_minutes=60, settings=settings
+        )
         s.commit()
     assert run(sessions, settings, job_id).status == "succeeded"
     second = [line for line in log_of(sessions, job_id) if line.attempt == 2]

@@ -95,7 +95,7 @@ def test_a_time_limited_job_resumes_with_a_larger_limit_to_the_same_weights(
     assert checkpoints  # the limit saves one before failing the job
 
     with sessions() as s:
-        job = job_store.get_job(s, job_id)
+        job = job_store.get_job(s, job_id, tenant=None)
         with pytest.raises(InvalidInput, match="larger one"):
             job_service.resume(s, job, max_minutes=None, settings=settings)
         job_service.resume(s, job, max_minutes=60, settings=settings)

@@ -71,7 +71,7 @@ def test_cancel_flag_reaches_the_heartbeat(sessions: sessionmaker[Session]) -> N
         assert lease is not None
         beat = lease_store.renew(s, lease, 30)
         assert beat is not None and not beat.cancel_requested
-        job = job_store.get_job(s, job_id)
+        job = job_store.get_job(s, job_id, tenant=None)
         job_store.request_cancel(s, job)
         s.commit()
         beat = lease_store.renew(s, lease, 30)
@@ -175,7 +175,7 @@ def test_stages_end_with_a_cancelled_job(sessions: sessionmaker[Session]) -> Non
     running = new_job(sessions)
     lease = claim_into(sessions, running, "w1", "collect", "train")
     with sessions() as s:
-        job_store.request_cancel(s, job_store.get_job(s, running))
+        job_store.request_cancel(s, job_store.get_job(s, running, tenant=None))
         s.commit()
         assert lease_store.finish(s, lease, JobStatus.cancelled, stage=None)
         s.commit()
@@ -188,7 +188,7 @@ def test_stages_end_with_a_cancelled_job(sessions: sessionmaker[Session]) -> Non
     with sessions() as s:
         reap_once(s, RecordingBroker(), requeue_after_s=60)
     with sessions() as s:
-        job = job_store.get_job(s, queued)
+        job = job_store.get_job(s, queued, tenant=None)
         assert job.status == "queued"
         job_store.request_cancel(s, job)
         s.commit()
