@@ -251,8 +251,9 @@ def requires(read: str | tuple[str, ...], write: str | None = None) -> params.De
 async def record_write(
     request: Request, response: Response, session: SessionDep, principal: PrincipalDep
 ) -> AsyncIterator[None]:
-    """Writes leave an audit row in their own unit of work: after the route returned (a write
-    that raised is rolled back and leaves none), naming the key, the route and the target: the
+    """Writes leave an audit row in the request's own unit of work, so the row commits with the
+    write or not at all: added after the route returned (a write that raised is rolled back and
+    leaves none), naming the key, the route and the target: the
     path's ids, or for a create the `Location` the route answered with, and the `detail` a route
     left in `request.state.audit_detail` (what the path does not say, e.g. the version an alias
     was moved to). Only write routes carry it (`AuditedRouter`). async: adding a row does no IO

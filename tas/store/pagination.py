@@ -1,5 +1,5 @@
 """Keyset pagination: one cursor format, one page type and one query for every list the API
-serves (jobs, datasets).
+serves (jobs, datasets, searches, keys, the audit log).
 
 Lists are ordered newest first by (created_at, id), and a cursor is the pair of the last item
 served: the next page starts strictly after it, so rows inserted meanwhile never make a page skip
