@@ -422,9 +422,10 @@ class JobStreams:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def _read_one(self, job_id: str, tenant: str) -> Snapshot:
-        """The same single statement as a poll (`job_store.get_job` would load stages apart)."""
-        snap = self._read_many([job_id]).get(job_id)
-        if snap is None or snap.tenant != tenant:  # another tenant's job is as unknown
+        """The same single statement as a poll (`job_store.get_job` would load stages apart),
+        filtered by the tenant: another tenant's job is as unknown."""
+        snap = self._read_many([job_id], tenant).get(job_id)
+        if snap is None:
             raise JobNotFound(job_id)
         return snap
 
@@ -460,10 +461,11 @@ class JobStreams:
                     break
         return snaps, rows
 
-    def _read_many(self, job_ids: Sequence[str]) -> dict[str, Snapshot]:
-        """Every watched job and its stages in one statement (a join, not one query per job)."""
+    def _read_many(self, job_ids: Sequence[str], tenant: str | None = None) -> dict[str, Snapshot]:
+        """Every watched job and its stages in one statement (a join, not one query per job); a
+        new stream's first read names its tenant, the poller's reads every watched job."""
         with self.sessions() as s:
-            jobs = job_store.jobs_with_stages(s, job_ids)
+            jobs = job_store.jobs_with_stages(s, job_ids, tenant=tenant)
             workers.annotate_with(jobs, lambda: self._live_workers(s))
             return {job.id: Snapshot.of(job) for job in jobs}
 

@@ -284,10 +284,14 @@ def list_jobs(
     return pagination.paginate_ordered(session, q, JOB_ORDERS[sort], limit=limit, cursor=cursor)
 
 
-def jobs_with_stages(session: Session, job_ids: Sequence[str]) -> list[Job]:
+def jobs_with_stages(
+    session: Session, job_ids: Sequence[str], *, tenant: str | None = None
+) -> list[Job]:
     """The jobs among `job_ids` with their stages loaded in the same statement (a join, not a
-    query per job), for callers that read many jobs on every poll."""
+    query per job), for callers that read many jobs on every poll; only `tenant`'s when given."""
     q = select(Job).where(Job.id.in_(job_ids)).options(joinedload(Job.stages))
+    if tenant is not None:
+        q = q.where(Job.tenant == tenant)
     return list(session.scalars(q).unique())
 
 

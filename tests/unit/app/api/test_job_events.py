@@ -265,13 +265,13 @@ def test_a_burst_of_new_streams_uses_at_most_read_threads(sessions: sessionmaker
         active = peak = 0
         lock = threading.Lock()
 
-        def _read_many(self, ids: Sequence[str]) -> dict[str, Snapshot]:
+        def _read_many(self, ids: Sequence[str], tenant: str | None = None) -> dict[str, Snapshot]:
             with self.lock:
                 self.active += 1
                 self.peak = max(self.peak, self.active)
             try:
                 time.sleep(0.01)
-                return super()._read_many(ids)
+                return super()._read_many(ids, tenant)
             finally:
                 with self.lock:
                     self.active -= 1
