@@ -17,6 +17,7 @@ import difflib
 import itertools
 import json
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
@@ -38,6 +39,11 @@ MAX_GRID = 10_000
 CHECK_WHOLE_GRID = 256
 #: An int range with at most this many values has every value checked.
 CHECK_EVERY_INT = 32
+#: The largest magnitude an int range's ends (and step) may have. Optuna holds every parameter
+#: as a float, in memory and in its storage, and a float holds every integer exactly only up to
+#: 2**53: beyond it a drawn value is rounded (2**63 - 1 comes back as 2**63, past int64 and the
+#: spec's seed bound) and TPE's arithmetic on such a range gives NaN.
+MAX_INT = 2**53
 #: Spec paths a space may not set: a trial's name and registered model name are the search's,
 #: and tags label jobs rather than train them.
 RESERVED = ("name", "model_name", "tags")
@@ -59,6 +65,12 @@ class FloatParam(_Param):
     def _bounds(self) -> FloatParam:
         if self.low > self.high:
             raise ValueError(f"low ({self.low:g}) must not be above high ({self.high:g})")
+        if not math.isfinite(self.high - self.low):
+            # The samplers draw low + u * (high - low): numpy refuses a width that overflows.
+            raise ValueError(
+                "the range is too wide: high - low must be a finite float (at most"
+                f" {sys.float_info.max:g}); got low {self.low:g}, high {self.high:g}"
+            )
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low above 0; got {self.low:g}")
         return self
@@ -68,9 +80,19 @@ class IntParam(_Param):
     """An integer in low, low + step, ..., high (or, with `log`, log-uniform with step 1)."""
 
     type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
+    low: int = Field(
+        ...,
+        ge=-MAX_INT,
+        le=MAX_INT,
+        description="At least -2**53: the sampler holds values as floats.",
+    )
+    high: int = Field(
+        ...,
+        ge=-MAX_INT,
+        le=MAX_INT,
+        description="At most 2**53: the sampler holds values as floats.",
+    )
+    step: int = Field(1, ge=1, le=MAX_INT)
     log: bool = False
 
     @model_validator(mode="after")
@@ -90,6 +112,11 @@ class IntParam(_Param):
     def values(self) -> range:
         return range(self.low, self.high + 1, self.step)
 
+    def count(self) -> int:
+        """How many values the range holds, by arithmetic: `len(range)` fails past 2**63 - 1
+        values, which a stored space read back unchecked (`parse`) may still hold."""
+        return (self.high - self.low) // self.step + 1
+
 
 class CategoricalParam(_Param):
     """One of `choices`, each any JSON value (a number, a string, a list such as [256, 256])."""
@@ -101,11 +128,26 @@ class CategoricalParam(_Param):
     def _distinct(self) -> CategoricalParam:
         seen: set[str] = set()
         for choice in self.choices:
+            if not _finite(choice):
+                # JSON has no infinity: a choice holding one (1e999 parses as it) could be
+                # neither stored as JSON nor handed to Optuna as its JSON text.
+                raise ValueError(f"choice {choice!r} holds a number that is not finite")
             text = encode(choice)
             if text in seen:
                 raise ValueError(f"choice {choice!r} is listed twice; choices must be distinct")
             seen.add(text)
         return self
+
+
+def _finite(value: Any) -> bool:
+    """Whether every number in a JSON value is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
@@ -143,12 +185,18 @@ def distribution(param: Param) -> BaseDistribution:
 Space = dict[str, Param]
 
 
-def parse(raw: Mapping[str, Any]) -> Space:
-    """A stored space (its JSON) as parameters."""
-    from pydantic import TypeAdapter
+_KINDS: dict[str, type[FloatParam | IntParam | CategoricalParam]] = {
+    "float": FloatParam,
+    "int": IntParam,
+    "categorical": CategoricalParam,
+}
 
-    adapter: TypeAdapter[Param] = TypeAdapter(Param)
-    return {path: adapter.validate_python(p) for path, p in raw.items()}
+
+def parse(raw: Mapping[str, Any]) -> Space:
+    """A stored space (its JSON) as parameters. It was checked when its search was created, so
+    it is read back as stored, not checked again: a bound added since must not strand a search
+    that was accepted under the earlier rules."""
+    return {path: _KINDS[p["type"]].model_construct(**p) for path, p in raw.items()}
 
 
 def path_problem(path: str) -> str | None:
@@ -243,7 +291,7 @@ def grid_size(space: Space) -> int | None:
     for p in space.values():
         if isinstance(p, FloatParam):
             return None
-        sizes.append(len(p.values()) if isinstance(p, IntParam) else len(p.choices))
+        sizes.append(p.count() if isinstance(p, IntParam) else len(p.choices))
     return math.prod(sizes)
 
 
@@ -274,9 +322,8 @@ def _ends(p: Param) -> list[Any]:
     if isinstance(p, FloatParam):
         return [p.low, p.high] if p.low != p.high else [p.low]
     if isinstance(p, IntParam):
-        values = p.values()
-        if len(values) <= CHECK_EVERY_INT:
-            return list(values)
+        if p.count() <= CHECK_EVERY_INT:
+            return list(p.values())
         return [p.low, p.high]
     return list(p.choices)
 

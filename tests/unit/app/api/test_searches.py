@@ -4,6 +4,7 @@ cancel, and a trial's job in /jobs. The controller is stepped by hand (the app's
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,122 @@ def test_a_step_starts_trials_as_jobs_and_cancel_stops_them(
     assert {client.get(f"/jobs/{j['id']}").json()["status"] for j in jobs} == {"cancelled"}
     again = client.post(f"/searches/{search['id']}/cancel")
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+
+
+# Ranges past what the samplers can hold: each a 422 at its space path, never a 500 (counting
+# the grid of a 2**63-value range once overflowed `len(range)`).
+@pytest.mark.parametrize(
+    ("space", "sampler", "loc", "says"),
+    [
+        (
+            {"training.seed": {"type": "int", "low": 0, "high": 2**63 - 1}},
+            "grid",
+            ["body", "space", "training.seed", "int", "high"],
+            "less than or equal to 9007199254740992",
+        ),
+        (
+            {"training.seed": {"type": "int", "low": 0, "high": 2**63 - 1}},
+            "tpe",
+            ["body", "space", "training.seed", "int", "high"],
+            "less than or equal to 9007199254740992",
+        ),
+        (
+            {"training.epochs": {"type": "int", "low": -(2**70), "high": 3}},
+            "grid",
+            ["body", "space", "training.epochs", "int", "low"],
+            "greater than or equal to -9007199254740992",
+        ),
+        (
+            {"training.epochs": {"type": "int", "low": -(2**70), "high": 3}},
+            "random",
+            ["body", "space", "training.epochs", "int", "low"],
+            "greater than or equal to -9007199254740992",
+        ),
+        (
+            {"training.epochs": {"type": "int", "low": 1, "high": 1, "step": 2**64}},
+            "grid",
+            ["body", "space", "training.epochs", "int", "step"],
+            "less than or equal to 9007199254740992",
+        ),
+        (
+            {"training.lr": {"type": "float", "low": -1.7e308, "high": 1.7e308}},
+            "random",
+            ["body", "space", "training.lr", "float"],
+            "the range is too wide",
+        ),
+    ],
+)
+def test_a_range_beyond_what_the_sampler_holds_is_a_422_at_its_path(
+    client: TestClient, space: dict[str, Any], sampler: str, loc: list[Any], says: str
+) -> None:
+    r = client.post("/searches", json=body(space=space, sampler={"type": sampler}, max_trials=2))
+    found = problems(r)
+    assert any(f[0] == loc and says in f[1] for f in found), found
+
+
+@pytest.mark.parametrize(
+    ("param", "loc"),
+    [
+        ('{"type": "float", "low": 0.001, "high": 1e999}', ["float", "high"]),
+        ('{"type": "float", "low": -1e999, "high": 0.1}', ["float", "low"]),
+        ('{"type": "int", "low": 0, "high": 1e999}', ["int", "high"]),
+        ('{"type": "categorical", "choices": [0.1, 1e999]}', ["categorical"]),
+        ('{"type": "categorical", "choices": [[{"a": -1e999}]]}', ["categorical"]),
+    ],
+)
+def test_a_number_that_is_not_finite_is_a_422_at_its_path(
+    client: TestClient, param: str, loc: list[Any]
+) -> None:
+    # Written out by hand: 1e999 is valid JSON that Python reads as infinity, and no client
+    # encoder writes it.
+    raw = json.dumps(body(space={"training.lr": "PARAM"})).replace('"PARAM"', param)
+    r = client.post("/searches", content=raw, headers={"content-type": "application/json"})
+    found = problems(r)
+    at = ["body", "space", "training.lr", *loc]
+    assert any(f[0][: len(at)] == at for f in found), found
+    assert any("finite" in f[1] or "valid integer" in f[1] for f in found), found
+
+
+def test_the_widest_int_range_is_searched_with_exact_values(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """At 2**53 a float still holds every integer, so the seed a trial's job trains with is
+    the one Optuna drew, inside the range."""
+    r = client.post(
+        "/searches",
+        json=body(space={"training.seed": {"type": "int", "low": 0, "high": 2**53}}),
+    )
+    assert r.status_code == 201, r.text
+    search = r.json()
+    grid = client.post(
+        "/searches",
+        json=body(
+            name="seed-grid",
+            sampler={"type": "grid"},
+            space={"training.seed": {"type": "int", "low": 0, "high": 2**53, "step": 2**50}},
+            max_trials=None,
+        ),
+    )
+    assert grid.status_code == 201, grid.text
+    assert grid.json()["max_trials"] == 9
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    with unit_of_work(sessions) as s:
+        assert search_store.take_lease(s, search["id"], "me", 30)
+    Controller(
+        sessions=sessions,
+        storage=study_mod.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"),
+        submit=search_service.submitter(settings),
+        publish=RecordingPublisher().publish,
+        owner="me",
+        lease_s=30,
+        max_active_jobs=100,
+    ).advance(search["id"])
+    engine.dispose()
+    trials = client.get(f"/searches/{search['id']}").json()["trials"]
+    assert len(trials) == 2
+    for t in trials:
+        seed = t["params"]["training.seed"]
+        assert isinstance(seed, int) and 0 <= seed <= 2**53
+        job = client.get(f"/jobs/{t['job_id']}").json()
+        assert job["spec"]["training"]["seed"] == seed

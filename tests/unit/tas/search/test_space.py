@@ -22,6 +22,10 @@ PARAM: TypeAdapter[sp.Param] = TypeAdapter(sp.Param)
         ({"type": "categorical", "choices": []}, "at least 1"),
         ({"type": "float", "low": 0.1, "high": 1, "steps": 2}, "Extra inputs"),
         ({"type": "uniform", "low": 0.1, "high": 1}, "float"),
+        ({"type": "int", "low": 0, "high": 2**53 + 1}, "less than or equal to 9007199254740992"),
+        ({"type": "float", "low": -1e308, "high": 1e308}, "the range is too wide"),
+        ({"type": "float", "low": 0, "high": float("inf")}, "finite number"),
+        ({"type": "categorical", "choices": [[float("nan")]]}, "not finite"),
     ],
 )
 def test_a_bad_parameter_is_refused_saying_why(raw: dict[str, object], says: str) -> None:
@@ -115,6 +119,21 @@ def test_a_grid_is_the_product_of_choices_and_stepped_int_ranges() -> None:
     # Counted, never listed: a range of 10**15 values costs nothing to size.
     huge = sp.parse({"training.seed": {"type": "int", "low": 0, "high": 10**15}})
     assert sp.grid_size(huge) == 10**15 + 1
+
+
+def test_a_stored_range_is_read_back_as_stored_and_counted_past_int64() -> None:
+    """A space stored before the 2**53 bound is read back unchecked (its search was accepted
+    then), and its size is counted by arithmetic: `len(range)` overflows past 2**63 - 1."""
+    stored = {"training.seed": {"type": "int", "low": -(2**70), "high": 2**70, "step": 2}}
+    space = sp.parse(stored)
+    assert space["training.seed"].model_dump() == {**stored["training.seed"], "log": False}
+    assert sp.grid_size(space) == 2**70 + 1
+    assert [p.params for p in sp.probes(space)][:2] == [
+        {"training.seed": -(2**70)},
+        {"training.seed": 2**70},
+    ]
+    with pytest.raises(ValidationError, match="less than or equal to 9007199254740992"):
+        PARAM.validate_python(stored["training.seed"])
 
 
 def test_probes_cover_every_choice_bound_and_both_corners() -> None:
