@@ -94,20 +94,27 @@ def _data_source(
     session: Session, spec: JobSpec, tenant: str, settings: Settings
 ) -> dataset_store.DataSource:
     """The dataset's source; an upload deleted (or whose file vanished) since submit fails the
-    job in collect, saying what to do."""
-    gone = TrainingError(
-        f"uploaded dataset {spec.dataset.id!r} no longer exists (deleted after the job was"
-        " submitted, or its file is missing from the uploads store)",
-        hint="upload the data again (POST /datasets) and submit the job with the new id",
-        type="DatasetNotFound",
-        stage="collect",
-    )
+    job in collect, saying what to do. The upload is named as its submitter knows it (by id, and
+    by its name while its row is there), never by where its file is stored."""
     try:
         source = dataset_store.data_source(session, spec.dataset, tenant=tenant, settings=settings)
     except DatasetNotFound as exc:
-        raise gone from exc
+        raise TrainingError(
+            f"uploaded dataset {spec.dataset.id!r} no longer exists (deleted after the job was"
+            " submitted)",
+            hint="upload the data again (POST /datasets) and submit the job with the new id",
+            type="DatasetNotFound",
+            stage="collect",
+        ) from exc
     if source.path is not None and not source.path.is_file():
-        raise gone
+        assert spec.dataset.id is not None
+        raise dataset_store.unreadable(
+            source.info.name,
+            spec.dataset.id,
+            "its file is missing from the uploads directory",
+            type="DatasetNotFound",
+            stage="collect",
+        )
     return source
 
 

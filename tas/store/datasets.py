@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
@@ -61,7 +61,8 @@ def data_source(
     session: Session, dataset: DatasetSpec, *, tenant: str, settings: Settings
 ) -> DataSource:
     """A built-in's source, or the tenant's upload's, read back from its stored schema (no file is
-    read here); DatasetNotFound for an unknown upload. Shared by the API (submit) and the worker."""
+    read here); DatasetNotFound for an unknown upload. Shared by the API (submit) and the worker.
+    An upload whose file cannot be read when the job loads it fails as `unreadable` says."""
     from tas.core.data.formats.upload import info_from_schema, load_upload
     from tas.core.data.registry import BUILTIN_DATASETS
 
@@ -74,28 +75,71 @@ def data_source(
     limits = file_store.upload_limits(settings)
     info = info_from_schema(row.name, schema)
     fingerprint = f"upload:{row.fingerprint}"
+    name, dataset_id, row_path = row.name, row.id, row.path
+    # The client's file name (the stored file's last part): it helps tell the format, as it did
+    # at upload, whatever this machine's copy is called.
+    filename = PurePosixPath(row.path).name
     if not open_artifacts(settings).remote:
         path = dataset_path(settings, row)
 
         def load(ctx: LoadContext) -> Loaded:
-            return load_upload(path, path.name, schema, limits)
+            try:
+                return load_upload(path, filename, schema, limits)
+            except (OSError, DataError) as exc:
+                raise unreadable(name, dataset_id, exc, hide=(str(path), row_path)) from exc
 
         return DataSource(info, load, fingerprint, path)
-    relative, size, sha256, name = row.path, row.size_bytes, row.sha256, row.id
+    relative, size, sha256 = row.path, row.size_bytes, row.sha256
 
     def fetch_and_load(ctx: LoadContext) -> Loaded:
         # Read on the machine that runs the job, only on a preprocessing-cache miss; held in the
-        # object cache while it is decoded.
+        # object cache while it is decoded. This machine's cache failing otherwise (its disk) is
+        # not the upload's fault: it stays the server's error.
         try:
             with file_store.fetch(settings, relative, size=size, sha256=sha256) as local:
-                return load_upload(local, local.name, schema, limits)
+                try:
+                    return load_upload(local, filename, schema, limits)
+                except (OSError, DataError) as exc:
+                    raise unreadable(name, dataset_id, exc, hide=(str(local), row_path)) from exc
         except file_store.StoredFileMissing as exc:
-            raise DataError(
-                f"uploaded dataset {name!r} cannot be read: {exc}",
-                hint="upload the data again (POST /datasets) and submit the job with the new id",
-            ) from exc
+            raise unreadable(name, dataset_id, exc) from exc
 
     return DataSource(info, fetch_and_load, fingerprint)
+
+
+def unreadable(
+    name: str,
+    dataset_id: str,
+    why: BaseException | str,
+    *,
+    hide: tuple[str, ...] = (),
+    **kw: Any,
+) -> DataError:
+    """A job's error for an upload it cannot read, as its submitter knows the upload: by its name
+    and id, never by where its file is stored (the tenant's prefix, the sha256, the server's
+    directories, which an OSError's text or a store key would show). An OSError gives its
+    strerror only; a DataError (an UploadError) or StoredFileMissing their own text, with any of
+    `hide` (the file's paths) in it said as "the file"; a str is the reason itself. Raise it
+    `from` the exception: the worker's log keeps the whole of it. `kw` goes to DataError (type,
+    stage)."""
+    if isinstance(why, OSError):
+        reason = why.strerror or type(why).__name__
+        reason = reason[:1].lower() + reason[1:]
+    elif isinstance(why, file_store.StoredFileMissing):
+        reason = why.reason
+    elif isinstance(why, DataError):
+        reason = why.message
+    elif isinstance(why, str):
+        reason = why
+    else:
+        reason = type(why).__name__
+    for text in sorted(filter(None, hide), key=len, reverse=True):
+        reason = reason.replace(text, "the file")
+    return DataError(
+        f"uploaded dataset {name!r} (id {dataset_id}) cannot be read: {reason}; upload it again",
+        hint="upload the data again (POST /datasets) and submit the job with the new id",
+        **kw,
+    )
 
 
 def add_dataset(

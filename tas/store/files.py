@@ -251,7 +251,13 @@ UPLOADS_PREFIX = "uploads/"
 
 class StoredFileMissing(Exception):
     """An upload's bytes are not in the store (deleted, or never written), or not the bytes its
-    row names (size or sha256 differ): the message says which."""
+    row names (size or sha256 differ): the message says which, naming the key (for the server's
+    log); `reason` says it without the key, for a job's submitter (who names the upload by its
+    name and id: the key holds the tenant's prefix and the file's sha256)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def upload_key(relative: str) -> str:
@@ -316,7 +322,10 @@ def fetch(settings: Settings, relative: str, *, size: int, sha256: str) -> Itera
     if not artifacts.remote:
         path = contained(settings.resolved_uploads_dir, relative)
         if not path.is_file():
-            raise StoredFileMissing(f"{relative} is missing from the uploads directory")
+            raise StoredFileMissing(
+                f"{relative} is missing from the uploads directory",
+                "its file is missing from the uploads directory",
+            )
         yield path
         return
     key = upload_key(relative)
@@ -326,13 +335,18 @@ def fetch(settings: Settings, relative: str, *, size: int, sha256: str) -> Itera
                 artifacts.cache.blob(artifacts.store, key, size=size, sha256=sha256)
             )
         except FileNotFoundError as exc:
-            raise StoredFileMissing(f"{key} is missing from the artifact store") from exc
+            raise StoredFileMissing(
+                f"{key} is missing from the artifact store",
+                "its file is missing from the artifact store",
+            ) from exc
         except BundleCorrupt as exc:
-            # The cause (chained) names the store's URL and this machine's cache; the message,
-            # which reaches a job's submitter, names the key only.
+            # The cause (chained) names the store's URL and this machine's cache; the message
+            # names the key only, and the reason (what a job's submitter reads) not even that.
             raise StoredFileMissing(
                 f"{key} in the artifact store is not the file uploaded (its size or sha256"
-                " differs from the upload's)"
+                " differs from the upload's)",
+                "its file in the artifact store is not the file uploaded (its size or sha256"
+                " differs from the upload's)",
             ) from exc
         yield path
 

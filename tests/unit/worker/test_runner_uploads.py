@@ -11,7 +11,9 @@ import pytest
 import safetensors.torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from tas.core.errors import TrainingError
+from tas.core.data.dataset import LoadContext
+from tas.core.data.formats.upload import UploadError
+from tas.core.errors import DataError, TrainingError
 from tas.core.models import build_model
 from tas.core.spec import JobSpec, ModelSpec
 from tas.settings import Settings
@@ -37,7 +39,9 @@ def settings(tmp_path: Path) -> Settings:
     return s
 
 
-def add_upload(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> Dataset:
+def add_upload(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path, tenant: str = "default"
+) -> Dataset:
     """What POST /datasets does, without HTTP."""
     from tas.core.data.formats.upload import UploadOptions, read_upload
 
@@ -51,7 +55,7 @@ def add_upload(settings: Settings, sessions: sessionmaker[Session], tmp_path: Pa
         row, created = dataset_store.add_dataset(
             s,
             settings,
-            tenant="default",
+            tenant=tenant,
             name="tiny",
             file_name="tiny.csv",
             spool=spool,
@@ -71,9 +75,11 @@ def spec(dataset_id: str, **model: Any) -> dict[str, Any]:
     }
 
 
-def submit(sessions: sessionmaker[Session], body: dict[str, Any], **result: Any) -> str:
+def submit(
+    sessions: sessionmaker[Session], body: dict[str, Any], tenant: str = "default", **result: Any
+) -> str:
     with sessions() as s:
-        job = job_store.create_job(s, body, tenant="default", max_attempts=1)
+        job = job_store.create_job(s, body, tenant=tenant, max_attempts=1)
         if result:
             job.result = result
         s.commit()
@@ -111,12 +117,92 @@ def test_a_deleted_upload_fails_the_job_in_collect(
         job = s.get(Job, job_id)
         assert job is not None and job.error is not None
         assert job.error["type"] == "DatasetNotFound" and job.error["stage"] == "collect"
-        assert row.id in job.error["message"] and "POST /datasets" in job.error["hint"]
+        assert f"uploaded dataset 'tiny' (id {row.id})" in job.error["message"]
+        assert "POST /datasets" in job.error["hint"]
     # and a row that is gone altogether
     js = JobSpec.model_validate(spec("0" * 32))
     with pytest.raises(TrainingError) as err:
         job_data(sessions, js, "default", None, settings)
     assert err.value.type == "DatasetNotFound"
+
+
+def failed_error(
+    settings: Settings, sessions: sessionmaker[Session], job_id: str
+) -> dict[str, Any]:
+    assert run_job(job_id, settings=settings, sessions=sessions, owner="t").status == "failed"
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.error is not None
+        return dict(job.error)
+
+
+def assert_names_the_upload_not_its_file(error: dict[str, Any], row: Dataset) -> None:
+    """The submitter reads the upload's name and id, nothing of where its file is stored."""
+    text = f"{error['message']} {error['hint']}"
+    assert f"uploaded dataset 'tiny' (id {row.id}) cannot be read: " in error["message"], error
+    assert error["message"].endswith("; upload it again"), error
+    assert "POST /datasets" in error["hint"]
+    for leak in ("TAS_", "tenants/", "team-a", "datasets/", row.sha256, "tiny.csv"):
+        assert leak not in text, (leak, error)
+    assert "/" not in error["message"], error  # no path of any kind
+
+
+def test_an_upload_whose_file_is_gone_or_changed_fails_naming_the_upload(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A file deleted before the run fails collect; one changed on disk fails its re-read; one
+    gone by the time the loader opens it (after collect's check) fails as the OSError says, by
+    its strerror alone. Each names the upload as its tenant knows it."""
+    row = add_upload(settings, sessions, tmp_path, tenant="team-a")
+    stored = settings.resolved_uploads_dir / row.path
+    assert row.path.startswith("tenants/team-a/datasets/")
+
+    stored.write_bytes(CSV.replace(b"label", b"lab3l"))
+    error = failed_error(settings, sessions, submit(sessions, spec(row.id), "team-a"))
+    assert_names_the_upload_not_its_file(error, row)
+    assert error["type"] == "DataError" and error["stage"] == "collect"
+    assert "column 'label' not found" in error["message"]
+
+    stored.unlink()
+    error = failed_error(settings, sessions, submit(sessions, spec(row.id), "team-a"))
+    assert_names_the_upload_not_its_file(error, row)
+    assert (error["type"], error["stage"]) == ("DatasetNotFound", "collect")
+    assert "its file is missing" in error["message"]
+
+    js = JobSpec.model_validate(spec(row.id))
+    stored.write_bytes(CSV)
+    data = job_data(sessions, js, "team-a", None, settings)
+    stored.unlink()
+    with pytest.raises(DataError) as err:
+        data.source.load(LoadContext(settings.resolved_datasets_dir))
+    assert_names_the_upload_not_its_file(err.value.to_error_dict(), row)
+    assert ": no such file or directory; " in err.value.message
+    # the server's log keeps the whole of it: the OSError, with the file it failed on
+    assert isinstance(err.value.__cause__, FileNotFoundError)
+    assert err.value.__cause__.filename == str(stored)
+
+
+def test_a_reader_message_quoting_the_stored_path_says_the_file_instead(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    row = add_upload(settings, sessions, tmp_path, tenant="team-a")
+    stored = settings.resolved_uploads_dir / row.path
+
+    def quoting(path: Path, *args: Any) -> Any:
+        raise UploadError(f"the CSV cannot be read: {path} and {row.path} are odd")
+
+    monkeypatch.setattr("tas.core.data.formats.upload.read_upload", quoting)
+    js = JobSpec.model_validate(spec(row.id))
+    with pytest.raises(DataError) as err:
+        job_data(sessions, js, "team-a", None, settings).source.load(
+            LoadContext(settings.resolved_datasets_dir)
+        )
+    assert_names_the_upload_not_its_file(err.value.to_error_dict(), row)
+    assert "the CSV cannot be read: the file and the file are odd" in err.value.message
+    assert str(stored) in str(err.value.__cause__)
 
 
 def test_an_init_from_version_deleted_after_submit_fails_in_collect(

@@ -243,7 +243,7 @@ def load_upload(
     for key in _STABLE_KEYS:
         if now.get(key) != schema.get(key):
             raise DataError(
-                f"the uploaded file {filename!r} no longer matches its schema: {key} was"
+                f"the stored file no longer matches its schema: {key} was"
                 f" {_short(schema.get(key))}, reading it now gives {_short(now.get(key))}",
                 hint="upload the data again to get a dataset id for what the file holds now",
             )

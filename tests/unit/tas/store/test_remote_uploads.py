@@ -119,7 +119,9 @@ def test_a_missing_or_altered_object_fails_the_load_saying_so(
     settings: Settings,
     worker_settings: Settings,
     sessions: sessionmaker[Session],
+    remote_store_url: str,
 ) -> None:
+    """The job's error names the upload by its name and id, not by its key in the store."""
     ds = client.post("/datasets", files={"file": ("t.csv", CSV, "text/csv")}).json()
     key = f"uploads/datasets/{ds['sha256']}/t.csv"
     with sessions() as s:
@@ -127,13 +129,22 @@ def test_a_missing_or_altered_object_fails_the_load_saying_so(
             s, DatasetSpec(id=ds["id"]), tenant="default", settings=worker_settings
         )
     ctx = LoadContext(worker_settings.resolved_datasets_dir)
+    named = f"uploaded dataset {ds['name']!r} (id {ds['id']}) cannot be read: "
     store_of(settings).put_bytes(key, CSV.replace(b"label", b"lab3l"))  # same size, other bytes
     with pytest.raises(DataError, match="not the file uploaded") as err:
         source.load(ctx)
     assert "POST /datasets" in (err.value.hint or "")
+    assert named in err.value.message and err.value.message.endswith("; upload it again")
     store_of(settings).delete(key)
-    with pytest.raises(DataError, match="missing from the artifact store"):
+    with pytest.raises(DataError, match="missing from the artifact store") as err:
         source.load(ctx)
+    assert named in err.value.message
+    # the key (the tenant's prefix, the sha256) stays in the cause, for the server's log only
+    assert isinstance(err.value.__cause__, file_store.StoredFileMissing)
+    assert key in str(err.value.__cause__)
+    for leak in (ds["sha256"], "uploads/", "t.csv", "TAS_", remote_store_url):
+        assert leak not in err.value.message, leak
+    assert "/" not in err.value.message
     assert not any((worker_settings.object_cache_dir / "entries").rglob("t.csv"))
 
 
