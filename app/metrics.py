@@ -115,7 +115,7 @@ class DatabaseCollector(Collector):
         listed = workers.listed(
             s, heartbeat_s=self.settings.worker_heartbeat_s, forget_s=self.settings.worker_forget_s
         )
-        running = workers.running_by_worker(s)
+        running = workers.running_by_worker(s, tenant=None)
         by_state = dict.fromkeys(
             (workers.ONLINE, workers.DRAINING, workers.OFFLINE, workers.LOST), 0
         )

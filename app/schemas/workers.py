@@ -25,8 +25,13 @@ class CapacityOut(BaseModel):
 
 class WorkerOut(BaseModel):
     id: str = Field(description="The Celery node name (`tas worker --hostname`)")
-    hostname: str
-    pid: int
+    hostname: str | None = Field(
+        description="The machine's host name: for a key with `admin` (an operator); null for"
+        " every other key"
+    )
+    pid: int | None = Field(
+        description="The worker's process id: for a key with `admin`; null for every other key"
+    )
     queues: list[str] = Field(description="The queues it consumes")
     devices: list[DeviceOut]
     capacity: CapacityOut
@@ -36,7 +41,10 @@ class WorkerOut(BaseModel):
         " lost (no heartbeat for three intervals: killed, or its machine is gone)"
     )
     live: bool = Field(description="online with a recent heartbeat: it can take a job now")
-    running_jobs: int
+    running_jobs: int = Field(
+        description="The caller's tenant's jobs running on it now; another tenant's are never"
+        " counted (an operator's total per worker: `tas_worker_running_jobs` in /metrics)"
+    )
     started_at: datetime
     heartbeat_at: datetime
 

@@ -11,14 +11,20 @@ from sqlalchemy.orm import Session
 
 from tas.settings import Settings
 from tas.store import workers
+from tas.store.keys import Principal
 from tas.store.orm import Job, JobStatus
 
 #: The read-time attribute the submit response shows (set on the Job instance, never stored).
 WARNINGS = "warnings"
 
 
-def listed(session: Session, settings: Settings) -> list[dict[str, Any]]:
-    running = workers.running_by_worker(session)
+def listed(session: Session, settings: Settings, principal: Principal) -> list[dict[str, Any]]:
+    """What a tenant needs to know of the fleet: whether a worker is live and what it can run
+    (queues, devices, capacity), and its own jobs running there. Another tenant's running jobs
+    are not counted, and the host name and pid, which serve an operator at the machine, are shown
+    to `admin` keys alone (the worker's id is the name a tenant's jobs already show)."""
+    running = workers.running_by_worker(session, tenant=principal.tenant)
+    operator = "admin" in principal.scopes
     out = []
     for row, state in workers.listed(
         session, heartbeat_s=settings.worker_heartbeat_s, forget_s=settings.worker_forget_s
@@ -26,8 +32,8 @@ def listed(session: Session, settings: Settings) -> list[dict[str, Any]]:
         out.append(
             {
                 "id": row.id,
-                "hostname": row.hostname,
-                "pid": row.pid,
+                "hostname": row.hostname if operator else None,
+                "pid": row.pid if operator else None,
                 "queues": row.queues,
                 "devices": row.devices,
                 "capacity": row.capacity,

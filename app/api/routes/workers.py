@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.deps import SessionDep, SettingsDep, requires
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, requires
 from app.api.query import StrictQuery
 from app.schemas.workers import WorkerOut
 from app.services import workers as worker_service
@@ -13,8 +13,11 @@ router = APIRouter(prefix="/workers", tags=["workers"], dependencies=[requires("
 
 
 @router.get("", response_model=list[WorkerOut], dependencies=[StrictQuery])
-def list_workers(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
+def list_workers(
+    session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> list[dict[str, Any]]:
     """Workers heard from recently (TAS_WORKER_FORGET_S), live ones first: the queues each
-    consumes, its devices and capacity, and the jobs it runs now. A worker beats every
-    TAS_WORKER_HEARTBEAT_S; three missed beats and it is `lost`."""
-    return worker_service.listed(session, settings)
+    consumes, its devices and capacity, and how many of the caller's tenant's jobs it runs now
+    (never another tenant's). A worker beats every TAS_WORKER_HEARTBEAT_S; three missed beats
+    and it is `lost`. Its host name and pid are shown to a key with `admin` too."""
+    return worker_service.listed(session, settings, principal)

@@ -109,15 +109,19 @@ def test_running_jobs_are_counted_per_worker_from_their_leases(
 ) -> None:
     with sessions() as s:
         ids = [
-            job_store.create_job(s, {"name": f"j{i}"}, tenant="default", max_attempts=3).id
-            for i in range(3)
+            job_store.create_job(s, {"name": f"j{i}"}, tenant=tenant, max_attempts=3).id
+            for i, tenant in enumerate(["default", "default", "default", "team-b"])
         ]
         s.commit()
-    for job_id, owner in zip(ids, ["w1@h/10/aa", "w1@h/11/bb", "w2@h/12/cc"], strict=True):
+    owners = ["w1@h/10/aa", "w1@h/11/bb", "w2@h/12/cc", "w1@h/13/dd"]
+    for job_id, owner in zip(ids, owners, strict=True):
         with sessions() as s:
             assert lease_store.claim(s, job_id, owner, 30) is not None
             s.commit()
     with sessions() as s:
-        assert workers.running_by_worker(s) == {"w1@h": 2, "w2@h": 1}
+        assert workers.running_by_worker(s, tenant=None) == {"w1@h": 3, "w2@h": 1}
+        assert workers.running_by_worker(s, tenant="default") == {"w1@h": 2, "w2@h": 1}
+        assert workers.running_by_worker(s, tenant="team-b") == {"w1@h": 1}
+        assert workers.running_by_worker(s, tenant="team-c") == {}
         s.execute(update(Job).where(Job.id == ids[0]).values(status="succeeded"))
-        assert workers.running_by_worker(s) == {"w1@h": 1, "w2@h": 1}
+        assert workers.running_by_worker(s, tenant="default") == {"w1@h": 1, "w2@h": 1}
