@@ -203,6 +203,11 @@ def apply_init(
         raise WeightsMismatch(
             f"the init_from weights of {name} are gone (no file)", type="InitWeightsUnreadable"
         ) from exc
+    except OSError as exc:  # its text quotes the path: the strerror alone (the cause keeps it)
+        raise WeightsMismatch(
+            f"the init_from weights of {name} cannot be read: {exc.strerror or type(exc).__name__}",
+            type="InitWeightsUnreadable",
+        ) from exc
     try:
         tensors = safetensors.torch.load(data)
     except Exception as exc:

@@ -77,6 +77,13 @@ def test_apply_init_errors_and_report_name_the_reference(store: Path) -> None:
     assert "digits-mlp:2" in gone.value.message
     assert_no_server_path(gone.value.message, store)
 
+    unreadable = store / "dir.safetensors"
+    unreadable.mkdir()  # an OSError other than a missing file: its text quotes the path
+    with pytest.raises(WeightsMismatch) as odd:
+        apply_init(model, unreadable, "3", label="weights:w1")
+    assert odd.value.message == "the init_from weights of weights:w1 cannot be read: Is a directory"
+    assert isinstance(odd.value.__cause__, IsADirectoryError)
+
     junk = store / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(WeightsMismatch) as bad:
