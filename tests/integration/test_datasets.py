@@ -115,3 +115,45 @@ def test_fine_tune_from_the_first_job_with_a_frozen_backbone(
     assert 0 < transfer["trainable_params"] < transfer["total_params"]
     # starting from a trained model, three epochs keep its accuracy
     assert done["result"]["evaluation"]["metrics"]["accuracy"] >= 0.8
+
+
+def test_a_job_on_an_upload_whose_file_changed_or_went_names_the_dataset(stack: Stack) -> None:
+    """The job's error names the upload as its submitter knows it (its name and id), never where
+    its file is stored (the uploads directory, the sha256-named folder, a tenant's prefix)."""
+    data = b"a,b,label\n" + b"".join(f"{i % 7},{i % 5},{'xy'[i % 2]}\n".encode() for i in range(40))
+    r = stack.http.post(
+        "/datasets",
+        files={"file": ("tiny.csv", data, "text/csv")},
+        data={"target": "label", "name": "tiny-upload"},
+    )
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    [stored] = [
+        p for p in (stack.data_dir / "artifacts" / "uploads").rglob("tiny.csv") if p.is_file()
+    ]
+    assert ds["sha256"] in str(stored)
+    spec = {
+        "name": "tiny-upload",
+        "dataset": {"id": ds["id"], "val_fraction": 0},
+        "model": {"arch": "mlp", "hidden": [4]},
+        "training": {"epochs": 1, "batch_size": 8},
+    }
+
+    def error_of_a_job() -> dict[str, Any]:
+        job = stack.wait(stack.submit(spec)["id"], timeout=120)
+        assert job["status"] == "failed", (job, stack.logs())
+        error = dict(job["error"])
+        text = f"{error['message']} {error['hint']}"
+        assert f"uploaded dataset 'tiny-upload' (id {ds['id']}) cannot be read: " in text, error
+        assert error["message"].endswith("; upload it again") and "POST /datasets" in text
+        for leak in ("TAS_", "tenants/", "datasets/", ds["sha256"], str(stack.data_dir)):
+            assert leak not in text, (leak, error)
+        assert "/" not in error["message"], error  # no path of any kind
+        return error
+
+    stored.write_bytes(data.replace(b"label", b"lab3l"))  # changed on disk since the upload
+    changed = error_of_a_job()
+    assert changed["type"] == "DataError" and "column 'label' not found" in changed["message"]
+    stored.unlink()
+    gone = error_of_a_job()
+    assert gone["type"] == "DatasetNotFound" and "its file is missing" in gone["message"]
