@@ -228,7 +228,8 @@ class JobPatch(BaseModel):
 
 
 class PredictionsOut(BaseModel):
-    """`GET /jobs/{id}/predictions`: one row per held-out sample, from the registered weights."""
+    """`GET /jobs/{id}/predictions`: a page of rows, one per held-out sample, from the registered
+    weights."""
 
     job_id: str
     split: str = Field(description="val | test")
@@ -236,9 +237,11 @@ class PredictionsOut(BaseModel):
     weights: dict[str, Any] | None = Field(
         description="Which epoch's weights made them (as the job's result.weights)."
     )
-    count: int
+    count: int = Field(description="The split's samples, all pages together.")
+    offset: int = Field(description="The first row of this page (0-based).")
+    limit: int = Field(description="At most this many rows on this page.")
     predictions: list[dict[str, Any]] = Field(
-        description="Classification: index (the sample's row in the data before splitting),"
+        description="This page's rows, in the split's order. Classification: index (the sample's row in the data before splitting),"
         " label, class_name, predicted, predicted_class_name, probability (of the predicted"
         " class), correct. Regression: index, value, predicted, error (predicted - value), in the"
         " target's units; lists for several target columns.",

@@ -419,7 +419,15 @@ def get_checkpoints(job: JobDep, session: SessionDep) -> list[Checkpoint]:
     response_model=PredictionsOut,
     dependencies=[StrictQuery],
     responses={
-        200: {"content": {"text/csv": {}}},
+        200: {
+            "content": {"text/csv": {}},
+            "headers": {
+                "Link": {
+                    "description": 'The next page (rel="next"), when there are more rows',
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         404: {"description": "No such job, or no predictions for that split"},
         409: {"description": "The job has not succeeded"},
     },
@@ -432,11 +440,30 @@ def get_predictions(
         Query(description="val | test; default: the split the evaluate stage reported on"),
     ] = None,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=prediction_service.MAX_PAGE,
+            description=f"Rows on the page. JSON: default {prediction_service.DEFAULT_PAGE:,};"
+            " CSV: default the whole split (streamed).",
+        ),
+    ] = None,
+    offset: Annotated[
+        int, Query(ge=0, le=2**31 - 1, description="The first row (0-based) to answer.")
+    ] = 0,
 ) -> Any:
     """Each held-out sample's index in the dataset (its row before splitting), its true label or
     value and the registered model's prediction: inspect the mistakes, or score your own baseline
-    on exactly the same split."""
-    return prediction_service.job_predictions(job, settings, split, format)
+    on exactly the same split. Rows come in the split's order.
+
+    JSON comes in pages: at most `limit` rows from `offset`, `count` the split's total; when there
+    are more, a `Link` header (rel="next") names the next page. `format=csv` streams the whole
+    split (a download to keep, e.g. `curl … > val.csv`) from `offset`, or a page of it with
+    `limit`, paged like JSON."""
+    return prediction_service.job_predictions(
+        job, settings, split, format, limit=limit, offset=offset
+    )
 
 
 @router.post(
