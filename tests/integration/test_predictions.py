@@ -55,6 +55,19 @@ def test_predictions_json_and_csv_and_refusals(stack: Stack) -> None:
     served = http.post("/predict", json={"model": jid, "inputs": raw}).json()["predictions"]
     assert [p["label"] for p in served] == [row["predicted"] for row in rows[:5]]
 
+    # Pages of 8 (a Link to each next one) cover the 30 rows once, in order; CSV, the same rows.
+    paged, url = [], f"/jobs/{jid}/predictions?limit=8"
+    while url:
+        page = http.get(url)
+        assert page.status_code == 200 and page.json()["count"] == 30, page.text
+        paged += page.json()["predictions"]
+        link = page.headers.get("link", "")
+        url = link[1 : link.index(">")] if link else ""
+    assert paged == rows
+    table = list(csv.DictReader(io.StringIO(http.get(f"/jobs/{jid}/predictions?format=csv").text)))
+    assert [int(t["index"]) for t in table] == [row["index"] for row in rows]
+    assert [t["correct"] == "true" for t in table] == [row["correct"] for row in rows]
+
     r = http.get(f"/jobs/{jid}/predictions", params={"split": "val", "format": "csv"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(r.text)))
