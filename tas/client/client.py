@@ -245,6 +245,25 @@ class JobsApi:
         rows: MetricRows = self.client.json("GET", f"/jobs/{job_id}/metrics", params=params)
         return rows
 
+    def predictions(
+        self, job_id: str, *, split: str | None = None, page_size: int = 1_000
+    ) -> Iterator[dict[str, Any]]:
+        """`GET /jobs/{id}/predictions`: each held-out sample's row (index, label or value, the
+        prediction), in the split's order, pages fetched (`page_size` rows, at most 10,000) as
+        the iteration reaches them by the `Link` header. `split`: val or test; default, the split
+        the evaluate stage reported on. ApiError 409 until the job has succeeded."""
+        first: dict[str, Any] = {"limit": page_size}
+        if split is not None:
+            first["split"] = split
+        params: dict[str, Any] | None = first
+        path: str | None = f"/jobs/{job_id}/predictions"
+        while path is not None:
+            r = self.client.request("GET", path, params=params)
+            yield from r.json()["predictions"]
+            # The next page's link carries the split answered and the paging (params, even
+            # empty ones, would replace its query).
+            path, params = _next_link(r), None
+
     def logs(self, job_id: str, *, after: int | None = None, limit: int | None = None) -> LogPage:
         """The job's log lines after the cursor `after` (from the start without one), and the
         cursor to pass next (`next_after`)."""

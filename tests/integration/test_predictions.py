@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
+from tas.client import Client
 from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,8 @@ def test_predictions_json_and_csv_and_refusals(stack: Stack) -> None:
         link = page.headers.get("link", "")
         url = link[1 : link.index(">")] if link else ""
     assert paged == rows
+    with Client(stack.base_url, api_key="") as client:  # the client walks the same pages
+        assert list(client.jobs.predictions(jid, page_size=7)) == rows
     table = list(csv.DictReader(io.StringIO(http.get(f"/jobs/{jid}/predictions?format=csv").text)))
     assert [int(t["index"]) for t in table] == [row["index"] for row in rows]
     assert [t["correct"] == "true" for t in table] == [row["correct"] for row in rows]
