@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from app.api import errors
+from app.api.body_limit import BodyLimit
 from app.api.deps import READ_THREADS
 from app.api.routes import (
     audit,
@@ -118,6 +119,12 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     serving.predict_metrics = metrics.predict
 
     app.add_middleware(Observe, requests=metrics.requests, latency=metrics.latency)
+    # Every body is bounded but those of the routes that bound their own, with larger limits.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_json_body_kb * 1024,
+        own_limits=(predict.predict, datasets.upload_dataset, weights.upload_weights),
+    )
 
     errors.install(app)
     # Starlette tries routes in order: /predict, the hot path, is matched first.

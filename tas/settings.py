@@ -59,6 +59,15 @@ class Settings(BaseSettings):
         " the temp file on the receiving machine's disk and, with TAS_ARTIFACT_URL, the object"
         " in the store.",
     )
+    max_json_body_kb: int = Field(
+        1024,
+        ge=1,
+        description="Bytes any request body may have (KiB) but an upload's (max_upload_mb) and a"
+        " /predict body's (predict_max_body_mb): a job spec, a search, a key request is a few KB."
+        " Refused (413) by its Content-Length before a byte is read, or once past the limit while"
+        " it streams in: the body is read whole and parsed on the event loop, before the key is"
+        " checked.",
+    )
     # Limits on what an upload may unpack to (archives, images, rows): see README, "Datasets".
     upload_max_uncompressed_mb: int = Field(
         2048, ge=1, description="Total bytes a ZIP upload may inflate to (MiB)."

@@ -108,14 +108,18 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
 #: Answers every operation of a kind can give, whatever its route: one that needs an API key (its
 #: `security`) refuses a caller without a valid key (401) or without the scope (403); a path names
 #: an object that may not exist (or belong to another tenant); a body that cannot be parsed at all
-#: (not UTF-8, a broken multipart body) is FastAPI's and Starlette's 400; a JSON body sent as
+#: (not UTF-8, a broken multipart body) is FastAPI's and Starlette's 400, and one larger than its
+#: route allows a 413 (app/api/body_limit.py, or the route's own limit); a JSON body sent as
 #: something else is a 415 (`validation_error_handler`).
 _KEY_ERRORS = {
     "401": "No API key, or one that is not valid (unknown, revoked or expired)",
     "403": "The API key lacks the scope this route needs: the `detail` names it.",
 }
 _PATH_ERRORS = {"404": "No such object: the `detail` names it."}
-_BODY_ERRORS = {"400": "The body could not be parsed (not UTF-8, or a broken multipart body)."}
+_BODY_ERRORS = {
+    "400": "The body could not be parsed (not UTF-8, or a broken multipart body).",
+    "413": "The body is larger than allowed: the `detail` names the limit and its setting.",
+}
 _JSON_BODY_ERRORS = {
     "415": "The body was not sent as JSON: the `detail` says which header to send."
 }
