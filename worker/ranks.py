@@ -13,7 +13,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,7 @@ def _error_record(exc: BaseException, rank: int, world: int) -> dict[str, Any]:
         "rank": rank,
         "time": time.time(),
         "error": error,
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": runner.job_traceback(exc),
     }
 
 

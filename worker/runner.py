@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +304,9 @@ def run_claimed(
     except Stopped as stop:
         return stopped(settle, reporter, stop.reason)
     except TrainingError as exc:
+        # The whole chain, for the operators: the job's log leaves out what a deliberate error
+        # was raised from (`job_traceback`).
+        log.info("job %s failed in stage %s", job_id, exc.stage, exc_info=True)
         error = public_error(exc.to_error_dict(), settings)
         logbook.add(failure_line(error, settings), level="error")
         return failed(settle, reporter, error)
@@ -347,11 +352,43 @@ def _store_root(settings: Settings) -> str | None:
 
 
 def failure_line(error: dict[str, Any], settings: Settings) -> str:
-    """The failure as the job's log shows it: the error, then the traceback being handled (the
-    server's directories named by their settings, as in the error)."""
+    """The failure as the job's log shows it: the error, then the traceback being handled as
+    `job_traceback` writes it (the server's directories named by their settings, as in the
+    error)."""
     where = f" in stage {error['stage']}" if error.get("stage") else ""
-    tb = public_error({"message": traceback.format_exc()}, settings)["message"]
+    exc = sys.exc_info()[1]
+    tb = public_error({"message": job_traceback(exc) if exc else ""}, settings)["message"]
     return f"failed{where}: {error.get('type')}: {error.get('message')}\n{tb}".rstrip()
+
+
+_FRAME_FILE = re.compile(r'^(  File ")([^"]+)(")', re.MULTILINE)
+
+
+def job_traceback(exc: BaseException) -> str:
+    """`exc`'s traceback as a job's log shows it, to whoever submitted the job: each frame's file
+    named from its import root (`torch/nn/modules/module.py`, `tas/core/pipeline.py`), not where
+    the server installed it; and an error the core raised on purpose (a TrainingError subclass,
+    whose message and hint say what to change) without the exceptions it was raised from, which
+    may name where a file is stored. The worker's own log keeps the whole chain. A plain
+    TrainingError keeps its causes: that is an unexpected error wrapped (`as_training_error`),
+    and its frames are the ones a bug report needs."""
+    chain = not (isinstance(exc, TrainingError) and type(exc) is not TrainingError)
+    text = "".join(traceback.format_exception(exc, chain=chain))
+    # sys.path's entries, and the directory holding tas, app and worker (an editable install
+    # finds them by an import hook, not by a sys.path entry).
+    entries = [*sys.path, str(Path(__file__).resolve().parents[1])]
+    roots = sorted(
+        {r for r in (os.path.abspath(e).rstrip(os.sep) for e in entries) if len(r) > 1},
+        key=len,
+        reverse=True,
+    )
+
+    def relative(m: re.Match[str]) -> str:
+        path = m.group(2)
+        root = next((r for r in roots if path.startswith(r + os.sep)), None)
+        return m.group(0) if root is None else m.group(1) + path[len(root) + 1 :] + m.group(3)
+
+    return _FRAME_FILE.sub(relative, text)
 
 
 @dataclass

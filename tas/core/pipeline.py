@@ -268,7 +268,8 @@ def run_pipeline(
         )
     except TrainingError as exc:
         exc.stage = exc.stage or stage.current
-        raise _in_group(exc, ctx.parallel) from None
+        _in_group(exc, ctx.parallel)  # in place
+        raise  # with the cause it was raised from: the worker's log shows it to the operators
     except Exception as exc:
         raise _in_group(as_training_error(exc, stage.current), ctx.parallel) from exc
 
