@@ -128,7 +128,9 @@ class Gate:
     def child_lost(self, job_id: str, hostname: str, pid: int, text: str) -> bool:
         """The pool child `pid` died running `job_id`. If that child held the job, its run ends
         as `killed` (with the signal) and the job is published again ahead of jobs not yet
-        started, or settled if it has no attempts left. True: the original message is done."""
+        started, or settled if it has no attempts left. A job already finished (a child that
+        settled its cancel and then ended itself, past the step it could not interrupt) needs
+        nothing more. True: the original message is done."""
         signum, detail = lost_detail(text)
         with GUARD.database(), self._sessions()() as s:
             status = lease_store.settle_killed(
@@ -140,7 +142,14 @@ class Gate:
                 limits=self._log_limits(),
             )
             s.commit()
-            queue = s.scalar(select(Job.queue).where(Job.id == job_id))
+            queue, now = s.execute(
+                select(Job.queue, Job.status).where(Job.id == job_id)
+            ).one_or_none() or (None, None)
+        if status is None and now in FINISHED:
+            log.info(
+                "job %s: pool child %d ended %s after the job was %s", job_id, pid, detail, now
+            )
+            return True
         if status is None:
             return False
         log.warning(
