@@ -16,8 +16,8 @@ to take it (`should_stop` answered it, or the pipeline ended on its own); past i
 
 then ends the pool child with `os._exit`: no cleanup runs in it, since the job's thread is still
 inside the step. The pool replaces the child; the worker's main process finds the job already
-settled (so the dead child changes nothing), and its message, handed back to the broker, is
-dropped on redelivery because the job is finished (a claim would be refused anyway: it is fenced).
+settled (so the dead child changes nothing) and acknowledges its message: nothing is left to
+run (a redelivered one would be dropped anyway, and a claim refused: it is fenced).
 
 Only a pool child is ended (the pool replaces it). Any other process (a test calling the runner)
 is left alone: the run is settled, the step runs on, and the loop then finds its lease gone and
