@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from app.schemas.jobs import PredictionsOut
 from app.services import predictions as prediction_service
 from tas.core import predictions
 from tas.settings import Settings
@@ -275,6 +276,7 @@ def test_predictions_page_through_every_row_in_order(
     body = whole.json()
     assert (body["split"], body["count"], body["offset"], body["limit"]) == ("val", 25, 0, 1000)
     assert body["weights"] == {"keep": "last"}
+    PredictionsOut.model_validate(body)  # encoded without the model: still the documented shape
     expected = [
         {
             "index": int(i),
