@@ -232,17 +232,25 @@ class JobsApi:
         max_points: int | None = None,
         kind: str | None = None,
     ) -> MetricRows:
-        """`GET /jobs/{id}/metrics`: a row per epoch (`kind="step"`: per logged step), each with
-        `epoch`, `step` and the metric keys; with `max_points`, downsampled points that also
+        """`GET /jobs/{id}/metrics`: every row per epoch (`kind="step"`: per logged step), each
+        with `epoch`, `step` and the metric keys, the server's pages (10,000 rows each) followed
+        by their `Link` header; with `max_points`, downsampled points (one answer) that also
         carry their `bucket` (rows, min, max)."""
-        params: dict[str, Any] = {}
+        first: dict[str, Any] = {}
         if keys:
-            params["keys"] = ",".join(keys)
+            first["keys"] = ",".join(keys)
         if max_points is not None:
-            params["max_points"] = max_points
+            first["max_points"] = max_points
         if kind is not None:
-            params["kind"] = kind
-        rows: MetricRows = self.client.json("GET", f"/jobs/{job_id}/metrics", params=params)
+            first["kind"] = kind
+        params: dict[str, Any] | None = first
+        rows: MetricRows = []
+        path: str | None = f"/jobs/{job_id}/metrics"
+        while path is not None:
+            r = self.client.request("GET", path, params=params)
+            rows.extend(r.json())
+            # the next page's link carries the kind, keys and paging (params would replace it)
+            path, params = _next_link(r), None
         return rows
 
     def predictions(
