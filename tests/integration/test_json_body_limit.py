@@ -13,9 +13,6 @@ answer must be the 413 itself: a server that dropped the connection instead fail
 
 from __future__ import annotations
 
-import re
-import select
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.raw_http import MiB, Sent, Watch, check_refused, send, zeros
 from tests.helpers.servers import free_port
 from tests.helpers.stack import Stack, base_env, spawn, wait_http
-from tests.integration.test_request_bounds import Watch, zeros
 
 pytestmark = [pytest.mark.integration]
 
-MiB = 1 << 20
 LIMIT = 1 * MiB  # TAS_MAX_JSON_BODY_KB's default
 BIG = 100 * 1000 * 1000
 SETTING = b"TAS_MAX_JSON_BODY_KB"
@@ -88,76 +84,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         stack.close()
 
 
-@dataclass
-class Sent:
-    status: int | None
-    response: bytes
-    body_bytes: int  # how much of the body the client got to send before the answer came
-    reset: bool
-
-
-def send(api: Api, method: str, path: str, body: Iterator[bytes], *, length: int | None) -> Sent:
-    """The request over a raw socket, with no key: the head, then the body piece by piece
-    (chunked transfer coding when `length` is None), stopping as soon as an answer is readable."""
-    head = [
-        f"{method} {path} HTTP/1.1",
-        f"Host: 127.0.0.1:{api.port}",
-        "Content-Type: application/json",
-        f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked",
-        "",
-        "",
-    ]
-    sock = socket.create_connection(("127.0.0.1", api.port), timeout=60)
-    sent, reset, response = 0, False, b""
-    try:
-        sock.sendall("\r\n".join(head).encode())
-        for chunk in body:
-            if select.select([sock], [], [], 0)[0]:
-                break  # the answer came: stop sending
-            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if length is None else chunk)
-            sent += len(chunk)
-        else:
-            if length is None:
-                sock.sendall(b"0\r\n\r\n")
-        sock.settimeout(30)
-        while b"\r\n\r\n" not in response or len(response) < _expected(response):
-            data = sock.recv(65536)
-            if not data:
-                break
-            response += data
-    except (ConnectionResetError, BrokenPipeError):
-        reset = True
-    finally:
-        sock.close()
-    m = re.match(rb"HTTP/1\.1 (\d{3})", response)
-    return Sent(int(m.group(1)) if m else None, response, sent, reset)
-
-
-def _expected(response: bytes) -> int:
-    head, _, _ = response.partition(b"\r\n\r\n")
-    m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-    return len(head) + 4 + int(m.group(1)) if m else len(response)
-
-
-def _report(what: str, sent: Sent, watch: Watch) -> str:
-    lat = sorted(watch.latencies) or [float("nan")]
-    return (
-        f"{what}: status {sent.status}, {sent.body_bytes / MiB:.1f} MiB sent before the answer,"
-        f" reset={sent.reset}; API RSS +{watch.growth / MiB:.1f} MiB (from"
-        f" {watch.baseline / MiB:.0f} MiB); /healthz x{len(watch.latencies)}: median"
-        f" {lat[len(lat) // 2] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms"
-    )
-
-
 def _check(sent: Sent, watch: Watch, what: str) -> str:
-    report = _report(what, sent, watch)
-    print(report)
-    assert sent.status == 413 and not sent.reset, report
-    assert SETTING in sent.response, sent.response
-    assert watch.growth < 100 * MiB, report
-    assert watch.latencies and watch.statuses == {200}, report
-    assert max(watch.latencies) < 0.100, report
-    return report
+    return check_refused(sent, watch, what, SETTING)
 
 
 HEAD, TAIL = b'{"name": [', b"0]}"
@@ -175,7 +103,7 @@ def big_json() -> Iterator[bytes]:
 def watched(api: Api, method: str, path: str, *, length: int | None) -> tuple[Sent, Watch]:
     with Watch(api.base_url, api.pid) as watch:
         time.sleep(0.3)  # a few /healthz answers before the body, as a baseline
-        sent = send(api, method, path, big_json(), length=length)
+        sent = send(api.port, method, path, big_json(), length=length)
         time.sleep(0.1)
     return sent, watch
 
@@ -185,15 +113,15 @@ def test_a_100_mb_body_announced_by_its_length_is_refused_unread(
     api: Api, method: str, path: str
 ) -> None:
     sent, watch = watched(api, method, path, length=LENGTH)
-    report = _check(sent, watch, f"{method} {path}, Content-Length 100 MB, no key")
+    text = _check(sent, watch, f"{method} {path}, Content-Length 100 MB, no key")
     assert f"the body is {LENGTH:,} bytes".encode() in sent.response, sent.response
     # refused on its head: the client sent no more than the sockets buffer
-    assert sent.body_bytes < 16 * MiB, report
+    assert sent.body_bytes < 16 * MiB, text
 
 
 def test_a_chunked_body_is_refused_once_past_the_limit(api: Api) -> None:
     sent, watch = watched(api, "POST", "/jobs", length=None)
-    report = _check(sent, watch, "POST /jobs, chunked 100 MB, no key")
+    text = _check(sent, watch, "POST /jobs, chunked 100 MB, no key")
     assert b"while streaming in" in sent.response, sent.response
     # read up to the limit, not to the end: what the client sent is the limit and socket buffers
-    assert LIMIT <= sent.body_bytes < LIMIT + 32 * MiB, report
+    assert LIMIT <= sent.body_bytes < LIMIT + 32 * MiB, text
