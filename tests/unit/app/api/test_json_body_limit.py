@@ -8,7 +8,6 @@ before. The uploads and /predict keep their own, larger limits."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from tas.store.engine import make_engine, make_sessionmaker
 from tas.store.unit_of_work import unit_of_work
 from tests.helpers.api import make_app, migrated_settings, running_client
 from tests.helpers.specs import iris_spec
+from tests.helpers.streamed import StreamedBody, send_streamed
 
 KiB = 1024
 LIMIT = 4 * KiB
@@ -90,41 +90,9 @@ def fill(path: str) -> str:
     return path
 
 
-class Sent:
-    """A JSON object's bytes, `{` then spaces then `}`, streamed in CHUNK-sized pieces; counts
-    what the app pulled from it."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.pulled = 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks():
-            self.pulled += len(chunk)
-            yield chunk
-
-    def _chunks(self) -> Iterator[bytes]:
-        yield b"{"
-        left = self.total - 2
-        while left > 0:
-            n = min(left, CHUNK)
-            yield b" " * n
-            left -= n
-        yield b"}"
-
-
-def send_streamed(
-    app: FastAPI, method: str, path: str, body: Sent, headers: dict[str, str]
-) -> httpx.Response:
-    """The request through the ASGI app, which pulls the body piece by piece as it reads it
-    (TestClient would read the whole body before the app sees a byte of it)."""
-
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            return await c.request(method, path, content=body, headers=headers)
-
-    return asyncio.run(go())
+def spaces_object(total: int) -> StreamedBody:
+    """A JSON object's `total` bytes, `{` then spaces then `}`, in CHUNK-sized pieces."""
+    return StreamedBody(total - 2, head=b"{", tail=b"}", filler=b" ", chunk=CHUNK)
 
 
 def padded(body: bytes, size: int) -> bytes:
@@ -143,7 +111,7 @@ def test_the_walk_finds_every_route_with_a_json_body(app: FastAPI) -> None:
 
 def test_a_content_length_over_the_limit_is_refused_before_a_byte_is_read(app: FastAPI) -> None:
     for method, path in json_routes(app):
-        body = Sent(LIMIT + 1)
+        body = spaces_object(LIMIT + 1)
         headers = {**JSON, "content-length": str(LIMIT + 1)}
         r = send_streamed(app, method, fill(path), body, headers)
         where = f"{method} {path}"
@@ -156,7 +124,7 @@ def test_a_content_length_over_the_limit_is_refused_before_a_byte_is_read(app: F
 
 def test_a_chunked_body_is_refused_once_past_the_limit(app: FastAPI) -> None:
     for method, path in json_routes(app):
-        body = Sent(64 * LIMIT)
+        body = spaces_object(64 * LIMIT)
         r = send_streamed(app, method, fill(path), body, JSON)
         where = f"{method} {path}"
         assert r.status_code == 413, (where, r.text)
@@ -194,11 +162,11 @@ def test_a_keyed_server_refuses_a_large_body_before_the_missing_key(
             )
     finally:
         engine.dispose()
-    large = Sent(64 * LIMIT)
+    large = spaces_object(64 * LIMIT)
     r = send_streamed(app, "POST", "/jobs", large, {**JSON, "content-length": str(64 * LIMIT)})
     assert r.status_code == 413 and SETTING in detail(r), r.text
     assert large.pulled == 0
-    chunked = send_streamed(app, "POST", "/jobs", Sent(64 * LIMIT), JSON)
+    chunked = send_streamed(app, "POST", "/jobs", spaces_object(64 * LIMIT), JSON)
     assert chunked.status_code == 413, chunked.text
     with running_client(app) as c:
         small = c.post("/jobs", json=iris_spec())
@@ -278,7 +246,7 @@ def bare(read_after_start: bool) -> Any:
     return app
 
 
-def call(asgi: Any, body: Sent) -> tuple[int, str]:
+def call(asgi: Any, body: StreamedBody) -> tuple[int, str]:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=asgi)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
@@ -294,15 +262,15 @@ def call(asgi: Any, body: Sent) -> tuple[int, str]:
 def test_the_middleware_bounds_any_endpoint_but_those_with_their_own_limit() -> None:
     inner = bare(read_after_start=False)
     bounded = BodyLimit(inner, max_bytes=LIMIT, own_limits=())
-    assert call(bounded, Sent(LIMIT))[0] == 200
-    status, text = call(bounded, Sent(LIMIT + 1))
+    assert call(bounded, spaces_object(LIMIT))[0] == 200
+    status, text = call(bounded, spaces_object(LIMIT + 1))
     assert status == 413 and SETTING in text, text
     own = BodyLimit(inner, max_bytes=LIMIT, own_limits=(inner,))
-    assert call(own, Sent(8 * LIMIT)) == (200, str(8 * LIMIT))
+    assert call(own, spaces_object(8 * LIMIT)) == (200, str(8 * LIMIT))
 
 
 def test_a_body_read_after_the_answer_began_is_not_refused() -> None:
     """Once the answer has begun a 413 can no longer be sent: what still reads is a stream
     waiting for the client to leave, and it is left alone."""
     bounded = BodyLimit(bare(read_after_start=True), max_bytes=LIMIT, own_limits=())
-    assert call(bounded, Sent(8 * LIMIT)) == (200, str(8 * LIMIT))
+    assert call(bounded, spaces_object(8 * LIMIT)) == (200, str(8 * LIMIT))

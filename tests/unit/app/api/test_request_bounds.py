@@ -5,9 +5,7 @@ before any is decoded). Each refusal is a 413 naming the limit and its setting."
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from tas.settings import Settings
 from tests.helpers.api import make_app, migrated_settings, running_client
 from tests.helpers.images import b64, png
 from tests.helpers.registry import Registry
+from tests.helpers.streamed import StreamedBody, send_streamed
 
 MiB = 1 << 20
 
@@ -38,38 +37,13 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-class Sent:
-    """A request body streamed in 64 KiB chunks that counts what the server pulled from it."""
-
-    def __init__(self, total: int, head: bytes = b"", tail: bytes = b"") -> None:
-        self.total, self.head, self.tail = total, head, tail
-        self.pulled = 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks():
-            self.pulled += len(chunk)
-            yield chunk
-
-    def _chunks(self) -> Iterator[bytes]:
-        yield self.head
-        left = self.total
-        while left > 0:
-            n = min(left, 64 * 1024)
-            yield b"0," * (n // 2) + b"0" * (n % 2)
-            left -= n
-        yield self.tail
+def zeros_body(size: int, head: bytes = b"", tail: bytes = b"") -> StreamedBody:
+    """`0,0,0,…` (a JSON array's inside) between `head` and `tail`."""
+    return StreamedBody(size, head=head, tail=tail)
 
 
-def post_streamed(app: FastAPI, body: Sent, headers: dict[str, str]) -> httpx.Response:
-    """POST /predict through the ASGI app, which pulls the body chunk by chunk as it reads it
-    (TestClient would read the whole body before the app sees the first byte)."""
-
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            return await c.post("/predict", content=body, headers=headers)
-
-    return asyncio.run(go())
+def post_streamed(app: FastAPI, body: StreamedBody, headers: dict[str, str]) -> httpx.Response:
+    return send_streamed(app, "POST", "/predict", body, headers)
 
 
 def detail(r: httpx.Response) -> str:
@@ -79,7 +53,7 @@ def detail(r: httpx.Response) -> str:
 def test_content_length_over_the_limit_is_refused_before_a_byte_is_read(
     settings: Settings,
 ) -> None:
-    body = Sent(8 * MiB, head=b'{"model": "m", "inputs": [', tail=b"0]}")
+    body = zeros_body(8 * MiB, head=b'{"model": "m", "inputs": [', tail=b"0]}")
     length = 8 * MiB + len(body.head) + len(body.tail)
     r = post_streamed(
         make_app(settings),
@@ -93,7 +67,7 @@ def test_content_length_over_the_limit_is_refused_before_a_byte_is_read(
 
 
 def test_chunked_body_is_refused_once_past_the_limit(settings: Settings) -> None:
-    body = Sent(8 * MiB, head=b'{"model": "m", "inputs": [', tail=b"0]}")
+    body = zeros_body(8 * MiB, head=b'{"model": "m", "inputs": [', tail=b"0]}")
     r = post_streamed(make_app(settings), body, {"content-type": "application/json"})
     assert r.status_code == 413, r.text
     assert "passed 1,048,576 bytes while streaming in" in detail(r)
@@ -107,7 +81,7 @@ def test_chunked_multipart_is_refused_once_past_the_limit(settings: Settings) ->
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
         b"Content-Type: image/png\r\n\r\n"
     )
-    body = Sent(8 * MiB, head=head, tail=b"\r\n--b--\r\n")
+    body = zeros_body(8 * MiB, head=head, tail=b"\r\n--b--\r\n")
     r = post_streamed(make_app(settings), body, {"content-type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413, r.text
     assert "TAS_PREDICT_MAX_BODY_MB" in detail(r)
@@ -116,7 +90,7 @@ def test_chunked_multipart_is_refused_once_past_the_limit(settings: Settings) ->
 
 def test_the_upload_limit_bounds_predict_too_and_is_named(tmp_path: Path) -> None:
     settings = migrated_settings(tmp_path, max_upload_mb=1, predict_max_body_mb=32)
-    body = Sent(2 * MiB)
+    body = zeros_body(2 * MiB)
     r = post_streamed(make_app(settings), body, {"content-type": "application/json"})
     assert r.status_code == 413, r.text
     assert "(1 MiB, TAS_MAX_UPLOAD_MB)" in detail(r)
