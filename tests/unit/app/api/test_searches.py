@@ -247,14 +247,14 @@ def test_searches_are_listed_newest_first_in_pages(client: TestClient) -> None:
     assert client.get("/searches/" + "0" * 32).status_code == 404
 
 
-def test_a_step_starts_trials_as_jobs_and_cancel_stops_them(
-    client: TestClient, settings: Settings, published: RecordingPublisher, tmp_path: Path
+def advance_once(
+    settings: Settings, tmp_path: Path, search_id: str, published: RecordingPublisher
 ) -> None:
-    search = client.post("/searches", json=body()).json()
+    """One step of the search controller on `search_id`, as its thread in the API takes it."""
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)
     with unit_of_work(sessions) as s:
-        assert search_store.take_lease(s, search["id"], "me", 30)
+        assert search_store.take_lease(s, search_id, "me", 30)
     Controller(
         sessions=sessions,
         storage=study_mod.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"),
@@ -263,8 +263,15 @@ def test_a_step_starts_trials_as_jobs_and_cancel_stops_them(
         owner="me",
         lease_s=30,
         max_active_jobs=100,
-    ).advance(search["id"])
+    ).advance(search_id)
     engine.dispose()
+
+
+def test_a_step_starts_trials_as_jobs_and_cancel_stops_them(
+    client: TestClient, settings: Settings, published: RecordingPublisher, tmp_path: Path
+) -> None:
+    search = client.post("/searches", json=body()).json()
+    advance_once(settings, tmp_path, search["id"], published)
 
     got = client.get(f"/searches/{search['id']}").json()
     assert got["status"] == "running" and got["started_at"] is not None
@@ -386,20 +393,7 @@ def test_the_widest_int_range_is_searched_with_exact_values(
     )
     assert grid.status_code == 201, grid.text
     assert grid.json()["max_trials"] == 9
-    engine = make_engine(settings.resolved_database_url)
-    sessions = make_sessionmaker(engine)
-    with unit_of_work(sessions) as s:
-        assert search_store.take_lease(s, search["id"], "me", 30)
-    Controller(
-        sessions=sessions,
-        storage=study_mod.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"),
-        submit=search_service.submitter(settings),
-        publish=RecordingPublisher().publish,
-        owner="me",
-        lease_s=30,
-        max_active_jobs=100,
-    ).advance(search["id"])
-    engine.dispose()
+    advance_once(settings, tmp_path, search["id"], RecordingPublisher())
     trials = client.get(f"/searches/{search['id']}").json()["trials"]
     assert len(trials) == 2
     for t in trials:
