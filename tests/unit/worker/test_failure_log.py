@@ -20,7 +20,6 @@ from tas.core.errors import DataError
 from tas.core.spec import DatasetSpec
 from tas.settings import Settings
 from tas.store import datasets as dataset_store
-from tas.store.migrate import upgrade
 from tas.store.orm import Job
 from tests.unit.worker.test_job_log import IRIS, log_of, submit
 from worker import runner
@@ -29,14 +28,6 @@ from worker.runner import job_traceback
 
 REPO = Path(runner.__file__).resolve().parents[1]
 THIS = Path(__file__).resolve().relative_to(REPO).as_posix()
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "var", device="cpu", heartbeat_seconds=0.2)
-    s.ensure_dirs()
-    upgrade(s.resolved_database_url)
-    return s
 
 
 def with_loader(monkeypatch: pytest.MonkeyPatch, load: Any) -> None:

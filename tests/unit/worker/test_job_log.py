@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from tas.settings import Settings
 from tas.store import jobs as job_store
 from tas.store import leases as lease_store
 from tas.store import logs as log_store
-from tas.store.migrate import upgrade
 from tas.store.orm import Job, JobLog
 from worker import claim, runner
 from worker.gate import PREEMPT
@@ -29,14 +27,6 @@ from worker.joblog import JobLogBuffer, capture
 from worker.reporter import DbReporter, epoch_summary, stage_summary
 
 OWNER = "host/1/abcd"
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "var", device="cpu", heartbeat_seconds=0.2)
-    s.ensure_dirs()
-    upgrade(s.resolved_database_url)
-    return s
 
 
 def claimed(sessions: sessionmaker[Session]) -> lease_store.Lease:

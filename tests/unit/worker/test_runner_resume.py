@@ -5,7 +5,6 @@ a run never stopped."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,17 +18,8 @@ from tas.core.spec import JobSpec
 from tas.errors import InvalidInput
 from tas.settings import Settings
 from tas.store import jobs as job_store
-from tas.store.migrate import upgrade
 from tas.store.orm import Job, JobStage
 from worker.claim import run_job
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "var", device="cpu", heartbeat_seconds=0.2)
-    s.ensure_dirs()
-    upgrade(s.resolved_database_url)
-    return s
 
 
 def spec(name: str, max_minutes: float) -> dict[str, Any]:

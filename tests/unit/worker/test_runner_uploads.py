@@ -21,7 +21,6 @@ from tas.store import datasets as dataset_store
 from tas.store import files as file_store
 from tas.store import jobs as job_store
 from tas.store import registry as registry_store
-from tas.store.migrate import upgrade
 from tas.store.orm import Dataset, Job, JobStatus, ModelVersion
 from worker.claim import run_job
 from worker.runner import job_data
@@ -29,14 +28,6 @@ from worker.runner import job_data
 CSV = b"a,b,label\n" + b"".join(
     f"{i % 7},{(i * 3) % 5},{'yes' if i % 7 > 3 else 'no'}\n".encode() for i in range(80)
 )
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "var", device="cpu", heartbeat_seconds=0.2)
-    s.ensure_dirs()
-    upgrade(s.resolved_database_url)
-    return s
 
 
 def add_upload(
