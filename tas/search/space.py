@@ -44,6 +44,15 @@ CHECK_EVERY_INT = 32
 #: 2**53: beyond it a drawn value is rounded (2**63 - 1 comes back as 2**63, past int64 and the
 #: spec's seed bound) and TPE's arithmetic on such a range gives NaN.
 MAX_INT = 2**53
+#: The narrowest float range (other than a single value, low == high) a space may hold, as a
+#: fraction of its ends' magnitude, and in absolute terms. TPE builds its kernels over the range
+#: (over ln low .. ln high for a log range), each at least 1/100 of its width: in a linear range
+#: of width ~1e-323 (a few subnormal steps) that width rounds to zero, and in a log range whose
+#: ends differ by 1 part in 1e15, ln high == ln low when the ends are large (1e100); either way
+#: TPE divides by zero and every draw fails on a NaN. At these bounds (checked by running TPE on
+#: them) the kernels stay normal floats many steps wide.
+MIN_FLOAT_WIDTH_REL = 1e-9
+MIN_FLOAT_WIDTH = 1e-300
 #: Spec paths a space may not set: a trial's name and registered model name are the search's,
 #: and tags label jobs rather than train them.
 RESERVED = ("name", "model_name", "tags")
@@ -73,6 +82,25 @@ class FloatParam(_Param):
             )
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low above 0; got {self.low:g}")
+        if self.low == self.high:
+            return self  # a single value: Optuna hands it back without sampling
+        if self.log:
+            if math.log(self.high) - math.log(self.low) < MIN_FLOAT_WIDTH_REL:
+                raise ValueError(
+                    "the log range is too narrow for the sampler: ln(high) - ln(low) must be"
+                    f" at least {MIN_FLOAT_WIDTH_REL:g} (high about low × (1 +"
+                    f" {MIN_FLOAT_WIDTH_REL:g}) or more), or low equal to high for a single"
+                    f" value; got low {self.low!r}, high {self.high!r}"
+                )
+        elif self.high - self.low < max(
+            MIN_FLOAT_WIDTH_REL * max(abs(self.low), abs(self.high)), MIN_FLOAT_WIDTH
+        ):
+            raise ValueError(
+                "the range is too narrow for the sampler: high - low must be at least"
+                f" {MIN_FLOAT_WIDTH_REL:g} × max(|low|, |high|) and at least {MIN_FLOAT_WIDTH:g},"
+                f" or low equal to high for a single value; got low {self.low!r}, high"
+                f" {self.high!r}"
+            )
         return self
 
 

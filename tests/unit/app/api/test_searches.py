@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from app.services import searches as search_service
 from tas.search import study as study_mod
@@ -17,6 +18,7 @@ from tas.search.controller import Controller
 from tas.settings import Settings
 from tas.store import searches as search_store
 from tas.store.engine import make_engine, make_sessionmaker
+from tas.store.orm import Search
 from tas.store.unit_of_work import unit_of_work
 from tests.helpers.api import RecordingPublisher
 
@@ -338,6 +340,26 @@ def test_a_step_starts_trials_as_jobs_and_cancel_stops_them(
             ["body", "space", "training.lr", "float"],
             "the range is too wide",
         ),
+        # TPE's draws fail on a NaN over these (the search would log and retry forever).
+        (
+            {"training.weight_decay": {"type": "float", "low": 0.0, "high": 1e-323}},
+            "tpe",
+            ["body", "space", "training.weight_decay", "float"],
+            "too narrow for the sampler",
+        ),
+        (
+            {
+                "training.lr": {
+                    "type": "float",
+                    "low": 0.01,
+                    "high": 0.01 * (1 + 1e-15),
+                    "log": True,
+                }
+            },
+            "tpe",
+            ["body", "space", "training.lr", "float"],
+            "log range is too narrow for the sampler",
+        ),
     ],
 )
 def test_a_range_beyond_what_the_sampler_holds_is_a_422_at_its_path(
@@ -346,6 +368,36 @@ def test_a_range_beyond_what_the_sampler_holds_is_a_422_at_its_path(
     r = client.post("/searches", json=body(space=space, sampler={"type": sampler}, max_trials=2))
     found = problems(r)
     assert any(f[0] == loc and says in f[1] for f in found), found
+
+
+def test_a_search_stored_with_a_range_now_refused_is_still_read_and_stepped(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """A search accepted before the narrowness bound (its space set in the database here) is
+    read back as stored, listed and shown, and its controller still starts trials."""
+    r = client.post(
+        "/searches",
+        json=body(
+            space={"training.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+            sampler={"type": "tpe", "seed": 3},
+        ),
+    )
+    assert r.status_code == 201, r.text
+    search_id = r.json()["id"]
+    narrow = {"training.weight_decay": {"type": "float", "low": 0.0, "high": 1e-323, "log": False}}
+    engine = make_engine(settings.resolved_database_url)
+    with unit_of_work(make_sessionmaker(engine)) as s:
+        s.execute(update(Search).where(Search.id == search_id).values(space=narrow))
+    engine.dispose()
+
+    shown = client.get(f"/searches/{search_id}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["space"] == narrow
+    assert [x["id"] for x in client.get("/searches").json()["items"]] == [search_id]
+    advance_once(settings, tmp_path, search_id, RecordingPublisher())
+    trials = client.get(f"/searches/{search_id}").json()["trials"]
+    assert len(trials) == 2
+    assert all(0.0 <= t["params"]["training.weight_decay"] <= 1e-323 for t in trials)
 
 
 @pytest.mark.parametrize(

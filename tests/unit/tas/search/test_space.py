@@ -3,10 +3,15 @@ parameters become its spec, and which specs are checked before a search is accep
 
 from __future__ import annotations
 
+import math
+import random
+
+import optuna
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from tas.search import space as sp
+from tas.search import study as study_mod
 
 PARAM: TypeAdapter[sp.Param] = TypeAdapter(sp.Param)
 
@@ -26,6 +31,15 @@ PARAM: TypeAdapter[sp.Param] = TypeAdapter(sp.Param)
         ({"type": "float", "low": -1e308, "high": 1e308}, "the range is too wide"),
         ({"type": "float", "low": 0, "high": float("inf")}, "finite number"),
         ({"type": "categorical", "choices": [[float("nan")]]}, "not finite"),
+        # Narrower than TPE's arithmetic holds (see MIN_FLOAT_WIDTH): its draws fail on a NaN.
+        ({"type": "float", "low": 0.0, "high": 1e-323}, "too narrow for the sampler"),
+        ({"type": "float", "low": 1e-310, "high": 1.0000001e-310}, "too narrow for the sampler"),
+        ({"type": "float", "low": 1.0, "high": 1.0 + 1e-10}, "too narrow for the sampler"),
+        (
+            {"type": "float", "low": 1e100, "high": 1e100 * (1 + 1e-15), "log": True},
+            "log range is too narrow",
+        ),
+        ({"type": "float", "low": 1.0, "high": 1.0 + 1e-10, "log": True}, "log range is too"),
     ],
 )
 def test_a_bad_parameter_is_refused_saying_why(raw: dict[str, object], says: str) -> None:
@@ -181,3 +195,88 @@ def test_a_small_grid_is_probed_whole() -> None:
     combos = [p.params for p in probes[5:]]
     assert all(p.blame is None for p in probes[5:])
     assert len(combos) == 6 and len({str(c) for c in combos}) == 6
+
+
+def accepted(low: float, high: float, log: bool) -> bool:
+    try:
+        PARAM.validate_python({"type": "float", "low": low, "high": high, "log": log})
+    except ValidationError:
+        return False
+    return True
+
+
+def narrowest_high(low: float, near: float, log: bool) -> float:
+    """The smallest `high` accepted with `low`, found float by float from `near` (a log range's
+    ends near 1e300 take hundreds: many floats there share one natural log)."""
+    high = near
+    for _ in range(4096):
+        if accepted(low, high, log):
+            break
+        high = math.nextafter(high, math.inf)
+    for _ in range(4096):
+        if not accepted(low, math.nextafter(high, -math.inf), log):
+            return high
+        high = math.nextafter(high, -math.inf)
+    raise AssertionError(f"no bound within 4096 floats of {near!r}")
+
+
+def run_tpe(param: sp.FloatParam, trials: int = 8) -> None:
+    """TPE past its startup trials (the draws that failed on a NaN below the bounds), as a
+    search drives it: a fresh sampler per draw, seeded from the search's seed."""
+    sampler = study_mod.make_sampler({"type": "tpe", "startup_trials": 2}, 7, {"x": param})
+    study = optuna.create_study(sampler=sampler)
+    rng = random.Random(0)
+    for _ in range(trials):
+        trial = study.ask({"x": sp.distribution(param)})
+        x = trial.params["x"]
+        assert param.low <= x <= param.high, x
+        study.tell(trial, rng.random())
+    assert len(study.trials) == trials
+
+
+@pytest.mark.parametrize(
+    ("low", "near", "log"),
+    [
+        (0.0, sp.MIN_FLOAT_WIDTH, False),
+        (-2 * sp.MIN_FLOAT_WIDTH, -sp.MIN_FLOAT_WIDTH, False),
+        (1.0, 1.0 + 1e-9, False),
+        (1e300, 1e300 * (1 + 1e-9), False),
+        (-1e300, -1e300 * (1 - 1e-9), False),
+        (1.0, math.exp(1e-9), True),
+        (1e100, 1e100 * math.exp(1e-9), True),
+        (1e-300, 1e-300 * math.exp(1e-9), True),
+        (1e308 / math.exp(1e-9), 1e308, True),
+    ],
+)
+def test_a_range_just_wide_enough_runs_under_tpe(low: float, near: float, log: bool) -> None:
+    """At the narrowest range accepted (the float below it is refused), TPE draws without a NaN,
+    inside the range: the bounds hold TPE's arithmetic with room to spare, at every magnitude."""
+    high = narrowest_high(low, near, log)
+    assert abs(high - near) <= 1e-6 * max(abs(near), sp.MIN_FLOAT_WIDTH), "the bound moved"
+    assert not accepted(low, math.nextafter(high, -math.inf), log)
+    run_tpe(sp.FloatParam(type="float", low=low, high=high, log=log))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"type": "float", "low": 0.25, "high": 0.25},
+        {"type": "float", "low": 1e-300, "high": 1e-300, "log": True},
+        {"type": "float", "low": 1e-320, "high": math.nextafter(1e-320, 1), "log": True},
+    ],
+)
+def test_single_values_and_subnormal_log_ranges_are_accepted(raw: dict[str, object]) -> None:
+    """A single value (Optuna hands it back without sampling) and a log range between subnormal
+    ends, which is wide on the log scale TPE works on."""
+    param = PARAM.validate_python(raw)
+    assert isinstance(param, sp.FloatParam)
+    run_tpe(param)
+
+
+def test_a_stored_narrow_float_range_is_read_back_as_stored() -> None:
+    """A space accepted before the narrowness bound is read back unchecked, as any stored one."""
+    stored = {"training.lr": {"type": "float", "low": 0.0, "high": 1e-323, "log": False}}
+    space = sp.parse(stored)
+    assert space["training.lr"].model_dump() == {**stored["training.lr"], "type": "float"}
+    with pytest.raises(ValidationError, match="too narrow"):
+        PARAM.validate_python({**stored["training.lr"], "type": "float"})
