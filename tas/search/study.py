@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.pruners import BasePruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
 from optuna.storages import RDBStorage
@@ -150,7 +150,17 @@ class PerDrawSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         inner = self._make(trial_seed(self._seed, trial.number, param_name))
-        return inner.sample_independent(study, trial, param_name, param_distribution)
+        value = inner.sample_independent(study, trial, param_name, param_distribution)
+        return clipped(value, param_distribution)
+
+
+def clipped(value: Any, distribution: BaseDistribution) -> Any:
+    """A float draw held inside its range: TPE samples a log range in log space, and the way back
+    can land a few floats past `high` (1e100..1e100·(1+1e-12) gave 1.0000000000010057e+100), which
+    the trial's spec would then refuse (a bound such as weight_decay's 1 is the spec's own)."""
+    if isinstance(distribution, FloatDistribution) and isinstance(value, float):
+        return min(max(value, distribution.low), distribution.high)
+    return value
 
 
 class SearchGrid(GridSampler):
