@@ -66,6 +66,12 @@ class StopWatchdog:
         self._overrun = overrun
         self._honoured = threading.Event()
         self._lock = threading.Lock()
+        # Held while the overrun ends the run, and by `honoured`: the job's thread, once its
+        # pipeline has ended, cannot go on to hand its result to the pool (a write to a queue
+        # shared with every child, under that queue's lock) while this thread ends the process,
+        # which would leave the lock held by a dead process. Re-entrant: ending the run closes
+        # the reporter, which says the loop has ended.
+        self._ending = threading.RLock()
         self.thread: threading.Thread | None = None
 
     def arm(self, reason: str) -> None:
@@ -81,15 +87,19 @@ class StopWatchdog:
             self.thread.start()
 
     def honoured(self) -> None:
-        self._honoured.set()
+        with self._ending:
+            self._honoured.set()
 
     def _watch(self, reason: str) -> None:
         if self._honoured.wait(self.grace_s):
             return
-        try:
-            self._overrun(reason)
-        except Exception:  # nothing left to try from here: the lease, or the reaper, settles it
-            log.exception("ending a run that did not stop within %.1f s failed", self.grace_s)
+        with self._ending:
+            if self._honoured.is_set():
+                return  # taken between the wait and the lock
+            try:
+                self._overrun(reason)
+            except Exception:  # nothing left to try from here: the lease, or the reaper, settles it
+                log.exception("ending a run that did not stop within %.1f s failed", self.grace_s)
 
 
 @dataclass

@@ -248,3 +248,25 @@ def test_a_lost_lease_the_step_overruns_ends_the_process_and_writes_nothing(
     assert job.status == "running" and job.lease_owner == "other/2/y"
     assert [e["outcome"] for e in job.attempt_log or []] == ["running"]
     assert run.stages() == [("train", "running")]
+
+
+def test_the_job_thread_cannot_pass_the_end_of_its_run_while_the_run_is_being_ended() -> None:
+    """The job's thread, its pipeline over, waits in `honoured` while the watchdog ends the run:
+    it must not go on to write its result to the pool's shared queue (under that queue's lock)
+    as the process is ended, which would leave the lock held by a dead process."""
+    entered, release = threading.Event(), threading.Event()
+
+    def overrun(_reason: str) -> None:
+        entered.set()
+        release.wait(5)
+
+    watchdog = StopWatchdog(0.05, overrun)
+    watchdog.arm("cancelled")
+    assert entered.wait(5)
+    ending = threading.Thread(target=watchdog.honoured)
+    ending.start()
+    ending.join(0.3)
+    assert ending.is_alive()  # held until the overrun is done
+    release.set()
+    ending.join(5)
+    assert not ending.is_alive()

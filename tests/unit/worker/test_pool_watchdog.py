@@ -64,15 +64,18 @@ def pool(cls: type[_BlockingPool] = _BlockingPool, **kwargs: Any) -> Iterator[_B
     try:
         yield p
     finally:
-        # Children first (a stopped one ignores the pool's SIGTERM), then the queue's read lock
-        # one of them may have died holding (the pool's own teardown takes it, and would hang).
+        # Children first (a stopped one ignores the pool's SIGTERM), then the locks one of them
+        # may have died holding, which the pool's own teardown takes and would wait on for ever:
+        # the job queue's read lock (a child stopped mid-read) and the result queue's write lock
+        # (a child killed here while it sent its exit notice, as each does after its one job).
         p.close()
         for w in list(p._pool):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w.pid, signal.SIGKILL)
             w.join(5)
-        p._inqueue._rlock.acquire(False)
-        p._inqueue._rlock.release()
+        for lock in (p._inqueue._rlock, p._outqueue._wlock):
+            lock.acquire(False)
+            lock.release()
         p.terminate()
 
 
