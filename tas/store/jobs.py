@@ -115,14 +115,19 @@ def delete_stored(settings: Settings, job_id: str, *, tenant: str) -> int:
         return 0
 
 
-def get_job(session: Session, job_id: str, *, tenant: str | None) -> Job:
+def find_job(session: Session, job_id: str, *, tenant: str | None) -> Job | None:
     """The job, filtered by its tenant in the statement itself: another tenant's is not found,
-    exactly as one that does not exist. `tenant=None` is for the worker and the reaper, which act
-    on every tenant's jobs; each caller says which it is."""
+    exactly as one that does not exist, and never read. `tenant=None` is for the worker and the
+    reaper, which act on every tenant's jobs; each caller says which it is."""
     q = select(Job).where(Job.id == job_id)
     if tenant is not None:
         q = q.where(Job.tenant == tenant)
-    job = session.scalar(q)
+    return session.scalar(q)
+
+
+def get_job(session: Session, job_id: str, *, tenant: str | None) -> Job:
+    """`find_job`, or JobNotFound."""
+    job = find_job(session, job_id, tenant=tenant)
     if job is None:
         raise JobNotFound(job_id)
     return job

@@ -19,6 +19,7 @@ from tas.errors import (
     ModelNotReady,
     ModelVersionNotFound,
 )
+from tas.store import jobs as job_store
 from tas.store.engine import rowcount
 from tas.store.orm import (
     AuditEvent,
@@ -306,7 +307,7 @@ def resolve_model(session: Session, ref: str, *, tenant: str) -> ModelVersion:
     """A job id, `name` (latest version), `name:version` or `name@alias`: how /predict and
     `model.init_from` name a model. ModelNotFound, or ModelNotReady for an unfinished job."""
     if JOB_ID.match(ref):
-        job = session.scalar(select(Job).where(Job.id == ref, Job.tenant == tenant))
+        job = job_store.find_job(session, ref, tenant=tenant)
         if job is None:
             raise ModelNotFound(ref)
         if job.status != JobStatus.succeeded.value:

@@ -28,10 +28,11 @@ from tas.core.objstore import ObjectStoreError, open_bundle
 from tas.errors import DomainError, ModelNotFound, ModelNotReady
 from tas.settings import Settings
 from tas.store import files as file_store
+from tas.store import jobs as job_store
 from tas.store import registry as registry_store
 from tas.store import weights as weights_store
 from tas.store.artifacts import open_artifacts
-from tas.store.orm import Job, ModelVersion
+from tas.store.orm import ModelVersion
 
 WEIGHTS_FILE = "model.safetensors"
 FORMS = (
@@ -128,7 +129,7 @@ def _registered(session: Session, tenant: str, ref: str) -> ModelVersion:
     try:
         return registry_store.resolve_model(session, ref, tenant=tenant)
     except ModelNotReady:
-        job = session.scalar(select(Job).where(Job.id == ref, Job.tenant == tenant))
+        job = job_store.find_job(session, ref, tenant=tenant)
         status = job.status if job is not None else "unfinished"
         raise InitSourceError(
             f"init_from {ref!r}: that job is {status}; only a succeeded job has weights to start"
@@ -140,7 +141,7 @@ def _registered(session: Session, tenant: str, ref: str) -> ModelVersion:
 
 def _not_found(session: Session, tenant: str, ref: str) -> str:
     if registry_store.JOB_ID.match(ref):
-        job = session.scalar(select(Job).where(Job.id == ref, Job.tenant == tenant))
+        job = job_store.find_job(session, ref, tenant=tenant)
         if job is not None:
             return (
                 f"init_from {ref!r}: that job's model is no longer registered (its version was"
