@@ -148,6 +148,17 @@ class Client:
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
+    def pages(self, path: str, params: dict[str, Any]) -> Iterator[httpx.Response]:
+        """GET `path` with `params`, then each page its `Link: <...>; rel="next"` header names,
+        as the iteration reaches it. The link is followed as given: it carries the first
+        request's filters and the paging (params, even empty ones, would replace its query)."""
+        url: str | None = path
+        query: dict[str, Any] | None = params
+        while url is not None:
+            r = self.request("GET", url, params=query)
+            yield r
+            url, query = _next_link(r), None
+
     def stream_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT_S))
 
@@ -243,14 +254,9 @@ class JobsApi:
             first["max_points"] = max_points
         if kind is not None:
             first["kind"] = kind
-        params: dict[str, Any] | None = first
         rows: MetricRows = []
-        path: str | None = f"/jobs/{job_id}/metrics"
-        while path is not None:
-            r = self.client.request("GET", path, params=params)
-            rows.extend(r.json())
-            # the next page's link carries the kind, keys and paging (params would replace it)
-            path, params = _next_link(r), None
+        for page in self.client.pages(f"/jobs/{job_id}/metrics", first):
+            rows.extend(page.json())
         return rows
 
     def predictions(
@@ -263,14 +269,8 @@ class JobsApi:
         first: dict[str, Any] = {"limit": page_size}
         if split is not None:
             first["split"] = split
-        params: dict[str, Any] | None = first
-        path: str | None = f"/jobs/{job_id}/predictions"
-        while path is not None:
-            r = self.client.request("GET", path, params=params)
-            yield from r.json()["predictions"]
-            # The next page's link carries the split answered and the paging (params, even
-            # empty ones, would replace its query).
-            path, params = _next_link(r), None
+        for page in self.client.pages(f"/jobs/{job_id}/predictions", first):
+            yield from page.json()["predictions"]
 
     def logs(self, job_id: str, *, after: int | None = None, limit: int | None = None) -> LogPage:
         """The job's log lines after the cursor `after` (from the start without one), and the
@@ -558,12 +558,9 @@ class ModelsApi:
 
     def list(self) -> Iterator[Model]:
         """Your models in name order, each with its newest versions."""
-        path: str | None = "/models"
-        while path is not None:
-            r = self.client.request("GET", path)
-            for item in r.json():
+        for page in self.client.pages("/models", {}):
+            for item in page.json():
                 yield Model.of(item)
-            path = _next_link(r)
 
     def get(self, name: str) -> Model:
         return Model.of(self.client.json("GET", f"/models/{name}"))
