@@ -142,12 +142,12 @@ class Gate:
                 limits=self._log_limits(),
             )
             s.commit()
-            queue, now = s.execute(
+            queue, settled = s.execute(
                 select(Job.queue, Job.status).where(Job.id == job_id)
             ).one_or_none() or (None, None)
-        if status is None and now in FINISHED:
+        if status is None and settled in FINISHED:
             log.info(
-                "job %s: pool child %d ended %s after the job was %s", job_id, pid, detail, now
+                "job %s: pool child %d ended %s after the job was %s", job_id, pid, detail, settled
             )
             return True
         if status is None:

@@ -241,8 +241,9 @@ class PredictionsOut(BaseModel):
     offset: int = Field(description="The first row of this page (0-based).")
     limit: int = Field(description="At most this many rows on this page.")
     predictions: list[dict[str, Any]] = Field(
-        description="This page's rows, in the split's order. Classification: index (the sample's row in the data before splitting),"
-        " label, class_name, predicted, predicted_class_name, probability (of the predicted"
+        description="This page's rows, in the split's order. Classification: index (the"
+        " sample's row in the data before splitting), label, class_name, predicted,"
+        " predicted_class_name, probability (of the predicted"
         " class), correct. Regression: index, value, predicted, error (predicted - value), in the"
         " target's units; lists for several target columns.",
         examples=[
