@@ -23,18 +23,11 @@ from kombu.message import Message
 
 from tas.queue import RUN_JOB, TasCelery
 from tas.settings import Settings
+from tests.helpers.lifecycle import _alive
 from worker.gate import JobRequest
 from worker.pool import RUNNING, WAITING, JobNotStarted, _BlockingPool, _BlockingWorker
 
 BOUND_S = 1.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _hang_once(marker: str) -> None:
